@@ -1,0 +1,1 @@
+"""The remote backend: any OpenAI-compatible server (engine/remote/backend.py)."""

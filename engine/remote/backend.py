@@ -1,0 +1,311 @@
+"""The remote backend: chat with a model served by any OpenAI-compatible server.
+
+For models that need more than this machine: vLLM, SGLang, llama.cpp's `llama-server`,
+or another Itamae (`itamae serve`). It speaks the wire protocol directly with httpx
+(OpenAI's API reference: /v1/models, /v1/chat/completions and /v1/completions with
+`stream: true`, server-sent events ending in `data: [DONE]`, `stream_options.
+include_usage` for token counts), so the `openai` package is not needed at run time.
+
+The server applies the model's chat template itself, so messages go over as they are.
+Sampling fields OpenAI does not have (top_k, min_p, repeat_penalty) are sent only when
+set, under the names vLLM and llama.cpp's server read, so a strict server sees a plain
+OpenAI body. A cancelled request closes its HTTP stream: every one of these servers
+stops a generation whose client went away.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from converters.errors import ItamaeError
+from converters.model_info import ModelInfo
+from engine.types import Event, FinalEvent, GenerationRequest, SamplingParams, Stats, TokenEvent
+
+# Connecting should be quick on any network a person would use for this; reading may
+# wait long (a busy server queues requests, a big prompt takes a while to prefill).
+_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
+
+
+class RemoteError(ItamaeError):
+    pass
+
+
+def api_base(url: str) -> str:
+    """`http://host:8000`, `.../v1` and `.../v1/` all name the same API root."""
+    base = url.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+def load(
+    url: str | Path,
+    *,
+    api_key: str | None = None,
+    model: str | None = None,
+    timeout: httpx.Timeout | float = _TIMEOUT,
+    **_ignored,
+) -> RemoteBackend:
+    """Connect to the server at `url`, pick `model` (default: the first it lists)."""
+    backend = RemoteBackend(str(url), api_key=api_key, timeout=timeout)
+    try:
+        backend.connect(model)
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+class RemoteBackend:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout=_TIMEOUT):
+        self.url = url
+        self.base = api_base(url)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(headers=headers, timeout=timeout)
+        self.info: ModelInfo | None = None
+        self.model = ""
+
+    # -- connecting --------------------------------------------------------------------
+
+    def connect(self, model: str | None) -> None:
+        listed = self._get_json("/models").get("data") or []
+        cards = {card.get("id"): card for card in listed if isinstance(card, dict)}
+        if not cards:
+            raise RemoteError(
+                f"The server at {self.url} lists no models.", "Load a model on that server first."
+            )
+        if model is None:
+            model = next(iter(cards))
+        elif model not in cards:
+            raise RemoteError(
+                f"The server at {self.url} has no model {model!r}.",
+                f"It serves: {', '.join(map(str, cards))}.",
+            )
+        self.model = model
+        self.info = _model_info(self.url, model, cards[model])
+
+    def _get_json(self, path: str) -> dict:
+        try:
+            response = self._client.get(self.base + path)
+        except httpx.HTTPError as e:
+            raise RemoteError(
+                f"Cannot reach the model server at {self.url} ({type(e).__name__}: {e}).",
+                "Check the URL and that the server is running.",
+            ) from e
+        _raise_for_status(response, self.url)
+        try:
+            return response.json()
+        except ValueError as e:
+            raise RemoteError(
+                f"{self.base + path} did not answer JSON; is {self.url} an OpenAI-compatible API?",
+                "Point at the server's root or its /v1 address.",
+            ) from e
+
+    # -- the Backend interface ---------------------------------------------------------
+
+    def stream(
+        self, req: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]:
+        cancel = cancel if cancel is not None else threading.Event()
+        chat = req.messages is not None
+        path = "/chat/completions" if chat else "/completions"
+        body = self._body(req, chat)
+        started = time.perf_counter()
+        try:
+            with self._client.stream("POST", self.base + path, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    yield FinalEvent("error", Stats(), error=_error_text(response, self.url))
+                    return
+                yield from _read_events(response, chat, cancel, started)
+        except httpx.HTTPError as e:
+            if cancel.is_set():
+                yield FinalEvent("cancelled", Stats())
+            else:
+                yield FinalEvent(
+                    "error", Stats(), error=f"The connection to {self.url} failed: {e}"
+                )
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids from the server's /tokenize (vLLM, llama.cpp's server and Itamae
+        have one, at the root beside /v1; the request names fields for both)."""
+        root = self.base[: -len("/v1")]
+        try:
+            response = self._client.post(
+                root + "/tokenize",
+                json={
+                    "model": self.model,
+                    "prompt": text,
+                    "content": text,
+                    "add_special_tokens": False,
+                },
+            )
+        except httpx.HTTPError as e:
+            raise RemoteError(f"Cannot reach {self.url} to tokenize: {e}.") from e
+        if response.status_code == 404:
+            raise RemoteError(
+                f"The server at {self.url} does not offer /tokenize.",
+                "Token counts come from the server's usage reports instead.",
+            )
+        _raise_for_status(response, self.url)
+        return list(response.json()["tokens"])
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _body(self, req: GenerationRequest, chat: bool) -> dict:
+        body: dict = {
+            "model": self.model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if chat:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
+        else:
+            body["prompt"] = req.prompt
+        body.update(_sampling_fields(req.sampling))
+        if req.experts_per_token is not None:
+            body["experts_per_token"] = req.experts_per_token  # read by another Itamae
+        return body
+
+
+def _sampling_fields(sampling: SamplingParams) -> dict:
+    fields: dict = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+    }
+    if sampling.stop:
+        fields["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        fields["seed"] = sampling.seed
+    if sampling.top_k > 0:
+        fields["top_k"] = sampling.top_k
+    if sampling.min_p > 0:
+        fields["min_p"] = sampling.min_p
+    if sampling.repeat_penalty != 1.0:
+        fields["repeat_penalty"] = sampling.repeat_penalty  # llama.cpp's server, Itamae
+        fields["repetition_penalty"] = sampling.repeat_penalty  # vLLM, SGLang
+    return fields
+
+
+def _read_events(
+    response: httpx.Response, chat: bool, cancel: threading.Event, started: float
+) -> Iterator[Event]:
+    """TokenEvents from an SSE stream, then one FinalEvent with the server's usage."""
+    # A blocked read does not look at `cancel`; closing the response from a watcher
+    # thread ends that read at once (and tells the server its client went away).
+    stop_watching = threading.Event()
+
+    def watch() -> None:
+        while not stop_watching.wait(0.05):
+            if cancel.is_set():
+                response.close()
+                return
+
+    threading.Thread(target=watch, name="itamae-remote-cancel", daemon=True).start()
+    stats = Stats()
+    first_token_at = None
+    finish_reason = None
+    pieces = 0
+    try:
+        for data in _sse_data(response):
+            if cancel.is_set():
+                break
+            if "error" in data:
+                yield FinalEvent("error", stats, error=_message_of(data["error"]))
+                return
+            usage = data.get("usage")
+            if usage:
+                stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                stats.completion_tokens = int(usage.get("completion_tokens") or 0)
+            for choice in data.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                if text:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    pieces += 1
+                    yield TokenEvent(text)
+                finish_reason = choice.get("finish_reason") or finish_reason
+    except httpx.HTTPError:
+        if not cancel.is_set():
+            raise
+    finally:
+        stop_watching.set()
+    if cancel.is_set():
+        yield FinalEvent("cancelled", stats)
+        return
+    _fill_speeds(stats, started, first_token_at, time.perf_counter(), pieces)
+    yield FinalEvent(finish_reason if finish_reason in ("stop", "length") else "stop", stats)
+
+
+def _sse_data(response: httpx.Response) -> Iterator[dict]:
+    """The JSON objects of `data:` lines, up to `data: [DONE]` (the SSE framing servers use)."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments (": ping"), event names
+        payload = line[len("data:") :].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            yield json.loads(payload)
+        except json.JSONDecodeError as e:
+            raise RemoteError(f"The server sent a malformed event: {payload[:200]!r}") from e
+
+
+def _fill_speeds(stats: Stats, started: float, first: float | None, ended: float, pieces: int):
+    if not stats.completion_tokens:
+        stats.completion_tokens = pieces  # servers without usage: one piece per token, about
+    if first is None:
+        return
+    stats.ttft_s = first - started
+    if stats.prompt_tokens and stats.ttft_s > 0:
+        stats.prefill_tps = stats.prompt_tokens / stats.ttft_s
+    if stats.completion_tokens > 1 and ended > first:
+        stats.decode_tps = (stats.completion_tokens - 1) / (ended - first)
+
+
+def _model_info(url: str, model: str, card: dict) -> ModelInfo:
+    # Context length under the names servers use: vLLM's max_model_len, llama.cpp's
+    # meta.n_ctx_train, others' context_length.
+    meta = card.get("meta") or {}
+    context = card.get("max_model_len") or meta.get("n_ctx_train") or card.get("context_length")
+    return ModelInfo(
+        path=url,  # a URL, not a file: str(info.path) is what the UI shows
+        format="remote",
+        arch=str(card.get("arch") or meta.get("arch") or "remote"),
+        name=model,
+        context_length=int(context or 0),
+        vocab_size=int(meta.get("n_vocab") or 0),
+        total_params=int(meta.get("n_params") or 0),
+        size_bytes=int(meta.get("size") or 0),
+        extra={"url": url, "owned_by": card.get("owned_by", "")},
+    )
+
+
+def _message_of(error) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def _error_text(response: httpx.Response, url: str) -> str:
+    try:
+        detail = _message_of(response.json().get("error") or response.json())
+    except ValueError:
+        detail = response.text[:500]
+    return f"The model server at {url} answered {response.status_code}: {detail}"
+
+
+def _raise_for_status(response: httpx.Response, url: str) -> None:
+    if response.status_code == 401:
+        raise RemoteError(
+            f"The model server at {url} refused the API key (401).",
+            "Pass the key the server was started with (api_key option).",
+        )
+    if response.status_code >= 400:
+        raise RemoteError(_error_text(response, url))
