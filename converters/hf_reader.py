@@ -1,0 +1,174 @@
+"""Read a Hugging Face checkpoint folder as published on the hub, one tensor at a time.
+
+Handles a single `model.safetensors` or shards listed in `model.safetensors.index.json`,
+and FP8 block-scaled weights as DeepSeek-V3/R1 and Qwen3-FP8 publish them: a
+`float8_e4m3fn` weight with a float32 `<name>_scale_inv` holding one scale per
+`weight_block_size` block (128x128), edge blocks partial. Those are dequantized here
+(`weight * scale_inv` per block, on the CPU) so nothing downstream sees FP8.
+Only safetensors is read; pickled `.bin` checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .errors import BadModelFile, ItamaeError
+
+SCALE_SUFFIX = "_scale_inv"
+FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}
+
+
+def dequantize_fp8_blocks(
+    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int]
+) -> torch.Tensor:
+    """weight [out, in] (fp8) * scale_inv [ceil(out/bo), ceil(in/bi)] -> float32 [out, in]."""
+    out_dim, in_dim = weight.shape
+    bo, bi = block
+    expected = (-(-out_dim // bo), -(-in_dim // bi))
+    if tuple(scale_inv.shape) != expected:
+        raise BadModelFile(
+            f"FP8 scale has shape {tuple(scale_inv.shape)} but a {out_dim}x{in_dim} weight in "
+            f"{bo}x{bi} blocks needs {expected}.",
+            "The checkpoint is damaged or its weight_block_size is wrong.",
+        )
+    scales = (
+        scale_inv.float().repeat_interleave(bo, 0)[:out_dim].repeat_interleave(bi, 1)[:, :in_dim]
+    )
+    return weight.float() * scales
+
+
+def _load_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ItamaeError(
+            f"{folder} has no config.json, so it is not a Hugging Face model folder.",
+            "Point at the folder that holds config.json and *.safetensors.",
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download the model.") from e
+    if not isinstance(config, dict):
+        raise BadModelFile(f"{path} does not hold a JSON object.", "Re-download the model.")
+    return config
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise BadModelFile(
+                f"{index} is not a valid shard index ({e}).", "Re-download it."
+            ) from e
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise BadModelFile(
+                f"Shards listed in {index.name} are missing: {', '.join(missing[:5])}.",
+                "Finish the download (all shards are needed).",
+            )
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise ItamaeError(
+            f"{folder} holds only pickled PyTorch weights (.bin/.pt), which Itamae never loads "
+            "because unpickling can run code.",
+            "Download the safetensors version of the model.",
+        )
+    raise BadModelFile(f"{folder} has no *.safetensors weights.", "Finish or redo the download.")
+
+
+class HFCheckpoint:
+    """A checkpoint folder; tensors are read lazily (memory-mapped) and one at a time."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.config = _load_config(self.folder)
+        self.files = _shard_files(self.folder)
+        self._where: dict[str, Path] = {}
+        self._meta: dict[str, tuple[str, list[int]]] = {}
+        for file in self.files:
+            self._index_file(file)
+        quant = self.config.get("quantization_config") or {}
+        self.fp8_block = tuple(quant.get("weight_block_size", (128, 128)))
+
+    def _index_file(self, file: Path) -> None:
+        try:
+            with safe_open(file, "pt") as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    self._where[name] = file
+                    self._meta[name] = (sl.get_dtype(), list(sl.get_shape()))
+        except Exception as e:  # safetensors raises its own SafetensorError and OSError
+            raise BadModelFile(
+                f"{file.name} is not a readable safetensors file ({e}).",
+                "It is truncated or corrupted: re-download it.",
+            ) from e
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+    def tensor_names(self) -> list[str]:
+        """Names as the checkpoint spells them; FP8 scale tensors are folded into their weights."""
+        return [n for n in self._meta if not n.endswith(SCALE_SUFFIX)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._meta
+
+    def shape(self, name: str) -> list[int]:
+        return list(self._meta[name][1])
+
+    def dtype_name(self, name: str) -> str:
+        """The stored safetensors dtype string, e.g. "BF16", "F32", "F8_E4M3"."""
+        return self._meta[name][0]
+
+    def file_of(self, name: str) -> Path:
+        return self._where[name]
+
+    def is_fp8(self, name: str) -> bool:
+        return self.dtype_name(name) in FP8_DTYPES
+
+    def _raw(self, name: str) -> torch.Tensor:
+        if name not in self._where:
+            raise BadModelFile(
+                f"Tensor {name!r} is missing from {self.folder}.",
+                "The checkpoint is incomplete or not the architecture its config names.",
+            )
+        try:
+            with safe_open(self._where[name], "pt") as f:
+                return f.get_tensor(name)
+        except Exception as e:
+            raise BadModelFile(
+                f"Could not read tensor {name!r} from {self._where[name].name} ({e}).",
+                "The file is truncated or corrupted: re-download it.",
+            ) from e
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor; FP8 weights come back dequantized (float32 unless `dtype` says otherwise)."""
+        tensor = self._raw(name)
+        if self.is_fp8(name):
+            scale_name = name + SCALE_SUFFIX
+            if scale_name not in self._meta:
+                raise BadModelFile(
+                    f"FP8 tensor {name!r} has no {scale_name!r} to dequantize it with.",
+                    "The checkpoint is incomplete: re-download it.",
+                )
+            tensor = dequantize_fp8_blocks(tensor, self._raw(scale_name), self.fp8_block)
+        return tensor.to(dtype) if dtype is not None else tensor
+
+    def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.tensor_names():
+            yield name, self.get(name, dtype)
+
+    def nbytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.files)

@@ -1,0 +1,84 @@
+"""Render a model's own chat template, the one prompt builder every backend shares.
+
+Templates come from model files (tokenizer_config.json, GGUF `tokenizer.chat_template`),
+so they are untrusted: they run in jinja2's ImmutableSandboxedEnvironment, which refuses
+attribute access to Python internals and mutation of the objects passed in. The globals
+follow Hugging Face's `apply_chat_template` (transformers/utils/chat_template_utils.py),
+so templates written for it render the same text here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from converters.errors import ItamaeError
+
+
+class TemplateError(ItamaeError):
+    pass
+
+
+def _raise_exception(message: str):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # HF's tojson keeps non-ASCII text as is (Japanese stays readable in prompts).
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=32)
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise TemplateError(
+            f"The model's chat template does not parse ({e.message}, line {e.lineno}).",
+            "Pass a raw prompt instead, or fix tokenizer_config.json's chat_template.",
+        ) from e
+
+
+def render_chat(
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    **extra,
+) -> str:
+    """The prompt text for `messages` ([{"role", "content"}]) as the model was trained to see it."""
+    if not template:
+        raise TemplateError(
+            "This model has no chat template.", "Use a raw prompt (--prompt without --chat)."
+        )
+    try:
+        return _compile(template).render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **extra,
+        )
+    except jinja2.exceptions.SecurityError as e:
+        raise TemplateError(
+            f"The model's chat template tried something unsafe and was stopped: {e}",
+            "Do not trust this model file; use a template from a known source.",
+        ) from e
+    except jinja2.exceptions.TemplateError as e:
+        raise TemplateError(f"The model's chat template failed: {e}", "") from e

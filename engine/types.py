@@ -1,0 +1,87 @@
+"""The small, typed interface between the app and every backend (see DESIGN.md, "Interfaces")."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
+
+from converters.model_info import ModelInfo
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0  # 1.0 = off
+    seed: int | None = None
+    max_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass
+class GenerationRequest:
+    """Either `messages` (rendered with the model's chat template) or a raw `prompt`."""
+
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    experts_per_token: int | None = None  # None = the model's own top-k
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    token_id: int | None = None
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float = 0.0
+    prefill_tps: float = 0.0
+    decode_tps: float = 0.0
+    # expert_counts[moe_layer][expert]: how many tokens each routed expert worked on
+    expert_counts: list[list[int]] | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    bytes_moved: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinalEvent:
+    finish_reason: FinishReason
+    stats: Stats
+    error: str | None = None  # the message a person sees when finish_reason == "error"
+    prompt_token_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+
+
+Event = TokenEvent | FinalEvent
+
+
+class Backend(Protocol):
+    info: ModelInfo
+
+    def stream(
+        self, req: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def close(self) -> None: ...

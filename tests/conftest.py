@@ -1,0 +1,22 @@
+"""Shared test set-up: offline everywhere, fixtures built once per builder version."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Every test runs offline: nothing may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint():
+    """A callable: hf_checkpoint("mixtral") -> Path of that tiny hub-format checkpoint."""
+    from tests.fixtures.checkpoints import fixture_path
+
+    return fixture_path
