@@ -72,7 +72,8 @@ def build_app(manager, api_key: str | None = None, cors_origins: list[str] | Non
 
     @app.get("/health")
     async def health():
-        return manager.status
+        # Model state, plus how many requests wait for it (for monitoring and tests).
+        return {**manager.status, "busy": manager.busy, "queue": manager.queue_length}
 
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -1,0 +1,412 @@
+"""`itamae serve` as clients see it: a real server process on a loopback port, the
+official `openai` client, raw HTTP for what that client will not send.
+
+The served model is the tiny qwen3_moe fixture on the torch engine. "Correct content"
+means the text a greedy run of the same prompt gives when the engine is called
+directly, in this process, without the API in between.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+import engine
+from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
+from tests.serve_process import REPO, ServeProcess, itamae_command, test_env
+
+FIXTURE = "qwen3_moe"
+ENGINE = "torch"
+GEN_TOKENS = 12
+# Eight different questions, one per concurrent client, so that a mixed-up stream shows.
+PROMPTS = [
+    "What is an expert in a mixture of experts?",
+    "寿司職人について教えてください。",
+    "Count from one to five.",
+    "Why is the sky blue?",
+    "東京の天気はどうですか？",
+    "Name three colours.",
+    "What does a router do in a transformer?",
+    "Say hello in Japanese.",
+]
+
+
+@pytest.fixture(scope="module")
+def model_path(hf_checkpoint):
+    return hf_checkpoint(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    with ServeProcess("--model", str(model_path), "--engine", ENGINE) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reference(model_path):
+    """Greedy text per prompt (chat and raw), straight from the engine."""
+    backend = engine.load(model_path, engine=ENGINE)
+    cache: dict = {}
+
+    def run(prompt: str, chat: bool = True, max_tokens: int = GEN_TOKENS) -> tuple[str, FinalEvent]:
+        key = (prompt, chat, max_tokens)
+        if key not in cache:
+            sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+            if chat:
+                req = GenerationRequest(messages=[Message("user", prompt)], sampling=sampling)
+            else:
+                req = GenerationRequest(prompt=prompt, sampling=sampling)
+            events = list(backend.stream(req))
+            text = "".join(e.text for e in events if isinstance(e, TokenEvent))
+            cache[key] = (text, events[-1])
+        return cache[key]
+
+    yield run
+    backend.close()
+
+
+def chat_body(server, prompt, **fields):
+    return {
+        "model": server.model_id,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": GEN_TOKENS,
+        **fields,
+    }
+
+
+# -- the official client ---------------------------------------------------------------
+
+
+def test_models_lists_the_served_model(client, server, model_path):
+    models = client.models.list().data
+    assert [m.id for m in models] == [server.model_id]
+    assert client.models.retrieve(server.model_id).id == server.model_id
+
+
+def test_chat_non_streaming_matches_the_engine(client, server, reference):
+    want, final = reference(PROMPTS[0])
+    got = client.chat.completions.create(
+        model=server.model_id,
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        temperature=0,
+        max_tokens=GEN_TOKENS,
+    )
+    assert got.object == "chat.completion"
+    assert got.choices[0].message.role == "assistant"
+    assert got.choices[0].message.content == want
+    assert got.choices[0].finish_reason == final.finish_reason
+    assert got.usage.prompt_tokens == final.stats.prompt_tokens > 0
+    assert got.usage.completion_tokens == final.stats.completion_tokens
+    assert got.usage.total_tokens == got.usage.prompt_tokens + got.usage.completion_tokens
+
+
+def test_chat_streaming_matches_the_engine(client, server, reference):
+    want, final = reference(PROMPTS[1])
+    chunks = list(
+        client.chat.completions.create(
+            model=server.model_id,
+            messages=[{"role": "user", "content": PROMPTS[1]}],
+            temperature=0,
+            max_tokens=GEN_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == want
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == final.finish_reason and not any(finishes[:-1])
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == final.stats.completion_tokens
+
+
+def test_completions_streaming_and_not(client, server, reference):
+    prompt = "The sushi chef"
+    want, final = reference(prompt, chat=False)
+    whole = client.completions.create(
+        model=server.model_id, prompt=prompt, temperature=0, max_tokens=GEN_TOKENS
+    )
+    assert whole.choices[0].text == want
+    assert whole.usage.completion_tokens == final.stats.completion_tokens
+    streamed = client.completions.create(
+        model=server.model_id, prompt=prompt, temperature=0, max_tokens=GEN_TOKENS, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == want
+
+
+def test_max_tokens_limits_the_answer(client, server):
+    got = client.chat.completions.create(
+        model=server.model_id,
+        messages=[{"role": "user", "content": PROMPTS[2]}],
+        temperature=0,
+        max_tokens=3,
+    )
+    assert got.usage.completion_tokens <= 3
+    if got.usage.completion_tokens == 3:
+        assert got.choices[0].finish_reason == "length"
+
+
+# -- many clients at once --------------------------------------------------------------
+
+
+def test_eight_concurrent_streams_each_get_their_own_answer(server, reference):
+    wants = [reference(p)[0] for p in PROMPTS]
+    results: list = [None] * len(PROMPTS)
+    barrier = threading.Barrier(len(PROMPTS))
+
+    def one_client(i: int) -> None:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+        barrier.wait()  # all eight ask at the same moment
+        try:
+            stream = client.chat.completions.create(
+                model=server.model_id,
+                messages=[{"role": "user", "content": PROMPTS[i]}],
+                temperature=0,
+                max_tokens=GEN_TOKENS,
+                stream=True,
+            )
+            results[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        except Exception as e:  # reported below with the client's number
+            results[i] = e
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(len(PROMPTS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert results == wants
+
+
+def test_a_disconnected_client_frees_the_model(server, reference):
+    """A long generation is dropped after a few chunks; the next request must not
+    wait for it to run to its end."""
+    # How long one short answer takes here, to compare the wait with.
+    started = time.monotonic()
+    httpx.post(server.url + "/chat/completions", json=chat_body(server, PROMPTS[4]), timeout=300)
+    short_s = time.monotonic() - started
+
+    long_body = chat_body(server, PROMPTS[3], max_tokens=2000, stream=True)
+    with httpx.stream("POST", server.url + "/chat/completions", json=long_body, timeout=300) as r:
+        assert r.status_code == 200
+        chunks = 0
+        for line in r.iter_lines():
+            chunks += line.startswith("data:")
+            if chunks >= 3:
+                break
+    # The connection is closed here, long before 2000 tokens.
+    started = time.monotonic()
+    got = httpx.post(
+        server.url + "/chat/completions", json=chat_body(server, PROMPTS[4]), timeout=300
+    )
+    waited = time.monotonic() - started
+    assert got.status_code == 200
+    assert got.json()["choices"][0]["message"]["content"] == reference(PROMPTS[4])[0]
+    # 2000 tokens take about 170 short answers' time; the margin is for the disconnect
+    # to be noticed on a loaded machine.
+    assert waited < 10 * short_s + 5, (waited, short_s)
+    assert httpx.get(server.root + "/health").json()["busy"] is False
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_queued_requests_are_served_in_order_and_a_leaver_is_skipped(server, reference):
+    """Three requests queue behind a long stream; the middle one gives up before its
+    turn. It leaves the queue, and the other two are served in arrival order with
+    their own answers."""
+    health = lambda: httpx.get(server.root + "/health").json()  # noqa: E731
+    holder = httpx.Client(timeout=300)
+    long_body = chat_body(server, PROMPTS[5], max_tokens=2000, stream=True)
+    first = holder.send(
+        holder.build_request("POST", server.url + "/chat/completions", json=long_body),
+        stream=True,
+    )
+    assert first.status_code == 200  # it holds the model from here on
+    results, finished = {}, []
+
+    def ask(i, timeout):
+        try:
+            response = httpx.post(
+                server.url + "/chat/completions",
+                json=chat_body(server, PROMPTS[i]),
+                timeout=timeout,
+            )
+            results[i] = response.json()["choices"][0]["message"]["content"]
+        except httpx.TimeoutException:
+            results[i] = "gave up"
+        finished.append(i)
+
+    threads = [
+        threading.Thread(target=ask, args=(6, 300)),
+        threading.Thread(target=ask, args=(7, 2.0)),
+        threading.Thread(target=ask, args=(0, 300)),
+    ]
+    for n, t in enumerate(threads, start=1):
+        t.start()
+        wait_for(lambda n=n: health()["queue"] == n)
+    wait_for(lambda: results.get(7) == "gave up")
+    wait_for(lambda: health()["queue"] == 2)  # the one that gave up is gone from the queue
+    first.close()  # the long stream's client goes away too
+    holder.close()
+    for t in threads:
+        t.join(timeout=600)
+    assert results == {6: reference(PROMPTS[6])[0], 7: "gave up", 0: reference(PROMPTS[0])[0]}
+    assert finished == [7, 6, 0]
+
+
+# -- bad requests ----------------------------------------------------------------------
+
+
+def _bad_requests(server):
+    model = server.model_id
+    chat = "/chat/completions"
+    ok = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    too_long = "寿司 " * 6000  # well past the fixture's 4096-token context
+    return [
+        # (path, raw body or JSON, status, param or None)
+        (chat, b"{not json", 400, None),
+        (chat, b"\xff\xfe", 400, None),
+        (chat, b"[1, 2]", 400, None),
+        (chat, {"messages": ok["messages"]}, 400, "model"),
+        (chat, {**ok, "model": "gpt-4o"}, 404, "model"),
+        (chat, {"model": model}, 400, "messages"),
+        (chat, {"model": model, "messages": []}, 400, "messages"),
+        (chat, {"model": model, "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
+        (chat, {"model": model, "messages": ["hi"]}, 400, None),
+        (chat, {**ok, "max_tokens": -1}, 400, "max_tokens"),
+        (chat, {**ok, "max_tokens": 0}, 400, "max_tokens"),
+        (chat, {**ok, "max_tokens": "ten"}, 400, "max_tokens"),
+        (chat, {**ok, "temperature": 2.5}, 400, "temperature"),
+        (chat, {**ok, "temperature": -0.1}, 400, "temperature"),
+        (chat, {**ok, "top_p": 0}, 400, "top_p"),
+        (chat, {**ok, "top_p": 1.5}, 400, "top_p"),
+        (chat, {**ok, "n": 2}, 400, "n"),
+        (chat, {**ok, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        (chat, {**ok, "stop": 5}, 400, "stop"),
+        (chat, {**ok, "stream": "yes"}, 400, "stream"),
+        (chat, {**ok, "messages": [{"role": "user", "content": too_long}]}, 400, "messages"),
+        ("/completions", {"model": model, "prompt": too_long}, 400, "prompt"),
+        ("/completions", {"model": model, "prompt": 42}, 400, "prompt"),
+        ("/completions", {"model": model, "prompt": "x", "echo": True}, 400, "echo"),
+    ]
+
+
+def test_malformed_requests_get_4xx_with_an_error_body(server):
+    for path, body, status, param in _bad_requests(server):
+        if isinstance(body, bytes):
+            response = httpx.post(
+                server.url + path,
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
+        else:
+            response = httpx.post(server.url + path, json=body, timeout=60)
+        assert response.status_code == status, (
+            body if isinstance(body, bytes) else body,
+            response.text,
+        )
+        error = response.json()["error"]
+        assert error["message"] and error["type"], error
+        if param is not None:
+            assert error["param"] == param, error
+    too_long = httpx.post(
+        server.url + "/completions", json=_bad_requests(server)[-3][1], timeout=60
+    )
+    assert too_long.json()["error"]["code"] == "context_length_exceeded"
+    # Still serving after all of that.
+    assert server.alive()
+    assert httpx.get(server.url + "/models", timeout=10).status_code == 200
+
+
+def test_the_openai_client_raises_its_own_errors(client, server):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=server.model_id, messages=[{"role": "user", "content": "hi"}], temperature=5
+        )
+    assert e.value.body["param"] == "temperature"
+
+
+def test_cross_origin_browsers_get_no_cors_headers_by_default(server):
+    response = httpx.options(
+        server.url + "/chat/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in response.headers
+    response = httpx.get(server.url + "/models", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+# -- keys and addresses ----------------------------------------------------------------
+
+
+def test_api_key_is_required_when_set(model_path):
+    key = "s3cret-key"
+    with ServeProcess("--model", str(model_path), "--engine", ENGINE, api_key=key) as s:
+        assert httpx.get(s.url + "/models").status_code == 401
+        wrong = httpx.get(s.url + "/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        unauth = httpx.post(s.url + "/chat/completions", json=chat_body(s, "hi"))
+        assert unauth.status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=s.url, api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=s.url, api_key=key, max_retries=0)
+        answer = good.chat.completions.create(
+            model=s.model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        assert answer.usage.completion_tokens <= 2
+
+
+def test_cors_origin_allows_that_origin_only(model_path):
+    origin = "http://localhost:3000"
+    with ServeProcess("--model", str(model_path), "--engine", ENGINE, "--cors-origin", origin) as s:
+        allowed = httpx.get(s.url + "/models", headers={"Origin": origin})
+        assert allowed.headers.get("access-control-allow-origin") == origin
+        other = httpx.get(s.url + "/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_non_loopback_host_needs_an_api_key():
+    result = subprocess.run(
+        itamae_command("serve", "--host", "0.0.0.0", "--port", "0"),
+        cwd=REPO,
+        env=test_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--api-key" in result.stderr and "0.0.0.0" in result.stderr
+
+
+def test_a_model_that_fails_to_load_ends_serve_with_the_reason(tmp_path):
+    result = subprocess.run(
+        itamae_command("serve", "--model", str(tmp_path / "missing"), "--port", "0"),
+        cwd=REPO,
+        env=test_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "No model at" in result.stderr
