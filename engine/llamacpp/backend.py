@@ -1,0 +1,294 @@
+"""The llama.cpp backend: any GGUF llama.cpp can run, behind engine.types.Backend.
+
+`load(path, **options)` reads the GGUF header, plans memory (engine.memory_plan: GPU
+layers, experts kept in CPU RAM, context), then opens the model through llama-cpp-python's
+low-level binding (native.py) with that plan. `stream()` renders chat messages with the
+model's own template through engine.chat_template.render_chat (the prompt builder the
+torch engine shares), tokenizes with the model's tokenizer, reuses the cached prefix of
+the previous turn, and yields one TokenEvent per sampled token, then a FinalEvent.
+
+Prompt tokens follow Hugging Face's `apply_chat_template(tokenize=True)`: the rendered
+chat is tokenized without adding BOS (a template that wants BOS writes `{{ bos_token }}`),
+a raw prompt with it (the model's `add_bos` flag), special-token text parsed in both.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+
+from converters.errors import ContextTooLong, ItamaeError
+from engine.chat_template import render_chat
+from engine.memory_plan import Hardware, MemoryPlan, plan_memory
+from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
+
+from .devices import detect_hardware
+from .gguf_layout import GGUFHeader, read_gguf
+from .native import DecodeAborted, LoadOptions, NativeModel
+from .sampling import SamplerChain
+from .text import StopStrings, Utf8Stream
+
+logger = logging.getLogger("itamae.llamacpp")
+
+KNOWN_OPTIONS = {
+    "n_ctx",
+    "gpu_layers",
+    "cpu_moe",
+    "threads",
+    "cache_type",
+    "experts_per_token",
+    "check_memory",
+    "hardware",
+    "on_plan",
+    "n_batch",
+}
+
+
+def load(path: str | Path, **options) -> LlamaCppBackend:
+    """Open a GGUF with llama.cpp. Options (all optional):
+
+    n_ctx: context length (default: the planner's choice, up to 8192)
+    gpu_layers: llama.cpp n_gpu_layers (default: as many as fit)
+    cpu_moe: True = keep every block's routed experts in CPU RAM (`--cpu-moe`), an int N
+        = those of the first N blocks (`--n-cpu-moe N`); default: as few as needed to fit
+    threads: CPU threads (default: physical cores)
+    cache_type: KV cache type, "f16" (default), "f32", "q8_0", ...
+    experts_per_token: override the model's top-k (llama.cpp fixes it at load time)
+    check_memory: refuse with NotEnoughMemory when the plan does not fit (default True)
+    hardware: an engine.memory_plan.Hardware to plan for instead of this machine's
+    on_plan: called with the MemoryPlan before the weights are loaded (to show it)
+    """
+    unknown = set(options) - KNOWN_OPTIONS
+    if unknown:
+        logger.warning("llama.cpp backend ignores options: %s", ", ".join(sorted(unknown)))
+    path = Path(path)
+    header = read_gguf(path)
+    plan = plan_for(header, options)
+    logger.info("%s", plan.describe())
+    if options.get("on_plan"):
+        options["on_plan"](plan)
+    return LlamaCppBackend(header, plan, options)
+
+
+def plan_for(header: GGUFHeader, options: dict) -> MemoryPlan:
+    hardware: Hardware = options.get("hardware") or detect_hardware()
+    cpu_moe = options.get("cpu_moe")
+    if cpu_moe is True:
+        cpu_moe = header.layout.n_layers
+    elif cpu_moe is False:
+        cpu_moe = 0
+    return plan_memory(
+        header.layout,
+        hardware,
+        n_ctx=options.get("n_ctx"),
+        gpu_layers=options.get("gpu_layers"),
+        cpu_moe_layers=cpu_moe,
+        cache_type=options.get("cache_type", "f16"),
+        check=options.get("check_memory", True),
+    )
+
+
+class LlamaCppBackend:
+    """engine.types.Backend over one llama.cpp context; one generation at a time."""
+
+    def __init__(self, header: GGUFHeader, plan: MemoryPlan, options: dict):
+        self.header, self.plan = header, plan
+        self.info = header.model_info()
+        self.experts_per_token = options.get("experts_per_token") or header.layout.experts_per_token
+        kv = {}
+        if options.get("experts_per_token"):
+            kv[f"{header.arch}.expert_used_count"] = int(options["experts_per_token"])
+        self.native = NativeModel(
+            header.path,
+            LoadOptions(
+                n_ctx=plan.n_ctx,
+                gpu_layers=plan.gpu_layers,
+                expert_patterns=plan.expert_override_patterns(),
+                threads=options.get("threads") or psutil.cpu_count(logical=False) or 1,
+                cache_type=plan.cache_type,
+                n_batch=options.get("n_batch", 512),
+                kv_overrides=kv,
+            ),
+        )
+        self.chat_template = self.native.chat_template()
+        self.bos_token, self.eos_token = self.native.special_tokens()
+        self.info.extra.update(
+            memory_plan=plan.to_json(), expert_placement=self.expert_placement_report()
+        )
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self._lock = threading.Lock()
+
+    # -- Backend ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.native.tokenize(text, add_special=True)
+
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        if req.messages is not None:
+            return self.native.tokenize(self.render(req.messages), add_special=False)
+        return self.native.tokenize(req.prompt or "", add_special=True)
+
+    def render(self, messages) -> str:
+        """The chat prompt text, from the GGUF's own tokenizer.chat_template."""
+        as_dicts = [m if isinstance(m, dict) else asdict(m) for m in messages]
+        return render_chat(
+            self.chat_template,
+            as_dicts,
+            add_generation_prompt=True,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+        )
+
+    def stream(
+        self, req: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]:
+        with self._lock:
+            yield from self._generate(req, cancel or threading.Event())
+
+    def close(self) -> None:
+        native = getattr(self, "native", None)
+        if native is not None:
+            native.close()
+
+    def __del__(self):
+        self.close()
+
+    # -- placement -------------------------------------------------------------------------
+
+    def expert_placement_report(self) -> dict:
+        """What the expert override did: how many tensors it matched and whether that
+        changes anything on this build."""
+        overridden = self.native.overridden_tensors()
+        patterns = self.plan.expert_override_patterns()
+        effect = "none: CPU-only build, every tensor is in CPU RAM already"
+        if self.plan.hardware.gpu_offload:
+            effect = "experts kept in CPU RAM" if overridden else "none requested"
+        return {
+            "cpu_moe_layers": self.plan.cpu_moe_layers if patterns else 0,
+            "patterns": patterns,
+            "tensors_in_cpu_ram": sorted(overridden),
+            "effect": effect if patterns else "none requested",
+        }
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _generate(self, req: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
+        started = time.perf_counter()
+        try:
+            prompt = self._checked_prompt(req)
+        except ItamaeError as e:
+            yield FinalEvent("error", Stats(), error=str(e))
+            return
+        stats = Stats(prompt_tokens=len(prompt))
+        try:
+            evaluated = self._prefill(prompt, cancel)
+        except DecodeAborted:
+            yield FinalEvent("cancelled", stats, prompt_token_ids=prompt)
+            return
+        except ItamaeError as e:
+            yield FinalEvent("error", stats, error=str(e), prompt_token_ids=prompt)
+            return
+        prefill_s = time.perf_counter() - started
+        stats.prefill_tps = evaluated / prefill_s if evaluated else 0.0
+        yield from self._decode_loop(req, prompt, cancel, stats, started)
+
+    def _checked_prompt(self, req: GenerationRequest) -> list[int]:
+        if req.experts_per_token and req.experts_per_token != self.experts_per_token:
+            raise ItamaeError(
+                f"This llama.cpp model was loaded with {self.experts_per_token} experts per "
+                f"token; llama.cpp fixes that number when the model loads.",
+                f"Load it again with experts_per_token={req.experts_per_token}.",
+            )
+        prompt = self.prompt_tokens(req)
+        if not prompt:
+            raise ItamaeError("The prompt is empty.", "Type a message first.")
+        if len(prompt) >= self.native.n_ctx:
+            raise ContextTooLong(
+                f"The prompt is {len(prompt)} tokens; the model was loaded with a "
+                f"{self.native.n_ctx}-token context.",
+                "Start a new conversation, shorten it, or load the model with a larger n_ctx.",
+            )
+        return prompt
+
+    def _prefill(self, prompt: list[int], cancel: threading.Event) -> int:
+        """Evaluate what the cache does not hold yet; returns how many tokens that was."""
+        keep = _common_prefix(self._cached, prompt)
+        keep = min(keep, len(prompt) - 1)  # the last prompt token must run to give logits
+        if keep < len(self._cached) and not self.native.forget_from(keep):
+            self.native.forget_all()  # recurrent caches cannot drop a tail
+            keep = 0
+        self._cached = prompt[:keep]
+        batch = self.native.options.n_batch
+        try:
+            for start in range(keep, len(prompt), batch):
+                if cancel.is_set():
+                    raise DecodeAborted()
+                chunk = prompt[start : start + batch]
+                self.native.decode(chunk, abort_flag=cancel)
+                self._cached.extend(chunk)
+        except (DecodeAborted, ItamaeError):
+            self.native.forget_from(len(self._cached))  # drop a half-evaluated chunk
+            raise
+        return len(prompt) - keep
+
+    def _decode_loop(self, req, prompt, cancel, stats: Stats, started: float):
+        params = req.sampling
+        text, stops = Utf8Stream(), StopStrings(params.stop)
+        completion: list[int] = []
+        finish, first_at, last_at, decodes = "length", None, 0.0, 0
+        with SamplerChain(params, self.native.n_vocab, prompt) as sampler:
+            while len(completion) < params.max_tokens:
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                token = sampler.sample(self.native.ctx)
+                last_at = time.perf_counter()
+                first_at = first_at or last_at
+                if self.native.is_end_of_generation(token):
+                    finish = "stop"
+                    break
+                completion.append(token)
+                piece, hit = stops.push(text.push(self.native.piece(token)))
+                yield TokenEvent(piece, token)
+                if hit:
+                    finish = "stop"
+                    break
+                if len(completion) >= params.max_tokens:
+                    break
+                if len(self._cached) + 1 >= self.native.n_ctx:
+                    break  # context full: "length"
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                try:
+                    self.native.decode([token])
+                except ItamaeError as e:
+                    yield FinalEvent("error", stats, error=str(e), prompt_token_ids=prompt)
+                    return
+                self._cached.append(token)
+                decodes += 1
+        if finish != "stop":
+            tail = stops.push(text.flush())[0] + stops.flush()
+            if tail:
+                yield TokenEvent(tail, None)
+        stats.completion_tokens = len(completion)
+        if first_at is not None:
+            stats.ttft_s = first_at - started
+            # between the first and the last draw: `decodes` forward passes and draws
+            stats.decode_tps = decodes / (last_at - first_at) if decodes else 0.0
+        yield FinalEvent(finish, stats, prompt_token_ids=prompt, token_ids=completion)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,210 @@
+"""Read what the memory planner and ModelInfo need from a GGUF header, without its weights.
+
+Uses the gguf package's GGUFReader (gguf-py, the reader llama.cpp ships), which memory-maps
+the file and parses only the header and tensor table. Tensor sizes are the stored sizes
+(quantized blocks included); which tensors are routed experts follows llama.cpp's own
+pattern for `--cpu-moe` (common/common.h, LLM_FFN_EXPS_REGEX). Key names are gguf.Keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+from gguf import GGUFReader, GGUFValueType
+
+from converters.errors import BadModelFile
+from converters.model_info import ModelInfo
+from engine.memory_plan import BlockWeights, ModelLayout
+
+EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
+OUTPUT_TENSORS = ("output.", "output_norm.")
+
+# GGUF architecture name -> Hugging Face model_type (what ModelInfo.arch spells).
+# llama.cpp writes Mixtral as "llama" with experts, DeepSeek-V2 and V3 both as "deepseek2".
+GGUF_TO_HF_ARCH = {
+    "qwen2moe": "qwen2_moe",  # Qwen1.5-MoE, Qwen2-57B-A14B
+    "qwen3moe": "qwen3_moe",  # Qwen3-30B-A3B, Qwen3-235B-A22B
+    "olmoe": "olmoe",  # OLMoE-1B-7B
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+}
+
+# The few array fields that are large (tokenizer vocabularies) are never expanded.
+_SKIP_CONTENTS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores")
+
+
+@dataclass
+class GGUFHeader:
+    path: Path
+    metadata: dict  # scalar and small-array fields; vocabularies left out
+    layout: ModelLayout
+    n_vocab: int
+
+    @property
+    def arch(self) -> str:
+        return self.metadata.get("general.architecture", "")
+
+    def key(self, name: str, default=None):
+        """An architecture key such as "block_count" (`{arch}.block_count`)."""
+        return self.metadata.get(f"{self.arch}.{name}", default)
+
+    def model_info(self) -> ModelInfo:
+        layout = self.layout
+        n_experts = layout.n_experts
+        moe_layers = sum(1 for b in layout.blocks if b.expert_bytes)
+        active = layout.total_params
+        if n_experts:
+            share = layout.experts_per_token / n_experts
+            routed = sum(b.expert_params for b in layout.blocks)
+            active = layout.total_params - routed + int(routed * share)
+        return ModelInfo(
+            path=self.path,
+            format="gguf",
+            arch=hf_arch(self.arch, self.metadata),
+            name=self.metadata.get("general.name", self.path.stem),
+            total_params=layout.total_params,
+            active_params=active,
+            n_layers=layout.n_layers,
+            n_experts=n_experts,
+            experts_per_token=layout.experts_per_token,
+            n_shared_experts=int(self.key("expert_shared_count", 0) or 0),
+            n_moe_layers=moe_layers,
+            context_length=layout.context_length,
+            vocab_size=self.n_vocab,
+            quant=layout.quant,
+            bits_per_weight={"all": round(layout.bits_per_weight, 3)},
+            size_bytes=self.path.stat().st_size,
+            license=str(self.metadata.get("general.license", "")),
+            files=[self.path.name],
+            extra={"gguf_arch": self.arch},
+        )
+
+
+def hf_arch(gguf_arch: str, metadata: dict) -> str:
+    experts = metadata.get(f"{gguf_arch}.expert_count", 0) or 0
+    if gguf_arch == "llama":
+        return "mixtral" if experts else "llama"
+    if gguf_arch == "deepseek2":
+        # gating func 2 = sigmoid (gguf.ExpertGatingFuncType): V3 and R1 route with sigmoid
+        sigmoid = metadata.get("deepseek2.expert_gating_func") == 2
+        return "deepseek_v3" if sigmoid else "deepseek_v2"
+    return GGUF_TO_HF_ARCH.get(gguf_arch, gguf_arch)
+
+
+def _metadata(reader: GGUFReader) -> tuple[dict, int]:
+    metadata: dict = {}
+    n_vocab = 0
+    for name, field in reader.fields.items():
+        if name == "tokenizer.ggml.tokens":
+            n_vocab = len(field.data)
+        if name in _SKIP_CONTENTS or name.startswith("GGUF."):
+            continue
+        if field.types and field.types[0] == GGUFValueType.ARRAY and len(field.data) > 4096:
+            continue
+        metadata[name] = field.contents()
+    return metadata, n_vocab
+
+
+def _per_block(value, n_layers: int) -> list[int]:
+    """Keys that llama.cpp accepts either as one number or as one number per block."""
+    if isinstance(value, list):
+        return [int(v) for v in value[:n_layers]] + [0] * max(0, n_layers - len(value))
+    return [int(value or 0)] * n_layers
+
+
+def _quant_name(metadata: dict, bytes_by_type: dict[str, int]) -> str:
+    file_type = metadata.get("general.file_type")
+    try:
+        return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        return max(bytes_by_type, key=bytes_by_type.get) if bytes_by_type else "unknown"
+
+
+def read_gguf(path: str | Path) -> GGUFHeader:
+    path = Path(path)
+    try:
+        reader = GGUFReader(path, "r")
+    except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError) as e:
+        raise BadModelFile(
+            f"{path.name} is not a readable GGUF file ({e}).",
+            "Check that the download finished, or convert the model again.",
+        ) from e
+    metadata, n_vocab = _metadata(reader)
+    arch = metadata.get("general.architecture")
+    if not arch:
+        raise BadModelFile(f"{path.name} has no general.architecture key.", "Convert it again.")
+    return GGUFHeader(path, metadata, _layout(reader, metadata, arch, n_vocab), n_vocab)
+
+
+def read_gguf_layout(path: str | Path) -> ModelLayout:
+    return read_gguf(path).layout
+
+
+def _layout(reader: GGUFReader, metadata: dict, arch: str, n_vocab: int) -> ModelLayout:
+    def key(name, default=0):
+        return metadata.get(f"{arch}.{name}", default)
+
+    n_layers = int(key("block_count"))
+    blocks = [BlockWeights(dense_bytes=0) for _ in range(n_layers)]
+    input_bytes = output_bytes = input_params = output_params = 0
+    bytes_by_type: dict[str, int] = {}
+    for tensor in reader.tensors:
+        size, params, name = int(tensor.n_bytes), int(tensor.n_elements), tensor.name
+        type_name = tensor.tensor_type.name
+        bytes_by_type[type_name] = bytes_by_type.get(type_name, 0) + size
+        block = BLOCK_TENSOR.match(name)
+        if block and int(block.group(1)) < n_layers:
+            _add_to_block(blocks[int(block.group(1))], name, size, params, len(tensor.shape))
+        elif name.startswith(OUTPUT_TENSORS):
+            output_bytes, output_params = output_bytes + size, output_params + params
+        else:
+            input_bytes, input_params = input_bytes + size, input_params + params
+    if n_vocab == 0:
+        n_vocab = int(key("vocab_size", 0) or 0)
+
+    n_embd = int(key("embedding_length"))
+    heads = _per_block(key("attention.head_count"), n_layers)
+    kv_heads = _per_block(key("attention.head_count_kv", heads), n_layers)
+    n_head = max(heads) if heads else 0
+    head_dim = n_embd // n_head if n_head else 0
+    n_experts = int(key("expert_count", 0) or 0)
+    experts_used = int(key("expert_used_count", 0) or 0)
+    ffn = max(_per_block(key("feed_forward_length", 0), n_layers) or [0])
+    expert_ffn = int(key("expert_feed_forward_length", 0) or 0) * experts_used
+    return ModelLayout(
+        name=str(metadata.get("general.name", "")),
+        arch=arch,
+        quant=_quant_name(metadata, bytes_by_type),
+        blocks=blocks,
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        input_params=input_params,
+        output_params=output_params,
+        context_length=int(key("context_length", 4096) or 4096),
+        n_embd=n_embd,
+        n_vocab=n_vocab,
+        n_head=n_head,
+        kv_heads=kv_heads,
+        key_length=int(key("attention.key_length", head_dim) or head_dim),
+        value_length=int(key("attention.value_length", head_dim) or head_dim),
+        mla=f"{arch}.attention.key_length_mla" in metadata,
+        n_experts=n_experts,
+        experts_per_token=experts_used,
+        ffn_width=max(ffn, expert_ffn),
+    )
+
+
+def _add_to_block(block: BlockWeights, name: str, size: int, params: int, n_dims: int) -> None:
+    if EXPERT_TENSOR.search(name):
+        block.expert_bytes += size
+        block.expert_params += params
+        return
+    block.dense_bytes += size
+    block.dense_params += params
+    if n_dims < 2:
+        block.norm_params += params
+        block.norm_bytes += size
