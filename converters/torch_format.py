@@ -1,0 +1,460 @@
+"""Itamae's torch format: what the native torch engine memory-maps.
+
+A folder with the source's `config.json` and tokenizer files, a JSON manifest
+(`itamae_torch.json`: format version, recipe, the scheme of every tensor) and safetensors
+files. Each MoE layer's routed experts sit in their own file as one uint8 tensor
+`[n_experts, bytes_per_expert]`: row e holds everything expert e needs (its fused gate/up
+projection, its down projection, their scales) at 64-byte aligned offsets, so an expert is
+one contiguous slice that can be paged in, copied to a GPU or evicted on its own. The rest
+of the model is in `model.safetensors`.
+
+Quantization schemes (gpt-fast's int8 weight-only and int4 group-wise quantizers are the
+model for both; the int4 code layout is what torch's `_weight_int4pack_mm` kernels take):
+- int8_row: q = round(w / s), s = max|w_row| / 127, per output row; w ~ q * s.
+- int4_group: per group of `group_size` inputs, s = (max - min) / 15, q = round((w - min) / s)
+  in 0..15, zero = min + 8 s; w ~ (q - 8) * s + zero. Codes are nibble-packed, low nibble
+  first ([out, in/2] uint8), scale and zero float16.
+Recipes: "bf16" (everything bf16), "int8" (experts int8, other linears int8), "int4"
+(experts int4, other linears int8). Embeddings, norms, routers and MLA's kv_b_proj (it is
+folded into attention at run time) stay float.
+
+Conversion streams expert by expert (memory bounded by one expert) and writes to a temporary
+folder that is renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import BadModelFile, Cancelled, ItamaeError, OutputExists
+from .hf_reader import HFCheckpoint
+
+FORMAT = "itamae-torch"
+FORMAT_VERSION = 1
+MANIFEST = "itamae_torch.json"
+RECIPES = ("bf16", "int8", "int4")
+ALIGN = 64  # bytes: every part of an expert row starts on a cache line, views stay aligned
+INT4_GROUP = 64  # 4 bits + 2 x 16-bit (scale, zero) / 64 = 4.5 bits per weight, as Q4_0
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "README.md",
+    "LICENSE",
+)
+DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+# One routed expert's weight in a hub checkpoint, per-expert spelling:
+#   Mixtral: block_sparse_moe.experts.{e}.w1 (gate) / w3 (up) / w2 (down)
+#   Qwen-MoE, OLMoE, DeepSeek: mlp.experts.{e}.gate_proj / up_proj / down_proj
+EXPERT_RE = re.compile(
+    r"^model\.layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(\d+)\."
+    r"(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$"
+)
+# transformers 5's fused spelling: experts.gate_up_proj [E, 2I, H], experts.down_proj [E, H, I]
+FUSED_RE = re.compile(
+    r"^model\.layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(gate_up_proj|down_proj)$"
+)
+PROJ = {
+    "w1": "gate",
+    "w3": "up",
+    "w2": "down",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
+
+
+# ---- quantization -------------------------------------------------------------------------
+
+
+def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [out, in] -> (int8 q [out, in], float32 scale [out])."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+def int4_group_size(in_features: int) -> int:
+    for g in (INT4_GROUP, 32, 16, 8):
+        if in_features % g == 0:
+            return g
+    raise ItamaeError(
+        f"An expert input size of {in_features} cannot be split into int4 groups.",
+        "Use --quant int8 for this model.",
+    )
+
+
+def quantize_int4_groups(
+    w: torch.Tensor, group: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [out, in] -> (packed uint8 [out, in/2], scale f16 [out, in/group], zero f16 [out, in/group])."""
+    out_dim, in_dim = w.shape
+    g = w.float().view(out_dim, in_dim // group, group)
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-8).half().float()  # quantize against the stored scale
+    zero = (lo + 8 * scale).half().float()
+    q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp(0, 15).to(torch.uint8)
+    q = q.view(out_dim, in_dim)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    return packed.contiguous(), scale.half(), zero.half()
+
+
+def dequantize_int4_groups(packed, scale, zero) -> torch.Tensor:
+    p = packed.to(torch.int32)
+    q = torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], scale.shape[1], -1).float()
+    return ((q - 8) * scale.float()[..., None] + zero.float()[..., None]).view(p.shape[0], -1)
+
+
+# ---- the expert row layout ---------------------------------------------------------------
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def expert_parts(scheme: str, hidden: int, inter: int, float_dtype: torch.dtype = torch.bfloat16):
+    """[(part, dtype, shape)] of one expert row. gate_up is gate rows then up rows."""
+    if scheme == "float":
+        return [
+            ("gate_up", float_dtype, (2 * inter, hidden)),
+            ("down", float_dtype, (hidden, inter)),
+        ]
+    if scheme == "int8_row":
+        return [
+            ("gate_up.q", torch.int8, (2 * inter, hidden)),
+            ("gate_up.scale", torch.float32, (2 * inter,)),
+            ("down.q", torch.int8, (hidden, inter)),
+            ("down.scale", torch.float32, (hidden,)),
+        ]
+    if scheme == "int4_group":
+        gh, gi = int4_group_size(hidden), int4_group_size(inter)
+        return [
+            ("gate_up.q", torch.uint8, (2 * inter, hidden // 2)),
+            ("gate_up.scale", torch.float16, (2 * inter, hidden // gh)),
+            ("gate_up.zero", torch.float16, (2 * inter, hidden // gh)),
+            ("down.q", torch.uint8, (hidden, inter // 2)),
+            ("down.scale", torch.float16, (hidden, inter // gi)),
+            ("down.zero", torch.float16, (hidden, inter // gi)),
+        ]
+    raise ValueError(f"unknown expert scheme {scheme!r}")
+
+
+def expert_layout(scheme: str, hidden: int, inter: int, float_dtype=torch.bfloat16):
+    """({part: (offset, dtype, shape)}, bytes per expert row, a multiple of ALIGN)."""
+    layout, offset = {}, 0
+    for name, dtype, shape in expert_parts(scheme, hidden, inter, float_dtype):
+        layout[name] = (offset, dtype, shape)
+        offset = _align(offset + int(np.prod(shape)) * dtype.itemsize)
+    return layout, offset
+
+
+def pack_expert(scheme: str, gate, up, down, float_dtype=torch.bfloat16) -> torch.Tensor:
+    """One expert's weights -> its uint8 row."""
+    inter, hidden = gate.shape
+    layout, nbytes = expert_layout(scheme, hidden, inter, float_dtype)
+    gate_up = torch.cat([gate, up], dim=0)
+    if scheme == "float":
+        values = {"gate_up": gate_up.to(float_dtype), "down": down.to(float_dtype)}
+    elif scheme == "int8_row":
+        (q1, s1), (q2, s2) = quantize_int8_rows(gate_up), quantize_int8_rows(down)
+        values = {"gate_up.q": q1, "gate_up.scale": s1, "down.q": q2, "down.scale": s2}
+    else:
+        q1, s1, z1 = quantize_int4_groups(gate_up, int4_group_size(hidden))
+        q2, s2, z2 = quantize_int4_groups(down, int4_group_size(inter))
+        values = {
+            "gate_up.q": q1, "gate_up.scale": s1, "gate_up.zero": z1,
+            "down.q": q2, "down.scale": s2, "down.zero": z2,
+        }  # fmt: skip
+    row = torch.zeros(nbytes, dtype=torch.uint8)
+    for name, (offset, dtype, _shape) in layout.items():
+        data = values[name].to(dtype).contiguous().view(torch.uint8).flatten()
+        row[offset : offset + data.numel()] = data
+    return row
+
+
+def expert_views(row: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
+    """Typed views into one expert row (no copy)."""
+    views = {}
+    for name, (offset, dtype, shape) in layout.items():
+        n = int(np.prod(shape)) * dtype.itemsize
+        views[name] = row[offset : offset + n].view(dtype).view(shape)
+    return views
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def _scheme_for(name: str, shape: list[int], recipe: str) -> str:
+    if recipe == "bf16" or len(shape) != 2:
+        return "float"
+    float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj")
+    if any(k in name for k in float_kept) or not name.endswith(".weight"):
+        return "float"
+    return "int8_row"
+
+
+def _keep_float32(name: str) -> bool:
+    # Routers decide which experts run; keep them (and DeepSeek's correction bias) exact.
+    return ".mlp.gate." in name or "e_score_correction_bias" in name or "shared_expert_gate" in name
+
+
+class _ExpertFile:
+    """Streams one MoE layer's experts into a safetensors file, one row at a time."""
+
+    def __init__(self, path: Path, name: str, n_experts: int, row_bytes: int):
+        self.path = path
+        header = {name: {"dtype": "U8", "shape": [n_experts, row_bytes],
+                         "data_offsets": [0, n_experts * row_bytes]},
+                  "__metadata__": {"format": "pt", "writer": FORMAT}}  # fmt: skip
+        text = json.dumps(header).encode()
+        text += b" " * (-(8 + len(text)) % ALIGN)  # data starts on an ALIGN boundary
+        self.f = open(path, "wb")  # noqa: SIM115 - written row by row, closed by close()
+        self.f.write(len(text).to_bytes(8, "little") + text)
+
+    def write(self, row: torch.Tensor) -> None:
+        self.f.write(row.numpy().tobytes())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _find_experts(ckpt: HFCheckpoint, n_layers: int) -> dict[int, dict]:
+    """layer -> {"prefix", "n", "names": {(e, proj): name}} or {"fused": {...}}."""
+    layers: dict[int, dict] = {}
+    for name in ckpt.tensor_names():
+        m = EXPERT_RE.match(name)
+        if m and int(m.group(1)) < n_layers:
+            layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
+            layer["names"][(int(m.group(3)), PROJ[m.group(4)])] = name
+            continue
+        m = FUSED_RE.match(name)
+        if m and int(m.group(1)) < n_layers:
+            layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
+            layer.setdefault("fused", {})[m.group(3)] = name
+    return layers
+
+
+def _expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
+    if "fused" in info:
+        gate_up = ckpt.get(info["fused"]["gate_up_proj"])[e]
+        inter = gate_up.shape[0] // 2
+        return gate_up[:inter], gate_up[inter:], ckpt.get(info["fused"]["down_proj"])[e]
+    names = info["names"]
+    return (ckpt.get(names[(e, "gate")]), ckpt.get(names[(e, "up")]), ckpt.get(names[(e, "down")]))
+
+
+def _n_experts(info: dict, ckpt: HFCheckpoint) -> int:
+    if "fused" in info:
+        return ckpt.shape(info["fused"]["down_proj"])[0]
+    return 1 + max(e for e, _ in info["names"])
+
+
+def convert_to_torch(
+    src: str | Path,
+    dest: str | Path,
+    quant: str = "int8",
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """Write the torch format of HF folder `src` into the new folder `dest`; returns dest.
+
+    `progress(done, total, what)` is called after each tensor or expert; `cancel` is checked
+    as often and stops the conversion with `Cancelled`, leaving nothing at `dest`.
+    """
+    if quant not in RECIPES:
+        raise ItamaeError(
+            f"Unknown torch-format recipe {quant!r}.", f"Choose one of: {', '.join(RECIPES)}."
+        )
+    src, dest = Path(src), Path(dest)
+    if dest.exists():
+        raise OutputExists(f"{dest} already exists.", "Choose another output folder or delete it.")
+    ckpt = HFCheckpoint(src)
+    n_layers = int(ckpt.config.get("num_hidden_layers", 0))
+    experts = _find_experts(ckpt, n_layers)
+    expert_names = {
+        n
+        for info in experts.values()
+        for n in (*info["names"].values(), *info.get("fused", {}).values())
+    }
+    rest = [
+        n for n in ckpt.tensor_names() if n not in expert_names and not _beyond_layers(n, n_layers)
+    ]
+    total = len(rest) + sum(_n_experts(i, ckpt) for i in experts.values())
+    tmp = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _write_all(ckpt, tmp, quant, experts, rest, total, progress, cancel)
+        for f in TOKENIZER_FILES:
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
+        config = dict(ckpt.config)
+        config.pop("quantization_config", None)  # FP8 was dequantized: the scales are gone
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _beyond_layers(name: str, n_layers: int) -> bool:
+    """DeepSeek-V3's multi-token-prediction layer (model.layers.{n_layers}) is not used."""
+    m = re.match(r"^model\.layers\.(\d+)\.", name)
+    return bool(m) and int(m.group(1)) >= n_layers
+
+
+def _write_all(ckpt, tmp, quant, experts, rest, total, progress, cancel) -> dict:
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Conversion cancelled.", "Nothing was written.")
+        done += 1
+        if progress is not None:
+            progress(done, total, what)
+
+    tensors_manifest, out = {}, {}
+    for name in rest:
+        scheme = _scheme_for(name, ckpt.shape(name), quant)
+        w = ckpt.get(name)
+        if scheme == "int8_row":
+            q, s = quantize_int8_rows(w)
+            out[name + ".q"], out[name + ".scale"] = q, s
+        else:
+            dtype = torch.float32 if _keep_float32(name) else torch.bfloat16
+            out[name] = w.to(dtype).contiguous()
+        tensors_manifest[name] = {"scheme": scheme, "shape": ckpt.shape(name)}
+        step(name)
+    save_file(out, tmp / "model.safetensors", metadata={"format": "pt", "writer": FORMAT})
+    del out
+    expert_scheme = {"bf16": "float", "int8": "int8_row", "int4": "int4_group"}[quant]
+    layers_manifest = {}
+    for layer in sorted(experts):
+        info = experts[layer]
+        n = _n_experts(info, ckpt)
+        gate, up, down = _expert_weights(ckpt, info, 0)
+        inter, hidden = gate.shape
+        layout, row_bytes = expert_layout(expert_scheme, hidden, inter)
+        file = f"experts-{layer:03d}.safetensors"
+        tensor = f"model.layers.{layer}.experts.packed"
+        writer = _ExpertFile(tmp / file, tensor, n, row_bytes)
+        try:
+            for e in range(n):
+                if e:
+                    gate, up, down = _expert_weights(ckpt, info, e)
+                writer.write(pack_expert(expert_scheme, gate, up, down))
+                step(f"layer {layer} expert {e}")
+        finally:
+            writer.close()
+        layers_manifest[str(layer)] = {
+            "file": file, "tensor": tensor, "n_experts": n, "bytes_per_expert": row_bytes,
+            "hidden": hidden, "intermediate": inter,
+            "parts": {k: [o, DTYPE_NAMES[d], list(s)] for k, (o, d, s) in layout.items()},
+        }  # fmt: skip
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "recipe": quant,
+        "source_model_type": ckpt.model_type,
+        "expert_scheme": expert_scheme,
+        "int4_group_size": INT4_GROUP if quant == "int4" else None,
+        "tensors": tensors_manifest,
+        "experts": layers_manifest,
+    }
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def is_torch_format(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST).is_file()
+
+
+class TorchFormat:
+    """Read side: non-expert tensors on request, expert rows memory-mapped."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.manifest = json.loads((self.folder / MANIFEST).read_text())
+            self.config = json.loads((self.folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise BadModelFile(f"{self.folder} is not a readable torch-format model ({e}).",
+                               "Convert the model again with `itamae convert --format torch`.") from e  # fmt: skip
+        if (
+            self.manifest.get("format") != FORMAT
+            or self.manifest.get("format_version") != FORMAT_VERSION
+        ):
+            raise BadModelFile(
+                f"{self.folder} holds torch format version {self.manifest.get('format_version')!r}, "
+                f"this Itamae reads version {FORMAT_VERSION}.",
+                "Convert the model again with this version of Itamae.",
+            )
+        self._rest = safe_open(self.folder / "model.safetensors", "pt")
+        self._rows: dict[int, torch.Tensor] = {}
+
+    @property
+    def recipe(self) -> str:
+        return self.manifest["recipe"]
+
+    def scheme(self, name: str) -> str | None:
+        entry = self.manifest["tensors"].get(name)
+        return entry["scheme"] if entry else None
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["tensors"]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._rest.get_tensor(name)
+
+    def expert_layers(self) -> list[int]:
+        return sorted(int(k) for k in self.manifest["experts"])
+
+    def expert_layout(self, layer: int) -> tuple[dict, int]:
+        entry = self.manifest["experts"][str(layer)]
+        parts = {k: (o, DTYPES[d], tuple(s)) for k, (o, d, s) in entry["parts"].items()}
+        return parts, entry["bytes_per_expert"]
+
+    def expert_rows(self, layer: int) -> torch.Tensor:
+        """uint8 [n_experts, bytes_per_expert], memory-mapped: pages load when touched."""
+        if layer not in self._rows:
+            entry = self.manifest["experts"][str(layer)]
+            path = self.folder / entry["file"]
+            header_len = int.from_bytes(path.open("rb").read(8), "little")
+            shape = (entry["n_experts"], entry["bytes_per_expert"])
+            expected = 8 + header_len + shape[0] * shape[1]
+            if path.stat().st_size != expected:
+                raise BadModelFile(f"{path.name} is {path.stat().st_size} bytes, expected {expected}.",
+                                   "The file is truncated: convert the model again.")  # fmt: skip
+            # copy-on-write mapping: never written, shared with the page cache
+            array = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_len, shape=shape)
+            self._rows[layer] = torch.from_numpy(array)
+        return self._rows[layer]

@@ -1,0 +1,130 @@
+"""Attention: grouped-query attention (Llama, Mixtral, Qwen, OLMoE) and DeepSeek's
+multi-head latent attention (MLA) with its compressed KV cache.
+
+GQA follows transformers' LlamaAttention with the per-architecture extras: qkv bias
+(Qwen2-MoE), per-head q/k RMSNorm (Qwen3-MoE), whole-projection q/k RMSNorm and clip_qkv
+(OLMoE), sliding window (Mixtral, Qwen when enabled).
+MLA follows DeepSeek-V2 (arXiv 2405.04434, §2.1) in its "absorbed" form, as DeepSeek's
+inference code and llama.cpp run it: the cache keeps only the normalised latent c_kv and the
+rotated shared key; kv_b_proj's key half is folded into the query and its value half applied
+after attention, so keys and values are never expanded per head.
+Softmax scale: head_dim^-0.5, times yarn mscale(all_dim)^2 for DeepSeek with YaRN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+from .layers import Linear, rms_norm
+from .rope import Rotary
+
+
+def causal_mask(q_len: int, start: int, window: int | None, device) -> torch.Tensor | None:
+    """bool [q_len, start+q_len], True where query i may attend key j."""
+    if q_len == 1 and window is None:
+        return None
+    rows = torch.arange(start, start + q_len, device=device)[:, None]
+    cols = torch.arange(start + q_len, device=device)[None, :]
+    allowed = cols <= rows
+    if window is not None:
+        allowed &= cols > rows - window
+    return allowed
+
+
+@dataclass
+class GQAttention:
+    """B = batch, T = new tokens, S = cached + new, Hq/Hkv = heads, D = head dim."""
+
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rotary: Rotary
+    layer: int
+    eps: float = 1e-6
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    qk_norm_per_head: bool = True  # Qwen3: per head; OLMoE: over the whole projection
+    clip_qkv: float | None = None
+    sliding_window: int | None = None
+
+    def __call__(self, x, cos, sin, cache: KVCache, start: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.q_norm is not None and not self.qk_norm_per_head:
+            q, k = rms_norm(q, self.q_norm, self.eps), rms_norm(k, self.k_norm, self.eps)
+        if self.clip_qkv is not None:
+            q, k, v = (z.clamp(-self.clip_qkv, self.clip_qkv) for z in (q, k, v))
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.qk_norm_per_head:
+            q, k = rms_norm(q, self.q_norm, self.eps), rms_norm(k, self.k_norm, self.eps)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D]
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
+        k, v = cache.update(self.layer, start, 2, k, v)  # [B, Hkv, S, D]
+        mask = causal_mask(t, start, self.sliding_window, x.device)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.o(out.transpose(1, 2).reshape(b, t, -1))
+
+
+@dataclass
+class MLAttention:
+    """MLA. L = kv_lora_rank, N = qk_nope_head_dim, R = qk_rope_head_dim, V = v_head_dim."""
+
+    kv_a: Linear  # hidden -> L + R
+    kv_a_norm: torch.Tensor
+    kv_b: torch.Tensor  # [H * (N + V), L], float
+    o: Linear
+    n_heads: int
+    nope_dim: int
+    rope_dim: int
+    v_dim: int
+    rotary: Rotary
+    layer: int
+    scale: float
+    eps: float = 1e-6
+    q: Linear | None = None  # without q LoRA (V2-Lite)
+    q_a: Linear | None = None
+    q_a_norm: torch.Tensor | None = None
+    q_b: Linear | None = None
+
+    def __post_init__(self):
+        kv_b = self.kv_b.view(self.n_heads, self.nope_dim + self.v_dim, -1)
+        self.w_uk = kv_b[:, : self.nope_dim]  # [H, N, L]
+        self.w_uv = kv_b[:, self.nope_dim :]  # [H, V, L]
+
+    def __call__(self, x, cos, sin, cache: KVCache, start: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = (
+            self.q(x)
+            if self.q is not None
+            else self.q_b(rms_norm(self.q_a(x), self.q_a_norm, self.eps))
+        )
+        q = q.view(b, t, self.n_heads, self.nope_dim + self.rope_dim).transpose(1, 2)
+        q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)  # [B, H, T, N|R]
+        latent, k_rot = self.kv_a(x).split([self.kv_b.shape[1], self.rope_dim], dim=-1)
+        latent = rms_norm(latent, self.kv_a_norm, self.eps)  # [B, T, L]
+        q_rot = self.rotary.apply(q_rot, cos, sin)
+        k_rot = self.rotary.apply(k_rot[:, None], cos, sin)[:, 0]  # [B, T, R], shared by heads
+        latent, k_rot = cache.update(self.layer, start, 1, latent, k_rot)  # [B, S, L|R]
+        q_latent = torch.einsum("bhtn,hnl->bhtl", q_nope, self.w_uk)
+        scores = torch.einsum("bhtl,bsl->bhts", q_latent, latent)
+        scores = scores + torch.einsum("bhtr,bsr->bhts", q_rot, k_rot)
+        scores = scores.float() * self.scale
+        mask = causal_mask(t, start, None, x.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1).to(x.dtype)
+        out_latent = torch.einsum("bhts,bsl->bhtl", probs, latent)
+        out = torch.einsum("bhtl,hvl->bthv", out_latent, self.w_uv)  # [B, T, H, V]
+        return self.o(out.reshape(b, t, -1))

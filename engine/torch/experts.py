@@ -1,0 +1,139 @@
+"""Routed experts as rows of bytes, and where those rows come from (the slow tier).
+
+Every expert, whatever its scheme, is one contiguous uint8 row (layout in
+converters/torch_format.py): moving it between tiers is one copy, and the compute-side
+objects (`ExpertFFN`) are typed views into whichever copy is used. Slow tiers:
+- `MappedExperts`: the torch format's memory-mapped expert files (zero-copy views; the OS
+  pages them in), so a model larger than RAM still runs.
+- `CheckpointExperts`: a Hugging Face folder, read expert by expert through HFCheckpoint
+  (FP8 dequantized) and packed into a row in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from converters.hf_reader import HFCheckpoint
+from converters.torch_format import (
+    FUSED_RE,
+    TorchFormat,
+    expert_layout,
+    expert_views,
+    int4_group_size,
+    pack_expert,
+)
+
+from .layers import ACTIVATIONS, Int4Linear, Int8Linear, Linear
+
+
+class ExpertFFN:
+    """down(act(gate(x)) * up(x)) for one expert, over typed views of its row.
+
+    T = tokens routed to this expert, H = hidden, I = expert intermediate size.
+    """
+
+    def __init__(self, row: torch.Tensor, layout: dict, scheme: str, act: str = "silu"):
+        self.row = row  # keeps the storage the views point into alive
+        v = expert_views(row, layout)
+        if scheme == "float":
+            self.gate_up, self.down = Linear(v["gate_up"]), Linear(v["down"])
+        elif scheme == "int8_row":
+            self.gate_up = Int8Linear(v["gate_up.q"], v["gate_up.scale"])
+            self.down = Int8Linear(v["down.q"], v["down.scale"])
+        else:
+            hidden = v["down.q"].shape[0]
+            inter = v["gate_up.q"].shape[0] // 2
+            self.gate_up = Int4Linear(
+                v["gate_up.q"], v["gate_up.scale"], v["gate_up.zero"], int4_group_size(hidden)
+            )
+            self.down = Int4Linear(
+                v["down.q"], v["down.scale"], v["down.zero"], int4_group_size(inter)
+            )
+        self.act = ACTIVATIONS[act]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # x [T, H] -> [T, 2I] -> 2 x [T, I]
+        return self.down(self.act(gate) * up)  # [T, H]
+
+
+class SlowTier:
+    """Where every expert lives permanently. Rows are indexed by (moe_layer, expert)."""
+
+    scheme: str
+    act: str = "silu"
+
+    def row(self, layer: int, expert: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layout(self, layer: int) -> tuple[dict, int]:
+        raise NotImplementedError
+
+    def n_experts(self, layer: int) -> int:
+        raise NotImplementedError
+
+    def is_view(self) -> bool:
+        """True if `row` returns a view of storage (so using it elsewhere needs a copy)."""
+        return True
+
+    def ffn(self, layer: int, row: torch.Tensor) -> ExpertFFN:
+        return ExpertFFN(row, self.layout(layer)[0], self.scheme, self.act)
+
+
+class MappedExperts(SlowTier):
+    def __init__(self, fmt: TorchFormat, layers: list[int], act: str = "silu"):
+        self.fmt, self.layers, self.act = fmt, layers, act
+        self.scheme = fmt.manifest["expert_scheme"]
+        self._layouts = {i: fmt.expert_layout(hf) for i, hf in enumerate(layers)}
+
+    def row(self, layer: int, expert: int) -> torch.Tensor:
+        return self.fmt.expert_rows(self.layers[layer])[expert]
+
+    def layout(self, layer: int):
+        return self._layouts[layer]
+
+    def n_experts(self, layer: int) -> int:
+        return self.fmt.expert_rows(self.layers[layer]).shape[0]
+
+
+class CheckpointExperts(SlowTier):
+    """Experts read from a hub checkpoint on demand, in the compute dtype."""
+
+    scheme = "float"
+
+    def __init__(self, ckpt: HFCheckpoint, prefixes: list[str], names: tuple[str, str, str],
+                 n_experts: int, dtype: torch.dtype, act: str = "silu"):  # fmt: skip
+        self.ckpt, self.prefixes, self.names = ckpt, prefixes, names
+        self.dtype, self.act, self._n = dtype, act, n_experts
+        gate = self._weights(0, 0)[0]
+        self._layout = expert_layout("float", gate.shape[1], gate.shape[0], dtype)
+
+    def _weights(self, layer: int, e: int):
+        prefix = self.prefixes[layer]
+        fused = f"{prefix}.gate_up_proj"
+        if fused in self.ckpt and FUSED_RE.match(fused):
+            gate_up = self.ckpt.get(fused)[e]
+            inter = gate_up.shape[0] // 2
+            return gate_up[:inter], gate_up[inter:], self.ckpt.get(f"{prefix}.down_proj")[e]
+        return tuple(self.ckpt.get(f"{prefix}.{e}.{n}.weight") for n in self.names)
+
+    def row(self, layer: int, expert: int) -> torch.Tensor:
+        return pack_expert("float", *self._weights(layer, expert), float_dtype=self.dtype)
+
+    def layout(self, layer: int):
+        return self._layout
+
+    def n_experts(self, layer: int) -> int:
+        return self._n
+
+    def is_view(self) -> bool:
+        return False
+
+
+def expert_flops(ffn_row_layout: dict, n_tokens: int) -> float:
+    """Multiply-adds x 2 for `n_tokens` through one expert (for the cost model)."""
+    gu = ffn_row_layout.get("gate_up", ffn_row_layout.get("gate_up.q"))[2]
+    dn = ffn_row_layout.get("down", ffn_row_layout.get("down.q"))[2]
+    params = gu[0] * gu[1] + dn[0] * dn[1]
+    if "gate_up.q" in ffn_row_layout and ffn_row_layout["gate_up.q"][1] == torch.uint8:
+        params *= 2  # int4: two codes per byte
+    return 2.0 * params * n_tokens

@@ -1,0 +1,143 @@
+"""Building blocks shared by every architecture: RMSNorm, linear layers (float, int8, int4)
+and the gated MLP used by dense layers and shared experts.
+
+RMSNorm computes in float32 and casts back, as transformers' `LlamaRMSNorm` does. Quantized
+linears follow gpt-fast's runtime kernels: int8 per-row weights through
+`torch._weight_int8pack_mm` and int4 group-wise weights through
+`_weight_int4pack_mm_for_cpu` when the activations are bf16 on the CPU; anywhere else
+(float32 activations, CUDA) the same math runs as dequantize-then-matmul, so results agree
+across devices to rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+
+
+class Linear:
+    """A float weight [out, in] with an optional bias."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight = weight
+        self.bias = bias
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.bias) if t is not None]
+
+
+class Int8Linear(Linear):
+    """int8 weight [out, in] with one scale per output row: w = q * scale[row]."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias=None):
+        self.weight = qweight
+        self.scale = scale.float()
+        self.bias = bias
+        self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
+
+    def _scale(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._scale_cache:
+            self._scale_cache[dtype] = self.scale.to(dtype)
+        return self._scale_cache[dtype]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            shape = x.shape
+            y = torch._weight_int8pack_mm(
+                x.reshape(-1, shape[-1]), self.weight, self._scale(x.dtype)
+            )
+            y = y.view(*shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self._scale(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.scale, self.bias) if t is not None]
+
+
+class Int4Linear(Linear):
+    """int4 weight in groups along `in`: w = (q - 8) * scale[row, group] + zero[row, group].
+
+    Stored nibble-packed ([out, in/2] uint8, low nibble first). On the CPU with bf16
+    activations the weight is repacked once into torch's int4pack layout.
+    """
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int):
+        self.packed, self.scale, self.zero, self.group = packed, scale, zero, group
+        self.bias = None
+        self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.shape[0]
+
+    def unpack(self) -> torch.Tensor:
+        """[out, in] int32 codes 0..15."""
+        p = self.packed.to(torch.int32)
+        return torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], -1)
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        out, n_groups = self.scale.shape
+        codes = self.unpack().view(out, n_groups, self.group).float()
+        w = (codes - 8) * self.scale.float()[..., None] + self.zero.float()[..., None]
+        return w.view(out, -1).to(dtype)
+
+    def prepare_kernel(self) -> bool:
+        """Repack for `_weight_int4pack_mm_for_cpu`; False where the kernel does not apply."""
+        if self._kernel is None:
+            k = self.packed.shape[1] * 2
+            if self.group not in (32, 64, 128, 256) or k % self.group:
+                return False
+            try:
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.unpack(), 1)
+            except (RuntimeError, AttributeError):
+                return False
+            sz = torch.stack([self.scale, self.zero], dim=-1).transpose(0, 1).contiguous()
+            self._kernel = (packed, sz.to(torch.bfloat16))
+        return True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and self.prepare_kernel():
+            packed, sz = self._kernel
+            shape = x.shape
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.reshape(-1, shape[-1]), packed, self.group, sz
+            )
+            return y.view(*shape[:-1], -1)
+        # dequantized per call (CUDA, float32): memory stays at 4.5 bits per weight
+        return F.linear(x, self.dequantize(x.dtype))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.packed, self.scale, self.zero]
+
+
+@dataclass
+class GatedMLP:
+    """down(act(gate(x)) * up(x)): Llama's MLP, DeepSeek's dense and shared experts."""
+
+    gate: Linear
+    up: Linear
+    down: Linear
+    act: str = "silu"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(ACTIVATIONS[self.act](self.gate(x)) * self.up(x))

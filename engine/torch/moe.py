@@ -1,0 +1,133 @@
+"""The MoE block: exact per-architecture routing, then expert-sparse compute.
+
+Routing references (transformers 5 modeling files, and the models' own code):
+- Mixtral: softmax over all experts, top-k, always renormalised (MixtralTopKRouter).
+- Qwen2-MoE / Qwen3-MoE / OLMoE: softmax, top-k, renormalised only if `norm_topk_prob`;
+  Qwen2-MoE adds a shared expert scaled by sigmoid(shared_expert_gate(x)).
+- DeepSeek-V2: softmax, "greedy" or "group_limited_greedy" (groups ranked by their best
+  expert), weights x routed_scaling_factor (or renormalised when norm_topk_prob, as
+  DeepSeek's own modeling_deepseek.py does), plus shared experts.
+- DeepSeek-V3/R1: sigmoid scores; choice uses scores + e_score_correction_bias with groups
+  ranked by the sum of their two best; weights are the unbiased scores, renormalised if
+  `norm_topk_prob`, then x routed_scaling_factor (DeepseekV3TopkRouter).
+Compute (gpt-fast's MoE, made sparse): tokens are sorted by expert, each selected expert
+runs once on its group, results are scattered back weighted. Never a loop over all experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .layers import GatedMLP, Linear
+from .placement import ExpertCache
+
+
+@dataclass
+class Router:
+    weight: torch.Tensor  # [E, H] float32
+    top_k: int
+    scoring: str = "softmax"  # softmax | sigmoid
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    n_group: int = 1
+    topk_group: int = 1
+    group_score: str | None = None  # None | "max" (DeepSeek-V2) | "top2_sum" (DeepSeek-V3)
+    correction_bias: torch.Tensor | None = None
+    deepseek_v2_norm: bool = False  # V2: renormalise instead of scaling
+
+    def __call__(self, x: torch.Tensor, top_k: int | None = None):
+        """x [T, H] -> (weights [T, k] float32, experts [T, k] int64)."""
+        k = top_k or self.top_k
+        logits = F.linear(x.float(), self.weight)  # [T, E]
+        if self.scoring == "sigmoid":
+            scores = logits.sigmoid()
+        else:
+            scores = logits.softmax(dim=-1)
+        choice = scores if self.correction_bias is None else scores + self.correction_bias
+        if self.group_score is not None:
+            choice = self._limit_groups(choice)
+        if self.group_score is None and self.correction_bias is None:
+            weights, experts = torch.topk(scores, k, dim=-1)
+        else:
+            experts = torch.topk(choice, k, dim=-1, sorted=False)[1]
+            weights = scores.gather(1, experts)
+        if self.deepseek_v2_norm:
+            if self.norm_topk_prob and k > 1:
+                weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+            else:
+                weights = weights * self.routed_scaling_factor
+            return weights, experts
+        if self.norm_topk_prob:
+            weights = weights / (
+                weights.sum(-1, keepdim=True) + (1e-20 if self.scoring == "sigmoid" else 0)
+            )
+        return weights * self.routed_scaling_factor, experts
+
+    def _limit_groups(self, choice: torch.Tensor) -> torch.Tensor:
+        t, e = choice.shape
+        grouped = choice.view(t, self.n_group, e // self.n_group)
+        if self.group_score == "max":
+            group_scores = grouped.max(dim=-1).values
+        else:
+            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+        keep = torch.topk(group_scores, self.topk_group, dim=-1, sorted=False)[1]
+        mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+        mask = mask[:, :, None].expand(t, self.n_group, e // self.n_group).reshape(t, e)
+        # V2 zeroes the other groups' softmax scores, V3 sets them to -inf: same choice
+        fill = 0.0 if self.group_score == "max" else float("-inf")
+        return choice.masked_fill(~mask, fill)
+
+
+class ExpertUsage:
+    """expert_counts[moe_layer][expert]: tokens each routed expert worked on."""
+
+    def __init__(self, n_layers: int, n_experts: int):
+        self.counts = torch.zeros(n_layers, n_experts, dtype=torch.int64)
+        self.trace: list[tuple[int, list[int]]] | None = None  # (layer, experts) per step if on
+
+    def record(self, layer: int, per_expert: torch.Tensor, active: list[int]) -> None:
+        self.counts[layer] += per_expert
+        if self.trace is not None:
+            self.trace.append((layer, active))
+
+
+@dataclass
+class MoEBlock:
+    """T = tokens, H = hidden, E = experts, K = experts per token."""
+
+    layer: int  # index among MoE layers (0-based), the cache and the counts key on it
+    router: Router
+    cache: ExpertCache
+    usage: ExpertUsage
+    shared: GatedMLP | None = None
+    shared_gate: Linear | None = None  # Qwen2-MoE
+    experts_per_token: int | None = None  # run-time override
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # [T, H]
+        weights, experts = self.router(flat, self.experts_per_token)  # [T, K]
+        k = experts.shape[1]
+        order = torch.argsort(experts.flatten(), stable=True)  # routed slots sorted by expert
+        per_expert = torch.bincount(experts.flatten(), minlength=self.usage.counts.shape[1])
+        active = per_expert.nonzero().flatten().tolist()
+        self.usage.record(self.layer, per_expert.cpu(), active)
+        out = torch.zeros_like(flat)
+        flat_weights = weights.flatten()
+        counts = per_expert[active].tolist()
+        start = 0
+        for expert, count in zip(active, counts, strict=True):
+            slots = order[start : start + count]
+            start += count
+            tokens = slots // k
+            y = self.cache.run(self.layer, expert, flat[tokens])  # [count, H]
+            out.index_add_(0, tokens, (y * flat_weights[slots, None].to(y.dtype)).to(out.dtype))
+        if self.shared is not None:
+            shared = self.shared(flat)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            out = out + shared
+        return out.view(shape)

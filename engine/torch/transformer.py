@@ -1,0 +1,187 @@
+"""The decoder every architecture shares: embeddings, pre-norm layers, final norm, lm_head.
+
+An architecture file (models/<model_type>.py) subclasses `DecoderModel` and overrides the
+few methods where it differs (attention, router, shared experts, expert names), in the
+spirit of mlx-lm's one-file-per-model layout. Placement of experts is decided here once
+for the whole model: one `ExpertCache` serves every MoE layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import GQAttention
+from .config import BaseArgs
+from .kv_cache import KVCache
+from .layers import GatedMLP, Linear, rms_norm
+from .moe import ExpertUsage, MoEBlock, Router
+from .placement import ExpertCache
+from .rope import Rotary
+from .weights import Weights
+
+
+@dataclass
+class PlacementOptions:
+    """Where experts live. `expert_budget`: a fraction (<= 1) of all routed experts' bytes,
+    or a byte count (> 1), kept on the fast tier; None keeps them all."""
+
+    expert_budget: float | int | None = None
+    policy: str = "lru"
+    on_miss: str = "auto"
+    expert_usage: list[list[int]] | None = None  # recorded counts -> the static hot set
+
+
+def hot_set_from_usage(usage: list[list[int]]) -> list[tuple[int, int]]:
+    """(layer, expert) pairs, most used first."""
+    pairs = [(c, layer, e) for layer, row in enumerate(usage) for e, c in enumerate(row)]
+    return [(layer, e) for c, layer, e in sorted(pairs, key=lambda p: -p[0]) if c > 0]
+
+
+@dataclass
+class DecoderLayer:
+    attn: object
+    ffn: object  # GatedMLP or MoEBlock
+    input_norm: torch.Tensor
+    post_attention_norm: torch.Tensor
+    eps: float
+
+    def __call__(self, x, cos, sin, cache, start):
+        x = x + self.attn(rms_norm(x, self.input_norm, self.eps), cos, sin, cache, start)
+        return x + self.ffn(rms_norm(x, self.post_attention_norm, self.eps))
+
+
+class DecoderModel:
+    """Subclasses set `Args` and override the build_* hooks they need."""
+
+    Args = BaseArgs
+    expert_names = ("gate_proj", "up_proj", "down_proj")  # gate, up, down
+
+    def __init__(self, args: BaseArgs, weights: Weights, placement: PlacementOptions):
+        self.args, self.w = args, weights
+        self.dtype, self.device = weights.dtype, weights.device
+        self.rotary = self.make_rotary().to(self.device)
+        self.moe_layers = [i for i in range(args.num_hidden_layers) if args.is_moe_layer(i)]
+        self.usage = ExpertUsage(len(self.moe_layers), max(args.n_experts, 1))
+        self.cache = self._make_cache(placement) if self.moe_layers else None
+        self.embed = weights.get("model.embed_tokens.weight")
+        self.layers = [self._build_layer(i) for i in range(args.num_hidden_layers)]
+        self.norm = weights.get("model.norm.weight")
+        if weights.has("lm_head.weight"):
+            self.lm_head = weights.linear("lm_head")
+        else:  # tie_word_embeddings
+            self.lm_head = Linear(self.embed)
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def make_rotary(self) -> Rotary:
+        a = self.args
+        return Rotary(a.rope, a.head_dim, a.max_position_embeddings, interleaved=False)
+
+    def moe_prefix(self, i: int) -> str:
+        return f"model.layers.{i}.mlp.experts"
+
+    def build_attention(self, i: int):
+        return self.gqa(i)
+
+    def build_router(self, i: int) -> Router:
+        raise NotImplementedError
+
+    def build_shared(self, i: int) -> tuple[GatedMLP | None, Linear | None]:
+        return None, None
+
+    def build_dense_mlp(self, i: int) -> GatedMLP:
+        return self.mlp(f"model.layers.{i}.mlp")
+
+    # -- shared builders ----------------------------------------------------------------
+
+    def gqa(self, i: int, **extra) -> GQAttention:
+        a, p = self.args, f"model.layers.{i}.self_attn"
+        return GQAttention(
+            q=self.w.linear(f"{p}.q_proj"), k=self.w.linear(f"{p}.k_proj"),
+            v=self.w.linear(f"{p}.v_proj"), o=self.w.linear(f"{p}.o_proj"),
+            n_heads=a.num_attention_heads, n_kv_heads=a.num_key_value_heads,
+            head_dim=a.head_dim, rotary=self.rotary, layer=i, eps=a.rms_norm_eps,
+            sliding_window=a.sliding_window, **extra,
+        )  # fmt: skip
+
+    def mlp(self, prefix: str) -> GatedMLP:
+        w = self.w
+        return GatedMLP(
+            w.linear(f"{prefix}.gate_proj"), w.linear(f"{prefix}.up_proj"),
+            w.linear(f"{prefix}.down_proj"), self.args.hidden_act,
+        )  # fmt: skip
+
+    def _make_cache(self, placement: PlacementOptions) -> ExpertCache:
+        slow = self.w.slow_tier(
+            [self.moe_prefix(i) for i in self.moe_layers], self.expert_names, self.args.hidden_act
+        )
+        row_bytes = slow.layout(0)[1]
+        total = row_bytes * self.args.n_experts * len(self.moe_layers)
+        budget = placement.expert_budget
+        if budget is None:
+            budget_bytes = total
+        elif budget <= 1:
+            budget_bytes = int(round(total * budget))
+        else:
+            budget_bytes = int(budget)
+        hot = hot_set_from_usage(placement.expert_usage) if placement.expert_usage else []
+        if placement.policy == "static" and not hot:
+            # no recording yet: spread the budget evenly (experts 0.. of every layer)
+            hot = [
+                (layer, e)
+                for e in range(self.args.n_experts)
+                for layer in range(len(self.moe_layers))
+            ]
+        return ExpertCache(
+            slow, self.device, budget_bytes, placement.policy, placement.on_miss, hot
+        )
+
+    def _build_layer(self, i: int) -> DecoderLayer:
+        p = f"model.layers.{i}"
+        if i in self.moe_layers:
+            shared, gate = self.build_shared(i)
+            ffn = MoEBlock(self.moe_layers.index(i), self.build_router(i), self.cache, self.usage,
+                           shared, gate)  # fmt: skip
+        else:
+            ffn = self.build_dense_mlp(i)
+        return DecoderLayer(
+            self.build_attention(i), ffn, self.w.get(f"{p}.input_layernorm.weight"),
+            self.w.get(f"{p}.post_attention_layernorm.weight"), self.args.rms_norm_eps,
+        )  # fmt: skip
+
+    # -- running ----------------------------------------------------------------------------
+
+    def set_experts_per_token(self, k: int | None) -> None:
+        if k is not None and not 1 <= k <= self.args.n_experts:
+            from converters.errors import ItamaeError
+
+            raise ItamaeError(
+                f"experts_per_token must be between 1 and {self.args.n_experts}, not {k}.",
+                f"The model's own value is {self.args.experts_per_token}.",
+            )
+        for layer in self.layers:
+            if isinstance(layer.ffn, MoEBlock):
+                layer.ffn.experts_per_token = k
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.args.num_hidden_layers, self.args.max_position_embeddings)
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache, all_logits: bool = False
+    ) -> torch.Tensor:
+        """tokens [B, T] at positions cache.length.. -> logits [B, T, V] (or [B, 1, V])."""
+        start = cache.length
+        positions = torch.arange(start, start + tokens.shape[1], device=self.device)
+        cos, sin = self.rotary.cos_sin(positions, self.dtype)
+        if self.cache is not None:
+            self.cache.begin_step()
+        x = self.embed[tokens.to(self.device)]
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, start)
+        cache.length = start + tokens.shape[1]
+        if not all_logits:
+            x = x[:, -1:]
+        return self.lm_head(rms_norm(x, self.norm, self.args.rms_norm_eps)).float()

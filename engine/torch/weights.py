@@ -1,0 +1,118 @@
+"""Where non-expert weights come from: a Hugging Face folder or the torch format.
+
+Both hand out tensors by their hub names (`model.layers.0.self_attn.q_proj.weight`), so the
+model files never see which format they were loaded from. Non-expert weights are copied
+into the compute dtype on the compute device; experts are left to the slow tier
+(experts.py) and the expert cache (placement.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from converters.errors import BadModelFile
+from converters.hf_reader import HFCheckpoint
+from converters.torch_format import TorchFormat, is_torch_format
+
+from .experts import CheckpointExperts, MappedExperts, SlowTier
+from .layers import Int8Linear, Linear
+
+
+class Weights:
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.dtype, self.device = dtype, device
+        self.config: dict = {}
+
+    def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def _read(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if not self.has(name):
+            raise BadModelFile(
+                f"The model has no tensor {name!r}.",
+                "The checkpoint is incomplete or not the architecture its config.json names.",
+            )
+        return self._read(name).to(device=self.device, dtype=dtype or self.dtype)
+
+    def maybe(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        return self.get(name, dtype) if self.has(name) else None
+
+    def linear(self, prefix: str) -> Linear:
+        return Linear(self.get(f"{prefix}.weight"), self.maybe(f"{prefix}.bias"))
+
+    def slow_tier(self, prefixes: list[str], names: tuple[str, str, str], act: str) -> SlowTier:
+        raise NotImplementedError
+
+
+class CheckpointWeights(Weights):
+    def __init__(self, folder: Path, dtype, device):
+        super().__init__(dtype, device)
+        self.ckpt = HFCheckpoint(folder)
+        self.config = self.ckpt.config
+
+    def has(self, name: str) -> bool:
+        return name in self.ckpt
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.ckpt.get(name)
+
+    def slow_tier(self, prefixes, names, act) -> SlowTier:
+        fused = f"{prefixes[0]}.down_proj"
+        if fused in self.ckpt:
+            n = self.ckpt.shape(fused)[0]
+        else:
+            n = 1 + max(
+                int(name[len(prefixes[0]) + 1 :].split(".")[0])
+                for name in self.ckpt.tensor_names()
+                if name.startswith(prefixes[0] + ".")
+            )
+        return CheckpointExperts(self.ckpt, prefixes, names, n, self.dtype, act)
+
+
+class TorchFormatWeights(Weights):
+    def __init__(self, folder: Path, dtype, device):
+        super().__init__(dtype, device)
+        self.fmt = TorchFormat(folder)
+        self.config = self.fmt.config
+
+    def has(self, name: str) -> bool:
+        return self.fmt.has(name)
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.fmt.get(name)
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if self.fmt.scheme(name) == "int8_row":
+            from converters.torch_format import dequantize_int8_rows
+
+            q, s = self.fmt.get(name + ".q"), self.fmt.get(name + ".scale")
+            return dequantize_int8_rows(q, s).to(device=self.device, dtype=dtype or self.dtype)
+        return super().get(name, dtype)
+
+    def linear(self, prefix: str) -> Linear:
+        name = f"{prefix}.weight"
+        if self.fmt.scheme(name) == "int8_row":
+            q = self.fmt.get(name + ".q").to(self.device)
+            scale = self.fmt.get(name + ".scale").to(self.device)
+            return Int8Linear(q, scale, self.maybe(f"{prefix}.bias"))
+        return super().linear(prefix)
+
+    def slow_tier(self, prefixes, names, act) -> SlowTier:
+        layers = [int(p.split(".")[2]) for p in prefixes]
+        missing = [i for i in layers if str(i) not in self.fmt.manifest["experts"]]
+        if missing:
+            raise BadModelFile(f"The torch-format model has no experts for layers {missing}.",
+                               "Convert the model again.")  # fmt: skip
+        return MappedExperts(self.fmt, layers, act)
+
+
+def open_weights(folder: str | Path, dtype: torch.dtype, device: torch.device) -> Weights:
+    folder = Path(folder)
+    if is_torch_format(folder):
+        return TorchFormatWeights(folder, dtype, device)
+    return CheckpointWeights(folder, dtype, device)
