@@ -468,7 +468,9 @@ def smaller_quant_that_fits(
     for name, bpw in QUANT_LADDER:
         if bpw >= current - 0.05:
             continue
-        plan = plan_memory(layout.requantized(name, bpw), hardware, cache_type=cache_type, check=False)
+        plan = plan_memory(
+            layout.requantized(name, bpw), hardware, cache_type=cache_type, check=False
+        )
         if plan.fits:
             return plan
     return None
