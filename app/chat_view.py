@@ -1,0 +1,138 @@
+"""How stored messages look in the chat: reasoning blocks, reply stats, interruptions.
+
+Pure functions from the store's messages to Gradio's Chatbot "messages" format
+(https://www.gradio.app/docs/gradio/chatbot), so the chat tab stays thin and this
+part is tested without a browser.
+
+Reasoning models write their thoughts between <think> and </think> before the
+answer. Qwen3 emits both tags; DeepSeek-R1's chat template puts "<think>\\n" in the
+prompt, so its output starts inside the block and only the closing tag appears.
+Both become a collapsible "thinking" message (Gradio's `metadata.title`) above the
+answer, open with a spinner while the model is still thinking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.i18n import Translator
+from app.store import StoredMessage
+from engine.types import Message
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass
+class ReplyParts:
+    thinking: str | None  # None: the reply has no reasoning block
+    answer: str
+    thinking_done: bool = True
+
+
+def split_reasoning(text: str) -> ReplyParts:
+    stripped = text.lstrip()
+    close = text.find(THINK_CLOSE)
+    if stripped.startswith(THINK_OPEN):
+        body = stripped[len(THINK_OPEN) :]
+        end = body.find(THINK_CLOSE)
+        if end == -1:
+            return ReplyParts(body.strip(), "", thinking_done=False)
+        return ReplyParts(body[:end].strip(), body[end + len(THINK_CLOSE) :].lstrip())
+    if close != -1 and THINK_OPEN not in text[:close]:
+        # R1 style: the opening tag was part of the prompt.
+        return ReplyParts(text[:close].strip(), text[close + len(THINK_CLOSE) :].lstrip())
+    if stripped and THINK_OPEN.startswith(stripped):
+        # The first characters of "<think>" have streamed in; show nothing yet.
+        return ReplyParts(None, "")
+    return ReplyParts(None, text)
+
+
+def stats_line(stats: dict | None, finish_reason: str | None, tr: Translator) -> str:
+    """One subdued line under a reply: tokens, time to first token, tokens/s."""
+    parts = []
+    if stats:
+        parts.append(tr("stats.tokens", n=stats.get("completion_tokens", 0)))
+        if stats.get("ttft_s"):
+            parts.append(tr("stats.ttft", s=f"{stats['ttft_s']:.2f}"))
+        if stats.get("decode_tps"):
+            parts.append(tr("stats.tps", tps=f"{stats['decode_tps']:.1f}"))
+    if finish_reason == "cancelled":
+        parts.append(tr("stats.stopped"))
+    elif finish_reason == "length":
+        parts.append(tr("stats.length"))
+    return " · ".join(parts)
+
+
+@dataclass
+class ChatDisplay:
+    messages: list[dict]
+    # positions[i]: the store position of the message shown at display index i
+    positions: list[int]
+
+
+def to_chatbot(stored: list[StoredMessage], tr: Translator, streaming: bool = False) -> ChatDisplay:
+    """Chatbot messages for a conversation; `streaming` marks the last reply as live."""
+    shown: list[dict] = []
+    positions: list[int] = []
+
+    def add(message: dict, position: int) -> None:
+        shown.append(message)
+        positions.append(position)
+
+    for index, m in enumerate(stored):
+        live = streaming and index == len(stored) - 1
+        if m.role == "user":
+            add({"role": "user", "content": m.content}, m.position)
+        elif m.role == "assistant":
+            for message in _reply_messages(m, tr, live):
+                add(message, m.position)
+    return ChatDisplay(shown, positions)
+
+
+def _reply_messages(m: StoredMessage, tr: Translator, live: bool) -> list[dict]:
+    parts = split_reasoning(m.content)
+    out = []
+    if parts.thinking is not None:
+        pending = live and not parts.thinking_done
+        out.append(
+            {
+                "role": "assistant",
+                "content": parts.thinking or "…",
+                "metadata": {
+                    "title": tr("chat.thinking") if pending else tr("chat.thought"),
+                    "status": "pending" if pending else "done",
+                },
+            }
+        )
+    if m.finish_reason == "error":
+        out.append({"role": "assistant", "content": f"⚠️ {m.content or tr('chat.error')}"})
+        return out
+    answer = parts.answer
+    if not answer and live:
+        answer = "" if parts.thinking is not None else "…"
+    if answer:
+        out.append({"role": "assistant", "content": answer})
+    if live:
+        return out
+    if m.interrupted:
+        note = tr("chat.interrupted")
+    else:
+        note = stats_line(m.stats, m.finish_reason, tr)
+    if note:
+        out.append({"role": "assistant", "content": f'<span class="reply-stats">{note}</span>'})
+    return out
+
+
+def history_for_model(stored: list[StoredMessage], system_prompt: str) -> list[Message]:
+    """The conversation as the model should see it: replies without their reasoning
+    (Qwen3's and R1's templates drop earlier thoughts too), failed replies left out."""
+    messages = [Message("system", system_prompt)] if system_prompt.strip() else []
+    for m in stored:
+        if m.role == "assistant":
+            if m.finish_reason == "error" or not m.content.strip():
+                continue
+            messages.append(Message("assistant", split_reasoning(m.content).answer))
+        elif m.role == "user":
+            messages.append(Message("user", m.content))
+    return messages

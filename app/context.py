@@ -1,0 +1,23 @@
+"""What every tab of the UI works with, passed explicitly (no module-level state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.model_manager import ModelManager
+from app.settings import AppPaths, SettingsFile
+from app.store import ConversationStore
+
+
+@dataclass
+class AppContext:
+    manager: ModelManager
+    store: ConversationStore
+    settings: SettingsFile
+    paths: AppPaths
+    api_base: str = ""  # where the OpenAI-compatible API answers, shown in Settings
+
+    @classmethod
+    def create(cls, manager: ModelManager, paths: AppPaths | None = None) -> AppContext:
+        paths = (paths or AppPaths.default()).ensure()
+        return cls(manager, ConversationStore(paths.database), SettingsFile(paths), paths)

@@ -1,0 +1,216 @@
+"""The convert tab: a source, a recipe (with the estimated output size of each), the
+format (GGUF for llama.cpp, or the torch format for the native engine), a progress
+bar and cancel. The result lands in the models folder and so in the models tab.
+
+The work is `converters.convert.convert(src, dest, recipe, fmt, progress, cancel)`,
+run in a thread; the handler polls its progress the way the download does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+import gradio as gr
+
+from app import library
+from app.context import AppContext
+from app.i18n import Key, Labels, Translator
+from app.ui_models import human_bytes
+from converters.errors import Cancelled, ItamaeError
+
+POLL_S = 0.3
+FORMATS = ("gguf", "torch")
+# Nominal bits per weight, for the size estimate shown beside each recipe before
+# anything is read. llama.cpp's mixes are from its quantize tool's table (Llama-3-8B);
+# the MoE recipes spend ~4 (or ~3) bits on routed experts, which are nearly all of an
+# MoE's weights, and 8 on the rest.
+RECIPES = {
+    "gguf": (("F16", 16.0), ("Q8_0", 8.5), ("Q6_K", 6.57), ("Q5_K_M", 5.70), ("Q4_K_M", 4.90),
+             ("moe-q4", 4.7), ("Q4_0", 4.55), ("moe-q3", 3.8), ("Q3_K_M", 3.91), ("Q2_K", 3.35)),
+    "torch": (("bf16", 16.0), ("int8", 8.1), ("int4", 4.6)),
+}  # fmt: skip
+
+
+@dataclass
+class ConvertJob:
+    fraction: float = 0.0
+    message: str = ""
+    finished: bool = False
+    error: str = ""
+    cancelled: bool = False
+    dest: Path | None = None
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+
+@dataclass
+class ConvertUI:
+    source: gr.Dropdown
+    recipe: gr.Radio
+    fmt: gr.Radio
+    output_name: gr.Textbox
+    start: gr.Button
+    cancel: gr.Button
+    progress: gr.HTML
+    job: gr.State
+
+    @property
+    def translated_outputs(self) -> list:
+        return [self.source]
+
+
+def recipe_choices(fmt: str, total_params: int, tr: Translator) -> list[tuple[str, str]]:
+    choices = []
+    for name, bits in RECIPES[fmt]:
+        label = name
+        if total_params:
+            label = f"{name} · ≈{human_bytes(int(total_params * bits / 8))}"
+        choices.append((label, name))
+    return choices
+
+
+def source_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
+    settings = ctx.settings.load()
+    entries = library.scan(ctx.settings.models_dir(settings), settings.added_paths)
+    # Only Hugging Face folders convert (a GGUF is already converted).
+    return [
+        (f"{e.name} ({tr(f'models.where.{e.location}')})", e.key)
+        for e in entries
+        if e.path.is_dir() and (e.info is None or e.info.format == "hf")
+    ]
+
+
+def translated_values(ctx: AppContext, tr: Translator) -> list:
+    return [gr.update(choices=source_choices(ctx, tr))]
+
+
+def create_ui(ctx: AppContext, labels: Labels) -> ConvertUI:
+    with gr.Column(elem_id="convert"):
+        labels(gr.Markdown, value=Key("convert.intro"), elem_classes="intro")
+        source = labels(
+            gr.Dropdown,
+            choices=[],
+            label=Key("convert.source"),
+            info=Key("convert.source_info"),
+            allow_custom_value=True,
+            elem_id="convert-source",
+        )
+        fmt = labels(
+            gr.Radio,
+            choices=[(Key("convert.gguf"), "gguf"), (Key("convert.torch"), "torch")],
+            value="gguf",
+            label=Key("convert.format"),
+        )
+        recipe = labels(
+            gr.Radio,
+            choices=recipe_choices("gguf", 0, labels.tr),
+            value="moe-q4",
+            label=Key("convert.recipe"),
+            info=Key("convert.recipe_info"),
+            elem_id="recipe",
+        )
+        output_name = labels(
+            gr.Textbox, label=Key("convert.output"), placeholder=Key("convert.output_placeholder")
+        )
+        with gr.Row():
+            start = labels(
+                gr.Button, value=Key("convert.start"), variant="primary", elem_id="convert-start"
+            )
+            cancel = labels(gr.Button, value=Key("convert.cancel"), variant="stop", visible=False)
+        progress = gr.HTML("", elem_id="convert-progress")
+        job = gr.State(None)
+    return ConvertUI(source, recipe, fmt, output_name, start, cancel, progress, job)
+
+
+def default_output(source: str, recipe: str, fmt: str) -> str:
+    stem = Path(source.rstrip("/")).name or "model"
+    return f"{stem}-{recipe}.gguf" if fmt == "gguf" else f"{stem}-{recipe}"
+
+
+def _run(job: ConvertJob, source: str, dest: Path, recipe: str, fmt: str) -> None:
+    from converters.convert import convert
+
+    def report(fraction: float, message: str = "") -> None:
+        job.fraction, job.message = fraction, message
+
+    try:
+        convert(source, dest, recipe, fmt, report, job.cancel)
+        job.dest = dest
+    except Cancelled:
+        job.cancelled = True
+    except ItamaeError as e:
+        job.error = str(e)
+    except Exception as e:  # the thread must report, not vanish
+        job.error = f"{type(e).__name__}: {e}"
+    finally:
+        job.finished = True
+
+
+def progress_html(job: ConvertJob, tr: Translator) -> str:
+    if job.error:
+        return f'<div class="notice error">{escape(job.error)}</div>'
+    if job.cancelled:
+        return f'<div class="notice">{escape(tr("convert.cancelled"))}</div>'
+    if job.finished and job.dest is not None:
+        return f'<div class="notice ok">{escape(tr("convert.done", path=str(job.dest)))}</div>'
+    message = escape(job.message or tr("convert.working"))
+    return (
+        f'<div class="download"><div>{message} — {job.fraction:.0%}</div>'
+        f'<div class="bar"><div style="width:{job.fraction * 100:.0f}%"></div></div></div>'
+    )
+
+
+def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models) -> None:
+    from app.ui_models import library_update
+
+    def on_source(source: str, fmt: str, lang: str):
+        tr = Translator(lang)
+        info, _ = library.inspect_model(Path(source)) if source else (None, "")
+        total = info.total_params if info else 0
+        return gr.update(choices=recipe_choices(fmt, total, tr))
+
+    for trigger in (ui.source.change, ui.fmt.change):
+        trigger(on_source, [ui.source, ui.fmt, lang], [ui.recipe], show_progress="hidden")
+
+    def on_fmt(fmt: str):
+        return gr.update(value="moe-q4" if fmt == "gguf" else "int8")
+
+    ui.fmt.input(on_fmt, [ui.fmt], [ui.recipe])
+
+    def on_start(source: str, recipe: str, fmt: str, name: str, lang: str):
+        tr = Translator(lang)
+        hidden, shown = gr.update(visible=False), gr.update(visible=True)
+        if not source or not recipe:
+            gr.Warning(tr("convert.pick_source"))
+            return
+        models_dir = ctx.settings.models_dir()
+        models_dir.mkdir(parents=True, exist_ok=True)
+        name = (name or "").strip() or default_output(source, recipe, fmt)
+        if Path(name).name != name or name.startswith("."):
+            gr.Warning(tr("convert.bad_name"))
+            return
+        job = ConvertJob()
+        worker = threading.Thread(
+            target=_run, args=(job, source, models_dir / name, recipe, fmt), daemon=True
+        )
+        worker.start()
+        while not job.finished:
+            yield progress_html(job, tr), job, hidden, shown, gr.skip()
+            time.sleep(POLL_S)
+        yield progress_html(job, tr), None, shown, hidden, library_update(ctx, tr)
+
+    ui.start.click(
+        on_start,
+        [ui.source, ui.recipe, ui.fmt, ui.output_name, lang],
+        [ui.progress, ui.job, ui.start, ui.cancel, models.library],
+        show_progress="hidden",
+    )
+
+    def on_cancel(job: ConvertJob | None):
+        if job is not None:
+            job.cancel.set()
+
+    ui.cancel.click(on_cancel, [ui.job], None, queue=False)
