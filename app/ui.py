@@ -82,8 +82,8 @@ def model_line(ctx: AppContext, tr: Translator) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def build_ui(ctx: AppContext) -> gr.Blocks:
-    labels = Labels()
+def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
+    labels = labels or Labels()
     with gr.Blocks(title="Itamae", fill_width=True, analytics_enabled=False) as demo:
         lang = gr.State("en")
         lang_pref = gr.BrowserState("", storage_key="itamae-language")

@@ -1,0 +1,180 @@
+"""The UI's pure parts: reasoning blocks, the chat view, stats, the expert heatmap, and
+the English/Japanese catalogs (every label in both, every key the UI uses exists)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from app import expert_heatmap
+from app.chat_view import history_for_model, split_reasoning, stats_line, to_chatbot
+from app.i18n import CATALOG_DIR, LANGUAGES, Translator, catalog, pick_language
+from app.store import StoredMessage
+
+APP = Path(__file__).resolve().parents[1] / "app"
+
+
+def msg(position, role, content, finish="stop", stats=None):
+    return StoredMessage(position + 1, "c", position, role, content, finish, stats)
+
+
+@pytest.mark.parametrize(
+    ("text", "thinking", "answer", "done"),
+    [
+        ("Hello", None, "Hello", True),
+        ("<think>plan</think>Answer", "plan", "Answer", True),  # Qwen3
+        ("  <think>\nplan\n</think>\n\nAnswer", "plan", "Answer", True),
+        ("<think>still going", "still going", "", False),  # streaming, block open
+        (
+            "reasoning\n</think>\nAnswer",
+            "reasoning",
+            "Answer",
+            True,
+        ),  # R1: <think> was in the prompt
+        ("<thi", None, "", True),  # the tag is still arriving: show nothing yet
+        ("a < b and </p>", None, "a < b and </p>", True),
+    ],
+)
+def test_split_reasoning(text, thinking, answer, done):
+    parts = split_reasoning(text)
+    assert (parts.thinking, parts.answer, parts.thinking_done) == (thinking, answer, done)
+
+
+def test_chat_view_maps_display_rows_to_stored_messages():
+    tr = Translator("en")
+    stats = {"completion_tokens": 12, "ttft_s": 0.25, "decode_tps": 31.4}
+    stored = [
+        msg(0, "user", "Hi"),
+        msg(1, "assistant", "<think>greet</think>Hello!", stats=stats),
+        msg(2, "user", "And?"),
+        msg(3, "assistant", "partial", finish=None),  # the process died mid-reply
+    ]
+    view = to_chatbot(stored, tr)
+    roles = [(m["role"], m["content"]) for m in view.messages]
+    assert roles[0] == ("user", "Hi")
+    assert view.messages[1]["metadata"] == {"title": "Thought", "status": "done"}
+    assert roles[2] == ("assistant", "Hello!")
+    assert "12 tokens" in roles[3][1] and "0.25 s" in roles[3][1] and "31.4 tokens/s" in roles[3][1]
+    assert roles[4] == ("user", "And?")
+    assert roles[5] == ("assistant", "partial")
+    assert "Interrupted" in roles[6][1]
+    assert view.positions == [0, 1, 1, 1, 2, 3, 3]
+
+
+def test_live_reply_shows_an_open_thinking_block():
+    tr = Translator("ja")
+    view = to_chatbot([msg(0, "user", "?"), msg(1, "assistant", "<think>考え", None)], tr, True)
+    thinking = view.messages[1]
+    assert thinking["metadata"] == {"title": "考え中…", "status": "pending"}
+    assert len(view.messages) == 2  # no stats line while streaming
+
+
+def test_history_for_model_drops_reasoning_and_failures():
+    stored = [
+        msg(0, "user", "Q1"),
+        msg(1, "assistant", "<think>x</think>A1"),
+        msg(2, "user", "Q2"),
+        msg(3, "assistant", "backend crashed", finish="error"),
+        msg(4, "user", "Q3"),
+    ]
+    history = history_for_model(stored, "Be brief.")
+    assert [(m.role, m.content) for m in history] == [
+        ("system", "Be brief."),
+        ("user", "Q1"),
+        ("assistant", "A1"),
+        ("user", "Q2"),
+        ("user", "Q3"),
+    ]
+
+
+def test_stats_line_in_both_languages():
+    stats = {"completion_tokens": 5, "ttft_s": 1.5, "decode_tps": 10.0}
+    assert stats_line(stats, "cancelled", Translator("en")) == (
+        "5 tokens · first token 1.50 s · 10.0 tokens/s · stopped"
+    )
+    assert stats_line(stats, "stop", Translator("ja")) == (
+        "5 トークン · 最初のトークンまで 1.50 秒 · 10.0 トークン/秒"
+    )
+
+
+def test_heatmap_draws_one_cell_per_layer_and_expert():
+    counts = [[0, 3, 1, 0], [4, 0, 0, 0], [1, 1, 1, 1]]
+    svg = expert_heatmap.render(counts, Translator("en"))
+    assert svg.count("<rect") == 12
+    assert "3 MoE layers × 4 experts" in svg
+    # the busiest expert of a layer is drawn darkest, an unused one in the lightest colour
+    assert 'fill="#312e81"><title>layer 1, expert 0: 4 tokens (100%)' in svg
+    assert 'fill="#eef2ff"><title>layer 1, expert 1: 0 tokens (0%)' in svg
+    assert "heatmap-empty" in expert_heatmap.render(None, Translator("en"))
+
+
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [
+        ("ja-JP,ja;q=0.9,en-US;q=0.8", "ja"),
+        ("en-US,en;q=0.9", "en"),
+        ("fr-FR,fr;q=0.9,ja;q=0.8", "ja"),
+        ("de-DE", "en"),
+        (None, "en"),
+        ("en;q=0.5,ja;q=0.9", "ja"),
+    ],
+)
+def test_language_follows_the_browser(header, lang):
+    assert pick_language(header) == lang
+
+
+def test_every_label_exists_in_both_languages():
+    files = sorted(p.stem for p in CATALOG_DIR.glob("*.json"))
+    assert files == sorted(LANGUAGES)
+    en, ja = catalog("en"), catalog("ja")
+    assert set(en) == set(ja)
+    for key in en:
+        assert en[key].strip() and ja[key].strip(), key
+        # the same placeholders, so no translation loses a number or a name
+        assert set(re.findall(r"{(\w+)}", en[key])) == set(re.findall(r"{(\w+)}", ja[key])), key
+    # Japanese labels are Japanese: most contain kana or kanji (names like Top-p excepted)
+    japanese = [k for k, v in ja.items() if re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", v)]
+    assert len(japanese) > 0.9 * len(ja)
+
+
+def test_every_key_the_code_uses_is_in_the_catalog():
+    used: set[str] = set()
+    for path in APP.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        used |= set(re.findall(r'(?:tr|Key)\(\s*"([a-z_.\-]+)"', text))
+    keys = set(catalog("en"))
+    assert used, "no keys found: the pattern no longer matches the code"
+    assert used <= keys, sorted(used - keys)
+    # keys built with f-strings: each family is complete
+    for location in ("demo", "models", "hf-cache", "added"):
+        assert f"models.where.{location}" in keys
+    from app.ui_chat import BUILTIN_PRESETS
+    from app.ui_models import COLUMNS
+
+    for name in BUILTIN_PRESETS:
+        assert {f"preset.{name}.name", f"preset.{name}.prompt"} <= keys
+    for column in COLUMNS:
+        assert f"models.col.{column}" in keys
+    assert {"models.deleted", "models.forgotten"} <= keys
+
+
+def test_built_ui_binds_only_known_keys(tmp_path):
+    """Build the real Blocks and check every translated property it registered."""
+    from app.context import AppContext
+    from app.i18n import Labels
+    from app.model_manager import ModelManager
+    from app.settings import AppPaths
+    from app.ui import build_ui
+
+    ctx = AppContext.create(ModelManager(), AppPaths(tmp_path))
+    labels = Labels()
+    build_ui(ctx, labels)
+    assert len(labels.components) > 60
+    assert labels.keys() <= set(catalog("ja"))
+    updates = labels.updates("ja")
+    assert len(updates) == len(labels.components)
+    assert any(u.get("label") == "チャット" for u in updates)
+    assert json.dumps(updates, default=str)  # plain data, ready for the browser
