@@ -1,0 +1,127 @@
+"""`convert(src, dest, recipe)`: a Hugging Face checkpoint -> a GGUF file (or the torch format).
+
+Everything that can be wrong with the input (architecture, tensors, tokenizer, recipe,
+existing output, free disk) is checked before the output is opened. The file is written
+under a temporary name beside the destination and renamed only when complete, so an
+interrupt, a crash or a cancel never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .arch_tables import arch_spec
+from .errors import ItamaeError, NotEnoughDisk, OutputExists
+from .gguf_export import Progress, assign_types, build_writer, data_bytes, write_gguf
+from .gguf_plan import plan_tensors
+from .hf_reader import HFCheckpoint
+from .recipes import Recipe, get_recipe, source_precision, tensor_type
+
+METADATA_MARGIN = 64 << 20  # tokenizer, metadata and alignment: generous for a 256k vocabulary
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    recipe: str
+    seconds: float
+    size_bytes: int
+
+
+def convert(
+    src: str | Path,
+    dest: str | Path,
+    recipe: str = "Q8_0",
+    fmt: str = "gguf",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+    repo_id: str = "",
+) -> ConvertResult:
+    src, dest = Path(src), Path(dest)
+    started = time.perf_counter()
+    _check_destination(dest, force)
+    if fmt == "torch":
+        from .torch_format import convert_to_torch
+
+        convert_to_torch(src, dest, recipe, progress=progress, cancel=cancel)
+        size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+        return ConvertResult(dest, recipe, time.perf_counter() - started, size)
+    if fmt != "gguf":
+        raise ItamaeError(f"Unknown output format {fmt!r}.", "Choose gguf or torch.")
+    convert_to_gguf(src, dest, get_recipe(recipe), progress, cancel, repo_id)
+    return ConvertResult(dest, recipe, time.perf_counter() - started, dest.stat().st_size)
+
+
+def _check_destination(dest: Path, force: bool) -> None:
+    if dest.is_dir():
+        raise OutputExists(f"{dest} is a folder.", "Give the output file's name, e.g. model.gguf.")
+    if dest.exists() and not force:
+        raise OutputExists(
+            f"{dest} already exists.", "Choose another name or pass --force to replace it."
+        )
+    if not dest.parent.is_dir():
+        raise ItamaeError(f"The folder {dest.parent} does not exist.", "Create it first.")
+
+
+def convert_to_gguf(
+    src: Path,
+    dest: Path,
+    recipe: Recipe,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    repo_id: str = "",
+) -> None:
+    ckpt = HFCheckpoint(src)
+    spec = arch_spec(ckpt.config)
+    planned = plan_tensors(ckpt, spec)
+    dtypes = {ckpt.dtype_name(n) for p in planned for n in p.sources}
+    target = recipe.direct if recipe.direct is not None else source_precision(dtypes)
+    assign_types(planned, lambda p: tensor_type(p, target))
+    writer = build_writer(ckpt, spec, planned, recipe.file_type, recipe.name, repo_id)
+    needed = data_bytes(planned) + METADATA_MARGIN
+    if recipe.uses_llama_quantizer:
+        needed += needed // 2  # the quantized file beside the full-precision one
+    check_disk(dest.parent, needed)
+
+    partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    quantized = dest.with_name(f".{dest.name}.quantized-{os.getpid()}")
+    stage = 0.5 if recipe.uses_llama_quantizer else 1.0
+    try:
+        write_gguf(ckpt, writer, planned, partial, _scaled(progress, stage), cancel)
+        if recipe.uses_llama_quantizer:
+            from .llama_quantize import quantize_with_llama_cpp
+
+            if progress:
+                progress(stage, f"quantizing with llama.cpp ({recipe.name})")
+            quantize_with_llama_cpp(partial, quantized, recipe)
+            partial.unlink()
+            quantized.replace(dest)
+        else:
+            partial.replace(dest)
+        if progress:
+            progress(1.0, "done")
+    finally:
+        for leftover in (partial, quantized):
+            leftover.unlink(missing_ok=True)
+
+
+def _scaled(progress: Progress | None, share: float) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda fraction, what: progress(fraction * share, what)
+
+
+def check_disk(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise NotEnoughDisk(
+            f"Converting needs about {needed / 2**30:.1f} GiB in {folder} but only "
+            f"{free / 2**30:.1f} GiB is free.",
+            "Free some space or write the output to another disk (-o).",
+        )

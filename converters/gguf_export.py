@@ -1,0 +1,133 @@
+"""Write a GGUF file from a Hugging Face checkpoint, streaming tensor by tensor.
+
+The header, metadata and tensor index go through the gguf package's `GGUFWriter`
+(gguf-py, the same writer llama.cpp's converter uses); tensor data is then appended piece
+by piece (one source tensor, or one expert of a stacked expert tensor, at a time) with
+the writer's own alignment, so memory stays bounded by the largest single piece whatever
+the model's size. Layout: GGUF v3 (llama.cpp docs/gguf.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType, Keys
+
+from .arch_tables import ArchSpec
+from .card_metadata import CardFacts, hub_url, read_card
+from .errors import Cancelled
+from .gguf_plan import PlannedTensor, tensor_pieces
+from .gguf_tokenizer import add_tokenizer
+from .hf_reader import HFCheckpoint
+from .quant import encode, nbytes
+
+Progress = Callable[[float, str], None]  # (fraction done 0..1, what is happening)
+RECIPE_KEY = "itamae.quant_recipe"  # which Itamae recipe made the file (inspect shows it)
+
+
+def add_card_metadata(writer: gguf.GGUFWriter, card: CardFacts, fallback_name: str) -> None:
+    """Model-card facts -> general.* keys (names as gguf-py's Keys.General spells them)."""
+    g = Keys.General
+    writer.add_string(g.NAME, card.name or fallback_name)
+    for key, value in (
+        (g.LICENSE, card.license),
+        (g.LICENSE_NAME, card.license_name),
+        (g.LICENSE_LINK, card.license_link),
+        (g.SOURCE_URL, card.source_url),
+    ):
+        if value:
+            writer.add_string(key, value)
+    if card.base_models:
+        writer.add_uint32(g.BASE_MODEL_COUNT, len(card.base_models))
+        for i, base in enumerate(card.base_models):
+            writer.add_string(g.BASE_MODEL_NAME.format(id=i), base.rsplit("/", 1)[-1])
+            writer.add_string(g.BASE_MODEL_REPO_URL.format(id=i), hub_url(base))
+    if card.datasets:
+        writer.add_uint32(g.DATASET_COUNT, len(card.datasets))
+        for i, data in enumerate(card.datasets):
+            writer.add_string(g.DATASET_NAME.format(id=i), data.rsplit("/", 1)[-1])
+            writer.add_string(g.DATASET_REPO_URL.format(id=i), hub_url(data))
+    if card.tags:
+        writer.add_array(g.TAGS, card.tags)
+    if card.languages:
+        writer.add_array(g.LANGUAGES, card.languages)
+
+
+def add_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:
+    """Metadata values from the arch tables: ints are uint32 and floats float32, the types
+    llama.cpp's loader reads them as."""
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_key_value(key, value, GGUFValueType.UINT32)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    else:
+        writer.add_string(key, str(value))
+
+
+def build_writer(
+    ckpt: HFCheckpoint,
+    spec: ArchSpec,
+    planned: list[PlannedTensor],
+    file_type: int,
+    recipe_name: str,
+    repo_id: str = "",
+) -> gguf.GGUFWriter:
+    writer = gguf.GGUFWriter(None, spec.arch_name)
+    writer.add_type(gguf.GGUFType.MODEL)
+    add_card_metadata(writer, read_card(ckpt.folder, repo_id), ckpt.folder.name)
+    for key, value in spec.metadata(ckpt.config):
+        add_value(writer, key, value)
+    writer.add_file_type(int(file_type))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_string(RECIPE_KEY, recipe_name)
+    add_tokenizer(writer, ckpt.folder, int(ckpt.config["vocab_size"]))
+    for p in planned:
+        writer.add_tensor_info(
+            p.name, p.shape, np.dtype(np.float32), nbytes(p.shape, p.qtype), raw_dtype=p.qtype
+        )
+    return writer
+
+
+def data_bytes(planned: list[PlannedTensor]) -> int:
+    return sum(nbytes(p.shape, p.qtype) for p in planned)
+
+
+def write_gguf(
+    ckpt: HFCheckpoint,
+    writer: gguf.GGUFWriter,
+    planned: list[PlannedTensor],
+    path: Path,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Write header, metadata, tensor index, then the data piece by piece into `path`."""
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    fout = writer.fout[0]
+    writer.write_padding(fout, fout.tell())
+    total, done = max(1, data_bytes(planned)), 0
+    for p in planned:
+        for piece in tensor_pieces(ckpt, p):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("Conversion cancelled.", "Nothing was written.")
+            encoded = encode(piece, p.qtype)
+            fout.write(encoded.data)
+            done += encoded.size
+            if progress is not None:
+                progress(done / total, p.name)
+        writer.write_padding(fout, nbytes(p.shape, p.qtype))
+    writer.close()
+
+
+def assign_types(
+    planned: list[PlannedTensor], choose: Callable[[PlannedTensor], GGMLQuantizationType]
+) -> None:
+    for p in planned:
+        p.qtype = choose(p)

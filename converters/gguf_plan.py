@@ -1,0 +1,245 @@
+"""Plan a GGUF file from a checkpoint's headers alone: every output tensor's name, shape and
+the source tensors it is made of, checked before a single byte is written.
+
+Reading the plan's data (`tensor_pieces`) is streaming: one source tensor at a time, and a
+stacked expert tensor `[n_experts, out, in]` one expert at a time (each expert is a
+contiguous slice of the stacked tensor in ggml's layout, so it can be encoded and written
+on its own). Layouts follow llama.cpp's converter (conversion/llama.py `permute`,
+conversion/deepseek.py `kv_b_proj` split). DeepSeek-V3's multi-token-prediction layers
+(`model.layers.{n >= num_hidden_layers}`) are skipped, as llama.cpp does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from gguf import MODEL_TENSOR as T
+from gguf import TENSOR_NAMES, GGMLQuantizationType
+
+from .arch_tables import (
+    GLOBAL_TENSORS,
+    PERMUTE_K,
+    PERMUTE_Q,
+    SPLIT_KV_B,
+    ArchSpec,
+    rope_scaling,
+    rope_theta,
+    split_layer_name,
+)
+from .errors import BadModelFile
+from .hf_reader import HFCheckpoint
+
+IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
+K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"
+
+
+@dataclass
+class PlannedTensor:
+    name: str  # GGUF name, e.g. "blk.3.ffn_up_exps.weight"
+    kind: T
+    bid: int | None
+    shape: tuple[int, ...]  # numpy order (outermost first); ggml's ne is the reverse
+    sources: tuple[str, ...]  # HF names; one per expert for stacked experts
+    transform: str = ""
+    qtype: GGMLQuantizationType = GGMLQuantizationType.F32
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_expert(self) -> bool:
+        return self.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP)
+
+
+def gguf_name(kind: T, bid: int | None, suffix: str) -> str:
+    return TENSOR_NAMES[kind].format(bid=bid) + suffix
+
+
+def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
+    config = ckpt.config
+    n_layers = int(config["num_hidden_layers"])
+    planned: list[PlannedTensor] = []
+    experts: dict[tuple[int, str], dict[int, str]] = {}
+    unknown: list[str] = []
+    expert_name = re.compile(rf"^{re.escape(spec.expert_prefix)}\.(\d+)\.(\w+)\.weight$")
+    for name in ckpt.tensor_names():
+        bid, rest = split_layer_name(name)
+        if IGNORED.search(name) or (bid is not None and bid >= n_layers):
+            continue  # buffers, and DeepSeek's MTP layers beyond num_hidden_layers
+        m = expert_name.match(rest) if bid is not None and spec.expert_prefix else None
+        if m and m.group(2) in spec.expert_projections:
+            experts.setdefault((bid, m.group(2)), {})[int(m.group(1))] = name
+            continue
+        table = spec.layer_tensors if bid is not None else GLOBAL_TENSORS
+        if rest not in table:
+            unknown.append(name)
+            continue
+        planned += _plan_one(ckpt, spec, name, bid, rest, *table[rest])
+    if unknown:
+        raise BadModelFile(
+            f"{len(unknown)} tensors do not belong to a {spec.model_type} checkpoint, e.g. "
+            f"{', '.join(unknown[:3])}.",
+            "The config.json does not match the weights; re-download the model.",
+        )
+    planned += _plan_experts(ckpt, spec, experts)
+    planned += _plan_rope_freqs(config)
+    _check_complete(ckpt, spec, planned)
+    order = {T.TOKEN_EMBD: 0, T.OUTPUT_NORM: 2, T.OUTPUT: 3}
+    return sorted(planned, key=lambda p: (order.get(p.kind, 1), p.bid or 0))
+
+
+def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
+    shape = tuple(ckpt.shape(name))
+    transform = spec.transforms.get(rest, "")
+    if transform != SPLIT_KV_B:
+        return [PlannedTensor(gguf_name(kind, bid, suffix), kind, bid, shape, (name,), transform)]
+    config = ckpt.config
+    heads, nope, v_dim = (
+        int(config["num_attention_heads"]),
+        int(config["qk_nope_head_dim"]),
+        int(config["v_head_dim"]),
+    )
+    if len(shape) != 2 or shape[0] != heads * (nope + v_dim):
+        raise BadModelFile(
+            f"{name} has shape {list(shape)}, expected [{heads * (nope + v_dim)}, kv_lora_rank].",
+            "The checkpoint does not match its config.json.",
+        )
+    lora = shape[1]
+    return [
+        PlannedTensor(
+            gguf_name(T.ATTN_K_B, bid, suffix), T.ATTN_K_B, bid, (heads, lora, nope), (name,), K_B
+        ),
+        PlannedTensor(
+            gguf_name(T.ATTN_V_B, bid, suffix), T.ATTN_V_B, bid, (heads, v_dim, lora), (name,), V_B
+        ),
+    ]
+
+
+def _plan_experts(ckpt, spec, experts) -> list[PlannedTensor]:
+    n_experts = spec.n_experts(ckpt.config)
+    planned = []
+    for (bid, proj), by_index in sorted(experts.items()):
+        missing = sorted(set(range(n_experts)) - set(by_index))
+        if missing or len(by_index) != n_experts:
+            raise BadModelFile(
+                f"Layer {bid} has {len(by_index)} of {n_experts} experts for {proj} "
+                f"(missing e.g. expert {missing[:3]}).",
+                "The checkpoint is incomplete; re-download it.",
+            )
+        names = tuple(by_index[i] for i in range(n_experts))
+        shapes = {tuple(ckpt.shape(n)) for n in names}
+        if len(shapes) != 1:
+            raise BadModelFile(
+                f"The {proj} experts of layer {bid} have different shapes: {sorted(shapes)}.",
+                "The checkpoint is damaged; re-download it.",
+            )
+        kind = spec.expert_projections[proj]
+        planned.append(
+            PlannedTensor(
+                gguf_name(kind, bid, ".weight"), kind, bid, (n_experts, *shapes.pop()), names
+            )
+        )
+    return planned
+
+
+def _plan_rope_freqs(config: dict) -> list[PlannedTensor]:
+    """Llama 3.1+ "llama3" rope scaling travels as a rope_freqs tensor (llama.py generate_extra_tensors)."""
+    if str(rope_scaling(config).get("rope_type", "")).lower() != "llama3":
+        return []
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return [
+        PlannedTensor(
+            gguf_name(T.ROPE_FREQS, None, ".weight"),
+            T.ROPE_FREQS,
+            None,
+            (head_dim // 2,),
+            (),
+            ROPE_FREQS,
+        )
+    ]
+
+
+def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTensor]) -> None:
+    config = ckpt.config
+    have = {(p.kind, p.bid) for p in planned}
+    hidden, vocab = int(config["hidden_size"]), int(config["vocab_size"])
+    needed = [(T.TOKEN_EMBD, None), (T.OUTPUT_NORM, None)]
+    if not config.get("tie_word_embeddings"):
+        needed.append((T.OUTPUT, None))
+    for bid in range(int(config["num_hidden_layers"])):
+        needed += [(T.ATTN_NORM, bid), (T.FFN_NORM, bid), (T.ATTN_OUT, bid)]
+        if spec.is_moe_layer(config, bid):
+            needed += [
+                (T.FFN_GATE_INP, bid),
+                (T.FFN_GATE_EXP, bid),
+                (T.FFN_UP_EXP, bid),
+                (T.FFN_DOWN_EXP, bid),
+            ]
+        else:
+            needed += [(T.FFN_GATE, bid), (T.FFN_UP, bid), (T.FFN_DOWN, bid)]
+    missing = [gguf_name(k, b, "") for k, b in needed if (k, b) not in have]
+    if missing:
+        raise BadModelFile(
+            f"The checkpoint lacks tensors a {spec.model_type} model needs: {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} (GGUF names).",
+            "The download is incomplete or the config.json belongs to another model.",
+        )
+    expected = {T.TOKEN_EMBD: (vocab, hidden), T.OUTPUT: (vocab, hidden), T.OUTPUT_NORM: (hidden,)}
+    expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,)})
+    for p in planned:
+        if p.kind in expected and p.shape != expected[p.kind]:
+            raise BadModelFile(
+                f"{p.sources[0]} has shape {list(p.shape)}, expected {list(expected[p.kind])} "
+                f"(hidden_size {hidden}, vocab_size {vocab} in config.json).",
+                "The checkpoint does not match its config.json; re-download it.",
+            )
+
+
+def permute_for_llama_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF stores q/k rows as [first halves | second halves] per head; llama.cpp's Llama rope
+    wants them interleaved (llama.py `LlamaModel.permute`)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def llama3_rope_factors(config: dict) -> torch.Tensor:
+    params = rope_scaling(config)
+    base = rope_theta(config) or 10000.0
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = params.get("factor", 8.0)
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    old_ctx = params.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen < old_ctx / high, torch.ones_like(freqs), mid)
+    return torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), out)
+
+
+def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
+    """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
+    config = ckpt.config
+    if p.transform == ROPE_FREQS:
+        yield llama3_rope_factors(config)
+        return
+    for source in p.sources:
+        data = ckpt.get(source)
+        if p.transform == PERMUTE_Q:
+            data = permute_for_llama_rope(data, int(config["num_attention_heads"]))
+        elif p.transform == PERMUTE_K:
+            heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+            data = permute_for_llama_rope(data, int(heads))
+        elif p.transform in (K_B, V_B):
+            heads, nope = int(config["num_attention_heads"]), int(config["qk_nope_head_dim"])
+            kv_b = data.view(heads, -1, data.shape[-1])  # [H, nope + v, kv_lora]
+            data = kv_b[:, :nope].transpose(1, 2) if p.transform == K_B else kv_b[:, nope:]
+        yield data.contiguous()

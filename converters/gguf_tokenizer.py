@@ -1,0 +1,192 @@
+"""A Hugging Face `tokenizer.json` (byte-level BPE) -> the `tokenizer.ggml.*` keys of GGUF.
+
+llama.cpp does not read the pre-tokenizer's regexes from the file: it recognises the
+pre-tokenizer by name (`tokenizer.ggml.pre`) and runs its own copy of the regexes
+(src/llama-vocab.cpp, `llm_tokenizer_bpe`). llama.cpp's converter picks that name by
+hashing the token ids of a test string, which fails for every vocabulary nobody has hashed
+yet. Itamae decides it from the tokenizer's own definition instead: the split regexes of
+its pre-tokenizer, compared with the patterns llama.cpp implements (table below; each
+pattern is spelled as the model's tokenizer.json spells it). A pattern llama.cpp does not
+implement is refused, because a guessed pre-tokenizer silently tokenizes differently.
+
+Token list, token types and the rules for added tokens follow llama.cpp's
+`TextModel.get_vocab_base`; merges, special token ids, add_bos/add_eos and the chat
+template come from the gguf package's own `SpecialVocab`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+from gguf import TokenType
+
+from .errors import BadModelFile, UnsupportedArchitecture
+
+# GPT-2's regex, which the ByteLevel pre-tokenizer applies itself when `use_regex` is true.
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN35_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+DEEPSEEK_V3_REGEXES = (
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+DEEPSEEK_LLM_REGEXES = (
+    r"[\r\n]",
+    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    r"\s+$",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}+",
+)
+
+# The split regexes of a tokenizer (in order) -> the name llama.cpp knows them by.
+PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
+    (QWEN2_REGEX,): "qwen2",  # Qwen1.5/2/2.5/3, Qwen-MoE, Qwen3-MoE, DeepSeek-R1-Distill-Qwen
+    (LLAMA3_REGEX,): "llama-bpe",  # Llama 3.x
+    (
+        GPT2_REGEX,
+    ): "gpt-2",  # GPT-2 and GPT-NeoX vocabularies (OLMoE; llama.cpp's "olmo" is the same)
+    (QWEN35_REGEX,): "qwen35",  # Qwen3.5
+    DEEPSEEK_V3_REGEXES: "deepseek-v3",  # DeepSeek-V3, V3.1, R1
+    DEEPSEEK_LLM_REGEXES: "deepseek-llm",  # DeepSeek-LLM, DeepSeek-V2, V2.5
+}
+
+
+def canonical_regex(pattern: str) -> str:
+    """Regex text with raw control characters spelled as escapes (`\\n` and a newline match
+    the same), so that equivalent spellings compare equal."""
+    return pattern.replace("\r", r"\r").replace("\n", r"\n").replace("\t", r"\t")
+
+
+CANONICAL_PRE = {
+    tuple(canonical_regex(p) for p in key): name for key, name in PRE_TOKENIZERS.items()
+}
+
+
+def split_regexes(pre_tokenizer: dict | None) -> tuple[str, ...]:
+    """The regexes a tokenizer.json pre-tokenizer splits text with, in order."""
+    if not pre_tokenizer:
+        return ()
+    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else None
+    regexes: list[str] = []
+    for step in steps if steps is not None else [pre_tokenizer]:
+        kind = step.get("type")
+        if kind == "Split":
+            pattern = step.get("pattern", {})
+            if "Regex" not in pattern or step.get("behavior", "Isolated") != "Isolated":
+                raise UnsupportedArchitecture(
+                    f"The tokenizer splits text with {json.dumps(step)[:200]}, which llama.cpp "
+                    "does not implement.",
+                    "Convert a model whose tokenizer llama.cpp knows (Qwen, Llama 3, DeepSeek, GPT-2).",
+                )
+            regexes.append(pattern["Regex"])
+        elif kind == "ByteLevel":
+            if step.get("use_regex", True):
+                regexes.append(GPT2_REGEX)
+        else:
+            raise UnsupportedArchitecture(
+                f"The tokenizer's pre-tokenizer step {kind!r} is not one llama.cpp implements.",
+                "Convert a model whose tokenizer llama.cpp knows (Qwen, Llama 3, DeepSeek, GPT-2).",
+            )
+    return tuple(regexes)
+
+
+def pre_tokenizer_name(tokenizer: dict) -> str:
+    regexes = split_regexes(tokenizer.get("pre_tokenizer"))
+    name = CANONICAL_PRE.get(tuple(canonical_regex(r) for r in regexes))
+    if name is None:
+        shown = " then ".join(repr(r[:80]) for r in regexes) or "(no split pattern)"
+        raise UnsupportedArchitecture(
+            f"The tokenizer's split pattern {shown} is not one llama.cpp implements, so llama.cpp "
+            "would tokenize text differently from the model's own tokenizer.",
+            "Known patterns: " + ", ".join(sorted(set(PRE_TOKENIZERS.values()))) + ".",
+        )
+    return name
+
+
+def looks_special(token: str) -> bool:
+    """Added tokens llama.cpp treats as control tokens even when not marked special."""
+    return (token.startswith("<|") and token.endswith("|>")) or (
+        token.startswith("<｜") and token.endswith("｜>")
+    )
+
+
+@dataclass
+class Vocabulary:
+    model: str  # tokenizer.ggml.model
+    pre: str  # tokenizer.ggml.pre
+    tokens: list[str]
+    token_types: list[int]
+
+
+def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise BadModelFile(
+            f"{folder} has no tokenizer.json.",
+            "Download the model's tokenizer files too (tokenizer.json, tokenizer_config.json).",
+        )
+    try:
+        tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download it.") from e
+    model = tokenizer.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise UnsupportedArchitecture(
+            f"The tokenizer is {model.get('type')!r}"
+            + (" with byte fallback (SentencePiece style)" if model.get("byte_fallback") else "")
+            + "; Itamae writes byte-level BPE tokenizers into GGUF.",
+            "Use llama.cpp's convert_hf_to_gguf.py for this model.",
+        )
+    return Vocabulary("gpt2", pre_tokenizer_name(tokenizer), *_tokens(model, tokenizer, vocab_size))
+
+
+def _tokens(model: dict, tokenizer: dict, vocab_size: int) -> tuple[list[str], list[int]]:
+    by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    added = {int(a["id"]): a for a in tokenizer.get("added_tokens", [])}
+    for i, a in added.items():
+        by_id[i] = a["content"]
+    if by_id and max(by_id) >= vocab_size:
+        raise BadModelFile(
+            f"The tokenizer has token id {max(by_id)} but the model's vocab_size is {vocab_size}.",
+            "The tokenizer does not belong to this model.",
+        )
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:  # embedding rows the tokenizer never produces
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            special = added[i].get("special") or looks_special(by_id[i])
+            types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(TokenType.NORMAL)
+    return tokens, [int(t) for t in types]
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> Vocabulary:
+    vocab = read_vocabulary(folder, vocab_size)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.token_types)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    special.add_to_gguf(writer, quiet=True)
+    return vocab

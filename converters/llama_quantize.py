@@ -1,0 +1,58 @@
+"""K-quants and MoE recipes through llama.cpp's own quantizer, never re-implemented here.
+
+`llama_model_quantize` (llama.h, src/llama-quant.cpp, reached through llama-cpp-python's
+ctypes binding) reads a full-precision GGUF and writes the quantized one, choosing per
+tensor with its own mixture rules (Q4_K_M etc.) unless a regex override
+(`tt_overrides`: pattern, ggml type; terminated by a NULL pattern) names the type.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from .errors import ItamaeError
+from .recipes import Recipe
+
+
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:  # the binding is a dependency, but may be missing in a dev tree
+        raise ItamaeError(
+            "K-quant and MoE recipes need llama-cpp-python, which is not installed.",
+            "Install it (pip install llama-cpp-python==0.3.36) or choose Q8_0/Q4_0.",
+        ) from e
+    return llama_cpp
+
+
+def quantize_with_llama_cpp(src: Path, dest: Path, recipe: Recipe, threads: int = 0) -> None:
+    llama_cpp = _llama_cpp()
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(recipe.llama_ftype)
+    params.nthread = threads or (os.cpu_count() or 1)
+    if recipe.embeddings is not None:
+        params.token_embedding_type = int(recipe.embeddings)
+        params.output_tensor_type = int(recipe.embeddings)
+    # keep the pattern bytes and the array alive until the call returns
+    patterns = [pattern.encode() for pattern, _ in recipe.overrides]
+    overrides = (llama_cpp.llama_model_tensor_override * (len(patterns) + 1))()
+    for i, (pattern, (_, qtype)) in enumerate(zip(patterns, recipe.overrides, strict=True)):
+        overrides[i].pattern = pattern
+        overrides[i].type = int(qtype)
+    overrides[len(patterns)].pattern = None
+    if patterns:
+        params.tt_overrides = ctypes.cast(
+            overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
+        )
+    with llama_cpp._utils.suppress_stdout_stderr(disable=False):
+        status = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(dest).encode(), ctypes.byref(params)
+        )
+    if status != 0:
+        raise ItamaeError(
+            f"llama.cpp's quantizer failed on the {recipe.name} recipe (status {status}).",
+            "Try a direct recipe (Q8_0, Q4_0), or report the model and recipe.",
+        )
