@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from converters.errors import BadModelFile
 
@@ -75,10 +76,16 @@ class BaseArgs:
 
     # transformers' default rope_theta for the architecture when config.json omits it
     default_theta = 10000.0
+    # other spellings of a field (transformers 5 writes Qwen3-MoE's num_experts as num_local_experts)
+    aliases: ClassVar[dict] = {}
 
     @classmethod
     def from_dict(cls, config: dict) -> BaseArgs:
         names = {f.name for f in dataclasses.fields(cls)} - {"rope"}
+        config = dict(config)
+        for alias, field_name in cls.aliases.items():
+            if field_name not in config and alias in config:
+                config[field_name] = config[alias]
         # None is kept: it can mean something (DeepSeek-V2-Lite's q_lora_rank: null)
         kept = {k: v for k, v in config.items() if k in names}
         try:

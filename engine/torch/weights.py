@@ -8,13 +8,15 @@ into the compute dtype on the compute device; experts are left to the slow tier
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import torch
 
 from converters.errors import BadModelFile
 from converters.hf_reader import HFCheckpoint
-from converters.torch_format import TorchFormat, is_torch_format
+from converters.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
 
 from .experts import CheckpointExperts, MappedExperts, SlowTier
 from .layers import Int8Linear, Linear
@@ -48,6 +50,10 @@ class Weights:
     def slow_tier(self, prefixes: list[str], names: tuple[str, str, str], act: str) -> SlowTier:
         raise NotImplementedError
 
+    def rest_param_count(self, n_layers: int) -> int:
+        """Parameters outside the routed experts (MTP layers beyond n_layers left out)."""
+        raise NotImplementedError
+
 
 class CheckpointWeights(Weights):
     def __init__(self, folder: Path, dtype, device):
@@ -72,6 +78,15 @@ class CheckpointWeights(Weights):
                 if name.startswith(prefixes[0] + ".")
             )
         return CheckpointExperts(self.ckpt, prefixes, names, n, self.dtype, act)
+
+    def rest_param_count(self, n_layers: int) -> int:
+        total = 0
+        for name in self.ckpt.tensor_names():
+            m = re.match(r"^model\.layers\.(\d+)\.", name)
+            if EXPERT_RE.match(name) or FUSED_RE.match(name) or (m and int(m.group(1)) >= n_layers):
+                continue
+            total += math.prod(self.ckpt.shape(name))
+        return total
 
 
 class TorchFormatWeights(Weights):
@@ -109,6 +124,9 @@ class TorchFormatWeights(Weights):
             raise BadModelFile(f"The torch-format model has no experts for layers {missing}.",
                                "Convert the model again.")  # fmt: skip
         return MappedExperts(self.fmt, layers, act)
+
+    def rest_param_count(self, n_layers: int) -> int:
+        return sum(math.prod(t["shape"]) for t in self.fmt.manifest["tensors"].values())
 
 
 def open_weights(folder: str | Path, dtype: torch.dtype, device: torch.device) -> Weights:

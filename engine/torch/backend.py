@@ -1,0 +1,141 @@
+"""`load(path, **options) -> TorchBackend`: the native engine behind engine/types.py's Backend.
+
+Options (all optional):
+    device         "auto" | "cpu" | "cuda" | "cuda:N"   (auto: CUDA if present)
+    dtype          "auto" | "float32" | "bfloat16" | "float16"
+                   (auto: float32 for a float32 hub checkpoint on the CPU, else bfloat16)
+    threads        CPU threads for torch
+    expert_budget  fraction (<= 1) or bytes (> 1) of routed experts kept on the fast tier
+    cache_policy   "lru" | "frequency" | "static"
+    on_miss        "auto" (cost model) | "move" | "compute"
+    expert_usage   recorded expert_counts (list of lists, or a JSON file holding them) for the
+                   static hot set
+    context_length positions the KV cache may hold (default: the model's maximum)
+Unknown options are ignored and listed in `info.extra["ignored_options"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from converters.errors import ItamaeError
+from converters.model_info import ModelInfo
+from converters.torch_format import is_torch_format
+from engine.types import Event, GenerationRequest
+
+from .generate import Generator
+from .models import model_class
+from .text import ModelText
+from .transformer import PlacementOptions
+from .weights import open_weights
+
+KNOWN = {"device", "dtype", "threads", "expert_budget", "cache_policy", "on_miss",
+         "expert_usage", "context_length"}  # fmt: skip
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ItamaeError("device=cuda was asked for, but torch sees no CUDA GPU.",
+                          "Use device=cpu, or install a CUDA build of torch.")  # fmt: skip
+    return torch.device(name)
+
+
+def _dtype(name: str, folder: Path, config: dict, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        if name not in DTYPES:
+            raise ItamaeError(
+                f"Unknown dtype {name!r}.", f"Choose one of: auto, {', '.join(DTYPES)}."
+            )
+        return DTYPES[name]
+    stored = config.get("torch_dtype") or config.get("dtype")
+    if device.type == "cpu" and stored == "float32" and not is_torch_format(folder):
+        return torch.float32
+    return torch.bfloat16
+
+
+def _usage(value) -> list[list[int]] | None:
+    if value is None or isinstance(value, list):
+        return value
+    data = json.loads(Path(value).read_text())
+    return (
+        data.get("expert_counts", data.get("stats", {}).get("expert_counts"))
+        if isinstance(data, dict)
+        else data
+    )
+
+
+class TorchBackend:
+    def __init__(self, path: Path, **options):
+        self.ignored = sorted(set(options) - KNOWN)
+        device = _device(str(options.get("device", "auto")))
+        if options.get("threads"):
+            torch.set_num_threads(int(options["threads"]))
+        weights = open_weights(path, torch.float32, device)  # dtype fixed below
+        config = weights.config
+        weights.dtype = _dtype(str(options.get("dtype", "auto")), path, config, device)
+        cls = model_class(str(config.get("model_type", "")))
+        self.args = cls.Args.from_dict(config)
+        placement = PlacementOptions(
+            expert_budget=options.get("expert_budget"),
+            policy=options.get("cache_policy", "lru"),
+            on_miss=options.get("on_miss", "auto"),
+            expert_usage=_usage(options.get("expert_usage")),
+        )
+        self.model = cls(self.args, weights, placement)
+        self.text = ModelText(path, config)
+        context = int(options.get("context_length") or self.args.max_position_embeddings)
+        self.generator = Generator(
+            self.model, self.text, min(context, self.args.max_position_embeddings)
+        )
+        self.info = self._info(path, weights)
+        self._lock = threading.Lock()
+
+    def _info(self, path: Path, weights) -> ModelInfo:
+        a, m = self.args, self.model
+        n_moe = len(m.moe_layers)
+        row_params = 0  # parameters of one routed expert
+        if m.cache is not None:
+            layout = m.cache.slow.layout(0)[0]
+            inter = layout.get("gate_up", layout.get("gate_up.q"))[2][0] // 2
+            row_params = 3 * inter * a.hidden_size
+        expert_params = row_params * a.n_experts * n_moe
+        dense = weights.rest_param_count(a.num_hidden_layers)
+        fmt = "torch" if is_torch_format(path) else "hf"
+        quant = weights.fmt.recipe if fmt == "torch" else str(weights.dtype).replace("torch.", "")
+        return ModelInfo(
+            path=path, format=fmt, arch=a.model_type, name=path.name,
+            total_params=dense + expert_params,
+            active_params=dense + row_params * a.experts_per_token * n_moe,
+            n_layers=a.num_hidden_layers, n_experts=a.n_experts,
+            experts_per_token=a.experts_per_token,
+            n_shared_experts=int(getattr(a, "n_shared_experts", 0) or 0), n_moe_layers=n_moe,
+            context_length=self.generator.context_length, vocab_size=a.vocab_size, quant=quant,
+            extra={"engine": "torch", "device": str(m.device), "dtype": str(m.dtype),
+                   "ignored_options": self.ignored,
+                   "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0},
+        )  # fmt: skip
+
+    def stream(
+        self, req: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]:
+        with self._lock:
+            yield from self.generator.stream(req, cancel)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.text.encode(text)
+
+    def close(self) -> None:
+        self.model = None
+        self.generator = None
+
+
+def load(path: str | Path, **options) -> TorchBackend:
+    return TorchBackend(Path(path), **options)

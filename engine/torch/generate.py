@@ -1,0 +1,136 @@
+"""The generation loop: prompt -> (reused prefix) prefill -> streamed decode, with stats.
+
+Prefill runs the prompt in chunks (one forward pass per chunk, batched over its tokens);
+the KV cache of the previous request is reused up to the longest common prefix, so a chat
+that grows by one turn only prefills the new turn. `cancel` is checked before every forward
+pass, so a cancel takes effect within one token (or one prefill chunk).
+Stats per generation: TTFT, prefill and decode tokens/s, expert_counts[moe_layer][expert]
+for the tokens this request ran, and expert-cache hits, misses and bytes moved.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+
+from converters.errors import ContextTooLong, ItamaeError
+from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
+
+from .sampling import Sampler
+from .text import ModelText, TextStream
+
+PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory
+
+
+class Generator:
+    def __init__(self, model, text: ModelText, context_length: int):
+        self.model, self.text = model, text
+        self.context_length = context_length
+        self.kv = model.new_cache()
+        self.cached_ids: list[int] = []  # the tokens whose keys/values are in self.kv
+
+    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+        if req.messages:
+            messages = [{"role": m.role, "content": m.content} for m in req.messages]
+            ids = self.text.encode(self.text.chat_prompt(messages), add_special_tokens=False)
+        elif req.prompt is not None:
+            ids = self.text.encode(req.prompt)
+        else:
+            ids = []
+        if not ids:
+            raise ItamaeError("The prompt is empty.", "Type a message first.")
+        if len(ids) >= self.context_length:
+            raise ContextTooLong(
+                f"The prompt is {len(ids)} tokens; this model was loaded with a "
+                f"{self.context_length}-token context.",
+                "Start a new conversation or shorten it, or load the model with a larger "
+                "context_length (up to the model's own maximum).",
+            )
+        return ids
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        logits = self.model.forward(torch.tensor([ids], dtype=torch.long), self.kv)
+        self.cached_ids.extend(ids)
+        return logits[0, -1]
+
+    def _prefill(self, ids: list[int], cancel) -> tuple[torch.Tensor | None, int]:
+        """Logits after the prompt, and how many tokens were actually run."""
+        keep = 0
+        while keep < min(len(ids) - 1, len(self.cached_ids)) and ids[keep] == self.cached_ids[keep]:
+            keep += 1
+        self.kv.truncate(keep)
+        del self.cached_ids[keep:]
+        logits = None
+        for at in range(keep, len(ids), PREFILL_CHUNK):
+            if cancel is not None and cancel.is_set():
+                return None, at - keep
+            logits = self._forward(ids[at : at + PREFILL_CHUNK])
+        return logits, len(ids) - keep
+
+    def stream(
+        self, req: GenerationRequest, cancel: threading.Event | None = None
+    ) -> Iterator[Event]:
+        started = time.perf_counter()
+        try:
+            prompt = self.prompt_ids(req)
+            self.model.set_experts_per_token(req.experts_per_token)
+        except ItamaeError as e:
+            yield FinalEvent("error", Stats(), error=str(e))
+            return
+        usage0 = self.model.usage.counts.clone()
+        cache = self.model.cache
+        counters0 = cache.counters.snapshot() if cache else None
+        stats = Stats(prompt_tokens=len(prompt))
+        logits, ran = self._prefill(prompt, cancel)
+        prefill_s = time.perf_counter() - started
+        stats.prefill_tps = ran / prefill_s if prefill_s > 0 else 0.0
+        params = req.sampling
+        sampler, out = Sampler(params), TextStream(self.text, params.stop)
+        completion: list[int] = []
+        budget = min(params.max_tokens, self.context_length - len(prompt))
+        finish, first_at = "length", None
+        while logits is not None:
+            token = sampler(logits, prompt + completion)
+            if first_at is None:
+                first_at = time.perf_counter()
+                stats.ttft_s = first_at - started
+            if token in self.text.eos_ids:
+                finish = "stop"
+                break
+            completion.append(token)
+            piece = out.push(token)
+            if piece:
+                yield TokenEvent(piece, token)
+            if out.stopped:
+                finish = "stop"
+                break
+            if len(completion) >= budget:
+                break
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            logits = self._forward([token])
+        if logits is None:
+            finish = "cancelled"
+        tail = out.flush()
+        if tail:
+            yield TokenEvent(tail, None)
+        self._finish_stats(stats, completion, first_at, usage0, counters0)
+        yield FinalEvent(finish, stats, prompt_token_ids=prompt, token_ids=completion)
+
+    def _finish_stats(self, stats: Stats, completion, first_at, usage0, counters0) -> None:
+        stats.completion_tokens = len(completion)
+        if first_at is not None and len(completion) > 1:
+            # forward passes after the first token, over the time they took
+            stats.decode_tps = (len(completion) - 1) / max(time.perf_counter() - first_at, 1e-9)
+        if self.model.moe_layers:
+            stats.expert_counts = (self.model.usage.counts - usage0).tolist()
+        cache = self.model.cache
+        if cache is not None:
+            c = cache.counters
+            stats.cache_hits = c.hits - counters0.hits
+            stats.cache_misses = c.misses - counters0.misses
+            stats.bytes_moved = c.bytes_moved - counters0.bytes_moved

@@ -1,0 +1,112 @@
+"""Text in and out: the model's tokenizer.json (through `tokenizers`), its chat template
+(rendered by engine/chat_template.py), end-of-sequence ids, and streaming detokenization
+that never splits a UTF-8 character or emits the start of a stop string early.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from converters.errors import BadModelFile
+from engine.chat_template import render_chat
+
+
+def _token_text(value) -> str:
+    if isinstance(value, dict):
+        return value.get("content", "")
+    return value or ""
+
+
+class ModelText:
+    def __init__(self, folder: Path, config: dict):
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise BadModelFile(
+                f"{folder} has no tokenizer.json.", "Copy the model's tokenizer files into it."
+            )
+        self.tokenizer = Tokenizer.from_file(str(path))
+        tc = _read_json(folder / "tokenizer_config.json")
+        self.chat_template = tc.get("chat_template") or ""
+        if isinstance(self.chat_template, list):  # [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in self.chat_template}
+            self.chat_template = named.get("default") or next(iter(named.values()), "")
+        if not self.chat_template and (folder / "chat_template.jinja").is_file():
+            self.chat_template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        self.bos_token = _token_text(tc.get("bos_token"))
+        self.eos_token = _token_text(tc.get("eos_token"))
+        self.eos_ids = self._eos_ids(folder, config)
+
+    def _eos_ids(self, folder: Path, config: dict) -> set[int]:
+        ids: set[int] = set()
+        for source in (config, _read_json(folder / "generation_config.json")):
+            eos = source.get("eos_token_id")
+            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.eos_token:
+            tid = self.tokenizer.token_to_id(self.eos_token)
+            if tid is not None:
+                ids.add(tid)
+        return ids
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return render_chat(self.chat_template, messages, add_generation_prompt=True,
+                           bos_token=self.bos_token, eos_token=self.eos_token)  # fmt: skip
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download the model.") from e
+    return data if isinstance(data, dict) else {}
+
+
+class TextStream:
+    """Turns generated ids into text pieces, holding back what is not final yet."""
+
+    def __init__(self, text: ModelText, stop: list[str]):
+        self.text, self.stop = text, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.emitted = ""  # text already handed out
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the new text that is safe to show (may be "")."""
+        self.ids.append(token_id)
+        full = self.text.decode(self.ids)
+        if full.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 sequence: wait for the next token
+        for s in self.stop:
+            at = full.find(s)
+            if at != -1:
+                self.stopped = True
+                return self._emit(full[:at])
+        hold = max((self._partial_stop(full, s) for s in self.stop), default=0)
+        return self._emit(full[: len(full) - hold])
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._emit(self.text.decode(self.ids))
+
+    def _emit(self, upto: str) -> str:
+        if not upto.startswith(self.emitted) or len(upto) <= len(self.emitted):
+            return ""
+        piece, self.emitted = upto[len(self.emitted) :], upto
+        return piece
+
+    @staticmethod
+    def _partial_stop(full: str, stop: str) -> int:
+        """Length of the longest suffix of `full` that is a proper prefix of `stop`."""
+        for n in range(min(len(stop) - 1, len(full)), 0, -1):
+            if full.endswith(stop[:n]):
+                return n
+        return 0
