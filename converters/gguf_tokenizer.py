@@ -17,6 +17,7 @@ template come from the gguf package's own `SpecialVocab`.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,14 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> Voc
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    # SpecialVocab logs a warning for every post-processor detail it does not use (e.g. the
+    # pair template); none of them changes the file, so they are not shown to the person.
+    vocab_logger = logging.getLogger("gguf.vocab")
+    level = vocab_logger.level
+    vocab_logger.setLevel(logging.ERROR)
+    try:
+        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    finally:
+        vocab_logger.setLevel(level)
     special.add_to_gguf(writer, quiet=True)
     return vocab
