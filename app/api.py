@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -30,8 +31,10 @@ from fastapi.routing import APIRoute
 
 from app.api_schema import APIError, chat_request, completion_request, model_name, stream_flags
 from app.model_manager import ModelManager
-from converters.errors import ItamaeError
+from converters.errors import ContextTooLong, ItamaeError
 from engine.types import Backend, FinalEvent, GenerationRequest, Stats, TokenEvent
+
+log = logging.getLogger("itamae.api")
 
 # When the body sets no max_tokens and the context length is unknown: enough for an
 # answer, short enough that a forgotten limit does not tie a CPU up for minutes.
@@ -61,6 +64,12 @@ def _route_class(api_key: str | None) -> type[APIRoute]:
                 except APIError as e:
                     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
                     return JSONResponse(e.body(), status_code=e.status, headers=headers)
+                except Exception as e:  # a bug: answer it in the API's own shape, keep serving
+                    log.exception("API request failed")
+                    error = APIError(
+                        500, f"Internal error: {type(e).__name__}: {e}", type="server_error"
+                    )
+                    return JSONResponse(error.body(), status_code=500)
 
             return handle
 
@@ -98,14 +107,14 @@ def create_router(manager: ModelManager, api_key: str | None = None) -> APIRoute
     async def chat_completions(request: Request):
         body = await _json_body(request)
         backend = _backend_for(manager, model_name(body))
-        req = chat_request(body)
+        req = chat_request(body, backend.info.n_experts)
         return await _complete(request, manager, backend, body, req, _ChatShape())
 
     @router.post("/v1/completions")
     async def completions(request: Request):
         body = await _json_body(request)
         backend = _backend_for(manager, model_name(body))
-        req = completion_request(body)
+        req = completion_request(body, backend.info.n_experts)
         return await _complete(request, manager, backend, body, req, _TextShape())
 
     @router.post("/tokenize")
@@ -297,7 +306,13 @@ async def _complete(request, manager, backend, body, req, shape) -> Response:
 
 def _generation_error(final: FinalEvent) -> APIError:
     message = final.error or "The generation failed."
-    if "context" in message.lower() and "long" in message.lower():
+    exception = getattr(final, "exception", None)  # set by the manager if the backend raised
+    # A backend that reports the error itself instead of raising (the torch engine
+    # yields FinalEvent("error") for ContextTooLong) is matched by its words.
+    too_long = isinstance(exception, ContextTooLong) or (
+        exception is None and "context" in message.lower()
+    )
+    if too_long:
         return APIError(400, message, code="context_length_exceeded")
     return APIError(500, message, type="server_error", code="generation_failed")
 

@@ -10,6 +10,7 @@ names the offending parameter, so a client sees what to fix.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from engine.types import GenerationRequest, Message, SamplingParams
@@ -60,8 +61,10 @@ def _number(body: dict, name: str, default, low, high, *, integer=False, low_ope
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise bad_param(name, f"'{name}' must be {kind}, got {value!r}.")
-    too_low = value <= low if low_open else value < low
-    if (low is not None and too_low) or (high is not None and value > high):
+    if not math.isfinite(value):  # Python's json reads NaN and Infinity
+        raise bad_param(name, f"'{name}' must be a finite number, got {value!r}.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
         bounds = f"{'>' if low_open else '>='} {low}" if high is None else f"in [{low}, {high}]"
         raise bad_param(name, f"'{name}' must be {bounds}, got {value!r}.")
     return value
@@ -96,7 +99,8 @@ def sampling_params(body: dict) -> SamplingParams:
         raise APIError(
             400, "logprobs are not supported.", param="logprobs", code="unsupported_value"
         )
-    seed = _number(body, "seed", None, None, None, integer=True)
+    # Seeds are 64-bit wherever they end up (torch.manual_seed, llama.cpp's sampler).
+    seed = _number(body, "seed", None, -(2**63), 2**64 - 1, integer=True)
     return SamplingParams(
         temperature=float(_number(body, "temperature", 1.0, 0.0, 2.0)),
         top_p=float(_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)),
@@ -156,7 +160,8 @@ def chat_messages(body: dict) -> list[Message]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise bad_param(f"messages[{i}]", f"messages[{i}] must be an object.")
-        role = _ROLES.get(message.get("role"))
+        role = message.get("role")
+        role = _ROLES.get(role) if isinstance(role, str) else None
         if role is None:
             raise bad_param(
                 f"messages[{i}].role",
@@ -166,20 +171,23 @@ def chat_messages(body: dict) -> list[Message]:
     return out
 
 
-def experts_per_token(body: dict) -> int | None:
-    """Itamae's own field: run this many routed experts per token instead of the model's."""
-    return _number(body, "experts_per_token", None, 1, None, integer=True)
+def experts_per_token(body: dict, n_experts: int) -> int | None:
+    """Itamae's own field: run this many routed experts per token instead of the model's
+    own number (fewer is faster). Between 1 and the model's routed experts."""
+    if body.get("experts_per_token") is not None and n_experts == 0:
+        raise bad_param("experts_per_token", "This model has no experts to choose from.")
+    return _number(body, "experts_per_token", None, 1, n_experts or None, integer=True)
 
 
-def chat_request(body: dict) -> GenerationRequest:
+def chat_request(body: dict, n_experts: int = 0) -> GenerationRequest:
     return GenerationRequest(
         messages=chat_messages(body),
         sampling=sampling_params(body),
-        experts_per_token=experts_per_token(body),
+        experts_per_token=experts_per_token(body, n_experts),
     )
 
 
-def completion_request(body: dict) -> GenerationRequest:
+def completion_request(body: dict, n_experts: int = 0) -> GenerationRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]  # the openai client may wrap one prompt in a list
@@ -190,5 +198,7 @@ def completion_request(body: dict) -> GenerationRequest:
     if body.get("suffix"):
         raise APIError(400, "suffix is not supported.", param="suffix", code="unsupported_value")
     return GenerationRequest(
-        prompt=prompt, sampling=sampling_params(body), experts_per_token=experts_per_token(body)
+        prompt=prompt,
+        sampling=sampling_params(body),
+        experts_per_token=experts_per_token(body, n_experts),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import engine
@@ -26,8 +27,13 @@ from engine.types import Backend, Event, FinalEvent, GenerationRequest, Stats
 _CANCEL_POLL_S = 0.05
 
 
-class NoModelLoaded(ItamaeError):
-    pass
+@dataclass
+class FailedEvent(FinalEvent):
+    """The FinalEvent for a backend that raised: keeps the exception, so that a caller
+    can tell a refused request (ContextTooLong) from a broken model (the API maps them
+    to different status codes)."""
+
+    exception: BaseException | None = None
 
 
 class FairLock:
@@ -243,7 +249,7 @@ def _guarded(events: Iterator[Event], cancel: threading.Event) -> Iterator[Event
     except Exception as e:  # a backend bug must end this stream, not the server
         finished = True
         message = str(e) if isinstance(e, ItamaeError) else f"{type(e).__name__}: {e}"
-        yield FinalEvent("error", Stats(), error=message)
+        yield FailedEvent("error", Stats(), error=message, exception=e)
     finally:
         if not finished:
             cancel.set()

@@ -25,7 +25,7 @@ def itamae_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "app.cli", *args]
 
 
-def test_env() -> dict:
+def serve_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,7 +54,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             itamae_command("serve", *self.args),
             cwd=REPO,
-            env=test_env(),
+            env=serve_env(),
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             text=True,

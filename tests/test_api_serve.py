@@ -8,17 +8,20 @@ directly, in this process, without the API in between.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
 
 import httpx
+import hypothesis as hyp
+import hypothesis.strategies as st
 import openai
 import pytest
 
 import engine
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
-from tests.serve_process import REPO, ServeProcess, itamae_command, test_env
+from tests.serve_process import REPO, ServeProcess, itamae_command, serve_env
 
 FIXTURE = "qwen3_moe"
 ENGINE = "torch"
@@ -163,6 +166,7 @@ def test_max_tokens_limits_the_answer(client, server):
 
 def test_eight_concurrent_streams_each_get_their_own_answer(server, reference):
     wants = [reference(p)[0] for p in PROMPTS]
+    assert all(wants) and len(set(wants)) == len(wants)  # a mix-up would show
     results: list = [None] * len(PROMPTS)
     barrier = threading.Barrier(len(PROMPTS))
 
@@ -335,6 +339,69 @@ def test_malformed_requests_get_4xx_with_an_error_body(server):
     assert httpx.get(server.url + "/models", timeout=10).status_code == 200
 
 
+# Any JSON value, nested a little.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+FIELDS = ["model", "messages", "prompt", "temperature", "top_p", "top_k", "min_p", "seed",
+          "repeat_penalty", "n", "stop", "stream", "stream_options", "logprobs",
+          "experts_per_token", "presence_penalty", "frequency_penalty", "echo", "suffix"]  # fmt: skip
+
+
+def fuzz_bodies(model: str):
+    """A valid body (for either endpoint) with one to three fields set to any JSON."""
+    base = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "prompt": "hi",
+        "max_tokens": 2,
+    }
+    # max_tokens stays small when it is valid: a fuzzed request that happens to be
+    # valid must not generate for minutes.
+    small_or_junk = st.integers(-3, 3) | JSON.filter(
+        lambda v: v is not None and not isinstance(v, int)
+    )
+    changes = st.dictionaries(st.sampled_from(FIELDS), JSON, min_size=1, max_size=3)
+    message = st.fixed_dictionaries({}, optional={"role": JSON, "content": JSON})
+    return st.one_of(
+        st.builds(lambda c, m: {**base, **c, "max_tokens": m}, changes, small_or_junk),
+        st.builds(lambda ms: {**base, "messages": ms}, st.lists(message, max_size=3)),
+    )
+
+
+def test_fuzzed_requests_never_break_the_server(server):
+    """Random bodies, valid or not, to both endpoints: never a 5xx, always an error body
+    with a 4xx, and every 200 stream ends with [DONE]."""
+    seen = set()
+
+    @hyp.settings(max_examples=80, deadline=None, derandomize=True, database=None)
+    @hyp.given(
+        body=fuzz_bodies(server.model_id),
+        path=st.sampled_from(["/chat/completions", "/completions"]),
+    )
+    def check(body, path):
+        response = httpx.post(  # json.dumps, unlike httpx, writes NaN and Infinity
+            server.url + path,
+            content=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            timeout=120,
+        )
+        seen.add(response.status_code)
+        assert response.status_code in (200, 400, 404), (body, response.text)
+        if response.status_code != 200:
+            assert response.json()["error"]["message"]
+        elif body.get("stream") is True:
+            assert response.text.rstrip().endswith("data: [DONE]"), response.text
+
+    check()
+    assert server.alive()
+    assert {200, 400} <= seen
+
+
 def test_the_openai_client_raises_its_own_errors(client, server):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(
@@ -390,7 +457,7 @@ def test_a_non_loopback_host_needs_an_api_key():
     result = subprocess.run(
         itamae_command("serve", "--host", "0.0.0.0", "--port", "0"),
         cwd=REPO,
-        env=test_env(),
+        env=serve_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -403,7 +470,7 @@ def test_a_model_that_fails_to_load_ends_serve_with_the_reason(tmp_path):
     result = subprocess.run(
         itamae_command("serve", "--model", str(tmp_path / "missing"), "--port", "0"),
         cwd=REPO,
-        env=test_env(),
+        env=serve_env(),
         capture_output=True,
         text=True,
         timeout=120,
