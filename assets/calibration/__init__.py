@@ -1,0 +1,1 @@
+"""The default calibration text of `itamae eval` (bilingual.txt, English and Japanese)."""

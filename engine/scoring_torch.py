@@ -1,0 +1,73 @@
+"""Score a Hugging Face folder or an Itamae torch-format folder in the native torch engine.
+
+Logits come from the engine's own forward pass (`DecoderModel.forward(..., all_logits=True)`)
+over a fresh KV cache per window, in float32 on the CPU so that the activations' own
+rounding does not count as quantization error (quantized torch-format experts are
+dequantized on the fly by the engine either way). Routing is read from each MoE block's
+router: every block's `router` is wrapped in a recorder that keeps the experts it chose
+for each token, and otherwise answers exactly as the router does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .scoring import Scored
+
+
+@dataclass
+class RecordingRouter:
+    """Wraps an engine router: same answer, and the chosen experts [T, K] kept per call."""
+
+    router: object
+    calls: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, x: torch.Tensor, top_k: int | None = None):
+        weights, experts = self.router(x, top_k)
+        self.calls.append(experts.detach().cpu())
+        return weights, experts
+
+
+class TorchScorer:
+    name = "torch"
+
+    def __init__(self, path: Path, threads: int = 0):
+        from . import loader
+        from .torch.moe import MoEBlock
+
+        options = {"dtype": "float32", "device": "cpu"}
+        if threads:
+            options["threads"] = threads
+        self.backend = loader.load(path, engine="torch", **options)
+        model = self.backend.model
+        self.model = model
+        self.vocab_size = int(model.args.vocab_size)
+        self.context_length = int(model.args.max_position_embeddings)
+        self.recorders: dict[int, RecordingRouter] = {}
+        for index, layer in enumerate(model.layers):
+            if isinstance(layer.ffn, MoEBlock):
+                layer.ffn.router = self.recorders.setdefault(
+                    index, RecordingRouter(layer.ffn.router)
+                )
+        self.moe_layers = sorted(self.recorders)
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self.backend.text.encode(text, add_special_tokens=add_special)
+
+    def score(self, tokens: list[int]) -> Scored:
+        for recorder in self.recorders.values():
+            recorder.calls.clear()
+        ids = torch.tensor([tokens], dtype=torch.long)
+        logits = self.model.forward(ids, self.model.new_cache(), all_logits=True)[0]
+        routing = {
+            layer: torch.cat(r.calls).numpy().astype(np.int64)
+            for layer, r in self.recorders.items()
+        }
+        return Scored(logits=logits.float().numpy(), routing=routing)
+
+    def close(self) -> None:
+        self.backend.close()
