@@ -70,7 +70,7 @@ class RoutingRecorder:
     def _on_tensor(self, tensor, ask, _user_data) -> bool:
         name = self.ggml.ggml_get_name(tensor) or b""
         if not name.startswith(TOPK_TENSOR):
-            return False if ask else True  # not wanted; True = keep computing
+            return not ask  # not wanted when asked; once computed, True = go on
         if ask:
             return True
         try:
