@@ -33,6 +33,10 @@ README_NAMES = ("README.md", "README.MD", "readme.md", "README")
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING")
 MAX_TEXT_BYTES = 2 << 20  # model cards are tens of KB; a larger README is not read past 2 MiB
 HUB = "https://huggingface.co/"
+# The whole openness card of the source model, as JSON, in a converted GGUF (written by the
+# converter through converters.openness.openness_json): general.* has no keys for training
+# code, data descriptions or reports, and a converted file should keep them.
+OPENNESS_KEY = "itamae.openness"
 
 
 @dataclass
@@ -201,7 +205,8 @@ def _field_value(field_):
 
 
 def read_gguf_general(path: Path) -> dict[str, object]:
-    """The `general.*` key/value pairs of a GGUF file (the tensors are not read)."""
+    """The `general.*` key/value pairs of a GGUF file, and Itamae's carried openness card
+    (the tensors are not read)."""
     from gguf import GGUFReader
 
     try:
@@ -212,7 +217,9 @@ def read_gguf_general(path: Path) -> dict[str, object]:
             "Re-download or re-convert it; `itamae inspect` says what is in it.",
         ) from e
     return {
-        name: _field_value(f) for name, f in reader.fields.items() if name.startswith("general.")
+        name: _field_value(f)
+        for name, f in reader.fields.items()
+        if name.startswith("general.") or name == OPENNESS_KEY
     }
 
 

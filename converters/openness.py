@@ -13,15 +13,20 @@ a statement of the card ("not disclosed", sourced to the card); with no card at 
 data is "unknown".
 
     openness_card(path) -> dict   # a model folder or a .gguf file
+    openness_json(folder) -> str  # what the converter stores in a GGUF (`itamae.openness`)
+
+A GGUF that Itamae converted carries its source's card; its facts are shown with their
+original source, marked as carried ("GGUF itamae.openness, from README.md line 12").
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from . import licenses
-from .model_card import ModelCard, hub_url, read_model_card
+from .model_card import OPENNESS_KEY, ModelCard, hub_url, read_model_card
 
 URL = re.compile(r"https?://[^\s)>\]\"'`]+")
 ARXIV_URL = re.compile(r"https?://arxiv\.org/(?:abs|pdf)/\d{4}\.\d{4,5}(?:v\d+)?")
@@ -324,6 +329,39 @@ def card_from(card: ModelCard, repo_id: str = "") -> dict:
     }
 
 
+FACT_KEYS = ("name", "weights", "license", "training_data", "training_code", "inference_code",
+             "technical_report")  # fmt: skip
+
+
+def openness_json(path: str | Path, repo_id: str = "") -> str:
+    """The source model's card as compact JSON, for the converter to store under OPENNESS_KEY."""
+    card = card_from(read_model_card(path), repo_id)
+    carried = {key: card[key] for key in (*FACT_KEYS, "sources_read")}
+    return json.dumps(carried, ensure_ascii=False, separators=(",", ":"))
+
+
+def _carried(card: ModelCard) -> dict | None:
+    """The card a converted GGUF carries, with each source marked as carried; None if absent
+    or unreadable (then the file's own general.* keys are read as for any GGUF)."""
+    try:
+        carried = json.loads(str(card.gguf_general.get(OPENNESS_KEY) or ""))
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(carried, dict) or not all(
+        isinstance(carried.get(k), dict) for k in FACT_KEYS
+    ):
+        return None
+    out = {"model": str(card.path), "notes": [], "sources_read": [f"GGUF {OPENNESS_KEY}"]}
+    for key in FACT_KEYS:
+        fact_ = dict(carried[key])
+        if fact_.get("source"):
+            fact_["source"] = f"GGUF {OPENNESS_KEY}, from the source model's {fact_['source']}"
+        out[key] = fact_
+    out["carried_sources"] = carried.get("sources_read", [])
+    return out
+
+
 def openness_card(path: str | Path, repo_id: str = "") -> dict:
     """The openness card of a model folder or .gguf file (what the UI's Models tab shows)."""
-    return card_from(read_model_card(path), repo_id)
+    card = read_model_card(path)
+    return _carried(card) or card_from(card, repo_id)

@@ -289,3 +289,32 @@ def test_license_texts_of_installed_packages_are_recognised():
         assert normalize(identify_text(text)) == normalize(declared), dist.metadata["Name"]
         checked += 1
     assert checked >= 10
+
+
+def test_converted_gguf_keeps_the_source_card(tmp_path):
+    """What the converter stores (openness_json) comes back from the GGUF, sources marked."""
+    import gguf
+
+    from converters.model_card import OPENNESS_KEY
+    from converters.openness import openness_json
+
+    readme = "---\nlicense: mit\ndatasets:\n- example/corpus\n---\n# M\n\nTraining code: https://github.com/example/train\n"
+    source = make_model(tmp_path / "src", {"README.md": readme, "LICENSE": MIT_TEXT})
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(path, "qwen3moe")
+    writer.add_license("mit")
+    writer.add_string(OPENNESS_KEY, openness_json(source))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    card = openness_card(path)
+    assert_sourced(card)
+    assert card["training_code"]["links"] == ["https://github.com/example/train"]
+    assert (
+        card["training_code"]["source"]
+        == "GGUF itamae.openness, from the source model's README.md line 8"
+    )
+    assert card["training_data"]["datasets"] == ["example/corpus"]
+    assert card["carried_sources"] == ["README.md", "LICENSE", "config.json"]
+    assert card["weights"]["value"] == "unknown"
