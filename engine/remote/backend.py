@@ -7,10 +7,10 @@ or another Itamae (`itamae serve`). It speaks the wire protocol directly with ht
 include_usage` for token counts), so the `openai` package is not needed at run time.
 
 The server applies the model's chat template itself, so messages go over as they are.
-Sampling fields OpenAI does not have (top_k, min_p, repeat_penalty) are sent only when
-set, under the names vLLM and llama.cpp's server read, so a strict server sees a plain
-OpenAI body. A cancelled request closes its HTTP stream: every one of these servers
-stops a generation whose client went away.
+Sampling fields OpenAI does not have (top_k, min_p, repeat_penalty) are sent under the
+names vLLM, SGLang and llama.cpp's server read (all of them accept extra fields). A
+cancelled request closes its HTTP stream: every one of these servers stops a generation
+whose client went away.
 """
 
 from __future__ import annotations
@@ -131,28 +131,27 @@ class RemoteBackend:
                 )
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids from the server's /tokenize (vLLM, llama.cpp's server and Itamae
-        have one, at the root beside /v1; the request names fields for both)."""
-        root = self.base[: -len("/v1")]
-        try:
-            response = self._client.post(
-                root + "/tokenize",
-                json={
-                    "model": self.model,
-                    "prompt": text,
-                    "content": text,
-                    "add_special_tokens": False,
-                },
-            )
-        except httpx.HTTPError as e:
-            raise RemoteError(f"Cannot reach {self.url} to tokenize: {e}.") from e
-        if response.status_code == 404:
-            raise RemoteError(
-                f"The server at {self.url} does not offer /tokenize.",
-                "Token counts come from the server's usage reports instead.",
-            )
-        _raise_for_status(response, self.url)
-        return list(response.json()["tokens"])
+        """Token ids from the server's tokenizer endpoint: /tokenize beside /v1 (vLLM and
+        SGLang read "prompt", llama.cpp's server "content", Itamae either), else
+        llama-cpp-python's /extras/tokenize ("input")."""
+        root = self.base.removesuffix("/v1")
+        attempts = [
+            ("/tokenize", {"model": self.model, "prompt": text, "content": text}),
+            ("/extras/tokenize", {"input": text}),
+        ]
+        for path, body in attempts:
+            try:
+                response = self._client.post(root + path, json=body)
+            except httpx.HTTPError as e:
+                raise RemoteError(f"Cannot reach {self.url} to tokenize: {e}.") from e
+            if response.status_code == 404:
+                continue
+            _raise_for_status(response, self.url)
+            return list(response.json()["tokens"])
+        raise RemoteError(
+            f"The model server at {self.url} has no tokenizer endpoint.",
+            "Token counts come from the server's usage reports instead.",
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -183,13 +182,13 @@ def _sampling_fields(sampling: SamplingParams) -> dict:
         fields["stop"] = list(sampling.stop)
     if sampling.seed is not None:
         fields["seed"] = sampling.seed
-    if sampling.top_k > 0:
+    # min_p and the repeat penalty go over even when off (0, 1.0): servers have their own
+    # defaults (llama.cpp's server penalises repeats by 1.1), and the person asked for off.
+    fields["min_p"] = sampling.min_p
+    fields["repeat_penalty"] = sampling.repeat_penalty  # llama.cpp's server, Itamae
+    fields["repetition_penalty"] = sampling.repeat_penalty  # vLLM, SGLang
+    if sampling.top_k > 0:  # "off" is spelled 0 or -1 depending on the server; SGLang refuses 0
         fields["top_k"] = sampling.top_k
-    if sampling.min_p > 0:
-        fields["min_p"] = sampling.min_p
-    if sampling.repeat_penalty != 1.0:
-        fields["repeat_penalty"] = sampling.repeat_penalty  # llama.cpp's server, Itamae
-        fields["repetition_penalty"] = sampling.repeat_penalty  # vLLM, SGLang
     return fields
 
 
