@@ -36,7 +36,10 @@ VOCAB_NAME = "ggml-vocab-qwen2.gguf"
 
 def find_vocab_gguf(name: str = VOCAB_NAME) -> Path | None:
     """A real vocab-only GGUF from llama.cpp's models/ (llama-cpp-python sdist), if present."""
+    repo = Path(__file__).resolve().parents[1]
     candidates = [os.environ.get("ITAMAE_LLAMA_VOCAB_DIR", "")]
+    # where the test fixtures unpack the llama-cpp-python sdist, then ad-hoc unpackings
+    candidates += [str(p) for p in repo.glob(".itamae-cache/llama-cpp-sdist/*/vendor/*/models")]
     candidates += [str(p) for p in Path("/tmp").glob("llcpp-*/**/models")]
     for folder in candidates:
         if folder and (Path(folder) / name).is_file():

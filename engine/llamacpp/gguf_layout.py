@@ -1,9 +1,9 @@
 """Read what the memory planner and ModelInfo need from a GGUF header, without its weights.
 
-Uses the gguf package's GGUFReader (gguf-py, the reader llama.cpp ships), which memory-maps
-the file and parses only the header and tensor table. Tensor sizes are the stored sizes
-(quantized blocks included); which tensors are routed experts follows llama.cpp's own
-pattern for `--cpu-moe` (common/common.h, LLM_FFN_EXPS_REGEX). Key names are gguf.Keys.
+The header comes from gguf_header.read_contents (the metadata and tensor table; checked
+against gguf's GGUFReader in the tests). Tensor sizes are the stored sizes (quantized
+blocks included); which tensors are routed experts follows llama.cpp's own pattern for
+`--cpu-moe` (common/common.h, LLM_FFN_EXPS_REGEX).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
-from gguf import GGUFReader, GGUFValueType
 
 from converters.errors import BadModelFile
 from converters.model_info import ModelInfo
 from engine.memory_plan import BlockWeights, ModelLayout
+
+from .gguf_header import GGUFContents, read_contents
 
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
@@ -32,9 +33,6 @@ GGUF_TO_HF_ARCH = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
 }
-
-# The few array fields that are large (tokenizer vocabularies) are never expanded.
-_SKIP_CONTENTS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores")
 
 
 @dataclass
@@ -95,20 +93,6 @@ def hf_arch(gguf_arch: str, metadata: dict) -> str:
     return GGUF_TO_HF_ARCH.get(gguf_arch, gguf_arch)
 
 
-def _metadata(reader: GGUFReader) -> tuple[dict, int]:
-    metadata: dict = {}
-    n_vocab = 0
-    for name, field in reader.fields.items():
-        if name == "tokenizer.ggml.tokens":
-            n_vocab = len(field.data)
-        if name in _SKIP_CONTENTS or name.startswith("GGUF."):
-            continue
-        if field.types and field.types[0] == GGUFValueType.ARRAY and len(field.data) > 4096:
-            continue
-        metadata[name] = field.contents()
-    return metadata, n_vocab
-
-
 def _per_block(value, n_layers: int) -> list[int]:
     """Keys that llama.cpp accepts either as one number or as one number per block."""
     if isinstance(value, list):
@@ -126,25 +110,28 @@ def _quant_name(metadata: dict, bytes_by_type: dict[str, int]) -> str:
 
 def read_gguf(path: str | Path) -> GGUFHeader:
     path = Path(path)
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError) as e:
-        raise BadModelFile(
-            f"{path.name} is not a readable GGUF file ({e}).",
-            "Check that the download finished, or convert the model again.",
-        ) from e
-    metadata, n_vocab = _metadata(reader)
+    contents = read_contents(path)
+    metadata = contents.metadata
     arch = metadata.get("general.architecture")
-    if not arch:
+    if not isinstance(arch, str) or not arch:
         raise BadModelFile(f"{path.name} has no general.architecture key.", "Convert it again.")
-    return GGUFHeader(path, metadata, _layout(reader, metadata, arch, n_vocab), n_vocab)
+    n_vocab = contents.array_lengths.get("tokenizer.ggml.tokens", 0)
+    try:
+        layout = _layout(contents, arch, n_vocab)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise BadModelFile(
+            f"{path.name} has malformed {arch} hyperparameters ({e}).", "Convert it again."
+        ) from e
+    return GGUFHeader(path, metadata, layout, n_vocab)
 
 
 def read_gguf_layout(path: str | Path) -> ModelLayout:
     return read_gguf(path).layout
 
 
-def _layout(reader: GGUFReader, metadata: dict, arch: str, n_vocab: int) -> ModelLayout:
+def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
+    metadata = contents.metadata
+
     def key(name, default=0):
         return metadata.get(f"{arch}.{name}", default)
 
@@ -152,9 +139,9 @@ def _layout(reader: GGUFReader, metadata: dict, arch: str, n_vocab: int) -> Mode
     blocks = [BlockWeights(dense_bytes=0) for _ in range(n_layers)]
     input_bytes = output_bytes = input_params = output_params = 0
     bytes_by_type: dict[str, int] = {}
-    for tensor in reader.tensors:
-        size, params, name = int(tensor.n_bytes), int(tensor.n_elements), tensor.name
-        type_name = tensor.tensor_type.name
+    for tensor in contents.tensors:
+        size, params, name = tensor.n_bytes, tensor.n_elements, tensor.name
+        type_name = tensor.type.name
         bytes_by_type[type_name] = bytes_by_type.get(type_name, 0) + size
         block = BLOCK_TENSOR.match(name)
         if block and int(block.group(1)) < n_layers:
