@@ -38,6 +38,7 @@ logger = logging.getLogger("itamae.llamacpp")
 
 KNOWN_OPTIONS = {
     "n_ctx",
+    "context_length",
     "gpu_layers",
     "cpu_moe",
     "threads",
@@ -53,7 +54,8 @@ KNOWN_OPTIONS = {
 def load(path: str | Path, **options) -> LlamaCppBackend:
     """Open a GGUF with llama.cpp. Options (all optional):
 
-    n_ctx: context length (default: the planner's choice, up to 8192)
+    n_ctx (or context_length, the torch engine's name): context length (default: the
+        planner's choice, up to 8192)
     gpu_layers: llama.cpp n_gpu_layers (default: as many as fit)
     cpu_moe: True = keep every block's routed experts in CPU RAM (`--cpu-moe`), an int N
         = those of the first N blocks (`--n-cpu-moe N`); default: as few as needed to fit
@@ -63,17 +65,22 @@ def load(path: str | Path, **options) -> LlamaCppBackend:
     check_memory: refuse with NotEnoughMemory when the plan does not fit (default True)
     hardware: an engine.memory_plan.Hardware to plan for instead of this machine's
     on_plan: called with the MemoryPlan before the weights are loaded (to show it)
+    Unknown options (another engine's) are ignored and listed in info.extra["ignored_options"].
     """
-    unknown = set(options) - KNOWN_OPTIONS
-    if unknown:
-        logger.warning("llama.cpp backend ignores options: %s", ", ".join(sorted(unknown)))
+    ignored = sorted(set(options) - KNOWN_OPTIONS)
+    if ignored:
+        logger.info("llama.cpp backend ignores options: %s", ", ".join(ignored))
+    if options.get("context_length") and not options.get("n_ctx"):
+        options["n_ctx"] = int(options["context_length"])
     path = Path(path)
     header = read_gguf(path)
     plan = plan_for(header, options)
     logger.info("%s", plan.describe())
     if options.get("on_plan"):
         options["on_plan"](plan)
-    return LlamaCppBackend(header, plan, options)
+    backend = LlamaCppBackend(header, plan, options)
+    backend.info.extra["ignored_options"] = ignored
+    return backend
 
 
 def plan_for(header: GGUFHeader, options: dict) -> MemoryPlan:
@@ -174,6 +181,7 @@ class LlamaCppBackend:
             "patterns": patterns,
             "tensors_in_cpu_ram": sorted(overridden),
             "effect": effect if patterns else "none requested",
+            "model_buffers_mib": self.native.model_buffers_mib(),
         }
 
     # -- generation ------------------------------------------------------------------------

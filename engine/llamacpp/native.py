@@ -22,6 +22,8 @@ from .devices import BufferOverrides, expert_overrides_to_cpu
 
 CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2, "bf16": 30}  # enum ggml_type
 OVERRIDE_LINE = re.compile(r"tensor (\S+) \(.*\) buffer type overridden to (\S+)")
+# "load_tensors:   CUDA0 model buffer size =  1234.56 MiB" (src/llama-model.cpp)
+MODEL_BUFFER_LINE = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
 
 
 class DecodeAborted(Exception):
@@ -98,6 +100,14 @@ class NativeModel:
         """Tensor name -> buffer type, for every tensor an override placed (from the log)."""
         found = (OVERRIDE_LINE.search(line) for line in self.load_log)
         return {m.group(1): m.group(2) for m in found if m}
+
+    def model_buffers_mib(self) -> dict[str, float]:
+        """Weight buffers llama.cpp allocated, by buffer type (CPU_Mapped, CUDA0, ...)."""
+        sizes: dict[str, float] = {}
+        for match in (MODEL_BUFFER_LINE.search(line) for line in self.load_log):
+            if match:
+                sizes[match.group(1)] = sizes.get(match.group(1), 0.0) + float(match.group(2))
+        return sizes
 
     # -- text ------------------------------------------------------------------------------
 
