@@ -279,3 +279,23 @@ def test_unknown_architecture_and_truncated_files_are_clear_errors(tmp_path, ggu
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 3])
     with pytest.raises(BadModelFile, match="cut.gguf"):
         load(tmp_path / "cut.gguf", n_ctx=256)
+
+
+def test_itamae_generate_with_the_llamacpp_engine(gguf_file, backend_for):
+    pytest.importorskip("app.commands.generate")
+    import subprocess
+    import sys
+
+    path = gguf_file("qwen3_moe")
+    cmd = [sys.executable, "-m", "app.cli", "generate", "--model", str(path), "--engine",
+           "llamacpp", "--prompt", "Hello", "--chat", "--max-tokens", "6", "--temperature",
+           "0", "--json"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    req = GenerationRequest(messages=[Message("user", "Hello")], sampling=greedy(6))
+    tokens, final = run(backend_for("qwen3_moe"), req)
+    assert result["prompt_tokens"] == final.prompt_token_ids
+    assert result["tokens"] == final.token_ids
+    assert result["text"] == "".join(e.text for e in tokens)
+    assert result["finish_reason"] == final.finish_reason
