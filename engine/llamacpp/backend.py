@@ -14,6 +14,7 @@ a raw prompt with it (the model's `add_bos` flag), special-token text parsed in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -164,7 +165,8 @@ class LlamaCppBackend:
             native.close()
 
     def __del__(self):
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp may be gone
+            self.close()
 
     # -- placement -------------------------------------------------------------------------
 

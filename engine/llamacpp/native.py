@@ -50,6 +50,7 @@ class NativeModel:
         self.load_log: list[str] = []
         self._overrides: BufferOverrides = expert_overrides_to_cpu(options.expert_patterns)
         self._kv_array = _kv_override_array(options.kv_overrides)
+        logs.install()
         llama_cpp.llama_backend_init()
         with logs.captured() as lines:
             try:
