@@ -9,6 +9,7 @@ the model's size. Layout: GGUF v3 (llama.cpp docs/gguf.md).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,32 @@ def add_card_metadata(writer: gguf.GGUFWriter, card: CardFacts, fallback_name: s
         writer.add_array(g.LANGUAGES, card.languages)
 
 
+# generation_config.json field -> general.sampling.* key (gguf-py Metadata's mapping);
+# llama.cpp uses them as the model's default sampling settings.
+SAMPLING_KEYS = {
+    "temperature": Keys.General.SAMPLING_TEMP,
+    "top_k": Keys.General.SAMPLING_TOP_K,
+    "top_p": Keys.General.SAMPLING_TOP_P,
+    "min_p": Keys.General.SAMPLING_MIN_P,
+}
+
+
+def add_sampling_defaults(writer: gguf.GGUFWriter, folder: Path) -> None:
+    path = folder / "generation_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        config = {}  # a broken generation config only loses the defaults
+    for field, key in SAMPLING_KEYS.items():
+        value = config.get(field) if isinstance(config, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if field == "top_k":
+            writer.add_int32(key, int(value))
+        else:
+            writer.add_float32(key, float(value))
+
+
 def add_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:
     """Metadata values from the arch tables: ints are uint32 and floats float32, the types
     llama.cpp's loader reads them as."""
@@ -87,10 +114,13 @@ def build_writer(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(RECIPE_KEY, recipe_name)
     add_tokenizer(writer, ckpt.folder, int(ckpt.config["vocab_size"]))
+    add_sampling_defaults(writer, ckpt.folder)
     for p in planned:
         writer.add_tensor_info(
             p.name, p.shape, np.dtype(np.float32), nbytes(p.shape, p.qtype), raw_dtype=p.qtype
         )
+    total, shared, expert, n_experts = writer.get_total_parameter_count()
+    writer.add_size_label(gguf.size_label(total, shared, expert, n_experts))
     return writer
 
 

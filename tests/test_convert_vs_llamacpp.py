@@ -1,0 +1,88 @@
+"""Itamae's GGUF against the file llama.cpp's own converter writes from the same checkpoint,
+and Itamae's tokenizer keys against llama.cpp's own tokenizer and vocabulary files.
+
+llama.cpp's converter needs a vocabulary it recognises, so each fixture gets GPT-2's real
+vocabulary first (tests/fixtures/llamacpp_reference.py). Both files then run in llama.cpp
+on the same tokens and must give the same logits.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from gguf import GGUFReader
+
+from converters.convert import convert
+from converters.gguf_tokenizer import pre_tokenizer_name
+from tests.fixtures.llamacpp_reference import reference_pair, vocabulary_tokenizer
+from tests.test_convert_gguf import llama_cpp_logits, relative_error
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+# Where llama.cpp's converter and the model disagree, the checkpoint is made to agree with
+# llama.cpp's assumption so that the files can be compared at all:
+#   olmoe        llama.cpp writes a fixed rms_norm_eps of 1e-5 (the published OLMoE's)
+#   deepseek_v2  (left out) llama.cpp's file omits q_lora_rank for a model without q LoRA and
+#                then loads only at V2-Lite's layer count, and it applies V3's group rule to
+#                V2's group_limited_greedy routing; Itamae's file is checked against
+#                transformers in test_convert_gguf instead.
+PARITY = {
+    "mixtral": {},
+    "qwen2_moe": {},
+    "qwen3_moe": {},
+    "olmoe": {"rms_norm_eps": 1e-5},
+    "deepseek_v3": {},
+    "llama": {},
+}
+PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens
+
+
+@pytest.mark.parametrize("arch", PARITY)
+def test_same_logits_as_llama_cpp_converter(arch, hf_checkpoint, tmp_path):
+    folder, theirs = reference_pair(hf_checkpoint(arch), "f32", **PARITY[arch])
+    ours = tmp_path / "itamae.gguf"
+    convert(folder, ours, "F32")
+
+    ours_reader, theirs_reader = GGUFReader(ours), GGUFReader(theirs)
+    assert {t.name for t in ours_reader.tensors} == {t.name for t in theirs_reader.tensors}
+    for key in ("tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+        assert ours_reader.fields[key].contents() == theirs_reader.fields[key].contents()
+
+    got, want = llama_cpp_logits(ours, PROMPT), llama_cpp_logits(theirs, PROMPT)
+    assert relative_error(got, want) <= 1e-6
+
+
+def test_pre_tokenizer_is_recognised_from_the_split_regex():
+    """transformers rebuilds GPT-2's tokenizer.json from llama.cpp's own ggml-vocab-gpt-2.gguf;
+    Itamae must name its pre-tokenizer as that file does."""
+    folder = vocabulary_tokenizer("gpt-2")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    assert pre_tokenizer_name(tokenizer) == "gpt-2"
+
+
+def test_bilingual_text_tokenizes_as_the_hf_tokenizer(hf_checkpoint, tmp_path):
+    """llama.cpp tokenizes English + Japanese (and specials, digits, whitespace runs) from
+    Itamae's GGUF exactly as the HF tokenizer does."""
+    from transformers import AutoTokenizer
+
+    from tests.fixtures.tokenizer import CORPUS
+
+    folder = hf_checkpoint("qwen3_moe")
+    dest = tmp_path / "vocab.gguf"
+    convert(folder, dest, "Q8_0")
+    hf = AutoTokenizer.from_pretrained(folder)
+    llm = llama_cpp.Llama(str(dest), vocab_only=True, verbose=False)
+    texts = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts += [
+        "東京は日本の首都です。Tokyo is the capital of Japan, population 13,960,000!",
+        "  leading spaces,\ttabs\n\nand newlines\r\n 1234567 3.14159 — “quotes” 🍣🍣",
+        "カタカナとひらがな、漢字。It's, we'll, I'd; THE END?!",
+    ]
+    try:
+        for text in texts:
+            assert llm.tokenize(text.encode(), add_bos=True) == hf.encode(text), text
+        chat = "<|im_start|>user\nこんにちは、お元気ですか?<|im_end|>\n<|im_start|>assistant\n"
+        assert llm.tokenize(chat.encode(), add_bos=True, special=True) == hf.encode(chat)
+    finally:
+        llm.close()
