@@ -486,7 +486,7 @@ def _smaller_quant_hint(layout: ModelLayout, hardware: Hardware, cache_type: str
     quant = plan.layout.quant
     return (
         f"A {quant} file (about {_gb(plan.layout.weight_bytes)}) would fit with a "
-        f"{plan.n_ctx}-token context: `itamae convert SOURCE -o model-{quant.lower()}.gguf "
+        f"{plan.n_ctx}-token context: `itamae convert <original model folder> -o model-{quant.lower()}.gguf "
         f"--quant {quant.lower()}`."
     )
 

@@ -20,7 +20,7 @@ from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams,
 llama_cpp = pytest.importorskip("llama_cpp")
 convert_module = pytest.importorskip("converters.convert")
 
-ARCHS = ("qwen3_moe", "deepseek_v3", "mixtral", "llama")  # routed MoE, MLA, Mixtral, dense
+ARCHS = ("qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v2", "deepseek_v3", "mixtral", "llama")
 CHAT = [Message("system", "You are terse."), Message("user", "Hello! こんにちは、元気ですか?")]
 
 
@@ -122,7 +122,7 @@ def test_planned_kv_cache_is_what_llama_cpp_allocates(arch, backend_for):
     line = next(x for x in backend.native.load_log if "llama_kv_cache: size =" in x)
     mib = float(line.split("size =")[1].split("MiB")[0])
     assert backend.plan.kv_bytes / 2**20 == pytest.approx(mib, abs=0.006)
-    assert backend.plan.layout.mla == (arch == "deepseek_v3")
+    assert backend.plan.layout.mla == arch.startswith("deepseek")
 
 
 def test_torch_engine_builds_the_same_prompt(hf_checkpoint, backend_for):

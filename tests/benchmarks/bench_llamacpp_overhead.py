@@ -9,7 +9,7 @@ One synthetic ~1.2B-parameter MoE GGUF (Q8_0, random weights; hidden 1024, 12 la
 32 experts top-4, expert FFN 768, Qwen2's real 152k vocabulary from llama.cpp's
 models/ggml-vocab-qwen2.gguf) is written once under .itamae-cache/llamacpp/. In the same
 process, with the same threads, context, batch, flash attention and KV type, three
-decoders take turns for --rounds rounds, each generating --gen-tokens greedy tokens from
+decoders take turns (in rotating order) for --rounds rounds, each generating --gen-tokens greedy tokens from
 the same --prompt-tokens prompt:
 
   raw-llama      llama_cpp.Llama.generate(): the high-level API people use directly
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     wall: dict[str, list[float]] = {r.name: [] for r, _ in runners}
     cpu: dict[str, list[float]] = {r.name: [] for r, _ in runners}
     tokens: dict[str, list[int]] = {}
-    for _ in range(args.rounds):
-        for runner, runner_prompt in runners:
+    for round_index in range(args.rounds):
+        turn = round_index % len(runners)  # rotate who goes first: load drifts over time
+        for runner, runner_prompt in runners[turn:] + runners[:turn]:
             out, (wall_rate, cpu_rate) = runner.run(runner_prompt, args.gen_tokens)
             wall[runner.name].append(wall_rate)
             cpu[runner.name].append(cpu_rate)
