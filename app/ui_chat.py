@@ -133,7 +133,7 @@ def create_ui(ctx: AppContext, labels: Labels) -> ChatUI:
                     placeholder=Key("chat.input"),
                     show_label=False,
                     container=False,
-                    lines=2,
+                    lines=1,  # Gradio submits on Enter only for one-line boxes; it still grows
                     max_lines=8,
                     scale=8,
                     autofocus=True,
@@ -221,7 +221,13 @@ def create_ui(ctx: AppContext, labels: Labels) -> ChatUI:
                     label=Key("chat.repeat_penalty"),
                 )
                 max_tokens = labels(
-                    gr.Slider, 16, 8192, defaults.max_tokens, step=16, label=Key("chat.max_tokens")
+                    gr.Slider,
+                    16,
+                    8192,
+                    defaults.max_tokens,
+                    step=16,
+                    label=Key("chat.max_tokens"),
+                    elem_id="max-tokens",
                 )
                 seed = labels(
                     gr.Number,
@@ -334,16 +340,26 @@ def create_event_handlers(
     busy = [ui.send, ui.stop, ui.regenerate]
     outputs = [ui.chatbot, ui.message, conversations, ui.heatmap, session, *busy]
 
-    def frame(session, messages, heatmap, *, message=None, listing=None, generating=True):
+    def frame(session, messages, heatmap, *, message=None, listing=None, generating=None):
+        """One screen update; None leaves a component as it is. The buttons change only
+        when generation starts or ends: re-rendering Stop on every token would make it
+        impossible to click."""
+        buttons = (
+            (gr.skip(),) * 3
+            if generating is None
+            else (
+                gr.update(visible=not generating),
+                gr.update(visible=generating),
+                gr.update(interactive=not generating),
+            )
+        )
         return (
             messages,
             gr.skip() if message is None else message,
             gr.skip() if listing is None else listing,
             gr.skip() if heatmap is None else heatmap,
             session,
-            gr.update(visible=not generating),
-            gr.update(visible=generating),
-            gr.update(interactive=not generating),
+            *buttons,
         )
 
     def run(session, params: ChatParams, tr: Translator, query: str, clear_message=False):
@@ -351,18 +367,14 @@ def create_event_handlers(
         for step, (messages, heatmap) in enumerate(_stream_reply(ctx, session, params, tr)):
             if step == 0:  # the new conversation (or its new place) shows in the sidebar
                 listing = list_update(ctx, session, query)
+                cleared = "" if clear_message else None
                 yield frame(
-                    session,
-                    messages,
-                    heatmap,
-                    message="" if clear_message else None,
-                    listing=listing,
+                    session, messages, heatmap, message=cleared, listing=listing, generating=True
                 )
             else:
                 yield frame(session, messages, heatmap)
-        yield frame(
-            session, messages, None, listing=list_update(ctx, session, query), generating=False
-        )
+        listing = list_update(ctx, session, query)
+        yield frame(session, messages, None, listing=listing, generating=False)
 
     def on_send(text: str, session: ChatSession, lang: str, query: str, *params):
         tr = Translator(lang)

@@ -32,19 +32,22 @@ def start_app(home: Path, *args: str) -> tuple[subprocess.Popen, str, float]:
         "HF_HOME": str(home / "hf"),
         "PYTHONPATH": str(REPO),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "--no-browser", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
+    home.mkdir(parents=True, exist_ok=True)
+    # stderr to a file: a pipe nobody reads would block the server once it fills up
+    with open(home / "stderr.log", "a") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "--no-browser", *args],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
     line = proc.stdout.readline()
     match = URL_LINE.search(line)
     if not match:
         proc.kill()
-        raise AssertionError(f"no address printed: {line!r} {proc.stderr.read()}")
+        raise AssertionError(f"no address printed: {line!r} {(home / 'stderr.log').read_text()}")
     return proc, match.group(1), float(match.group(2))
 
 

@@ -1,0 +1,286 @@
+"""The real app in a real browser: Debian's Chromium driven by Playwright.
+
+The app runs as `itamae --no-browser` in its own process on a real model through the
+torch engine: the tiny qwen3_moe fixture (random weights, so replies are gibberish,
+but it streams steadily and never runs out of things to say, which a stop test needs).
+Screenshots go to test-artifacts/ (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_launcher import start_app, stop
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+READY_TIMEOUT_MS = 180_000
+REPLY_TIMEOUT_MS = 120_000
+
+BOT_ROWS = "#chatbot .message-row.bot-row"
+USER_ROWS = "#chatbot .message-row.user-row"
+STATS = "#chatbot .reply-stats"
+
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+
+def seed_settings(home: Path, max_tokens: int) -> None:
+    # Greedy decoding, so every run of the test sees the same replies.
+    home.mkdir(parents=True, exist_ok=True)
+    settings = {"sampling": {"temperature": 0.0, "max_tokens": max_tokens, "repeat_penalty": 1.0}}
+    (home / "settings.json").write_text(json.dumps(settings))
+
+
+@pytest.fixture(scope="module")
+def model(hf_checkpoint) -> Path:
+    return hf_checkpoint("qwen3_moe")
+
+
+@pytest.fixture
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def new_page(browser, locale: str, outside: list[str]):
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, locale=locale)
+    page = context.new_page()
+    # Itamae works offline: record anything the page tries to fetch from elsewhere.
+    page.on(
+        "request",
+        lambda r: outside.append(r.url)
+        if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+        else None,
+    )
+    return page
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector('#model-status [data-state="ready"]', timeout=READY_TIMEOUT_MS)
+
+
+def send(page, text: str) -> list[str]:
+    """Send a message and watch its reply arrive; returns the reply's texts as the page
+    showed them while it streamed (sampled in the page every 5 ms)."""
+    replies_before = page.locator(STATS).count()
+    page.evaluate(
+        """n => { window.__seen = []; clearInterval(window.__watch);
+            window.__watch = setInterval(() => {
+                const rows = document.querySelectorAll('#chatbot .message-row.bot-row');
+                if (rows.length <= n) return;
+                const text = rows[n].innerText.trim();
+                if (text && window.__seen[window.__seen.length - 1] !== text) window.__seen.push(text);
+            }, 5); }""",
+        page.locator(BOT_ROWS).count(),
+    )
+    page.fill("#message textarea", text)
+    page.press("#message textarea", "Enter")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#chatbot .reply-stats').length > {replies_before}",
+        timeout=REPLY_TIMEOUT_MS,
+    )
+    return page.evaluate("() => { clearInterval(window.__watch); return window.__seen; }")
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def test_chat_in_english_and_japanese_stop_reload_and_switch_language(tmp_path, model, browser):
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=160)
+    proc, url, _ = start_app(home, "--model", str(model))
+    outside: list[str] = []
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        assert page.get_by_role("tab", name="Chat").is_visible()
+        shot(page, "01-ready")
+
+        # English: the reply streams in (the page shows it growing), then its stats
+        seen = send(page, "Hello, who are you?")
+        assert len(seen) >= 3, seen
+        assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:], strict=False))
+        assert page.locator(USER_ROWS).last.inner_text().strip() == "Hello, who are you?"
+        assert re.search(r"\d+ tokens · first token [\d.]+ s · [\d.]+ tokens/s", page.locator(STATS).last.inner_text())
+        page.wait_for_selector("#expert-heatmap rect", timeout=10_000)  # the reply's expert usage
+        shot(page, "02-english-reply")
+
+        # Japanese
+        seen = send(page, "こんにちは、元気ですか？")
+        assert len(seen) >= 3, seen
+        assert page.locator(USER_ROWS).last.inner_text().strip() == "こんにちは、元気ですか？"
+        shot(page, "03-japanese-reply")
+
+        # Stop midway: a long reply in a new conversation, stopped once text is on screen
+        page.click("#new-chat")
+        page.wait_for_function("() => !document.querySelector('#chatbot .message-row')")
+        page.get_by_text("Sampling", exact=True).click()
+        limit = page.locator("#max-tokens input[type=number]")
+        limit.fill("4000")
+        limit.press("Enter")
+        replies_before = page.locator(STATS).count()
+        page.fill("#message textarea", "Tell me a very long story.")
+        page.press("#message textarea", "Enter")
+        page.wait_for_selector("#stop", state="visible", timeout=REPLY_TIMEOUT_MS)
+        page.wait_for_function(
+            "n => document.querySelectorAll('#chatbot .message-row.bot-row').length > n "
+            "&& document.querySelectorAll('#chatbot .message-row.bot-row')[n].innerText.trim().length > 20",
+            arg=0,
+            timeout=REPLY_TIMEOUT_MS,
+        )
+        shot(page, "04-streaming")
+        page.click("#stop")
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#chatbot .reply-stats').length > {replies_before}",
+            timeout=30_000,
+        )
+        stats = page.locator(STATS).last.inner_text()
+        assert "stopped" in stats, stats
+        stopped_tokens = int(stats.split()[0])
+        assert 0 < stopped_tokens < 4000
+        page.wait_for_selector("#send", state="visible")
+        shot(page, "05-stopped")
+
+        # Reload: both conversations are in the sidebar, whole
+        page.reload()
+        page.wait_for_selector("#conversation-list label", timeout=30_000)
+        assert page.locator("#conversation-list label").count() == 2
+        page.locator("#conversation-list label", has_text="Tell me a very long story.").click()
+        page.wait_for_selector(STATS)
+        assert "stopped" in page.locator(STATS).last.inner_text()
+        page.locator("#conversation-list label", has_text="Hello, who are you?").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chatbot .message-row.user-row').length === 2"
+        )
+        users = [u.inner_text().strip() for u in page.locator(USER_ROWS).all()]
+        assert users == ["Hello, who are you?", "こんにちは、元気ですか？"]
+        shot(page, "06-reloaded")
+
+        # Switch the UI to Japanese: every label, and the text made at run time
+        page.locator("#language label", has_text="日本語").click()
+        page.wait_for_selector("#send:has-text('送信')")
+        assert page.get_by_role("tab", name="チャット").is_visible()
+        assert page.get_by_role("tab", name="モデル").is_visible()
+        assert "新しいチャット" in page.inner_text("#new-chat")
+        page.wait_for_function(
+            "() => document.querySelector('#chatbot .reply-stats')?.innerText.includes('トークン')"
+        )
+        shot(page, "07-japanese-ui")
+        page.get_by_role("tab", name="モデル").click()
+        page.wait_for_selector("#library table")
+        shot(page, "08-models-ja")
+
+        # The choice is remembered by this browser
+        page.reload()
+        page.wait_for_selector("#send:has-text('送信')", timeout=30_000)
+        assert outside == [], outside
+    finally:
+        assert stop(proc) == 0
+
+
+def test_two_tabs_keep_their_own_conversations(tmp_path, model, browser):
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=24)
+    proc, url, _ = start_app(home, "--model", str(model))
+    outside: list[str] = []
+    try:
+        # A Japanese browser gets the Japanese UI without touching the switch.
+        tab_a = new_page(browser, "ja-JP", outside)
+        tab_b = new_page(browser, "ja-JP", outside)
+        for tab in (tab_a, tab_b):
+            open_app(tab, url)
+            tab.wait_for_selector("#send:has-text('送信')")
+        # Both tabs send at once; the model serves them one after the other.
+        for tab, text in ((tab_a, "tab A speaks"), (tab_b, "タブBです")):
+            tab.fill("#message textarea", text)
+        tab_a.press("#message textarea", "Enter")
+        tab_b.press("#message textarea", "Enter")
+        for tab in (tab_a, tab_b):
+            tab.wait_for_selector(STATS, timeout=REPLY_TIMEOUT_MS)
+        assert [t.inner_text().strip() for t in tab_a.locator(USER_ROWS).all()] == ["tab A speaks"]
+        assert [t.inner_text().strip() for t in tab_b.locator(USER_ROWS).all()] == ["タブBです"]
+        shot(tab_b, "09-second-tab-ja")
+    finally:
+        assert stop(proc) == 0
+    db = sqlite3.connect(home / "conversations.sqlite3")
+    rows = db.execute(
+        "SELECT c.title, m.role, m.content, m.finish_reason FROM messages m "
+        "JOIN conversations c ON c.id = m.conversation_id ORDER BY c.title, m.position"
+    ).fetchall()
+    by_title: dict[str, list] = {}
+    for title, role, content, finish in rows:
+        by_title.setdefault(title, []).append((role, content, finish))
+    assert set(by_title) == {"tab A speaks", "タブBです"}
+    for title, messages in by_title.items():
+        assert [m[0] for m in messages] == ["user", "assistant"]
+        assert messages[0][1] == title
+        assert messages[1][2] in ("stop", "length")
+    assert outside == []
+
+
+def test_kill_9_while_a_reply_streams_keeps_the_conversation(tmp_path, model, browser):
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=24)
+    proc, url, _ = start_app(home, "--model", str(model))
+    outside: list[str] = []
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        send(page, "first question")
+        send(page, "second question")
+        page.get_by_text("Sampling", exact=True).click()
+        limit = page.locator("#max-tokens input[type=number]")
+        limit.fill("4000")
+        limit.press("Enter")
+        page.fill("#message textarea", "third question, long answer")
+        page.press("#message textarea", "Enter")
+        page.wait_for_function(
+            "() => { const rows = document.querySelectorAll('#chatbot .message-row.bot-row');"
+            " return rows.length > 2 && rows[2].innerText.trim().length > 40; }",
+            timeout=REPLY_TIMEOUT_MS,
+        )
+        time.sleep(1.0)  # past at least one periodic save of the growing reply
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    proc, url, _ = start_app(home, "--model", str(model))
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        page.locator("#conversation-list label", has_text="first question").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chatbot .message-row.user-row').length === 3"
+        )
+        users = [u.inner_text().strip() for u in page.locator(USER_ROWS).all()]
+        assert users == ["first question", "second question", "third question, long answer"]
+        stats = [s.inner_text() for s in page.locator(STATS).all()]
+        assert len(stats) == 3 and "tokens" in stats[0] and "tokens" in stats[1]
+        assert "Interrupted" in stats[2]
+        bot_rows = page.locator(BOT_ROWS)
+        assert len(bot_rows.nth(2).inner_text().strip()) > 20  # the part saved before the kill
+        shot(page, "10-after-kill-9")
+    finally:
+        assert stop(proc) == 0
+    assert outside == []
