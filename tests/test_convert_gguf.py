@@ -16,64 +16,22 @@ import pytest
 import torch
 
 from converters.convert import convert
+from tests.convert_helpers import (
+    converted_files,
+    kl_and_top1,
+    llama_cpp_logits,
+    relative_error,
+    transformers_logits,
+)
 from tests.fixtures.checkpoints import ARCHS
-from tests.fixtures.reference import reference_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-PROMPT = [0] + list(range(40, 71))  # bos then 31 ordinary tokens: 32 in all
 F32_RTOL = 1e-4
 Q8_KL_MAX = 0.01
 
 
-def llama_cpp_logits(path, tokens=PROMPT) -> np.ndarray:
-    llm = llama_cpp.Llama(
-        str(path),
-        n_ctx=64,
-        n_threads=2,
-        logits_all=True,
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        verbose=False,
-    )
-    try:
-        llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
-    finally:
-        llm.close()
-
-
-def transformers_logits(folder, tokens=PROMPT) -> np.ndarray:
-    model = reference_model(folder)
-    with torch.no_grad():
-        return model(torch.tensor([tokens])).logits[0].double().numpy()
-
-
-def relative_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
-def kl_and_top1(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    lp = reference - np.logaddexp.reduce(reference, axis=1, keepdims=True)
-    lq = other - np.logaddexp.reduce(other, axis=1, keepdims=True)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
-    return float(kl.mean()), float((reference.argmax(1) == other.argmax(1)).mean())
-
-
-@pytest.fixture(scope="module")
-def converted(hf_checkpoint, tmp_path_factory):
-    """converted(fixture, recipe) -> the GGUF Itamae writes (made once per module)."""
-    folder = tmp_path_factory.mktemp("converted")
-    made = {}
-
-    def make(name: str, recipe: str = "F32"):
-        if (name, recipe) not in made:
-            dest = folder / f"{name}-{recipe}.gguf"
-            convert(hf_checkpoint(name), dest, recipe)
-            made[name, recipe] = dest
-        return made[name, recipe]
-
-    return make
+converted = converted_files()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -15,8 +15,8 @@ from gguf import GGUFReader
 
 from converters.convert import convert
 from converters.gguf_tokenizer import pre_tokenizer_name
+from tests.convert_helpers import llama_cpp_logits, relative_error
 from tests.fixtures.llamacpp_reference import reference_pair, vocabulary_tokenizer
-from tests.test_convert_gguf import llama_cpp_logits, relative_error
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
