@@ -33,7 +33,7 @@ from .devices import detect_hardware
 from .gguf_layout import GGUFHeader, read_gguf
 from .native import DecodeAborted, LoadOptions, NativeModel
 from .sampling import SamplerChain
-from .text import StopStrings, Utf8Stream
+from .text import TextAssembler
 
 logger = logging.getLogger("itamae.llamacpp")
 
@@ -249,7 +249,7 @@ class LlamaCppBackend:
 
     def _decode_loop(self, req, prompt, cancel, stats: Stats, started: float):
         params = req.sampling
-        text, stops = Utf8Stream(), StopStrings(params.stop)
+        text = TextAssembler(params.stop)
         completion: list[int] = []
         finish, first_at, last_at, decodes = "length", None, 0.0, 0
         with SamplerChain(params, self.native.n_vocab, prompt) as sampler:
@@ -264,9 +264,8 @@ class LlamaCppBackend:
                     finish = "stop"
                     break
                 completion.append(token)
-                piece, hit = stops.push(text.push(self.native.piece(token)))
-                yield TokenEvent(piece, token)
-                if hit:
+                yield TokenEvent(text.push(self.native.piece(token)), token)
+                if text.stopped:
                     finish = "stop"
                     break
                 if len(completion) >= params.max_tokens:
@@ -283,10 +282,11 @@ class LlamaCppBackend:
                     return
                 self._cached.append(token)
                 decodes += 1
-        if finish != "stop":
-            tail = stops.push(text.flush())[0] + stops.flush()
-            if tail:
-                yield TokenEvent(tail, None)
+        tail = text.finish()  # held-back text, unless a stop string ended the answer
+        if tail:
+            yield TokenEvent(tail, None)
+        if text.stopped:
+            finish = "stop"
         stats.completion_tokens = len(completion)
         if first_at is not None:
             stats.ttft_s = first_at - started

@@ -59,3 +59,24 @@ class StopStrings:
                     longest = k
                     break
         return longest
+
+
+class TextAssembler:
+    """Token pieces in, the text a person should see out: UTF-8 joined, cut at stop strings."""
+
+    def __init__(self, stops: list[str] | None):
+        self._utf8, self._stops = Utf8Stream(), StopStrings(stops)
+        self.stopped = False  # a stop string was reached: nothing more is shown
+
+    def push(self, piece: bytes) -> str:
+        if self.stopped:
+            return ""
+        text, self.stopped = self._stops.push(self._utf8.push(piece))
+        return text
+
+    def finish(self) -> str:
+        """What was held back (a partial character, a possible stop-string start)."""
+        if self.stopped:
+            return ""
+        text, self.stopped = self._stops.push(self._utf8.flush())
+        return text if self.stopped else text + self._stops.flush()
