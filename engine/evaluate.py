@@ -75,6 +75,17 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _describe(path: Path) -> dict:
+    """What `itamae inspect` says of a model's quantization: recipe and bits per weight."""
+    from converters.inspect import inspect
+
+    try:
+        info = inspect(path)
+    except ItamaeError:
+        return {"quant": "", "bits_per_weight": {}}
+    return {"quant": info.quant, "bits_per_weight": info.bits_per_weight}
+
+
 def _windows(tokens: list[int], bos: list[int], window: int) -> list[list[int]]:
     step = window - len(bos)
     chunks = [tokens[i : i + step] for i in range(0, len(tokens), step)]
@@ -147,12 +158,18 @@ def evaluate(
     finally:
         ref_scorer.close()
     report = totals.summary()
+    agreement = report["expert_agreement"]
+    report["expert_agreement_mean"] = sum(agreement) / len(agreement) if agreement else None
+    described = _describe(Path(model))
     report.update(
         report_version=REPORT_VERSION,
         model=str(model),
         reference=str(reference),
         model_engine=engines[0],
         reference_engine=engines[1],
+        model_quant=described["quant"],
+        model_bits_per_weight=described["bits_per_weight"],
+        reference_quant=_describe(Path(reference))["quant"],
         model_size_bytes=_size(Path(model)),
         reference_size_bytes=_size(Path(reference)),
         text=text_label,
