@@ -152,6 +152,7 @@ def evaluate(
                 )
             totals = _score_windows(model_scorer, ref_scorer, windows, progress, cancel)
             engines = (model_scorer.name, ref_scorer.name)
+            computes = (model_scorer.compute, ref_scorer.compute)
             routing_seen = bool(model_scorer.moe_layers and ref_scorer.moe_layers)
         finally:
             model_scorer.close()
@@ -167,6 +168,8 @@ def evaluate(
         reference=str(reference),
         model_engine=engines[0],
         reference_engine=engines[1],
+        model_compute=computes[0],
+        reference_compute=computes[1],
         model_quant=described["quant"],
         model_bits_per_weight=described["bits_per_weight"],
         reference_quant=_describe(Path(reference))["quant"],

@@ -32,6 +32,7 @@ class Scored:
 
 class Scorer(Protocol):
     name: str  # "llama.cpp" | "torch"
+    compute: str  # how it computes, in words (dtype, cache), for the report
     vocab_size: int
     context_length: int
     moe_layers: list[int]  # layer indices whose routing `score` reports ([] for a dense model)

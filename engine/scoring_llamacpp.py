@@ -118,6 +118,7 @@ class _ScoringModel(NativeModel):
 
 class LlamaCppScorer:
     name = "llama.cpp"
+    compute = "llama.cpp CPU, F32 KV cache, flash attention off"
 
     def __init__(self, path: Path, window: int, threads: int = 0):
         self.recorder = RoutingRecorder()

@@ -1,8 +1,9 @@
 """Score a Hugging Face folder or an Itamae torch-format folder in the native torch engine.
 
 Logits come from the engine's own forward pass (`DecoderModel.forward(..., all_logits=True)`)
-over a fresh KV cache per window, in float32 on the CPU so that the activations' own
-rounding does not count as quantization error (quantized torch-format experts are
+over a fresh KV cache per window, in float32 on the CPU (for checkpoints up to 4 GiB; larger
+ones in the engine's bf16) so that the activations' own rounding does not count as
+quantization error (quantized torch-format experts are
 dequantized on the fly by the engine either way). Routing is read from each MoE block's
 router: every block's `router` is wrapped in a recorder that keeps the experts it chose
 for each token, and otherwise answers exactly as the router does.
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from .scoring import Scored
+
+FLOAT32_LIMIT_BYTES = 4 << 30  # safetensors on disk; float32 may take twice that in RAM
 
 
 @dataclass
@@ -39,12 +42,13 @@ class TorchScorer:
         from . import loader
         from .torch.moe import MoEBlock
 
-        options = {"dtype": "float32", "device": "cpu"}
+        options = {"dtype": self.pick_dtype(path), "device": "cpu"}
         if threads:
             options["threads"] = threads
         self.backend = loader.load(path, engine="torch", **options)
         model = self.backend.model
         self.model = model
+        self.compute = f"torch engine, {str(model.dtype).replace('torch.', '')} activations"
         self.vocab_size = int(model.args.vocab_size)
         self.context_length = int(model.args.max_position_embeddings)
         self.recorders: dict[int, RecordingRouter] = {}
@@ -54,6 +58,13 @@ class TorchScorer:
                     index, RecordingRouter(layer.ffn.router)
                 )
         self.moe_layers = sorted(self.recorders)
+
+    @staticmethod
+    def pick_dtype(path: Path) -> str:
+        """float32 while the weights are small enough to hold that way (a few GiB); beyond,
+        the engine's own choice (bf16), so that evaluating a large model stays possible."""
+        size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        return "float32" if size <= FLOAT32_LIMIT_BYTES else "auto"
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return self.backend.text.encode(text, add_special_tokens=add_special)
