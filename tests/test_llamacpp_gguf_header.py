@@ -69,6 +69,10 @@ def test_converted_file_reads_as_gguf_reader_reads_it(converted):
     assert layout.expert_bytes > 0 and layout.weight_bytes < converted.stat().st_size
     routed = sum(t.n_bytes for t in read_contents(converted).tensors if "_exps." in t.name)
     assert layout.expert_bytes == routed
+    # the backend's ModelInfo is what `itamae inspect` says about the same file
+    from converters.inspect import inspect_gguf
+
+    assert read_gguf(converted).model_info().to_json() == inspect_gguf(converted).to_json()
 
 
 @pytest.mark.parametrize("name", VOCABS)

@@ -9,16 +9,19 @@ blocks included); which tensors are routed experts follows llama.cpp's own patte
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
 from converters.errors import BadModelFile
+from converters.gguf_export import RECIPE_KEY
+from converters.inspect import gguf_group
 from converters.model_info import ModelInfo
 from engine.memory_plan import BlockWeights, ModelLayout
 
-from .gguf_header import GGUFContents, read_contents
+from .gguf_header import GGUFContents, TensorEntry, read_contents
 
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
@@ -41,6 +44,7 @@ class GGUFHeader:
     metadata: dict  # scalar and small-array fields; vocabularies left out
     layout: ModelLayout
     n_vocab: int
+    tensors: list[TensorEntry]
 
     @property
     def arch(self) -> str:
@@ -51,34 +55,38 @@ class GGUFHeader:
         return self.metadata.get(f"{self.arch}.{name}", default)
 
     def model_info(self) -> ModelInfo:
-        layout = self.layout
-        n_experts = layout.n_experts
-        moe_layers = sum(1 for b in layout.blocks if b.expert_bytes)
-        active = layout.total_params
-        if n_experts:
-            share = layout.experts_per_token / n_experts
-            routed = sum(b.expert_params for b in layout.blocks)
-            active = layout.total_params - routed + int(routed * share)
+        """What `itamae inspect` reports, from this header (same groups as converters.inspect)."""
+        layout, tensors = self.layout, self.tensors
+        elements, stored = Counter(), Counter()
+        for t in tensors:
+            elements[gguf_group(t.name)] += t.n_elements
+            stored[gguf_group(t.name)] += t.n_bytes
+        total, routed = sum(elements.values()), elements["experts"]
+        share = layout.experts_per_token / layout.n_experts if layout.n_experts else 1.0
+        shared = int(self.key("expert_shared_count", 0) or 0)
+        if not shared and any(t.name.endswith("ffn_up_shexp.weight") for t in tensors):
+            shared = 1  # Qwen-MoE: one shared expert, no count key
         return ModelInfo(
             path=self.path,
             format="gguf",
             arch=hf_arch(self.arch, self.metadata),
-            name=self.metadata.get("general.name", self.path.stem),
-            total_params=layout.total_params,
-            active_params=active,
+            name=str(self.metadata.get("general.name", self.path.stem)),
+            total_params=total,
+            active_params=total - routed + round(routed * share),
             n_layers=layout.n_layers,
-            n_experts=n_experts,
+            n_experts=layout.n_experts,
             experts_per_token=layout.experts_per_token,
-            n_shared_experts=int(self.key("expert_shared_count", 0) or 0),
-            n_moe_layers=moe_layers,
+            n_shared_experts=shared,
+            n_moe_layers=sum(t.name.endswith("ffn_gate_inp.weight") for t in tensors),
             context_length=layout.context_length,
             vocab_size=self.n_vocab,
-            quant=layout.quant,
-            bits_per_weight={"all": round(layout.bits_per_weight, 3)},
+            dtypes=dict(Counter(t.type.name for t in tensors)),
+            quant=str(self.metadata.get(RECIPE_KEY) or layout.quant),
+            bits_per_weight={g: round(8 * stored[g] / n, 3) for g, n in elements.items() if n},
             size_bytes=self.path.stat().st_size,
             license=str(self.metadata.get("general.license", "")),
             files=[self.path.name],
-            extra={"gguf_arch": self.arch},
+            extra={"gguf_arch": self.arch, "file_type": self.metadata.get("general.file_type")},
         )
 
 
@@ -122,7 +130,7 @@ def read_gguf(path: str | Path) -> GGUFHeader:
         raise BadModelFile(
             f"{path.name} has malformed {arch} hyperparameters ({e}).", "Convert it again."
         ) from e
-    return GGUFHeader(path, metadata, layout, n_vocab)
+    return GGUFHeader(path, metadata, layout, n_vocab, contents.tensors)
 
 
 def read_gguf_layout(path: str | Path) -> ModelLayout:
