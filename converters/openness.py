@@ -37,7 +37,7 @@ DATA_HEADING = re.compile(
     re.I,
 )
 DATA_SENTENCE = re.compile(
-    r"\b(pre-?)?train(ed|ing)\b.{0,60}?\b(on|with|using)\b.{0,100}"
+    r"\b(pre-?)?train(ed|ing)?\b.{0,60}?\b(on|with|using)\b.{0,100}"
     r"\b(tokens|data|corpus|corpora|datasets?|text)\b",
     re.I,
 )
@@ -55,7 +55,15 @@ INFERENCE_CODE = re.compile(
     r"\binference\s+(code|scripts?|engine|framework|implementation)\b|\bmodeling\s+code\b", re.I
 )
 REPORT = re.compile(r"\b(technical\s+report|tech\s+report|paper|whitepaper)\b", re.I)
-WEIGHTS = re.compile(r"\b(weights|checkpoints?|download)\b", re.I)
+WEIGHTS = re.compile(r"\b(weights|checkpoints?|downloads?)\b", re.I)
+HUB_LINK = re.compile(
+    r"https?://(?:huggingface\.co|modelscope\.cn|www\.modelscope\.cn)/[^\s)>\]\"'`]+"
+)
+RUN_HEADING = re.compile(
+    r"\b(how\s+to\s+(run|use)|run(ning)?\s+(it\s+)?locally|inference|usage|quick\s*start|deploy)",
+    re.I,
+)
+GIT_CLONE = re.compile(r"git\s+clone\s+(https?://\S+)")
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
 
@@ -72,6 +80,22 @@ def unknown(card: ModelCard, what: str) -> dict:
 def _card_lines(card: ModelCard):
     for number, line in card.text_lines():
         yield f"{card.readme_name} line {number}", line
+
+
+def _sections(card: ModelCard):
+    """(source, heading of the section the line is in, line) for the card's body."""
+    heading = ""
+    for source, line in _card_lines(card):
+        if match := HEADING.match(line):
+            heading = match.group(1)
+        yield source, heading, line
+
+
+def _links_in_sections(card: ModelCard, heading: re.Pattern, link: re.Pattern):
+    """(source, line, links) for lines with a link under a heading matching `heading`."""
+    for source, title, line in _sections(card):
+        if heading.search(title) and (links := link.findall(line)):
+            yield source, f"{title.strip()}: {line.strip()}", links
 
 
 def _lines_with_links(card: ModelCard, pattern: re.Pattern, link: re.Pattern = URL):
@@ -108,6 +132,9 @@ def weights_fact(card: ModelCard, repo_id: str = "") -> dict:
         if value := card.gguf_general.get(key):
             return fact("published", f"GGUF {key}", here, links=[str(value)])
     for source, line, links in _lines_with_links(card, WEIGHTS):
+        return fact("published", source, line, links=links)
+    # a "Model Downloads" section with a table of hub links (DeepSeek's cards)
+    for source, line, links in _links_in_sections(card, WEIGHTS, HUB_LINK):
         return fact("published", source, line, links=links)
     return fact("unknown", None, (here + " No source says where they were published.").strip())
 
@@ -279,6 +306,9 @@ def inference_code_fact(card: ModelCard) -> dict:
             f"Modeling code ships with the weights: {', '.join(shipped)}.",
         )
     for source, line, links in _lines_with_links(card, INFERENCE_CODE):
+        return fact("published", source, line, links=links)
+    # "How to Run Locally" with a `git clone` of the code (DeepSeek's and many GitHub READMEs)
+    for source, line, links in _links_in_sections(card, RUN_HEADING, GIT_CLONE):
         return fact("published", source, line, links=links)
     if arch := card.gguf_general.get("general.architecture"):
         return fact(

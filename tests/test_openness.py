@@ -318,3 +318,44 @@ def test_converted_gguf_keeps_the_source_card(tmp_path):
     assert card["training_data"]["datasets"] == ["example/corpus"]
     assert card["carried_sources"] == ["README.md", "LICENSE", "config.json"]
     assert card["weights"]["value"] == "unknown"
+
+
+def test_github_style_readme_without_front_matter(tmp_path):
+    """DeepSeek-V3's README layout: no front matter, badges, a paper link, a downloads table,
+    a "How to Run Locally" section cloning the code, separate code and model licenses."""
+    readme = """<div align="center">
+  <a href="https://arxiv.org/pdf/2412.19437"><b>Paper Link</b></a>
+</div>
+
+## 1. Introduction
+
+We pre-train Example-V3 on 14.8 trillion diverse tokens, then fine-tune it.
+
+## 3. Model Downloads
+
+| **Model** | **#Total Params** | **Download** |
+| :---: | :---: | :---: |
+| Example-V3 | 671B | [Hugging Face](https://huggingface.co/example-ai/Example-V3) |
+
+## 6. How to Run Locally
+
+Clone the repository:
+
+```shell
+git clone https://github.com/example-ai/Example-V3.git
+```
+"""
+    files = {"README.md": readme, "LICENSE-CODE": MIT_TEXT, "LICENSE-MODEL": DEEPSEEK_TEXT}
+    card = openness_card(make_model(tmp_path / "v3", files))
+    assert_sourced(card)
+    assert (card["license"]["value"], card["license"]["source"]) == ("deepseek", "LICENSE-MODEL")
+    assert card["license"]["license_class"] == "restrictive"
+    assert card["technical_report"]["links"] == ["https://arxiv.org/pdf/2412.19437"]
+    assert (card["training_data"]["value"], card["training_data"]["source"]) == (
+        "described",
+        "README.md line 7",
+    )
+    assert card["weights"]["links"] == ["https://huggingface.co/example-ai/Example-V3"]
+    assert card["weights"]["source"] == "README.md line 13"
+    assert card["inference_code"]["links"] == ["https://github.com/example-ai/Example-V3.git"]
+    assert card["training_code"]["value"] == "unknown"
