@@ -299,3 +299,23 @@ def test_itamae_generate_with_the_llamacpp_engine(gguf_file, backend_for):
     assert result["tokens"] == final.token_ids
     assert result["text"] == "".join(e.text for e in tokens)
     assert result["finish_reason"] == final.finish_reason
+
+
+def test_closing_during_a_stream_ends_it_cleanly(gguf_file):
+    backend = load(gguf_file("qwen3_moe"), n_ctx=512, threads=2)
+    events, started = [], threading.Event()
+
+    def consume():
+        for event in backend.stream(GenerationRequest(messages=CHAT, sampling=greedy(400))):
+            events.append(event)
+            started.set()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    assert started.wait(60)
+    backend.close()  # waits for the token in flight, then frees the context
+    worker.join(60)
+    assert not worker.is_alive()
+    final = events[-1]
+    assert isinstance(final, FinalEvent) and final.finish_reason == "error"
+    assert "closed" in final.error and len(final.token_ids) < 400

@@ -257,7 +257,11 @@ class LlamaCppBackend:
                 if cancel.is_set():
                     finish = "cancelled"
                     break
-                token = sampler.sample(self.native.ctx)
+                try:
+                    token = sampler.sample(self.native)
+                except ItamaeError as e:
+                    yield FinalEvent("error", stats, error=str(e), prompt_token_ids=prompt)
+                    return
                 last_at = time.perf_counter()
                 first_at = first_at or last_at
                 if self.native.is_end_of_generation(token):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class NativeModel:
         self.path, self.options = path, options
         self.model = self.ctx = None
         self.load_log: list[str] = []
+        # held around every call that uses the context, and by close(): a close from another
+        # thread (the app unloading a model) waits for the token in flight, never frees under it
+        self.lock = threading.RLock()
         self._overrides: BufferOverrides = expert_overrides_to_cpu(options.expert_patterns)
         self._kv_array = _kv_override_array(options.kv_overrides)
         logs.install()
@@ -164,15 +168,18 @@ class NativeModel:
         check costs a Python call per node, so it is only armed for prompt prefill."""
         array = (llama_cpp.llama_token * len(tokens))(*tokens)
         batch = llama_cpp.llama_batch_get_one(array, len(tokens))
-        if abort_flag is not None:
-            self._abort_flag = abort_flag
-            llama_cpp.llama_set_abort_callback(self.ctx, self._abort_cb, None)
-        try:
-            status = llama_cpp.llama_decode(self.ctx, batch)
-        finally:
+        with self.lock:
+            self._check_open()
             if abort_flag is not None:
-                llama_cpp.llama_set_abort_callback(self.ctx, llama_cpp.ggml_abort_callback(), None)
-                self._abort_flag = None
+                self._abort_flag = abort_flag
+                llama_cpp.llama_set_abort_callback(self.ctx, self._abort_cb, None)
+            try:
+                status = llama_cpp.llama_decode(self.ctx, batch)
+            finally:
+                if abort_flag is not None:
+                    null = llama_cpp.ggml_abort_callback()
+                    llama_cpp.llama_set_abort_callback(self.ctx, null, None)
+                    self._abort_flag = None
         if status == 2:
             raise DecodeAborted()
         if status != 0:
@@ -182,24 +189,40 @@ class NativeModel:
                 "The context may be full: start a new conversation or load a longer context.",
             )
 
+    def sample(self, chain) -> int:
+        """Draw with a llama_sampler chain from the last decoded position's logits."""
+        with self.lock:
+            self._check_open()
+            return llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
+
+    def _check_open(self) -> None:
+        if not self.ctx:
+            raise ItamaeError("The model was closed during generation.", "Load it again.")
+
     def _should_abort(self, _data) -> bool:
         flag = self._abort_flag
         return bool(flag is not None and flag.is_set())
 
     def forget_from(self, position: int) -> bool:
         """Drop cached positions >= `position`; False if this model's cache cannot."""
-        return bool(llama_cpp.llama_memory_seq_rm(self.memory, 0, position, -1))
+        with self.lock:
+            return bool(self.ctx) and bool(
+                llama_cpp.llama_memory_seq_rm(self.memory, 0, position, -1)
+            )
 
     def forget_all(self) -> None:
-        llama_cpp.llama_memory_clear(self.memory, True)
+        with self.lock:
+            if self.ctx:
+                llama_cpp.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
+        with self.lock:
+            if self.ctx:
+                llama_cpp.llama_free(self.ctx)
+                self.ctx = None
+            if self.model:
+                llama_cpp.llama_model_free(self.model)
+                self.model = None
 
 
 def _kv_override_array(overrides: dict[str, int]):

@@ -42,9 +42,9 @@ class SamplerChain:
         for token in recent_tokens[-REPEAT_LAST_N:]:
             llama_cpp.llama_sampler_accept(self.chain, token)
 
-    def sample(self, ctx) -> int:
-        """Draw from the last decoded position's logits and record the token."""
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)
+    def sample(self, native) -> int:
+        """Draw from the last decoded position's logits (a NativeModel) and record the token."""
+        return native.sample(self.chain)
 
     def close(self) -> None:
         if self.chain is not None:
