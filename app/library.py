@@ -19,7 +19,7 @@ from converters.errors import ItamaeError
 from converters.model_info import ModelInfo
 from engine.loader import DEMO_DIR
 
-LOCATIONS = ("demo", "models", "hf-cache", "added")
+LOCATIONS = ("demo", "models", "hf-cache", "added", "loaded")
 # What a download fetches: weights, configs and tokenizers; not the pickled or
 # framework-specific copies many repositories carry beside the safetensors.
 DOWNLOAD_PATTERNS = ["*.safetensors", "*.json", "*.gguf", "*.model", "*.txt", "*.md", "*.jinja",
@@ -94,8 +94,13 @@ def inspect_model(path: Path) -> tuple[ModelInfo | None, str]:
 
 
 def scan(
-    models_dir: Path, added_paths: list[str], include_hf_cache: bool = True
+    models_dir: Path,
+    added_paths: list[str],
+    loaded: str | None = None,
+    include_hf_cache: bool = True,
 ) -> list[LibraryEntry]:
+    """Every model on this machine, each once; `loaded` (the model in use, which may have
+    come from `--model` anywhere on disk) is listed too."""
     entries: list[LibraryEntry] = []
     seen: set[Path] = set()
 
@@ -118,6 +123,8 @@ def scan(
         path = Path(text).expanduser()
         if path.exists():
             add(path, "added", path.name)
+    if loaded and loaded != "demo" and Path(loaded).exists():
+        add(Path(loaded), "loaded", Path(loaded).name)
     return entries
 
 
@@ -131,7 +138,7 @@ def delete(entry: LibraryEntry, models_dir: Path) -> str:
     """Remove a model; returns what was done ("deleted" | "forgotten")."""
     if entry.location == "demo":
         raise ItamaeError("The demo model ships with Itamae and cannot be deleted.", "")
-    if entry.location == "added":
+    if entry.location in ("added", "loaded"):
         return "forgotten"
     if entry.location == "models":
         target = entry.path.resolve()

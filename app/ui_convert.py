@@ -19,7 +19,7 @@ import gradio as gr
 from app import library
 from app.context import AppContext
 from app.i18n import Key, Labels, Translator
-from app.ui_models import human_bytes
+from app.ui_models import human_bytes, scan_library
 from converters.errors import Cancelled, ItamaeError
 
 POLL_S = 0.3
@@ -73,8 +73,7 @@ def recipe_choices(fmt: str, total_params: int, tr: Translator) -> list[tuple[st
 
 
 def source_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
-    settings = ctx.settings.load()
-    entries = library.scan(ctx.settings.models_dir(settings), settings.added_paths)
+    entries = scan_library(ctx)
     # Only Hugging Face folders convert (a GGUF is already converted).
     return [
         (f"{e.name} ({tr(f'models.where.{e.location}')})", e.key)

@@ -92,14 +92,16 @@ def _row(entry: library.LibraryEntry, tr: Translator, loaded: str | None) -> lis
     ]
 
 
-def _scan(ctx: AppContext) -> list[library.LibraryEntry]:
+def scan_library(ctx: AppContext) -> list[library.LibraryEntry]:
     settings = ctx.settings.load()
-    return library.scan(ctx.settings.models_dir(settings), settings.added_paths)
+    return library.scan(
+        ctx.settings.models_dir(settings), settings.added_paths, ctx.manager.status.get("source")
+    )
 
 
 def library_update(ctx: AppContext, tr: Translator) -> dict:
     loaded = ctx.manager.status.get("source")
-    rows = [_row(e, tr, loaded) for e in _scan(ctx)]
+    rows = [_row(e, tr, loaded) for e in scan_library(ctx)]
     headers = [tr(f"models.col.{c}") for c in COLUMNS] + ["path"]
     return gr.update(value={"data": rows, "headers": headers}, headers=headers)
 
@@ -202,7 +204,7 @@ def create_ui(ctx: AppContext, labels: Labels) -> ModelsUI:
 
 
 def _find(ctx: AppContext, key: str) -> library.LibraryEntry | None:
-    return next((e for e in _scan(ctx) if e.key == key), None)
+    return next((e for e in scan_library(ctx) if e.key == key), None)
 
 
 def details_markdown(entry: library.LibraryEntry | None, tr: Translator) -> str:
@@ -240,37 +242,39 @@ def details_markdown(entry: library.LibraryEntry | None, tr: Translator) -> str:
 
 
 def load_options(context_length, gpu_layers, cpu_moe_layers, expert_cache_gb) -> dict:
-    """Only what the person set; everything left at "auto" is the backend's plan."""
+    """Only what the person set; everything left at "auto" is the backend's own plan.
+    Option names are the backends' (engine/torch/backend.py, engine/llamacpp/backend.py);
+    each backend ignores the other's."""
     options = {}
     if context_length and context_length > 0:
-        options["n_ctx"] = int(context_length)
+        options["context_length"] = int(context_length)
     if gpu_layers is not None and gpu_layers >= 0:
-        options["n_gpu_layers"] = int(gpu_layers)
+        options["gpu_layers"] = int(gpu_layers)
     if cpu_moe_layers is not None and cpu_moe_layers >= 0:
-        options["n_cpu_moe"] = int(cpu_moe_layers)
+        options["cpu_moe"] = int(cpu_moe_layers)
     if expert_cache_gb and expert_cache_gb > 0:
-        options["expert_cache_bytes"] = int(expert_cache_gb * 1e9)
+        options["expert_budget"] = int(expert_cache_gb * 1e9)
     return options
 
 
 def plan_markdown(
     entry: library.LibraryEntry | None, engine: str, options: dict, tr: Translator
 ) -> str:
-    """The automatic placement for a GGUF (llama.cpp's terms), from engine/memory_plan."""
-    if entry is None or not entry.path.is_file() or entry.path.suffix != ".gguf":
-        return tr("models.plan_torch") if entry is not None else ""
-    try:
-        from engine.memory_plan import plan_for_gguf
-    except ImportError:
+    """The automatic placement, before loading: for a GGUF, llama.cpp's memory plan
+    (engine/memory_plan.py) for this machine, with the person's choices applied."""
+    if entry is None:
         return ""
+    is_gguf = entry.path.is_file() and entry.path.suffix == ".gguf"
+    if not is_gguf or engine == "torch":
+        return tr("models.plan_torch")
+    from engine.llamacpp.backend import plan_for
+    from engine.llamacpp.gguf_layout import read_gguf
+
+    wanted = {**options, "check_memory": False}
+    if "context_length" in wanted:
+        wanted["n_ctx"] = wanted.pop("context_length")
     try:
-        plan = plan_for_gguf(
-            entry.path,
-            n_ctx=options.get("n_ctx"),
-            gpu_layers=options.get("n_gpu_layers"),
-            cpu_moe_layers=options.get("n_cpu_moe"),
-            check=False,
-        )
+        plan = plan_for(read_gguf(entry.path), wanted)
     except ItamaeError as e:
         return f"⚠️ {e}"
     return f"**{tr('models.plan')}**\n\n```\n{plan.describe()}\n```"

@@ -34,7 +34,9 @@ USER_ROWS = "#chatbot .message-row.user-row"
 STATS = "#chatbot .reply-stats"
 
 if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 
@@ -67,9 +69,11 @@ def new_page(browser, locale: str, outside: list[str]):
     # Itamae works offline: record anything the page tries to fetch from elsewhere.
     page.on(
         "request",
-        lambda r: outside.append(r.url)
-        if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-        else None,
+        lambda r: (
+            outside.append(r.url)
+            if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+            else None
+        ),
     )
     return page
 
@@ -122,7 +126,10 @@ def test_chat_in_english_and_japanese_stop_reload_and_switch_language(tmp_path, 
         assert len(seen) >= 3, seen
         assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:], strict=False))
         assert page.locator(USER_ROWS).last.inner_text().strip() == "Hello, who are you?"
-        assert re.search(r"\d+ tokens · first token [\d.]+ s · [\d.]+ tokens/s", page.locator(STATS).last.inner_text())
+        assert re.search(
+            r"\d+ tokens · first token [\d.]+ s · [\d.]+ tokens/s",
+            page.locator(STATS).last.inner_text(),
+        )
         page.wait_for_selector("#expert-heatmap rect", timeout=10_000)  # the reply's expert usage
         shot(page, "02-english-reply")
 

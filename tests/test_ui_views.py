@@ -149,7 +149,7 @@ def test_every_key_the_code_uses_is_in_the_catalog():
     assert used, "no keys found: the pattern no longer matches the code"
     assert used <= keys, sorted(used - keys)
     # keys built with f-strings: each family is complete
-    for location in ("demo", "models", "hf-cache", "added"):
+    for location in ("demo", "models", "hf-cache", "added", "loaded"):
         assert f"models.where.{location}" in keys
     from app.ui_chat import BUILTIN_PRESETS
     from app.ui_models import COLUMNS
