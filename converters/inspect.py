@@ -4,7 +4,7 @@ A Hugging Face folder is read through its safetensors headers and config.json; a
 file through gguf-py's `GGUFReader` (memory-mapped: only the header is touched). Bits per
 weight are reported per tensor group, the groups an MoE recipe treats differently:
 routed experts, shared experts, attention, embeddings (token embedding and output head)
-and the rest (norms, routers, dense FFNs). Active parameters per token count the routed
+and the rest (norms, routers including the shared expert's gate, dense FFNs). Active parameters per token count the routed
 experts `experts_per_token / n_experts` times and everything else once.
 """
 
@@ -55,7 +55,7 @@ def hf_group(name: str) -> str:
         r"\.experts\.(gate_up|down)_proj", rest
     ):
         return "experts"
-    if "shared_expert" in rest:
+    if "shared_expert" in rest and "shared_expert_gate" not in rest:
         return "shared"
     if "self_attn." in rest or "attention." in rest:
         return "attention"
@@ -65,6 +65,8 @@ def hf_group(name: str) -> str:
 
 
 def gguf_group(name: str) -> str:
+    if "gate_inp" in name:
+        return "other"  # routers (ffn_gate_inp, ffn_gate_inp_shexp) are not experts
     if "_exps." in name:
         return "experts"
     if "_shexp." in name:
