@@ -104,6 +104,7 @@ class ModelManager:
         self._status = _status("empty")
         self._active: set[threading.Event] = set()
         self._load_thread: threading.Thread | None = None
+        self._load_seq = 0  # numbers load() calls; only the latest may set the model
         self._ready = threading.Event()  # set whenever the state is not "loading"
         self._ready.set()
 
@@ -143,10 +144,12 @@ class ModelManager:
         wait and then run on the new one. With `wait=True` returns when loading ended.
         """
         with self._state_lock:
+            self._load_seq += 1
+            seq = self._load_seq
             self._status = _status("loading", source, engine, f"Loading {source}…")
             self._ready.clear()
         thread = threading.Thread(
-            target=self._load, args=(source, engine, options), name="itamae-load", daemon=True
+            target=self._load, args=(seq, source, engine, options), name="itamae-load", daemon=True
         )
         self._load_thread = thread
         thread.start()
@@ -154,24 +157,35 @@ class ModelManager:
             thread.join()
         return thread
 
-    def _load(self, source, engine_name: str, options: dict) -> None:
+    def _load(self, seq: int, source, engine_name: str, options: dict) -> None:
+        # Loads asked for in quick succession: only the latest one counts; an earlier
+        # one still waiting for its turn does nothing, one that finished late is closed.
         self._cancel_active()
         self._model_lock.acquire(first=True)
         try:
+            if seq != self._load_seq:
+                return
             self._close_backend()
             try:
                 backend = self._loader(source, engine=engine_name, **options)
             except Exception as e:  # any failure must reach the person, not kill the thread
                 message = str(e) if isinstance(e, ItamaeError) else f"{type(e).__name__}: {e}"
                 with self._state_lock:
-                    self._status = _status("error", source, engine_name, message)
+                    if seq == self._load_seq:
+                        self._status = _status("error", source, engine_name, message)
                 return
             with self._state_lock:
-                self._backend = backend
-                name = getattr(backend.info, "name", "") or str(source)
-                self._status = _status("ready", source, engine_name, name, progress=1.0)
+                current = seq == self._load_seq
+                if current:
+                    self._backend = backend
+                    name = getattr(backend.info, "name", "") or str(source)
+                    self._status = _status("ready", source, engine_name, name, progress=1.0)
+            if not current:
+                backend.close()
         finally:
-            self._ready.set()
+            with self._state_lock:
+                if seq == self._load_seq:
+                    self._ready.set()
             self._model_lock.release()
 
     def unload(self) -> None:

@@ -161,3 +161,13 @@ def test_fair_lock_hands_over_in_arrival_order():
         t.join()
     assert order == list("abcde")
     assert not lock.held
+
+
+def test_the_latest_of_two_quick_loads_wins(hf_checkpoint):
+    m = ModelManager()
+    m.load(hf_checkpoint(FIXTURE), engine="torch")
+    m.load(hf_checkpoint("mixtral"), engine="torch")
+    status = m.wait(timeout=300)
+    assert status["state"] == "ready" and status["source"].endswith("mixtral")
+    assert m.backend.info.arch == "mixtral"
+    m.unload()

@@ -1,0 +1,248 @@
+"""One API request's run: from the shared ModelManager's events to OpenAI objects.
+
+Each request's events come from a thread of its own (a request queued for the model
+must not hold one of the event loop's few worker threads) and are handed to the loop.
+A client that disconnects sets the request's cancel flag, which stops its generation
+or takes it out of the queue: while it waits or while a whole (non-streamed) answer is
+generated, by polling `request.is_disconnected()`; while streaming, Starlette cancels
+the response when the client goes, and the SSE generator's `finally` sets the flag.
+
+Object shapes follow OpenAI's API reference: chat.completion / chat.completion.chunk
+(the first chunk carries the role, the last the finish reason, then an optional usage
+chunk with no choices) and text_completion; streams end with `data: [DONE]`. Beside
+`usage`, `timings` carries the engine's speed figures, as llama.cpp's server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.api_schema import APIError
+from app.model_manager import ModelManager
+from converters.errors import ContextTooLong
+from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent
+
+# How often a request that waits (queued, or a non-streamed one generating) checks
+# whether its client is still there.
+_DISCONNECT_POLL_S = 0.25
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _EventPump:
+    """Runs `manager.stream(req)` in a thread of its own and hands events to the loop."""
+
+    _END = object()
+
+    def __init__(self, manager: ModelManager, req: GenerationRequest):
+        self.cancel = threading.Event()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the server is shutting down
+                self.cancel.set()
+
+        def produce() -> None:
+            try:
+                for event in manager.stream(req, self.cancel):
+                    put(event)
+            finally:
+                put(self._END)
+
+        threading.Thread(target=produce, name="itamae-api-request", daemon=True).start()
+
+    async def next(self, request: Request | None = None):
+        """The next event, or None at the end. With `request`, watches for a disconnect."""
+        while True:
+            try:
+                item = await asyncio.wait_for(
+                    self._queue.get(), _DISCONNECT_POLL_S if request is not None else None
+                )
+            except TimeoutError:
+                if await request.is_disconnected():
+                    self.cancel.set()
+                    raise _ClientGone() from None
+                continue
+            return None if item is self._END else item
+
+
+async def respond(
+    request: Request,
+    manager: ModelManager,
+    req: GenerationRequest,
+    shape,
+    *,
+    model: str,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    """Queue `req` on the manager and answer with its result, whole or as SSE chunks."""
+    pump = _EventPump(manager, req)
+    ident = f"{shape.id_prefix}-{uuid.uuid4().hex}"
+    created = int(time.time())
+    try:
+        # Wait for the first event before answering, so an error (a failed model, a
+        # prompt the backend refuses) still gets a proper status code.
+        first = await pump.next(request)
+    except _ClientGone:
+        return Response(status_code=499)
+    if isinstance(first, FinalEvent) and first.finish_reason == "error":
+        raise _generation_error(first)
+    if not stream:
+        return await _whole_response(request, pump, first, shape, ident, created, model)
+    chunks = _sse(pump, first, shape, ident, created, model, include_usage)
+    return StreamingResponse(
+        chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+def _generation_error(final: FinalEvent) -> APIError:
+    message = final.error or "The generation failed."
+    exception = getattr(final, "exception", None)  # set by the manager if the backend raised
+    # A backend that reports the error itself instead of raising (the torch engine
+    # yields FinalEvent("error") for ContextTooLong) is matched by its words.
+    too_long = isinstance(exception, ContextTooLong) or (
+        exception is None and "context" in message.lower()
+    )
+    if too_long:
+        return APIError(400, message, code="context_length_exceeded")
+    return APIError(500, message, type="server_error", code="generation_failed")
+
+
+async def _whole_response(request, pump, first, shape, ident, created, model) -> Response:
+    pieces: list[str] = []
+    event = first
+    try:
+        while not isinstance(event, FinalEvent):
+            if event is None:
+                raise APIError(500, "The backend ended without a final event.", type="server_error")
+            pieces.append(event.text)
+            event = await pump.next(request)
+    except _ClientGone:
+        return Response(status_code=499)
+    if event.finish_reason == "error":
+        raise _generation_error(event)
+    choice = shape.whole_choice("".join(pieces), event.finish_reason)
+    return JSONResponse(
+        {
+            "id": ident,
+            "object": shape.object,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": _usage(event.stats),
+            "timings": _timings(event.stats),
+        }
+    )
+
+
+async def _sse(pump, first, shape, ident, created, model, include_usage) -> AsyncIterator[str]:
+    def chunk(choices, **extra) -> str:
+        data = {
+            "id": ident,
+            "object": shape.chunk_object,
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
+        data.update(extra)
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    try:
+        if shape.opening_delta is not None:
+            yield chunk([shape.chunk_choice(shape.opening_delta, None)])
+        event = first
+        while isinstance(event, TokenEvent):
+            if event.text:
+                yield chunk([shape.chunk_choice(shape.text_delta(event.text), None)])
+            event = await pump.next()
+        if event is None:
+            event = FinalEvent("error", Stats(), error="The backend ended without a final event.")
+        if event.finish_reason == "error":
+            yield f"data: {json.dumps(_generation_error(event).body())}\n\n"
+        else:
+            yield chunk([shape.chunk_choice(shape.closing_delta, event.finish_reason)])
+            if include_usage:
+                yield chunk([], usage=_usage(event.stats), timings=_timings(event.stats))
+        yield "data: [DONE]\n\n"
+    finally:
+        # Reached on a normal end too, where it changes nothing; on a disconnect the
+        # response task is cancelled here and the generation stops at its next token.
+        pump.cancel.set()
+
+
+def _usage(stats: Stats) -> dict:
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+    }
+
+
+def _timings(stats: Stats) -> dict:
+    """Speed figures beside `usage` (as llama.cpp's server adds `timings`)."""
+    return {
+        "ttft_s": stats.ttft_s,
+        "prefill_tps": stats.prefill_tps,
+        "decode_tps": stats.decode_tps,
+    }
+
+
+class ChatShape:
+    """chat.completion objects: the text sits in message / delta."""
+
+    id_prefix = "chatcmpl"
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+    opening_delta = {"role": "assistant", "content": ""}
+    closing_delta: dict = {}
+
+    @staticmethod
+    def text_delta(text: str) -> dict:
+        return {"content": text}
+
+    @staticmethod
+    def chunk_choice(delta: dict, finish_reason: str | None) -> dict:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    @staticmethod
+    def whole_choice(text: str, finish_reason: str) -> dict:
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+
+
+class TextShape:
+    """text_completion objects: the text sits in choices[].text, chunks and whole alike."""
+
+    id_prefix = "cmpl"
+    object = "text_completion"
+    chunk_object = "text_completion"
+    opening_delta = None
+    closing_delta = ""
+
+    @staticmethod
+    def text_delta(text: str) -> str:
+        return text
+
+    @staticmethod
+    def chunk_choice(text: str, finish_reason: str | None) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+    whole_choice = chunk_choice
