@@ -319,3 +319,28 @@ def test_closing_during_a_stream_ends_it_cleanly(gguf_file):
     final = events[-1]
     assert isinstance(final, FinalEvent) and final.finish_reason == "error"
     assert "closed" in final.error and len(final.token_ids) < 400
+
+
+def test_recorded_expert_choices_are_the_routers_choices_in_transformers(gguf_file, hf_checkpoint):
+    import torch
+
+    from tests.fixtures.reference import reference_model
+
+    backend = load(gguf_file("qwen3_moe"), n_ctx=512, threads=2, record_experts=True)
+    try:
+        req = GenerationRequest(prompt="The sushi chef 板前 slices tuna.", sampling=greedy(1))
+        final = run(backend, req)[1]
+    finally:
+        backend.close()
+    model = reference_model(hf_checkpoint("qwen3_moe"))
+    with torch.no_grad():
+        out = model(torch.tensor([final.prompt_token_ids]), output_router_logits=True)
+    top_k = model.config.num_experts_per_tok
+    expected = []
+    for layer, logits in enumerate(out.router_logits):
+        chosen = logits.reshape(len(final.prompt_token_ids), -1).topk(top_k, dim=-1).indices
+        if layer == len(out.router_logits) - 1:
+            chosen = chosen[-1:]  # llama.cpp runs the last block for the output token only
+        expected.append(torch.bincount(chosen.flatten(), minlength=logits.shape[-1]).tolist())
+    assert final.stats.expert_counts == expected
+    json.dumps(final.stats.to_json())  # plain lists, ready for the API and the UI

@@ -30,6 +30,7 @@ from engine.memory_plan import Hardware, MemoryPlan, plan_memory
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
 
 from .devices import detect_hardware
+from .expert_usage import ExpertCounter
 from .gguf_layout import GGUFHeader, read_gguf
 from .native import DecodeAborted, LoadOptions, NativeModel
 from .sampling import SamplerChain
@@ -49,6 +50,7 @@ KNOWN_OPTIONS = {
     "hardware",
     "on_plan",
     "n_batch",
+    "record_experts",
 }
 
 
@@ -66,6 +68,7 @@ def load(path: str | Path, **options) -> LlamaCppBackend:
     check_memory: refuse with NotEnoughMemory when the plan does not fit (default True)
     hardware: an engine.memory_plan.Hardware to plan for instead of this machine's
     on_plan: called with the MemoryPlan before the weights are loaded (to show it)
+    record_experts: fill Stats.expert_counts (slower decoding while on; see expert_usage.py)
     Unknown options (another engine's) are ignored and listed in info.extra["ignored_options"].
     """
     ignored = sorted(set(options) - KNOWN_OPTIONS)
@@ -112,6 +115,11 @@ class LlamaCppBackend:
         kv = {}
         if options.get("experts_per_token"):
             kv[f"{header.arch}.expert_used_count"] = int(options["experts_per_token"])
+        layout = header.layout
+        self.moe_blocks = [i for i, block in enumerate(layout.blocks) if block.expert_bytes]
+        self.expert_counter = None
+        if options.get("record_experts") and self.moe_blocks:
+            self.expert_counter = ExpertCounter(layout.n_layers, layout.n_experts)
         self.native = NativeModel(
             header.path,
             LoadOptions(
@@ -122,6 +130,7 @@ class LlamaCppBackend:
                 cache_type=plan.cache_type,
                 n_batch=options.get("n_batch", 512),
                 kv_overrides=kv,
+                eval_callback=self.expert_counter and self.expert_counter.callback,
             ),
         )
         self.chat_template = self.native.chat_template()
@@ -196,6 +205,9 @@ class LlamaCppBackend:
             yield FinalEvent("error", Stats(), error=str(e))
             return
         stats = Stats(prompt_tokens=len(prompt))
+        if self.expert_counter is not None:
+            # tokens evaluated in this request (a prefix reused from the last turn is not)
+            self.expert_counter.reset()
         try:
             evaluated = self._prefill(prompt, cancel)
         except DecodeAborted:
@@ -292,6 +304,8 @@ class LlamaCppBackend:
         if text.stopped:
             finish = "stop"
         stats.completion_tokens = len(completion)
+        if self.expert_counter is not None:
+            stats.expert_counts = self.expert_counter.for_moe_blocks(self.moe_blocks)
         if first_at is not None:
             stats.ttft_s = first_at - started
             # between the first and the last draw: `decodes` forward passes and draws

@@ -40,6 +40,7 @@ class LoadOptions:
     cache_type: str = "f16"
     n_batch: int = 512
     kv_overrides: dict[str, int] = field(default_factory=dict)  # integer metadata overrides
+    eval_callback: object = None  # a ggml_backend_sched_eval_callback (expert_usage.py)
 
 
 class NativeModel:
@@ -97,6 +98,9 @@ class NativeModel:
         params.type_k = params.type_v = CACHE_TYPES[o.cache_type]
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.no_perf = True
+        if o.eval_callback is not None:
+            params.cb_eval = o.eval_callback
+            params.cb_eval_user_data = None
         return params
 
     # -- placement report ------------------------------------------------------------------
