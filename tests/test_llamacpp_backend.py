@@ -344,3 +344,14 @@ def test_recorded_expert_choices_are_the_routers_choices_in_transformers(gguf_fi
         expected.append(torch.bincount(chosen.flatten(), minlength=logits.shape[-1]).tolist())
     assert final.stats.expert_counts == expected
     json.dumps(final.stats.to_json())  # plain lists, ready for the API and the UI
+
+
+def test_options_llama_cpp_would_abort_on_are_refused(gguf_file):
+    from converters.errors import ItamaeError
+
+    with pytest.raises(ItamaeError, match="Choose 1 to 8"):
+        load(gguf_file("qwen3_moe"), n_ctx=512, experts_per_token=9)
+    with pytest.raises(ItamaeError, match="no experts"):
+        load(gguf_file("llama"), n_ctx=512, experts_per_token=2)
+    with pytest.raises(ItamaeError, match="too short"):
+        load(gguf_file("llama"), n_ctx=4)

@@ -29,7 +29,7 @@ from engine.chat_template import render_chat
 from engine.memory_plan import Hardware, MemoryPlan, plan_memory
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
 
-from .devices import detect_hardware
+from .devices import detect_hardware, gpu_offload_supported
 from .expert_usage import ExpertCounter
 from .gguf_layout import GGUFHeader, read_gguf
 from .native import DecodeAborted, LoadOptions, NativeModel
@@ -78,6 +78,7 @@ def load(path: str | Path, **options) -> LlamaCppBackend:
         options["n_ctx"] = int(options["context_length"])
     path = Path(path)
     header = read_gguf(path)
+    _check_options(header, options)
     plan = plan_for(header, options)
     logger.info("%s", plan.describe())
     if options.get("on_plan"):
@@ -85,6 +86,20 @@ def load(path: str | Path, **options) -> LlamaCppBackend:
     backend = LlamaCppBackend(header, plan, options)
     backend.info.extra["ignored_options"] = ignored
     return backend
+
+
+def _check_options(header: GGUFHeader, options: dict) -> None:
+    """Refuse values llama.cpp would abort the process on (it asserts, it does not raise)."""
+    k, n_experts = options.get("experts_per_token"), header.layout.n_experts
+    if k is not None and not (n_experts and 1 <= int(k) <= n_experts):
+        raise ItamaeError(
+            f"experts_per_token={k} does not fit {header.path.name}, which has "
+            + (f"{n_experts} experts per MoE layer." if n_experts else "no experts."),
+            f"Choose 1 to {n_experts}." if n_experts else "Leave experts_per_token unset.",
+        )
+    n_ctx = options.get("n_ctx")
+    if n_ctx is not None and int(n_ctx) < 16:
+        raise ItamaeError(f"A context of {n_ctx} tokens is too short.", "Use n_ctx >= 256.")
 
 
 def plan_for(header: GGUFHeader, options: dict) -> MemoryPlan:
@@ -185,7 +200,7 @@ class LlamaCppBackend:
         overridden = self.native.overridden_tensors()
         patterns = self.plan.expert_override_patterns()
         effect = "none: CPU-only build, every tensor is in CPU RAM already"
-        if self.plan.hardware.gpu_offload:
+        if gpu_offload_supported():
             effect = "experts kept in CPU RAM" if overridden else "none requested"
         return {
             "cpu_moe_layers": self.plan.cpu_moe_layers if patterns else 0,
