@@ -154,6 +154,7 @@ def evaluate(
             engines = (model_scorer.name, ref_scorer.name)
             computes = (model_scorer.compute, ref_scorer.compute)
             routing_seen = bool(model_scorer.moe_layers and ref_scorer.moe_layers)
+            routing_note = model_scorer.routing_note or ref_scorer.routing_note
         finally:
             model_scorer.close()
     finally:
@@ -182,6 +183,7 @@ def evaluate(
         window=window,
         windows=len(windows),
         routing_observed=routing_seen,
+        routing_note=routing_note,
         seconds=round(time.perf_counter() - started, 3),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

@@ -36,6 +36,7 @@ class Scorer(Protocol):
     vocab_size: int
     context_length: int
     moe_layers: list[int]  # layer indices whose routing `score` reports ([] for a dense model)
+    routing_note: str  # why routing is not reported although the model routes, or ""
 
     def tokenize(self, text: str, add_special: bool) -> list[int]: ...
 

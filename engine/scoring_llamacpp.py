@@ -49,6 +49,8 @@ def _ggml_base():
     lib.ggml_get_name.argtypes = [ctypes.c_void_p]
     lib.ggml_nbytes.restype = ctypes.c_size_t
     lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    lib.ggml_nelements.restype = ctypes.c_int64
+    lib.ggml_nelements.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_tensor_get.restype = None
     lib.ggml_backend_tensor_get.argtypes = [
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t
@@ -63,13 +65,14 @@ class RoutingRecorder:
         self.ggml = _ggml_base()
         self.chunks: dict[int, list[np.ndarray]] = {}
         self.error = ""
+        self.ignore = False  # set when routing turned out unreadable: logits only
         # Kept on the instance: llama.cpp holds only the C pointer, so the Python
         # callable must outlive every decode.
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
 
     def _on_tensor(self, tensor, ask, _user_data) -> bool:
         name = self.ggml.ggml_get_name(tensor) or b""
-        if not name.startswith(TOPK_TENSOR):
+        if self.ignore or not name.startswith(TOPK_TENSOR):
             return not ask  # not wanted when asked; once computed, True = go on
         if ask:
             return True
@@ -85,6 +88,9 @@ class RoutingRecorder:
         if head.type != GGML_TYPE_I32:
             raise ValueError(f"expected I32 expert ids, got ggml type {head.type}")
         k, n_tokens = head.ne[0], head.ne[1]
+        if self.ggml.ggml_nelements(tensor) != k * n_tokens * head.ne[2] * head.ne[3]:
+            # the header layout is not the one this reader knows (a newer ggml?)
+            raise ValueError("the ggml_tensor header does not have the expected layout")
         nbytes = self.ggml.ggml_nbytes(tensor)
         raw = np.empty(nbytes // 4 + 1, dtype=np.int32)
         self.ggml.ggml_backend_tensor_get(tensor, raw.ctypes.data, 0, nbytes)
@@ -94,7 +100,8 @@ class RoutingRecorder:
 
     def take(self) -> dict[int, np.ndarray]:
         if self.error:
-            raise ItamaeError(f"Reading llama.cpp's expert routing failed ({self.error}).", "")
+            error, self.error, self.chunks = self.error, "", {}
+            raise ItamaeError(f"Reading llama.cpp's expert routing failed ({error}).", "")
         taken = {layer: np.concatenate(parts) for layer, parts in sorted(self.chunks.items())}
         self.chunks = {}
         return taken
@@ -130,15 +137,22 @@ class LlamaCppScorer:
         self.vocab_size = self.native.n_vocab
         self.context_length = int(llama_cpp.llama_model_n_ctx_train(self.native.model))
         self.window = window
+        self.routing_note = ""
         self.moe_layers = self._moe_layers()
 
     def _moe_layers(self) -> list[int]:
-        """Which layers route: found by scoring two tokens once (the graph names them)."""
+        """Which layers route: found by scoring two tokens once (the graph names them). If
+        the routing cannot be read in this llama.cpp build, logits are still compared and
+        the report says why routing is missing."""
         self.native.forget_all()
         self._decode([0, 0])
-        found = sorted(self.recorder.take())
         self.native.forget_all()
-        return found
+        try:
+            return sorted(self.recorder.take())
+        except ItamaeError as e:
+            self.recorder.ignore = True
+            self.routing_note = str(e)
+            return []
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return self.native.tokenize(text, add_special, parse_special=False)

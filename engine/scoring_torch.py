@@ -37,6 +37,7 @@ class RecordingRouter:
 
 class TorchScorer:
     name = "torch"
+    routing_note = ""
 
     def __init__(self, path: Path, threads: int = 0):
         from . import loader

@@ -206,3 +206,15 @@ def test_default_calibration_text_is_bilingual():
     assert 3000 < len(text.encode("utf-8")) < 20000
     assert any("\u3040" <= ch <= "\u30ff" for ch in text)  # kana
     assert "mixture-of-experts" in text
+
+
+def test_dense_model_has_no_routing_figures(hf_checkpoint, tmp_path, text):
+    from converters.convert import convert
+
+    gguf = tmp_path / "llama-Q8_0.gguf"
+    convert(hf_checkpoint("llama"), gguf, "Q8_0")
+    report = evaluate(gguf, hf_checkpoint("llama"), text=text[:400], window=WINDOW)
+    assert report["moe_layers"] == [] and report["expert_agreement"] == []
+    assert not report["routing_observed"] and report["routing_note"] == ""
+    assert report["expert_agreement_mean"] is None
+    assert 0 < report["kl_mean"] < 0.05 and report["top1_agreement"] > 0.5

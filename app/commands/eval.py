@@ -60,6 +60,8 @@ def _print_table(report: dict) -> None:
     if report["expert_agreement"]:
         for layer, share in zip(report["moe_layers"], report["expert_agreement"], strict=True):
             print(f"experts    layer {layer:3d}: {share:.2%} of routed slots the same")
+    elif report.get("routing_note"):
+        print(f"experts    not measured: {report['routing_note']}")
     else:
         print("experts    no MoE routing to compare (a dense model)")
 
