@@ -355,3 +355,52 @@ def test_options_llama_cpp_would_abort_on_are_refused(gguf_file):
         load(gguf_file("llama"), n_ctx=512, experts_per_token=2)
     with pytest.raises(ItamaeError, match="too short"):
         load(gguf_file("llama"), n_ctx=4)
+
+
+def split_copy(source, folder, tensors_per_shard: int):
+    """`source` rewritten as a split GGUF by gguf's writer, the layout llama.cpp's
+    gguf-split and the published big-model GGUFs use. Returns the first shard's path."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(folder / "model.gguf", arch, split_max_tensors=tensors_per_shard)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(folder.glob("model-*-of-*.gguf"))
+
+
+def test_split_gguf_is_planned_from_every_shard_and_loads(gguf_file, backend_for, tmp_path):
+    from converters.errors import BadModelFile
+    from engine.llamacpp.gguf_layout import read_gguf
+
+    whole = read_gguf(gguf_file("qwen3_moe"))
+    shards = split_copy(gguf_file("qwen3_moe"), tmp_path, tensors_per_shard=12)
+    assert len(shards) >= 3
+    for any_shard in (shards[0], shards[-1]):
+        split = read_gguf(any_shard)
+        assert split.path == shards[0]  # the shard llama.cpp must be given
+        assert split.layout.weight_bytes == whole.layout.weight_bytes
+        assert split.layout.expert_bytes == whole.layout.expert_bytes
+        assert split.model_info().files == [p.name for p in shards]
+    backend = load(shards[1], n_ctx=512, threads=2)
+    try:
+        _, final = run(backend, GenerationRequest(messages=CHAT, sampling=greedy(8)))
+    finally:
+        backend.close()
+    _, reference = run(
+        backend_for("qwen3_moe"), GenerationRequest(messages=CHAT, sampling=greedy(8))
+    )
+    assert final.token_ids == reference.token_ids
+    shards[1].unlink()
+    with pytest.raises(BadModelFile, match="missing"):
+        load(shards[0], n_ctx=512)

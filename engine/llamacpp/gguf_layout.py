@@ -23,6 +23,8 @@ from engine.memory_plan import BlockWeights, ModelLayout
 
 from .gguf_header import GGUFContents, TensorEntry, read_contents
 
+# llama.cpp's split files (llama_split_path, gguf-split): the first shard holds the metadata
+SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
 OUTPUT_TENSORS = ("output.", "output_norm.")
@@ -49,6 +51,13 @@ class GGUFHeader:
     @property
     def arch(self) -> str:
         return self.metadata.get("general.architecture", "")
+
+    @property
+    def files(self) -> list[Path]:
+        count = self.metadata.get("split.count", 1)
+        return (
+            shard_paths(self.path, count) if isinstance(count, int) and count > 1 else [self.path]
+        )
 
     def key(self, name: str, default=None):
         """An architecture key such as "block_count" (`{arch}.block_count`)."""
@@ -83,9 +92,9 @@ class GGUFHeader:
             dtypes=dict(Counter(t.type.name for t in tensors)),
             quant=str(self.metadata.get(RECIPE_KEY) or layout.quant),
             bits_per_weight={g: round(8 * stored[g] / n, 3) for g, n in elements.items() if n},
-            size_bytes=self.path.stat().st_size,
+            size_bytes=sum(p.stat().st_size for p in self.files),
             license=str(self.metadata.get("general.license", "")),
-            files=[self.path.name],
+            files=[p.name for p in self.files],
             extra={"gguf_arch": self.arch, "file_type": self.metadata.get("general.file_type")},
         )
 
@@ -116,9 +125,40 @@ def _quant_name(metadata: dict, bytes_by_type: dict[str, int]) -> str:
         return max(bytes_by_type, key=bytes_by_type.get) if bytes_by_type else "unknown"
 
 
+def shard_paths(path: Path, count: int) -> list[Path]:
+    """All shards of a split GGUF, first (the one llama.cpp loads) first."""
+    match = SHARD_NAME.match(path.name)
+    if not match or int(match["count"]) != count:
+        raise BadModelFile(
+            f"{path.name} is one of {count} parts of a split GGUF, but its name does not say "
+            "which (llama.cpp expects NAME-00001-of-0000N.gguf).",
+            "Keep the shards' original names.",
+        )
+    shards = [
+        path.with_name(f"{match['prefix']}-{i:05d}-of-{count:05d}.gguf")
+        for i in range(1, count + 1)
+    ]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise BadModelFile(
+            f"The split model {shards[0].name} is missing {', '.join(missing)}.",
+            "Download every part into the same folder.",
+        )
+    return shards
+
+
 def read_gguf(path: str | Path) -> GGUFHeader:
+    """The header of a GGUF file; for a split model (any shard given), of all its shards,
+    with `path` set to the first shard, the one llama.cpp loads."""
     path = Path(path)
     contents = read_contents(path)
+    count = contents.metadata.get("split.count", 1)
+    if isinstance(count, int) and count > 1:
+        shards = shard_paths(path, count)
+        if path != shards[0]:
+            path, contents = shards[0], read_contents(shards[0])
+        for shard in shards[1:]:
+            contents.tensors.extend(read_contents(shard).tensors)
     metadata = contents.metadata
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str) or not arch:
