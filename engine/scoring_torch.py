@@ -1,7 +1,7 @@
 """Score a Hugging Face folder or an Itamae torch-format folder in the native torch engine.
 
 Logits come from the engine's own forward pass (`DecoderModel.forward(..., all_logits=True)`)
-over a fresh KV cache per window, in float32 on the CPU (for checkpoints up to 4 GiB; larger
+over a fresh KV cache per window, in float32 (for checkpoints up to 4 GiB; larger
 ones in the engine's bf16) so that the activations' own rounding does not count as
 quantization error (quantized torch-format experts are
 dequantized on the fly by the engine either way). Routing is read from each MoE block's
@@ -43,13 +43,14 @@ class TorchScorer:
         from . import loader
         from .torch.moe import MoEBlock
 
-        options = {"dtype": self.pick_dtype(path), "device": "cpu"}
+        options = {"dtype": self.pick_dtype(path), "device": "auto"}  # CUDA when torch sees one
         if threads:
             options["threads"] = threads
         self.backend = loader.load(path, engine="torch", **options)
         model = self.backend.model
         self.model = model
-        self.compute = f"torch engine, {str(model.dtype).replace('torch.', '')} activations"
+        dtype = str(model.dtype).replace("torch.", "")
+        self.compute = f"torch engine on {model.device.type}, {dtype} activations"
         self.vocab_size = int(model.args.vocab_size)
         self.context_length = int(model.args.max_position_embeddings)
         self.recorders: dict[int, RecordingRouter] = {}
@@ -79,7 +80,7 @@ class TorchScorer:
             layer: torch.cat(r.calls).numpy().astype(np.int64)
             for layer, r in self.recorders.items()
         }
-        return Scored(logits=logits.float().numpy(), routing=routing)
+        return Scored(logits=logits.float().cpu().numpy(), routing=routing)
 
     def close(self) -> None:
         self.backend.close()
