@@ -276,6 +276,9 @@ class MemoryPlan:
             )
         lines.append(f"  bottleneck   {self.bottleneck()}")
         lines += [f"  note         {note}" for note in self.notes]
+        if not self.fits:
+            hint = _smaller_quant_hint(layout, hw, self.cache_type)
+            lines.append(f"  DOES NOT FIT {hint}")
         return "\n".join(lines)
 
     def _expert_placement(self) -> str:

@@ -208,6 +208,14 @@ def test_cpu_only_16gb_refuses_a_30b_and_names_the_largest_quant_that_fits():
         assert not plan_memory(layout.requantized(bigger, bpw), hardware, check=False).fits
 
 
+def test_a_plan_shown_without_the_check_says_it_does_not_fit():
+    plan = plan_memory(qwen3_30b_a3b(), Hardware.of(ram_gb=16), check=False)
+    assert not plan.fits
+    assert "DOES NOT FIT" in plan.describe() and "--quant" in plan.describe()
+    fitting = plan_memory(qwen3_30b_a3b(), Hardware.of(ram_gb=32))
+    assert "DOES NOT FIT" not in fitting.describe()
+
+
 def test_refusal_says_when_no_quant_fits():
     with pytest.raises(NotEnoughMemory, match="No llama.cpp quant"):
         plan_memory(deepseek_v3(), Hardware.of(ram_gb=16, vram_gb=8))
