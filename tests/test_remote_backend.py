@@ -16,7 +16,8 @@ import openai
 import pytest
 
 import engine
-from engine.remote.backend import RemoteError, api_base
+from engine.remote.backend import RemoteError, api_base, list_models
+from engine.remote.sse import read_whole
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
 from tests.serve_process import ServeProcess
 
@@ -33,7 +34,10 @@ def greedy(req_kind: str, text: str, max_tokens: int = GEN_TOKENS) -> Generation
 
 
 def run(backend, req, cancel=None) -> tuple[str, FinalEvent]:
-    events = list(backend.stream(req, cancel))
+    return run_events(list(backend.stream(req, cancel)))
+
+
+def run_events(events) -> tuple[str, FinalEvent]:
     assert isinstance(events[-1], FinalEvent)
     assert all(isinstance(e, TokenEvent) for e in events[:-1])
     return "".join(e.text for e in events[:-1]), events[-1]
@@ -62,6 +66,10 @@ def remote(server):
     backend = engine.load(server.url)  # a URL picks the remote engine
     yield backend
     backend.close()
+
+
+def test_list_models_names_what_the_server_serves(server):
+    assert list_models(server.url) == [server.model_id]
 
 
 def test_api_base_accepts_the_usual_spellings():
@@ -160,3 +168,27 @@ def test_itamae_serves_a_remote_model_to_the_openai_client(server, local):
             stream=True,
         )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+
+
+def test_a_whole_answer_reads_like_a_stream(remote, server):
+    """read_whole (for servers that ignore `stream`) on a real non-streamed answer."""
+    body = {**remote._body(greedy("chat", QUESTION), chat=True), "stream": False}
+    body.pop("stream_options")
+    data = httpx.post(server.url + "/chat/completions", json=body, timeout=120).json()
+    whole_text, whole_final = run_events(list(read_whole(data, True, time.perf_counter())))
+    streamed_text, streamed_final = run(remote, greedy("chat", QUESTION))
+    assert whole_text == streamed_text
+    assert whole_final.stats.completion_tokens == streamed_final.stats.completion_tokens
+
+
+def test_a_server_that_dies_mid_answer_is_an_error(model_path):
+    with ServeProcess("--model", str(model_path), "--engine", "torch") as s:
+        backend = engine.load(s.url)
+        try:
+            events = backend.stream(greedy("chat", QUESTION, max_tokens=2000))
+            assert isinstance(next(events), TokenEvent)
+            s.proc.kill()
+            final = list(events)[-1]
+            assert final.finish_reason == "error", final
+        finally:
+            backend.close()

@@ -15,7 +15,6 @@ whose client went away.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,9 @@ import httpx
 
 from converters.errors import ItamaeError
 from converters.model_info import ModelInfo
-from engine.types import Event, FinalEvent, GenerationRequest, SamplingParams, Stats, TokenEvent
+from engine.types import Event, FinalEvent, GenerationRequest, SamplingParams, Stats
+
+from .sse import message_of, read_stream, read_whole
 
 # Connecting should be quick on any network a person would use for this; reading may
 # wait long (a busy server queues requests, a big prompt takes a while to prefill).
@@ -60,6 +61,15 @@ def load(
     return backend
 
 
+def list_models(url: str, *, api_key: str | None = None, timeout=_TIMEOUT) -> list[str]:
+    """The model ids a server offers, for a person to pick one before loading."""
+    backend = RemoteBackend(url, api_key=api_key, timeout=timeout)
+    try:
+        return list(backend.model_cards())
+    finally:
+        backend.close()
+
+
 class RemoteBackend:
     def __init__(self, url: str, *, api_key: str | None = None, timeout=_TIMEOUT):
         self.url = url
@@ -71,9 +81,13 @@ class RemoteBackend:
 
     # -- connecting --------------------------------------------------------------------
 
-    def connect(self, model: str | None) -> None:
+    def model_cards(self) -> dict[str, dict]:
+        """The server's /v1/models entries by id."""
         listed = self._get_json("/models").get("data") or []
-        cards = {card.get("id"): card for card in listed if isinstance(card, dict)}
+        return {card["id"]: card for card in listed if isinstance(card, dict) and "id" in card}
+
+    def connect(self, model: str | None) -> None:
+        cards = self.model_cards()
         if not cards:
             raise RemoteError(
                 f"The server at {self.url} lists no models.", "Load a model on that server first."
@@ -121,7 +135,12 @@ class RemoteBackend:
                     response.read()
                     yield FinalEvent("error", Stats(), error=_error_text(response, self.url))
                     return
-                yield from _read_events(response, chat, cancel, started)
+                if "json" in response.headers.get("content-type", ""):
+                    # A server that ignores `stream` answers with one whole object.
+                    response.read()
+                    yield from read_whole(response.json(), chat, started)
+                    return
+                yield from read_stream(response, chat, cancel, started)
         except httpx.HTTPError as e:
             if cancel.is_set():
                 yield FinalEvent("cancelled", Stats())
@@ -192,82 +211,6 @@ def _sampling_fields(sampling: SamplingParams) -> dict:
     return fields
 
 
-def _read_events(
-    response: httpx.Response, chat: bool, cancel: threading.Event, started: float
-) -> Iterator[Event]:
-    """TokenEvents from an SSE stream, then one FinalEvent with the server's usage."""
-    # A blocked read does not look at `cancel`; closing the response from a watcher
-    # thread ends that read at once (and tells the server its client went away).
-    stop_watching = threading.Event()
-
-    def watch() -> None:
-        while not stop_watching.wait(0.05):
-            if cancel.is_set():
-                response.close()
-                return
-
-    threading.Thread(target=watch, name="itamae-remote-cancel", daemon=True).start()
-    stats = Stats()
-    first_token_at = None
-    finish_reason = None
-    pieces = 0
-    try:
-        for data in _sse_data(response):
-            if cancel.is_set():
-                break
-            if "error" in data:
-                yield FinalEvent("error", stats, error=_message_of(data["error"]))
-                return
-            usage = data.get("usage")
-            if usage:
-                stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                stats.completion_tokens = int(usage.get("completion_tokens") or 0)
-            for choice in data.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-                if text:
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                    pieces += 1
-                    yield TokenEvent(text)
-                finish_reason = choice.get("finish_reason") or finish_reason
-    except httpx.HTTPError:
-        if not cancel.is_set():
-            raise
-    finally:
-        stop_watching.set()
-    if cancel.is_set():
-        yield FinalEvent("cancelled", stats)
-        return
-    _fill_speeds(stats, started, first_token_at, time.perf_counter(), pieces)
-    yield FinalEvent(finish_reason if finish_reason in ("stop", "length") else "stop", stats)
-
-
-def _sse_data(response: httpx.Response) -> Iterator[dict]:
-    """The JSON objects of `data:` lines, up to `data: [DONE]` (the SSE framing servers use)."""
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (": ping"), event names
-        payload = line[len("data:") :].strip()
-        if payload == "[DONE]":
-            return
-        try:
-            yield json.loads(payload)
-        except json.JSONDecodeError as e:
-            raise RemoteError(f"The server sent a malformed event: {payload[:200]!r}") from e
-
-
-def _fill_speeds(stats: Stats, started: float, first: float | None, ended: float, pieces: int):
-    if not stats.completion_tokens:
-        stats.completion_tokens = pieces  # servers without usage: one piece per token, about
-    if first is None:
-        return
-    stats.ttft_s = first - started
-    if stats.prompt_tokens and stats.ttft_s > 0:
-        stats.prefill_tps = stats.prompt_tokens / stats.ttft_s
-    if stats.completion_tokens > 1 and ended > first:
-        stats.decode_tps = (stats.completion_tokens - 1) / (ended - first)
-
-
 def _model_info(url: str, model: str, card: dict) -> ModelInfo:
     # Context length under the names servers use: vLLM's max_model_len, llama.cpp's
     # meta.n_ctx_train, others' context_length.
@@ -286,15 +229,10 @@ def _model_info(url: str, model: str, card: dict) -> ModelInfo:
     )
 
 
-def _message_of(error) -> str:
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)
-
-
 def _error_text(response: httpx.Response, url: str) -> str:
     try:
-        detail = _message_of(response.json().get("error") or response.json())
+        data = response.json()
+        detail = message_of(data.get("error") or data) if isinstance(data, dict) else str(data)
     except ValueError:
         detail = response.text[:500]
     return f"The model server at {url} answered {response.status_code}: {detail}"
