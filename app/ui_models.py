@@ -18,7 +18,20 @@ from app.i18n import Key, Labels, Translator
 from converters.errors import ItamaeError
 
 ENGINES = ("auto", "torch", "llamacpp")
-COLUMNS = ("name", "where", "arch", "experts", "params", "quant", "size", "context", "license")
+COLUMNS = (
+    "name",
+    "where",
+    "arch",
+    "experts",
+    "params",
+    "quant",
+    "size",
+    "context",
+    "license",
+    "path",
+)
+# The last column is the path: shown (people like to know where a model is), and read
+# back when a row is selected.
 DOWNLOAD_POLL_S = 0.5
 
 
@@ -102,7 +115,7 @@ def scan_library(ctx: AppContext) -> list[library.LibraryEntry]:
 def library_update(ctx: AppContext, tr: Translator) -> dict:
     loaded = ctx.manager.status.get("source")
     rows = [_row(e, tr, loaded) for e in scan_library(ctx)]
-    headers = [tr(f"models.col.{c}") for c in COLUMNS] + ["path"]
+    headers = [tr(f"models.col.{c}") for c in COLUMNS]
     return gr.update(value={"data": rows, "headers": headers}, headers=headers)
 
 
@@ -113,15 +126,14 @@ def translated_values(ctx: AppContext, tr: Translator) -> list:
 def create_ui(ctx: AppContext, labels: Labels) -> ModelsUI:
     tr = labels.tr
     with gr.Row(equal_height=False):
-        with gr.Column(scale=3):
+        with gr.Column(scale=5):
             labels(gr.Markdown, value=Key("models.intro"), elem_classes="intro")
             table = gr.Dataframe(
-                headers=[tr(f"models.col.{c}") for c in COLUMNS] + ["path"],
+                headers=[tr(f"models.col.{c}") for c in COLUMNS],
                 value=[],
                 interactive=False,
                 wrap=True,
                 elem_id="library",
-                column_widths=["22%", "9%", "10%", "9%", "11%", "8%", "9%", "8%", "14%", "0%"],
                 max_height=420,
             )
             with gr.Row():
