@@ -210,7 +210,9 @@ def _count_prompt(backend: Backend, req: GenerationRequest) -> tuple[int, bool]:
         return len(exact(req)), True
     if req.prompt is not None:
         return len(backend.tokenize(req.prompt)), True
-    return sum(len(backend.tokenize(m.content)) for m in req.messages), False
+    # tokenize() may add special tokens (BOS) to every text; count them once.
+    specials = len(backend.tokenize(""))
+    return sum(len(backend.tokenize(m.content)) - specials for m in req.messages), False
 
 
 async def _fit_to_context(backend: Backend, req: GenerationRequest) -> None:

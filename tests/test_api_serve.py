@@ -402,6 +402,25 @@ def test_fuzzed_requests_never_break_the_server(server):
     assert {200, 400} <= seen
 
 
+def test_a_prompt_that_overflows_only_with_the_template_is_a_400(server):
+    """The message text alone fits the context; the chat template's own tokens do not.
+    The API cannot count those itself on this engine, so the engine's refusal must
+    still come back as a 400 context_length_exceeded, not a 500."""
+    context = httpx.get(server.url + "/models").json()["data"][0]["max_model_len"]
+
+    def tokens(text):
+        return httpx.post(server.root + "/tokenize", json={"prompt": text}).json()["count"]
+
+    text, count = "", tokens("")
+    while count < context - 2:  # each "a " adds at most one token: approach from below
+        text += "a " * (context - 2 - count)
+        count = tokens(text)
+    assert count < context
+    response = httpx.post(server.url + "/chat/completions", json=chat_body(server, text))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
 def test_the_openai_client_raises_its_own_errors(client, server):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(

@@ -152,6 +152,9 @@ def test_api_key_is_sent_and_a_wrong_one_is_reported(model_path):
             assert final.finish_reason in ("stop", "length") and final.stats.completion_tokens
         finally:
             backend.close()
+        # itamae serve in front of it passes the key on (--remote-api-key)
+        with ServeProcess("--model", s.url, "--remote-api-key", key) as front:
+            assert front.model_id == s.model_id
 
 
 def test_itamae_serves_a_remote_model_to_the_openai_client(server, local):

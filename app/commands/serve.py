@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--api-key", help="bearer token clients must send (required off loopback)")
     p.add_argument(
+        "--remote-api-key",
+        help="key for the server a URL --model points at (its --api-key)",
+    )
+    p.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -114,7 +118,8 @@ def run(args) -> int:
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{port}/v1"
 
     manager = ModelManager()
-    manager.load(args.model, args.engine)
+    options = {"api_key": args.remote_api_key} if args.remote_api_key else {}
+    manager.load(args.model, args.engine, **options)
     app = build_app(manager, args.api_key, args.cors_origin)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     failed = threading.Event()
