@@ -496,3 +496,29 @@ def test_a_model_that_fails_to_load_ends_serve_with_the_reason(tmp_path):
     )
     assert result.returncode == 2
     assert "No model at" in result.stderr
+
+
+def _demo_present() -> bool:
+    from engine.loader import DEMO_DIR
+
+    return (DEMO_DIR / "hf" / "config.json").is_file()
+
+
+@pytest.mark.skipif(not _demo_present(), reason="the bundled demo model is not built yet")
+def test_the_openai_client_chats_with_the_demo_model():
+    """`itamae serve` with no --model serves the bundled demo; a question from its
+    dialogs gets a real answer, streamed and not, each the same greedy text."""
+    with ServeProcess() as s:
+        assert s.model_id == "demo"
+        client = openai.OpenAI(base_url=s.url, api_key="unused", max_retries=0, timeout=300)
+        ask = dict(
+            model="demo",
+            messages=[{"role": "user", "content": "Hello"}],
+            temperature=0,
+            max_tokens=48,
+        )
+        whole = client.chat.completions.create(**ask)
+        streamed = client.chat.completions.create(**ask, stream=True)
+        text = whole.choices[0].message.content
+        assert text.strip() and whole.usage.completion_tokens > 0
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text

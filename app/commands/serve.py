@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import sys
 import threading
 
 from converters.errors import ItamaeError
+from engine.loader import ENGINES
 
 DEFAULT_PORT = 8000  # the port vLLM and many OpenAI-compatible servers default to
 
@@ -27,15 +29,22 @@ def add_parser(subparsers) -> None:
         "/v1/completions, /v1/models).",
     )
     p.add_argument("--model", default="demo", help="a folder, a .gguf, a URL, or 'demo'")
-    p.add_argument("--engine", default="auto", help="auto | torch | llamacpp | remote")
+    p.add_argument("--engine", default="auto", choices=("auto", *ENGINES))
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any)"
     )
-    p.add_argument("--api-key", help="bearer token clients must send (required off loopback)")
+    # Keys may come from the environment too: a command line is visible to every user
+    # of the machine (ps), the environment only to the owner.
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("ITAMAE_API_KEY"),
+        help="bearer token clients must send; required off loopback (or ITAMAE_API_KEY)",
+    )
     p.add_argument(
         "--remote-api-key",
-        help="key for the server a URL --model points at (its --api-key)",
+        default=os.environ.get("ITAMAE_REMOTE_API_KEY"),
+        help="key for the server a URL --model points at (or ITAMAE_REMOTE_API_KEY)",
     )
     p.add_argument(
         "--cors-origin",
