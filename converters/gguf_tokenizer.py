@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,10 +130,12 @@ def looks_special(token: str) -> bool:
 
 @dataclass
 class Vocabulary:
-    model: str  # tokenizer.ggml.model
-    pre: str  # tokenizer.ggml.pre
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str  # tokenizer.ggml.pre ("" for SentencePiece, which has no pre-tokenizer)
     tokens: list[str]
     token_types: list[int]
+    scores: list[float] | None = None  # SentencePiece only
+    add_space_prefix: bool = False
 
 
 def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
@@ -147,14 +150,59 @@ def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download it.") from e
     model = tokenizer.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
+    if model.get("type") != "BPE":
         raise UnsupportedArchitecture(
-            f"The tokenizer is {model.get('type')!r}"
-            + (" with byte fallback (SentencePiece style)" if model.get("byte_fallback") else "")
-            + "; Itamae writes byte-level BPE tokenizers into GGUF.",
+            f"The tokenizer is {model.get('type')!r}; Itamae writes BPE tokenizers (byte-level "
+            "as GPT-2/Qwen/Llama 3/DeepSeek, or SentencePiece-style as Llama 2/Mistral/Mixtral).",
             "Use llama.cpp's convert_hf_to_gguf.py for this model.",
         )
-    return Vocabulary("gpt2", pre_tokenizer_name(tokenizer), *_tokens(model, tokenizer, vocab_size))
+    tokens, types = _tokens(model, tokenizer, vocab_size)
+    if model.get("byte_fallback"):
+        return Vocabulary(
+            "llama", "", tokens, types, *_sentencepiece_extras(model, tokenizer, tokens, types)
+        )
+    return Vocabulary("gpt2", pre_tokenizer_name(tokenizer), tokens, types)
+
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+SPIECE_UNDERLINE = "\u2581"  # SentencePiece's visible space
+
+
+def _sentencepiece_extras(model, tokenizer, tokens, types) -> tuple[list[float], bool]:
+    """Scores and add_space_prefix for llama.cpp's SentencePiece tokenizer ("llama").
+
+    A SentencePiece BPE vocabulary in tokenizer.json keeps its merge order but not its
+    scores; llama.cpp merges the adjacent pair whose joined token scores highest, so the
+    score of a token is minus the rank of the merge that makes it (earlier merges first),
+    which is how the hub's converters derived the merges from the scores to begin with."""
+    rank = {}
+    for i, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, i)
+    scores = [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+    for i, token in enumerate(tokens):
+        if types[i] == TokenType.NORMAL and BYTE_TOKEN.fullmatch(token):
+            types[i] = int(TokenType.BYTE)
+        elif token == model.get("unk_token"):
+            types[i] = int(TokenType.UNKNOWN)
+    return scores, _adds_space_prefix(tokenizer)
+
+
+def _adds_space_prefix(tokenizer: dict) -> bool:
+    """Llama 2/Mistral prepend "▁" to the text: by a Metaspace pre-tokenizer or by a
+    Prepend normalizer (newer tokenizers.json)."""
+    steps = []
+    for part in (tokenizer.get("normalizer"), tokenizer.get("pre_tokenizer")):
+        if part:
+            steps += part.get("normalizers") or part.get("pretokenizers") or [part]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == SPIECE_UNDERLINE:
+            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never" and step.get(
+                "add_prefix_space", True
+            )
+    return False
 
 
 def _tokens(model: dict, tokenizer: dict, vocab_size: int) -> tuple[list[str], list[int]]:
@@ -185,16 +233,21 @@ def _tokens(model: dict, tokenizer: dict, vocab_size: int) -> tuple[list[str], l
 def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> Vocabulary:
     vocab = read_vocabulary(folder, vocab_size)
     writer.add_tokenizer_model(vocab.model)
-    writer.add_tokenizer_pre(vocab.pre)
+    if vocab.pre:
+        writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     # SpecialVocab logs a warning for every post-processor detail it does not use (e.g. the
     # pair template); none of them changes the file, so they are not shown to the person.
     vocab_logger = logging.getLogger("gguf.vocab")
     level = vocab_logger.level
     vocab_logger.setLevel(logging.ERROR)
     try:
-        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+        # SentencePiece merges by score in llama.cpp; only byte-level BPE carries merges
+        special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=vocab_size)
     finally:
         vocab_logger.setLevel(level)
     special.add_to_gguf(writer, quiet=True)

@@ -16,7 +16,11 @@ from gguf import GGUFReader
 from converters.convert import convert
 from converters.gguf_tokenizer import pre_tokenizer_name
 from tests.convert_helpers import llama_cpp_logits, relative_error
-from tests.fixtures.llamacpp_reference import reference_pair, vocabulary_tokenizer
+from tests.fixtures.llamacpp_reference import (
+    reference_pair,
+    vocabulary_tokenizer,
+    with_recognized_vocabulary,
+)
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -84,5 +88,30 @@ def test_bilingual_text_tokenizes_as_the_hf_tokenizer(hf_checkpoint, tmp_path):
             assert llm.tokenize(text.encode(), add_bos=True) == hf.encode(text), text
         chat = "<|im_start|>user\nこんにちは、お元気ですか?<|im_end|>\n<|im_start|>assistant\n"
         assert llm.tokenize(chat.encode(), add_bos=True, special=True) == hf.encode(chat)
+    finally:
+        llm.close()
+
+
+def test_sentencepiece_vocabulary_tokenizes_as_the_hf_tokenizer(hf_checkpoint, tmp_path):
+    """Llama's real SentencePiece vocabulary (byte fallback, Metaspace; as Mistral/Mixtral
+    publish theirs) written as llama.cpp's "llama" tokenizer: same ids as the HF tokenizer
+    on bilingual text, Japanese falling back to bytes included."""
+    from transformers import AutoTokenizer
+
+    from tests.fixtures.tokenizer import CORPUS
+
+    folder = with_recognized_vocabulary(hf_checkpoint("mixtral"), tmp_path / "spm", "llama-spm")
+    dest = tmp_path / "spm.gguf"
+    convert(folder, dest, "Q8_0")
+    fields = GGUFReader(dest).fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert "tokenizer.ggml.merges" not in fields
+    hf = AutoTokenizer.from_pretrained(folder)
+    llm = llama_cpp.Llama(str(dest), vocab_only=True, verbose=False)
+    texts = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts += ["東京は日本の首都です。Tokyo has 13,960,000 people! 🍣", "It's 3.14159, isn't it?"]
+    try:
+        for text in texts:
+            assert llm.tokenize(text.encode(), add_bos=True) == hf.encode(text), text
     finally:
         llm.close()

@@ -1,0 +1,229 @@
+"""Conversion speed and memory: Itamae against llama.cpp's own convert_hf_to_gguf.py.
+
+Not a test (it reports figures); run it by hand:
+
+    python -m tests.benchmarks.bench_convert [--quant q8_0] [--workdir DIR] [--json]
+
+Builds (once, cached in --workdir) a synthetic Qwen3-MoE checkpoint with realistic shapes:
+hidden 1024, 12 layers, 32 experts with top-4, expert FFN 768, Qwen2's real 151,936-token
+vocabulary (from the llama-cpp-python sdist's models/ggml-vocab-qwen2.gguf, so llama.cpp's
+converter accepts it), bf16 weights in ~1 GB shards with an index, as published models are.
+That is about 1.3B parameters. Then converts it to Q8_0 with each converter in its own
+process, in the same run, and reports wall time and peak RSS (the child's own
+ru_maxrss, from wait4) of each and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.fixtures.llamacpp_reference import CACHE, llama_cpp_source, vocabulary_tokenizer
+
+SHAPES = dict(
+    hidden_size=1024,
+    num_hidden_layers=12,
+    num_experts=32,
+    num_experts_per_tok=4,
+    moe_intermediate_size=768,
+    intermediate_size=3072,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=64,
+)
+SHARD_BYTES = 1 << 30
+
+
+def checkpoint_config(vocab_size: int) -> dict:
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        **SHAPES,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1e6,
+        "rms_norm_eps": 1e-6,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": None,
+        "eos_token_id": 151643,
+    }
+
+
+def layer_shapes(bid: int) -> dict[str, tuple[int, ...]]:
+    h, e, f = SHAPES["hidden_size"], SHAPES["num_experts"], SHAPES["moe_intermediate_size"]
+    q = SHAPES["num_attention_heads"] * SHAPES["head_dim"]
+    kv = SHAPES["num_key_value_heads"] * SHAPES["head_dim"]
+    p = f"model.layers.{bid}."
+    shapes = {
+        p + "input_layernorm.weight": (h,),
+        p + "post_attention_layernorm.weight": (h,),
+        p + "self_attn.q_proj.weight": (q, h),
+        p + "self_attn.k_proj.weight": (kv, h),
+        p + "self_attn.v_proj.weight": (kv, h),
+        p + "self_attn.o_proj.weight": (h, q),
+        p + "self_attn.q_norm.weight": (SHAPES["head_dim"],),
+        p + "self_attn.k_norm.weight": (SHAPES["head_dim"],),
+        p + "mlp.gate.weight": (e, h),
+    }
+    for x in range(e):
+        shapes[p + f"mlp.experts.{x}.gate_proj.weight"] = (f, h)
+        shapes[p + f"mlp.experts.{x}.up_proj.weight"] = (f, h)
+        shapes[p + f"mlp.experts.{x}.down_proj.weight"] = (h, f)
+    return shapes
+
+
+def build_checkpoint(dest: Path) -> Path:
+    """Write the synthetic checkpoint shard by shard (memory: one shard)."""
+    if (dest / "model.safetensors.index.json").is_file():
+        return dest
+    from safetensors.torch import save_file
+
+    tokenizer = vocabulary_tokenizer("qwen2")
+    vocab = len(json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"])
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in tokenizer.iterdir():
+        shutil.copy(f, tmp / f.name)
+    (tmp / "config.json").write_text(json.dumps(checkpoint_config(vocab), indent=2))
+    h = SHAPES["hidden_size"]
+    shapes = {"model.embed_tokens.weight": (vocab, h)}
+    for bid in range(SHAPES["num_hidden_layers"]):
+        shapes.update(layer_shapes(bid))
+    shapes.update({"model.norm.weight": (h,), "lm_head.weight": (vocab, h)})
+
+    gen = torch.Generator().manual_seed(0)
+    shard: dict[str, torch.Tensor] = {}
+    files: list[tuple[str, list[str]]] = []
+
+    def flush() -> None:
+        name = f"shard-{len(files):05d}.safetensors"
+        save_file(shard, tmp / name, metadata={"format": "pt"})
+        files.append((name, list(shard)))
+        shard.clear()
+
+    for name, shape in shapes.items():
+        if name.endswith("norm.weight"):
+            shard[name] = torch.ones(shape, dtype=torch.bfloat16)
+        else:
+            shard[name] = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        if sum(t.numel() * 2 for t in shard.values()) >= SHARD_BYTES:
+            flush()
+    if shard:
+        flush()
+    weight_map = {}
+    for i, (name, tensors) in enumerate(files):
+        final = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"  # the hub's shard names
+        (tmp / name).rename(tmp / final)
+        weight_map.update(dict.fromkeys(tensors, final))
+    total = sum(torch.Size(s).numel() for s in shapes.values())
+    index = {"metadata": {"total_size": total * 2}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    tmp.rename(dest)
+    return dest
+
+
+def measure(cmd: list[str]) -> dict:
+    """Wall time and peak RSS of one child process (ru_maxrss of that child, via wait4)."""
+    started = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:3]} failed:\n{stderr[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quant", default="q8_0", help="q8_0 (both converters), f16, bf16")
+    parser.add_argument("--workdir", type=Path, default=CACHE / "bench")
+    parser.add_argument("--keep", action="store_true", help="keep the converted files")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    src = build_checkpoint(args.workdir / "synthetic-qwen3-moe-1b")
+    params = sum(
+        torch.Size(s).numel()
+        for bid in range(SHAPES["num_hidden_layers"])
+        for s in layer_shapes(bid).values()
+    )
+    vocab = json.loads((src / "config.json").read_text())["vocab_size"]
+    params += 2 * vocab * SHAPES["hidden_size"] + SHAPES["hidden_size"]
+    ours, theirs = args.workdir / "itamae.gguf", args.workdir / "llamacpp.gguf"
+    for f in (ours, theirs):
+        f.unlink(missing_ok=True)
+    script = llama_cpp_source() / "convert_hf_to_gguf.py"
+    results = {
+        "itamae": measure(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "convert",
+                str(src),
+                "-o",
+                str(ours),
+                "--quant",
+                args.quant.upper(),
+            ]
+        ),
+        "llama.cpp": measure(
+            [
+                sys.executable,
+                str(script),
+                str(src),
+                "--outfile",
+                str(theirs),
+                "--outtype",
+                args.quant.lower(),
+            ]
+        ),
+    }
+    report = {
+        "checkpoint": {
+            "params": params,
+            "bytes": sum(f.stat().st_size for f in src.glob("*.safetensors")),
+        },
+        "quant": args.quant,
+        "cpus": os.cpu_count(),
+        **results,
+        "speedup": round(results["llama.cpp"]["wall_s"] / results["itamae"]["wall_s"], 2),
+        "rss_ratio": round(
+            results["itamae"]["peak_rss_bytes"] / results["llama.cpp"]["peak_rss_bytes"], 2
+        ),
+        "output_bytes": {"itamae": ours.stat().st_size, "llama.cpp": theirs.stat().st_size},
+    }
+    if not args.keep:
+        ours.unlink()
+        theirs.unlink()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(
+            f"checkpoint: {params / 1e9:.2f}B parameters, bf16, {report['checkpoint']['bytes'] / 2**30:.2f} GiB"
+        )
+        for who in ("itamae", "llama.cpp"):
+            r = results[who]
+            print(
+                f"{who:10s} {args.quant}: {r['wall_s']:7.1f} s   peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB"
+            )
+        print(f"Itamae is {report['speedup']}x faster at {report['rss_ratio']}x the peak memory")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
