@@ -19,7 +19,7 @@ from converters.errors import BadModelFile
 from converters.gguf_export import RECIPE_KEY
 from converters.inspect import gguf_group
 from converters.model_info import ModelInfo
-from engine.memory_plan import BlockWeights, ModelLayout
+from engine.model_layout import BlockWeights, ModelLayout
 
 from .gguf_header import GGUFContents, TensorEntry, read_contents
 

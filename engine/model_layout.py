@@ -1,0 +1,112 @@
+"""What a model needs in memory, wherever it is put: weights per transformer block (routed
+experts apart from the rest, as llama.cpp's `--cpu-moe` splits them) and the KV cache per
+token, MLA included. engine.memory_plan decides where it goes.
+
+KV cache sizes follow llama.cpp (src/llama-kv-cache.cpp, src/llama-hparams.cpp): per block,
+`n_head_kv * (key_length + value_length)` elements per token; MLA models (DeepSeek-V2/V3
+GGUFs with `attention.key_length_mla`) cache one latent of `kv_lora_rank + qk_rope_head_dim`
+(written as key_length with one KV head) and no V (`has_v = !is_mla`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# Bytes per KV cache element for llama.cpp's cache types (ggml block sizes).
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+@dataclass
+class BlockWeights:
+    """One transformer block's weights. `dense_*` is everything but the routed experts."""
+
+    dense_bytes: int
+    expert_bytes: int = 0
+    dense_params: int = 0  # elements, vectors included
+    expert_params: int = 0
+    norm_params: int = 0  # vectors (norms, biases): F32 whatever the quant
+    norm_bytes: int = 0
+
+
+@dataclass
+class ModelLayout:
+    """What a model needs in memory, independent of where it is put."""
+
+    name: str
+    arch: str  # the file's own architecture name (GGUF `general.architecture`)
+    quant: str  # dominant tensor type or file type, e.g. "Q8_0"
+    blocks: list[BlockWeights]
+    input_bytes: int  # token embedding: always in CPU RAM in llama.cpp
+    output_bytes: int  # output norm + head: on the GPU only when every block is
+    input_params: int = 0
+    output_params: int = 0
+    context_length: int = 4096  # trained maximum
+    n_embd: int = 0
+    n_vocab: int = 0
+    n_head: int = 0
+    kv_heads: list[int] = field(default_factory=list)  # per block; 0 = no KV cache there
+    key_length: int = 0  # cached K width per KV head (for MLA: kv_lora_rank + rope dims)
+    value_length: int = 0
+    mla: bool = False  # DeepSeek MLA: one latent per token, no separate V
+    n_experts: int = 0
+    experts_per_token: int = 0
+    ffn_width: int = 0  # widest FFN activation per token (dense FFN or top-k experts)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def weight_bytes(self) -> int:
+        blocks = sum(b.dense_bytes + b.expert_bytes for b in self.blocks)
+        return blocks + self.input_bytes + self.output_bytes
+
+    @property
+    def expert_bytes(self) -> int:
+        return sum(b.expert_bytes for b in self.blocks)
+
+    @property
+    def total_params(self) -> int:
+        blocks = sum(b.dense_params + b.expert_params for b in self.blocks)
+        return blocks + self.input_params + self.output_params
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.weight_bytes / max(self.total_params, 1)
+
+    def kv_bytes_per_token(self, block: int, cache_type: str = "f16") -> float:
+        heads = self.kv_heads[block] if block < len(self.kv_heads) else 0
+        per_element = KV_TYPE_BYTES[cache_type]
+        if self.mla:
+            return heads * self.key_length * per_element
+        return heads * (self.key_length + self.value_length) * per_element
+
+    def kv_cache_bytes(self, n_ctx: int, cache_type: str = "f16") -> int:
+        return int(
+            sum(self.kv_bytes_per_token(i, cache_type) for i in range(self.n_layers)) * n_ctx
+        )
+
+    def requantized(self, name: str, bits_per_weight: float) -> ModelLayout:
+        """The same model if its matrices were stored at `bits_per_weight` on average."""
+
+        def scaled(params: int) -> int:
+            return int(params * bits_per_weight / 8)
+
+        blocks = [
+            BlockWeights(
+                dense_bytes=b.norm_bytes + scaled(b.dense_params - b.norm_params),
+                expert_bytes=scaled(b.expert_params),
+                dense_params=b.dense_params,
+                expert_params=b.expert_params,
+                norm_params=b.norm_params,
+                norm_bytes=b.norm_bytes,
+            )
+            for b in self.blocks
+        ]
+        return replace(
+            self,
+            quant=name,
+            blocks=blocks,
+            input_bytes=scaled(self.input_params),
+            output_bytes=scaled(self.output_params),
+        )
