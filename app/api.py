@@ -166,7 +166,8 @@ def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
             )
         raise APIError(
             503,
-            "No model is loaded on this server. Start it with --model PATH.",
+            "No model is loaded on this server. Load one in the Itamae app, or start "
+            "`itamae serve --model PATH`.",
             type="server_error",
             code="model_not_loaded",
         )

@@ -26,7 +26,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api_schema import APIError
-from app.model_manager import ModelManager
+from app.model_manager import ModelManager, NoModelLoaded
 from converters.errors import ContextTooLong
 from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent
 
@@ -99,8 +99,8 @@ async def respond(
         first = await pump.next(request)
     except _ClientGone:
         return Response(status_code=499)
-    if isinstance(first, FinalEvent) and first.finish_reason == "error":
-        raise _generation_error(first)
+    if isinstance(first, FinalEvent) and _failure(first) is not None:
+        raise _failure(first)
     if not stream:
         return await _whole_response(request, pump, first, shape, ident, created, model)
     chunks = _sse(pump, first, shape, ident, created, model, include_usage)
@@ -109,9 +109,23 @@ async def respond(
     )
 
 
-def _generation_error(final: FinalEvent) -> APIError:
+def _failure(final: FinalEvent) -> APIError | None:
+    """The error to answer for a final event that is not a normal end, else None."""
+    if final.finish_reason in ("stop", "length"):
+        return None
+    if final.finish_reason == "cancelled":
+        # Not this client's doing (a client that left gets no answer at all): the model
+        # was unloaded or replaced while the request waited or ran.
+        return APIError(
+            503,
+            "The generation was interrupted: the model was unloaded or replaced.",
+            type="server_error",
+            code="interrupted",
+        )
     message = final.error or "The generation failed."
     exception = getattr(final, "exception", None)  # set by the manager if the backend raised
+    if isinstance(exception, NoModelLoaded):
+        return APIError(503, message, type="server_error", code="model_not_loaded")
     # A backend that reports the error itself instead of raising (the torch engine
     # yields FinalEvent("error") for ContextTooLong) is matched by its words.
     too_long = isinstance(exception, ContextTooLong) or (
@@ -133,8 +147,8 @@ async def _whole_response(request, pump, first, shape, ident, created, model) ->
             event = await pump.next(request)
     except _ClientGone:
         return Response(status_code=499)
-    if event.finish_reason == "error":
-        raise _generation_error(event)
+    if _failure(event) is not None:
+        raise _failure(event)
     choice = shape.whole_choice("".join(pieces), event.finish_reason)
     return JSONResponse(
         {
@@ -171,8 +185,9 @@ async def _sse(pump, first, shape, ident, created, model, include_usage) -> Asyn
             event = await pump.next()
         if event is None:
             event = FinalEvent("error", Stats(), error="The backend ended without a final event.")
-        if event.finish_reason == "error":
-            yield f"data: {json.dumps(_generation_error(event).body())}\n\n"
+        failure = _failure(event)
+        if failure is not None:  # the client's own stream stays in OpenAI's error shape
+            yield f"data: {json.dumps(failure.body())}\n\n"
         else:
             yield chunk([shape.chunk_choice(shape.closing_delta, event.finish_reason)])
             if include_usage:

@@ -27,6 +27,10 @@ from engine.types import Backend, Event, FinalEvent, GenerationRequest, Stats
 _CANCEL_POLL_S = 0.05
 
 
+class NoModelLoaded(ItamaeError):
+    pass
+
+
 @dataclass
 class FailedEvent(FinalEvent):
     """The FinalEvent for a backend that raised: keeps the exception, so that a caller
@@ -234,7 +238,8 @@ class ModelManager:
             try:
                 backend = self._backend
                 if backend is None:
-                    yield FinalEvent("error", Stats(), error=self._no_model_message())
+                    message = self._no_model_message()
+                    yield FailedEvent("error", Stats(), message, exception=NoModelLoaded(message))
                     return
                 yield from _guarded(backend.stream(req, cancel), cancel)
             finally:

@@ -5,6 +5,7 @@ the API must still stream, notice a client that goes away, and ask for the key.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -103,3 +104,34 @@ def test_a_client_that_goes_away_frees_the_model_in_the_app(app_server):
         )
     ).start()
     assert done.wait(60)
+
+
+def test_reloading_the_model_ends_an_api_stream_with_an_error(app_server, hf_checkpoint):
+    """The person loads a model in the UI while an API client streams: that stream ends
+    with an OpenAI-style error (not a silent stop), and the API serves the new model."""
+    server, manager = app_server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    model = httpx.get(server.url + "/v1/models", headers=headers).json()["data"][0]["id"]
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me everything."}],
+        "max_tokens": 3000,
+        "stream": True,
+    }
+    lines = []
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=120
+    ) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if len(lines) == 4:  # streaming now: load a model as the UI would
+                manager.load(hf_checkpoint("qwen3_moe"), engine="torch")
+    data = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    assert json.loads(data[-2])["error"]["code"] == "interrupted"
+    assert manager.wait(timeout=120)["state"] == "ready"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    again = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert again.choices[0].finish_reason in ("stop", "length")
