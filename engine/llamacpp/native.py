@@ -159,11 +159,6 @@ class NativeModel:
         eos = llama_cpp.llama_vocab_eos(self.vocab)
         return self.token_text(bos), self.token_text(eos)
 
-    def metadata(self, key: str) -> str | None:
-        buffer = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buffer, 256)
-        return buffer.value.decode(errors="replace") if n >= 0 else None
-
     # -- evaluation ------------------------------------------------------------------------
 
     def decode(self, tokens: list[int], abort_flag=None) -> None:
