@@ -162,3 +162,15 @@ def test_fuzzed_headers_parse_or_fail_cleanly(tmp_path, data):
     path.write_bytes(bytes(original))
     with contextlib.suppress(BadModelFile):  # anything else (IndexError, MemoryError...) fails
         read_gguf(path)
+
+
+def test_plan_command_prints_the_plan_or_the_refusal(converted, capsys):
+    import json
+
+    from engine.memory_plan import main
+
+    assert main([str(converted), "--ram-gb", "8", "--vram-gb", "4", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] and plan["n_gpu_layers"] == 4 and plan["arch"] == "deepseek2"
+    assert main([str(converted), "--ram-gb", "0.5"]) == 1
+    assert "does not fit" in capsys.readouterr().err
