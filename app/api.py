@@ -35,6 +35,12 @@ log = logging.getLogger("itamae.api")
 # When the body sets no max_tokens and the context length is unknown: enough for an
 # answer, short enough that a forgotten limit does not tie a CPU up for minutes.
 DEFAULT_MAX_TOKENS = 512
+# The largest request body read. A 128k-token conversation is well under 2 MiB of text;
+# the limit keeps a runaway client from filling the memory the model needs.
+MAX_BODY_BYTES = 32 * 2**20
+# Requests that may wait for the model at once; more get 429 (OpenAI's "slow down").
+# Each waiting request holds a thread and a connection, so the queue must end somewhere.
+DEFAULT_MAX_QUEUE = 64
 
 
 def _route_class(api_key: str | None) -> type[APIRoute]:
@@ -82,9 +88,28 @@ def _check_bearer(request: Request, expected: bytes) -> None:
         )
 
 
-def create_router(manager: ModelManager, api_key: str | None = None) -> APIRouter:
-    """The /v1 routes over `manager`. With `api_key`, every route needs that bearer token."""
+def create_router(
+    manager: ModelManager, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE
+) -> APIRouter:
+    """The /v1 routes over `manager`. With `api_key`, every route needs that bearer token;
+    past `max_queue` requests waiting for the model, new ones get 429."""
     router = APIRouter(route_class=_route_class(api_key))
+
+    async def run(request, backend, body, req, shape) -> Response:
+        stream, include_usage = stream_flags(body)
+        await _fit_to_context(backend, req)
+        if manager.queue_length >= max_queue:
+            raise APIError(
+                429,
+                f"{manager.queue_length} requests are already waiting for the model; "
+                "try again later.",
+                type="rate_limit_error",
+                code="queue_full",
+            )
+        model = served_model_id(manager, backend)
+        return await respond(
+            request, manager, req, shape, model=model, stream=stream, include_usage=include_usage
+        )
 
     @router.get("/v1/models")
     async def list_models():
@@ -101,14 +126,14 @@ def create_router(manager: ModelManager, api_key: str | None = None) -> APIRoute
         body = await _json_body(request)
         backend = _backend_for(manager, model_name(body))
         req = chat_request(body, backend.info.n_experts)
-        return await _run(request, manager, backend, body, req, ChatShape())
+        return await run(request, backend, body, req, ChatShape())
 
     @router.post("/v1/completions")
     async def completions(request: Request):
         body = await _json_body(request)
         backend = _backend_for(manager, model_name(body))
         req = completion_request(body, backend.info.n_experts)
-        return await _run(request, manager, backend, body, req, TextShape())
+        return await run(request, backend, body, req, TextShape())
 
     @router.post("/tokenize")
     async def tokenize(request: Request):
@@ -183,7 +208,7 @@ def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
 
 
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
+    raw = await _read_limited(request, MAX_BODY_BYTES)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -191,6 +216,27 @@ async def _json_body(request: Request) -> dict:
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes, before all of it is in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"The request body is over {limit // 2**20} MiB.",
+        code="request_too_large",
+    )
 
 
 def _prompt_token_count(backend: Backend, req: GenerationRequest) -> tuple[int, bool]:
@@ -232,12 +278,3 @@ async def _fit_to_context(backend: Backend, req: GenerationRequest) -> None:
     if req.sampling.max_tokens == 0:
         left = context - prompt_tokens if context else DEFAULT_MAX_TOKENS
         req.sampling.max_tokens = max(1, left)
-
-
-async def _run(request, manager, backend, body, req, shape) -> Response:
-    stream, include_usage = stream_flags(body)
-    await _fit_to_context(backend, req)
-    model = served_model_id(manager, backend)
-    return await respond(
-        request, manager, req, shape, model=model, stream=stream, include_usage=include_usage
-    )
