@@ -45,17 +45,36 @@ def convert(
 ) -> ConvertResult:
     src, dest = Path(src), Path(dest)
     started = time.perf_counter()
-    _check_destination(dest, force)
     if fmt == "torch":
-        from .torch_format import convert_to_torch
-
-        convert_to_torch(src, dest, recipe, progress=progress, cancel=cancel)
-        size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-        return ConvertResult(dest, recipe, time.perf_counter() - started, size)
+        return _convert_to_torch(src, dest, recipe, progress, cancel, force, started)
     if fmt != "gguf":
         raise ItamaeError(f"Unknown output format {fmt!r}.", "Choose gguf or torch.")
+    _check_destination(dest, force)
     convert_to_gguf(src, dest, get_recipe(recipe), progress, cancel, repo_id)
     return ConvertResult(dest, recipe, time.perf_counter() - started, dest.stat().st_size)
+
+
+def _convert_to_torch(src, dest, recipe, progress, cancel, force, started) -> ConvertResult:
+    """The torch format (converters/torch_format.py), a folder; --force replaces only a
+    folder that is itself a torch-format model, never an arbitrary folder."""
+    from .torch_format import convert_to_torch, is_torch_format
+
+    if dest.exists():
+        if not force:
+            raise OutputExists(f"{dest} already exists.", "Choose another name or pass --force.")
+        if not is_torch_format(dest):
+            raise OutputExists(
+                f"{dest} exists and is not an Itamae torch-format model, so it is not replaced.",
+                "Choose another output folder.",
+            )
+        shutil.rmtree(dest)
+
+    def counted(done: int, total: int, what: str) -> None:
+        progress(done / max(1, total), what)
+
+    convert_to_torch(src, dest, recipe, progress=counted if progress else None, cancel=cancel)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    return ConvertResult(dest, recipe, time.perf_counter() - started, size)
 
 
 def _check_destination(dest: Path, force: bool) -> None:

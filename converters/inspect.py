@@ -10,6 +10,7 @@ experts `experts_per_token / n_experts` times and everything else once.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -156,13 +157,28 @@ def _shared_experts(config: dict) -> int:
 
 
 def _inspect_torch_format(folder: Path) -> ModelInfo:
-    import json
-
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     info = _from_config(folder, "torch", config)
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     info.files = [str(f.relative_to(folder)) for f in files]
     info.size_bytes = sum(f.stat().st_size for f in files)
+    from .torch_format import MANIFEST
+
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    n_layers = info.n_layers
+    tensors = []
+    for name, entry in manifest.get("tensors", {}).items():
+        bid, _ = split_layer_name(name)
+        if bid is None or bid < n_layers:
+            n = math.prod(entry["shape"])
+            # int8 rows as stored; "float" tensors counted as bf16 (their scales not counted)
+            bits = 8 if entry.get("scheme", "").startswith("int8") else 16
+            tensors.append((hf_group(name), n, n * bits // 8, entry.get("scheme", "")))
+    for layer in manifest.get("expert_layers", {}).values():
+        n = layer["n_experts"] * 3 * layer["hidden"] * layer["intermediate"]
+        tensors.append(("experts", n, layer["n_experts"] * layer["bytes_per_expert"], "experts"))
+    _summarise(info, tensors)
+    info.quant = str(manifest.get("recipe", ""))
     return info
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from app.cli import main
 from converters.convert import convert
+from converters.errors import OutputExists
 from converters.inspect import inspect
 from tests.fixtures.checkpoints import ARCHS
 from tests.fixtures.reference import reference_model
@@ -139,3 +140,21 @@ def test_model_card_facts_reach_general_keys(hf_checkpoint, tmp_path):
     assert value("general.dataset.0.repo_url") == "https://huggingface.co/HuggingFaceFW/fineweb"
     assert value("general.source.url") == "https://huggingface.co/itamae/tiny-qwen3-moe"
     assert value("general.languages") == ["en", "ja"]
+
+
+def test_torch_format_through_convert_and_inspect(hf_checkpoint, tmp_path):
+    """fmt="torch" reaches converters.torch_format; inspect reads its manifest."""
+    hf = inspect(hf_checkpoint("qwen3_moe"))
+    dest = tmp_path / "torch-int8"
+    convert(hf_checkpoint("qwen3_moe"), dest, "int8", fmt="torch")
+    info = inspect(dest)
+    assert (info.format, info.arch, info.quant) == ("torch", "qwen3_moe", "int8")
+    assert (info.total_params, info.active_params) == (hf.total_params, hf.active_params)
+    assert 8 < info.bits_per_weight["experts"] < 8.5  # int8 rows plus one f32 scale per row
+    with pytest.raises(OutputExists):
+        convert(hf_checkpoint("qwen3_moe"), dest, "int8", fmt="torch")
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(OutputExists, match="not an Itamae torch-format model"):
+        convert(
+            hf_checkpoint("qwen3_moe"), tmp_path / "not-a-model", "int8", fmt="torch", force=True
+        )

@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("src", help="the model folder (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("-o", "--output", required=True, help="output file (.gguf) or folder (torch)")
     p.add_argument(
-        "--quant", default="Q8_0", help="recipe, e.g. Q8_0, Q4_K_M, moe-q4 (default Q8_0)"
+        "--quant",
+        help="recipe: for gguf e.g. Q8_0 (default), Q4_K_M, moe-q4; for torch int8 (default), int4, bf16",
     )
     p.add_argument("--format", default="gguf", choices=("gguf", "torch"), dest="fmt")
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
@@ -48,10 +49,11 @@ def run(args) -> int:
 
     cancel = threading.Event()
     try:
+        quant = args.quant or ("int8" if args.fmt == "torch" else "Q8_0")
         result = convert(
             args.src,
             Path(args.output),
-            args.quant,
+            quant,
             args.fmt,
             progress,
             cancel,
