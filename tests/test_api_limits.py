@@ -4,6 +4,7 @@ ModelManager holding the tiny qwen3_moe fixture on the torch engine."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -14,7 +15,6 @@ from fastapi import FastAPI
 
 from app.api import MAX_BODY_BYTES, create_router
 from app.model_manager import ModelManager
-from app.server import bind
 from engine.types import GenerationRequest, Message, SamplingParams
 
 
@@ -24,7 +24,8 @@ def api(hf_checkpoint):
     manager.load(hf_checkpoint("qwen3_moe"), engine="torch", wait=True)
     app = FastAPI()
     app.include_router(create_router(manager, max_queue=1))
-    sock = bind("127.0.0.1", 0)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
