@@ -106,6 +106,12 @@ def send(page, text: str) -> list[str]:
     return page.evaluate("() => { clearInterval(window.__watch); return window.__seen; }")
 
 
+def reply_text(page) -> str:
+    """The first reply's text without its stats line (timings differ between runs)."""
+    row = page.locator(BOT_ROWS).first
+    return row.inner_text().replace(row.locator(".reply-stats").inner_text(), "").strip()
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
@@ -290,4 +296,29 @@ def test_kill_9_while_a_reply_streams_keeps_the_conversation(tmp_path, model, br
         shot(page, "10-after-kill-9")
     finally:
         assert stop(proc) == 0
+    assert outside == []
+
+
+def test_regenerate_replaces_the_last_reply(tmp_path, model, browser):
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=24)
+    proc, url, _ = start_app(home, "--model", str(model))
+    outside: list[str] = []
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        send(page, "Say something.")
+        first = reply_text(page)
+        page.click("#regenerate")
+        page.wait_for_selector("#stop", state="visible")
+        page.wait_for_selector("#send", state="visible", timeout=REPLY_TIMEOUT_MS)
+        page.wait_for_selector(STATS)
+        assert page.locator(USER_ROWS).count() == 1 and page.locator(STATS).count() == 1
+        assert reply_text(page) == first  # greedy decoding: the same reply again
+    finally:
+        assert stop(proc) == 0
+    rows = sqlite3.connect(home / "conversations.sqlite3").execute(
+        "SELECT role, finish_reason FROM messages ORDER BY position"
+    )
+    assert rows.fetchall() == [("user", "stop"), ("assistant", "length")]
     assert outside == []
