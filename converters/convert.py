@@ -108,6 +108,7 @@ def convert_to_gguf(
         needed += needed // 2  # the quantized file beside the full-precision one
     check_disk(dest.parent, needed)
 
+    remove_stale_partials(dest)
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     quantized = dest.with_name(f".{dest.name}.quantized-{os.getpid()}")
     stage = 0.5 if recipe.uses_llama_quantizer else 1.0
@@ -128,6 +129,27 @@ def convert_to_gguf(
     finally:
         for leftover in (partial, quantized):
             leftover.unlink(missing_ok=True)
+
+
+def remove_stale_partials(dest: Path) -> None:
+    """Temporary files a killed conversion of the same output left behind (its process is
+    gone); a running conversion's are left alone."""
+    for leftover in dest.parent.glob(f".{dest.name}.*-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if leftover.name.split(".")[-1].split("-")[0] not in ("partial", "quantized"):
+            continue
+        if pid.isdigit() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _scaled(progress: Progress | None, share: float) -> Progress | None:

@@ -24,7 +24,7 @@ from .errors import Cancelled
 from .gguf_plan import PlannedTensor, tensor_pieces
 from .gguf_tokenizer import add_tokenizer
 from .hf_reader import HFCheckpoint
-from .quant import encode, nbytes
+from .quant import encode, nbytes, one_torch_thread_per_worker
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, what is happening)
 RECIPE_KEY = "itamae.quant_recipe"  # which Itamae recipe made the file (inspect shows it)
@@ -143,16 +143,17 @@ def write_gguf(
     fout = writer.fout[0]
     writer.write_padding(fout, fout.tell())
     total, done = max(1, data_bytes(planned)), 0
-    for p in planned:
-        for piece in tensor_pieces(ckpt, p):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("Conversion cancelled.", "Nothing was written.")
-            encoded = encode(piece, p.qtype)
-            fout.write(encoded.data)
-            done += encoded.size
-            if progress is not None:
-                progress(done / total, p.name)
-        writer.write_padding(fout, nbytes(p.shape, p.qtype))
+    with one_torch_thread_per_worker():
+        for p in planned:
+            for piece in tensor_pieces(ckpt, p):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("Conversion cancelled.", "Nothing was written.")
+                encoded = encode(piece, p.qtype)
+                fout.write(encoded.data)
+                done += encoded.size
+                if progress is not None:
+                    progress(done / total, p.name)
+            writer.write_padding(fout, nbytes(p.shape, p.qtype))
     writer.close()
 
 

@@ -166,3 +166,13 @@ def test_interrupt_mid_write_leaves_no_partial_file(qwen, out):
     with pytest.raises(KeyboardInterrupt):
         convert(qwen, out / "m.gguf", "F32", progress=progress)
     assert_nothing_written(out)
+
+
+def test_leftovers_of_a_killed_conversion_are_removed(qwen, out):
+    """A conversion killed outright (no chance to clean up) leaves only a temporary name,
+    never the final one; the next conversion to that name removes it."""
+    dead_pid = 2**22 + 12345  # above the kernel's default pid_max: no such process
+    leftover = out / f".m.gguf.partial-{dead_pid}"
+    leftover.write_bytes(b"GGUF half-written")
+    convert(qwen, out / "m.gguf")
+    assert [p.name for p in out.iterdir()] == ["m.gguf"]
