@@ -89,8 +89,10 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
     planned += _plan_experts(ckpt, spec, experts)
     planned += _plan_rope_freqs(config)
     _check_complete(ckpt, spec, planned)
+    # token_embd first, then layer by layer, then the head; sorted so the file does not
+    # depend on how the checkpoint is sharded
     order = {T.TOKEN_EMBD: 0, T.OUTPUT_NORM: 2, T.OUTPUT: 3}
-    return sorted(planned, key=lambda p: (order.get(p.kind, 1), p.bid or 0))
+    return sorted(planned, key=lambda p: (order.get(p.kind, 1), p.bid or 0, p.name))
 
 
 def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:

@@ -119,3 +119,48 @@ def test_gguf_carries_tokenizer_and_model_card(hf_checkpoint, converted):
     assert value("tokenizer.chat_template") == tokenizer["chat_template"]
     assert value("general.license") == "apache-2.0"
     assert value("general.name") == "itamae-tiny-qwen3_moe"
+
+
+def test_llama3_rope_scaling_travels_as_rope_freqs(hf_checkpoint, tmp_path):
+    """Llama 3.1's "llama3" rope scaling has no metadata key in llama.cpp: the converter
+    writes the per-dimension factors as a rope_freqs tensor instead."""
+    folder = tmp_path / "llama31"
+    shutil.copytree(hf_checkpoint("llama"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_scaling"] = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,  # small, so that the scaling bites here
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    dest = tmp_path / "llama31.gguf"
+    convert(folder, dest, "F32")
+
+    import gguf
+
+    names = {t.name for t in gguf.GGUFReader(dest).tensors}
+    assert "rope_freqs.weight" in names
+    assert relative_error(llama_cpp_logits(dest), transformers_logits(folder)) <= F32_RTOL
+
+
+def test_sharded_checkpoint_gives_the_same_file(hf_checkpoint, converted, tmp_path):
+    """Shards listed in model.safetensors.index.json, as large models are published."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(
+        hf_checkpoint("mixtral"), folder, ignore=shutil.ignore_patterns("*.safetensors")
+    )
+    tensors = load_file(hf_checkpoint("mixtral") / "model.safetensors")
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        file = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, folder / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    dest = tmp_path / "sharded.gguf"
+    convert(folder, dest, "Q8_0")
+    assert dest.read_bytes() == converted("mixtral", "Q8_0").read_bytes()
