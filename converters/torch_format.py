@@ -209,8 +209,8 @@ def expert_views(row: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
 # ---- writing ------------------------------------------------------------------------------
 
 
-def _scheme_for(name: str, shape: list[int], recipe: str) -> str:
-    if recipe == "bf16" or len(shape) != 2:
+def _scheme_for(name: str, shape: list[int], rest: str) -> str:
+    if rest == "bf16" or len(shape) != 2:
         return "float"
     float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj")
     if any(k in name for k in float_kept) or not name.endswith(".weight"):
@@ -280,16 +280,22 @@ def convert_to_torch(
     quant: str = "int8",
     progress: Callable[[int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
+    rest: str | None = None,
 ) -> Path:
     """Write the torch format of HF folder `src` into the new folder `dest`; returns dest.
 
-    `progress(done, total, what)` is called after each tensor or expert; `cancel` is checked
-    as often and stops the conversion with `Cancelled`, leaving nothing at `dest`.
+    `quant` is the experts' scheme; `rest` ("bf16" | "int8") that of the other linear layers,
+    by default bf16 with bf16 experts and int8 otherwise. `progress(done, total, what)` is
+    called after each tensor or expert; `cancel` is checked as often and stops the
+    conversion with `Cancelled`, leaving nothing at `dest`.
     """
     if quant not in RECIPES:
         raise ItamaeError(
             f"Unknown torch-format recipe {quant!r}.", f"Choose one of: {', '.join(RECIPES)}."
         )
+    rest_scheme = rest or ("bf16" if quant == "bf16" else "int8")
+    if rest_scheme not in ("bf16", "int8"):
+        raise ItamaeError(f"Unknown scheme {rest!r} for non-expert layers.", "Choose bf16 or int8.")
     src, dest = Path(src), Path(dest)
     if dest.exists():
         raise OutputExists(f"{dest} already exists.", "Choose another output folder or delete it.")
@@ -301,15 +307,17 @@ def convert_to_torch(
         for info in experts.values()
         for n in (*info["names"].values(), *info.get("fused", {}).values())
     }
-    rest = [
+    others = [
         n for n in ckpt.tensor_names() if n not in expert_names and not _beyond_layers(n, n_layers)
     ]
-    total = len(rest) + sum(_n_experts(i, ckpt) for i in experts.values())
+    total = len(others) + sum(_n_experts(i, ckpt) for i in experts.values())
     tmp = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        manifest = _write_all(ckpt, tmp, quant, experts, rest, total, progress, cancel)
+        manifest = _write_all(
+            ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel
+        )
         for f in TOKENIZER_FILES:
             if (src / f).is_file():
                 shutil.copy2(src / f, tmp / f)
@@ -330,7 +338,7 @@ def _beyond_layers(name: str, n_layers: int) -> bool:
     return bool(m) and int(m.group(1)) >= n_layers
 
 
-def _write_all(ckpt, tmp, quant, experts, rest, total, progress, cancel) -> dict:
+def _write_all(ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel) -> dict:
     done = 0
 
     def step(what: str) -> None:
@@ -342,8 +350,8 @@ def _write_all(ckpt, tmp, quant, experts, rest, total, progress, cancel) -> dict
             progress(done, total, what)
 
     tensors_manifest, out = {}, {}
-    for name in rest:
-        scheme = _scheme_for(name, ckpt.shape(name), quant)
+    for name in others:
+        scheme = _scheme_for(name, ckpt.shape(name), rest_scheme)
         w = ckpt.get(name)
         if scheme == "int8_row":
             q, s = quantize_int8_rows(w)
@@ -382,12 +390,14 @@ def _write_all(ckpt, tmp, quant, experts, rest, total, progress, cancel) -> dict
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "recipe": quant,
+        "recipe": quant if rest_scheme != "bf16" or quant == "bf16" else f"{quant}-experts",
+        "experts": quant,
+        "rest": rest_scheme,
         "source_model_type": ckpt.model_type,
         "expert_scheme": expert_scheme,
         "int4_group_size": INT4_GROUP if quant == "int4" else None,
         "tensors": tensors_manifest,
-        "experts": layers_manifest,
+        "expert_layers": layers_manifest,
     }
 
 
@@ -436,17 +446,17 @@ class TorchFormat:
         return self._rest.get_tensor(name)
 
     def expert_layers(self) -> list[int]:
-        return sorted(int(k) for k in self.manifest["experts"])
+        return sorted(int(k) for k in self.manifest["expert_layers"])
 
     def expert_layout(self, layer: int) -> tuple[dict, int]:
-        entry = self.manifest["experts"][str(layer)]
+        entry = self.manifest["expert_layers"][str(layer)]
         parts = {k: (o, DTYPES[d], tuple(s)) for k, (o, d, s) in entry["parts"].items()}
         return parts, entry["bytes_per_expert"]
 
     def expert_rows(self, layer: int) -> torch.Tensor:
         """uint8 [n_experts, bytes_per_expert], memory-mapped: pages load when touched."""
         if layer not in self._rows:
-            entry = self.manifest["experts"][str(layer)]
+            entry = self.manifest["expert_layers"][str(layer)]
             path = self.folder / entry["file"]
             header_len = int.from_bytes(path.open("rb").read(8), "little")
             shape = (entry["n_experts"], entry["bytes_per_expert"])

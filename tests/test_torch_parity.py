@@ -24,9 +24,10 @@ PREFILL, DECODE = 32, 16
 MOE_ARCHS = tuple(a for a in ARCHS if a != "llama")
 
 
-def load_model(folder, dtype=torch.float32, **placement):
+def load_model(folder, dtype=torch.float32, expert_quant=None, **placement):
     """The engine's model object (no tokenizer), as backend.load builds it."""
     weights = open_weights(folder, dtype, torch.device("cpu"))
+    weights.expert_quant = expert_quant
     cls = model_class(weights.config["model_type"])
     return cls(cls.Args.from_dict(weights.config), weights, PlacementOptions(**placement))
 

@@ -11,6 +11,8 @@ Options (all optional):
     expert_usage   recorded expert_counts (list of lists, or a JSON file holding them) for the
                    static hot set
     context_length positions the KV cache may hold (default: the model's maximum)
+    expert_quant   None | "int8" | "int4": quantize a hub checkpoint's experts as they load
+                   (the torch format is already quantized)
 Unknown options are ignored and listed in `info.extra["ignored_options"]`.
 """
 
@@ -35,7 +37,7 @@ from .transformer import PlacementOptions
 from .weights import open_weights
 
 KNOWN = {"device", "dtype", "threads", "expert_budget", "cache_policy", "on_miss",
-         "expert_usage", "context_length"}  # fmt: skip
+         "expert_usage", "context_length", "expert_quant"}  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,6 +83,11 @@ class TorchBackend:
         weights = open_weights(path, torch.float32, device)  # dtype fixed below
         config = weights.config
         weights.dtype = _dtype(str(options.get("dtype", "auto")), path, config, device)
+        weights.expert_quant = options.get("expert_quant")
+        if weights.expert_quant not in (None, "int8", "int4"):
+            raise ItamaeError(
+                f"Unknown expert_quant {weights.expert_quant!r}.", "Use int8 or int4."
+            )
         cls = model_class(str(config.get("model_type", "")))
         self.args = cls.Args.from_dict(config)
         placement = PlacementOptions(

@@ -96,16 +96,15 @@ class MappedExperts(SlowTier):
 
 
 class CheckpointExperts(SlowTier):
-    """Experts read from a hub checkpoint on demand, in the compute dtype."""
-
-    scheme = "float"
+    """Experts read from a hub checkpoint on demand: in the compute dtype ("float"), or
+    quantized as they are read ("int8_row", "int4_group")."""
 
     def __init__(self, ckpt: HFCheckpoint, prefixes: list[str], names: tuple[str, str, str],
-                 n_experts: int, dtype: torch.dtype, act: str = "silu"):  # fmt: skip
+                 n_experts: int, dtype: torch.dtype, act: str = "silu", scheme: str = "float"):  # fmt: skip
         self.ckpt, self.prefixes, self.names = ckpt, prefixes, names
-        self.dtype, self.act, self._n = dtype, act, n_experts
+        self.dtype, self.act, self._n, self.scheme = dtype, act, n_experts, scheme
         gate = self._weights(0, 0)[0]
-        self._layout = expert_layout("float", gate.shape[1], gate.shape[0], dtype)
+        self._layout = expert_layout(scheme, gate.shape[1], gate.shape[0], dtype)
 
     def _weights(self, layer: int, e: int):
         prefix = self.prefixes[layer]
@@ -117,7 +116,7 @@ class CheckpointExperts(SlowTier):
         return tuple(self.ckpt.get(f"{prefix}.{e}.{n}.weight") for n in self.names)
 
     def row(self, layer: int, expert: int) -> torch.Tensor:
-        return pack_expert("float", *self._weights(layer, expert), float_dtype=self.dtype)
+        return pack_expert(self.scheme, *self._weights(layer, expert), float_dtype=self.dtype)
 
     def layout(self, layer: int):
         return self._layout

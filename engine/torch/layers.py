@@ -25,6 +25,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+KERNEL_ALIGN = 64  # bytes; torch's CPU int8pack kernel crashes on weights not 64-byte aligned
+
+
+def is_aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % KERNEL_ALIGN == 0
 
 
 class Linear:
@@ -39,6 +44,8 @@ class Linear:
         return self.weight.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype != x.dtype:  # e.g. bf16 experts of the torch format, fp32 compute
+            return F.linear(x, self.weight.to(x.dtype), self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -60,7 +67,7 @@ class Int8Linear(Linear):
         return self._scale_cache[dtype]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and is_aligned(self.weight):
             shape = x.shape
             y = torch._weight_int8pack_mm(
                 x.reshape(-1, shape[-1]), self.weight, self._scale(x.dtype)

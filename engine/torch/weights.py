@@ -26,6 +26,7 @@ class Weights:
     def __init__(self, dtype: torch.dtype, device: torch.device):
         self.dtype, self.device = dtype, device
         self.config: dict = {}
+        self.expert_quant: str | None = None  # hub checkpoints: quantize experts as they load
 
     def has(self, name: str) -> bool:
         raise NotImplementedError
@@ -77,7 +78,8 @@ class CheckpointWeights(Weights):
                 for name in self.ckpt.tensor_names()
                 if name.startswith(prefixes[0] + ".")
             )
-        return CheckpointExperts(self.ckpt, prefixes, names, n, self.dtype, act)
+        scheme = {None: "float", "int8": "int8_row", "int4": "int4_group"}[self.expert_quant]
+        return CheckpointExperts(self.ckpt, prefixes, names, n, self.dtype, act, scheme)
 
     def rest_param_count(self, n_layers: int) -> int:
         total = 0
@@ -112,14 +114,14 @@ class TorchFormatWeights(Weights):
     def linear(self, prefix: str) -> Linear:
         name = f"{prefix}.weight"
         if self.fmt.scheme(name) == "int8_row":
-            q = self.fmt.get(name + ".q").to(self.device)
+            q = self.fmt.get(name + ".q").to(self.device).clone()  # a fresh, aligned buffer
             scale = self.fmt.get(name + ".scale").to(self.device)
             return Int8Linear(q, scale, self.maybe(f"{prefix}.bias"))
         return super().linear(prefix)
 
     def slow_tier(self, prefixes, names, act) -> SlowTier:
         layers = [int(p.split(".")[2]) for p in prefixes]
-        missing = [i for i in layers if str(i) not in self.fmt.manifest["experts"]]
+        missing = [i for i in layers if str(i) not in self.fmt.manifest["expert_layers"]]
         if missing:
             raise BadModelFile(f"The torch-format model has no experts for layers {missing}.",
                                "Convert the model again.")  # fmt: skip
