@@ -81,11 +81,11 @@ def _hf_cache_models() -> list[tuple[Path, str]]:
 
 
 def inspect_model(path: Path) -> tuple[ModelInfo | None, str]:
+    """What converters.inspect says, or why it could not say (the list shows the reason
+    instead of failing as a whole)."""
     try:
         from converters.inspect import inspect
-    except ModuleNotFoundError:
-        return None, ""
-    try:
+
         return inspect(path), ""
     except ItamaeError as e:
         return None, str(e)

@@ -139,20 +139,19 @@ def create_ui(ctx: AppContext, labels: Labels) -> ChatUI:
                     autofocus=True,
                     elem_id="message",
                 )
-                with gr.Column(scale=1, min_width=110, elem_id="composer-buttons"):
-                    send = labels(
-                        gr.Button, value=Key("chat.send"), variant="primary", elem_id="send"
-                    )
-                    stop = labels(
-                        gr.Button,
-                        value=Key("chat.stop"),
-                        variant="stop",
-                        visible=False,
-                        elem_id="stop",
-                    )
-                    regenerate = labels(
-                        gr.Button, value=Key("chat.regenerate"), size="sm", elem_id="regenerate"
-                    )
+                send = labels(
+                    gr.Button, value=Key("chat.send"), variant="primary", elem_id="send",
+                    scale=1, min_width=110,
+                )  # fmt: skip
+                stop = labels(
+                    gr.Button, value=Key("chat.stop"), variant="stop", visible=False,
+                    elem_id="stop", scale=1, min_width=110,
+                )  # fmt: skip
+            with gr.Row(elem_id="chat-actions"):
+                regenerate = labels(
+                    gr.Button, value=Key("chat.regenerate"), size="sm", elem_id="regenerate",
+                    scale=0, min_width=140,
+                )  # fmt: skip
         with gr.Column(scale=1, min_width=280, elem_id="chat-settings"):
             with labels(gr.Accordion, label=Key("chat.experts"), open=True, elem_id="experts"):
                 experts_per_token = labels(
@@ -447,6 +446,15 @@ def create_event_handlers(
         yield from run(session, ChatParams(*params), tr, query)
 
     ui.chatbot.edit(on_edit, regen_inputs, outputs, concurrency_limit=None, show_progress="hidden")
+
+    # Gradio's own "clear" icon on the chat starts a new conversation; the cleared one
+    # stays in the sidebar (deleting is the sidebar's, with a confirmation).
+    def on_clear(session: ChatSession, lang: str, query: str):
+        session.stop()
+        opened = open_conversation(ctx, session, None, lang)
+        return (*opened, list_update(ctx, session, query))
+
+    ui.chatbot.clear(on_clear, [session, lang, search], [*open_outputs(ui, session), conversations])
 
     # -- presets ----------------------------------------------------------------------
 

@@ -80,7 +80,10 @@ def new_page(browser, locale: str, outside: list[str]):
 
 def open_app(page, url: str) -> None:
     page.goto(url)
-    page.wait_for_selector('#model-status [data-state="ready"]', timeout=READY_TIMEOUT_MS)
+    settled = '#model-status [data-state="ready"], #model-status [data-state="error"]'
+    page.wait_for_selector(settled, timeout=READY_TIMEOUT_MS)
+    status = page.locator("#model-status .model-status")
+    assert status.get_attribute("data-state") == "ready", status.inner_text()
 
 
 def send(page, text: str) -> list[str]:
@@ -321,4 +324,37 @@ def test_regenerate_replaces_the_last_reply(tmp_path, model, browser):
         "SELECT role, finish_reason FROM messages ORDER BY position"
     )
     assert rows.fetchall() == [("user", "stop"), ("assistant", "length")]
+    assert outside == []
+
+
+def test_edit_a_sent_message_and_resend(tmp_path, model, browser):
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=24)
+    proc, url, _ = start_app(home, "--model", str(model))
+    outside: list[str] = []
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        send(page, "A first try.")
+        send(page, "A follow-up.")
+        # Edit the first message: everything after it is replaced by a new reply.
+        page.locator('#chatbot button[aria-label="Edit"]').first.click()
+        page.fill("#chatbot textarea", "A better first question.")
+        page.click('#chatbot button[aria-label="Submit"]')
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chatbot .message-row.user-row').length === 1"
+            " && document.querySelectorAll('#chatbot .reply-stats').length === 1",
+            timeout=REPLY_TIMEOUT_MS,
+        )
+        page.wait_for_selector("#send", state="visible", timeout=REPLY_TIMEOUT_MS)
+        assert page.locator(USER_ROWS).first.inner_text().strip() == "A better first question."
+        shot(page, "11-edited")
+    finally:
+        assert stop(proc) == 0
+    rows = sqlite3.connect(home / "conversations.sqlite3").execute(
+        "SELECT role, content FROM messages ORDER BY position"
+    )
+    messages = rows.fetchall()
+    assert [m[0] for m in messages] == ["user", "assistant"]
+    assert messages[0][1] == "A better first question."
     assert outside == []
