@@ -35,6 +35,7 @@ from .hf_reader import HFCheckpoint
 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
 K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"
+FUSED_GATE, FUSED_UP = "fused_gate", "fused_up"  # halves of transformers 5's gate_up_proj
 
 
 @dataclass
@@ -67,6 +68,9 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
     experts: dict[tuple[int, str], dict[int, str]] = {}
     unknown: list[str] = []
     expert_name = re.compile(rf"^{re.escape(spec.expert_prefix)}\.(\d+)\.(\w+)\.weight$")
+    fused_name = re.compile(
+        rf"^{re.escape(spec.expert_prefix)}\.(gate_up_proj|down_proj)(?:\.weight)?$"
+    )
     for name in ckpt.tensor_names():
         bid, rest = split_layer_name(name)
         if IGNORED.search(name) or (bid is not None and bid >= n_layers):
@@ -74,6 +78,10 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
         m = expert_name.match(rest) if bid is not None and spec.expert_prefix else None
         if m and m.group(2) in spec.expert_projections:
             experts.setdefault((bid, m.group(2)), {})[int(m.group(1))] = name
+            continue
+        fused = fused_name.match(rest) if bid is not None and spec.expert_prefix else None
+        if fused:
+            planned += _plan_fused_experts(ckpt, name, bid, fused.group(1))
             continue
         table = spec.layer_tensors if bid is not None else GLOBAL_TENSORS
         if rest not in table:
@@ -147,6 +155,28 @@ def _plan_experts(ckpt, spec, experts) -> list[PlannedTensor]:
             )
         )
     return planned
+
+
+def _plan_fused_experts(ckpt, name, bid, proj) -> list[PlannedTensor]:
+    """transformers 5's fused layout: gate_up_proj [E, 2F, H] (gate rows first) and
+    down_proj [E, H, F], already stacked (llama.cpp's conversion/qwen.py reads the same)."""
+    shape = tuple(ckpt.shape(name))
+    if len(shape) != 3 or (proj == "gate_up_proj" and shape[1] % 2):
+        raise BadModelFile(
+            f"{name} has shape {list(shape)}, not the [experts, rows, columns] of fused experts.",
+            "The checkpoint is damaged or from an unknown layout.",
+        )
+    if proj == "down_proj":
+        return [
+            PlannedTensor(
+                gguf_name(T.FFN_DOWN_EXP, bid, ".weight"), T.FFN_DOWN_EXP, bid, shape, (name,)
+            )
+        ]
+    half = (shape[0], shape[1] // 2, shape[2])
+    return [
+        PlannedTensor(gguf_name(kind, bid, ".weight"), kind, bid, half, (name,), transform)
+        for kind, transform in ((T.FFN_GATE_EXP, FUSED_GATE), (T.FFN_UP_EXP, FUSED_UP))
+    ]
 
 
 def _plan_rope_freqs(config: dict) -> list[PlannedTensor]:
@@ -244,4 +274,7 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
             heads, nope = int(config["num_attention_heads"]), int(config["qk_nope_head_dim"])
             kv_b = data.view(heads, -1, data.shape[-1])  # [H, nope + v, kv_lora]
             data = kv_b[:, :nope].transpose(1, 2) if p.transform == K_B else kv_b[:, nope:]
+        elif p.transform in (FUSED_GATE, FUSED_UP):
+            rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
+            data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
         yield data.contiguous()

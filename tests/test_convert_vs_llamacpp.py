@@ -42,6 +42,7 @@ PARITY = {
 PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens
 
 
+@pytest.mark.slow  # llama.cpp's converter takes ~25 s per fixture the first time (then cached)
 @pytest.mark.parametrize("arch", PARITY)
 def test_same_logits_as_llama_cpp_converter(arch, hf_checkpoint, tmp_path):
     folder, theirs = reference_pair(hf_checkpoint(arch), "f32", **PARITY[arch])

@@ -147,6 +147,22 @@ def measure(cmd: list[str]) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
 
 
+def identical_tensors(a: Path, b: Path) -> str:
+    """How many tensors of the two files hold the same type and bytes ("n/total")."""
+    from gguf import GGUFReader
+
+    ta = {t.name: t for t in GGUFReader(a).tensors}
+    tb = {t.name: t for t in GGUFReader(b).tensors}
+    same = sum(
+        1
+        for name, t in ta.items()
+        if name in tb
+        and t.tensor_type == tb[name].tensor_type
+        and bytes(t.data.data) == bytes(tb[name].data.data)
+    )
+    return f"{same}/{len(set(ta) | set(tb))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quant", default="q8_0", help="q8_0 (both converters), f16, bf16")
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "output_bytes": {"itamae": ours.stat().st_size, "llama.cpp": theirs.stat().st_size},
     }
+    report["identical_tensors"] = identical_tensors(ours, theirs)
     if not args.keep:
         ours.unlink()
         theirs.unlink()
@@ -222,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{who:10s} {args.quant}: {r['wall_s']:7.1f} s   peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB"
             )
         print(f"Itamae is {report['speedup']}x faster at {report['rss_ratio']}x the peak memory")
+        print(f"tensors identical in both files (type and bytes): {report['identical_tensors']}")
     return 0
 
 

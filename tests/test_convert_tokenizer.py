@@ -1,0 +1,65 @@
+"""How Itamae names a tokenizer's pre-tokenizer for llama.cpp: from its split regexes,
+compared with the patterns llama.cpp implements, refusing the rest (no llama.cpp needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from converters.errors import UnsupportedArchitecture
+from converters.gguf_tokenizer import (
+    DEEPSEEK_V3_REGEXES,
+    GPT2_REGEX,
+    LLAMA3_REGEX,
+    QWEN2_REGEX,
+    pre_tokenizer_name,
+)
+
+
+def split(regex: str) -> dict:
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+
+
+def sequence(*steps) -> dict:
+    return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": list(steps)}}
+
+
+BYTE_LEVEL = {
+    "type": "ByteLevel",
+    "add_prefix_space": False,
+    "trim_offsets": False,
+    "use_regex": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "name"),
+    [
+        (sequence(split(QWEN2_REGEX), BYTE_LEVEL), "qwen2"),
+        (sequence(split(LLAMA3_REGEX), BYTE_LEVEL), "llama-bpe"),
+        ({"pre_tokenizer": {**BYTE_LEVEL, "use_regex": True}}, "gpt-2"),
+        (sequence(*(split(r) for r in DEEPSEEK_V3_REGEXES), BYTE_LEVEL), "deepseek-v3"),
+    ],
+)
+def test_known_patterns_get_llama_cpp_names(tokenizer, name):
+    assert pre_tokenizer_name(tokenizer) == name
+
+
+def test_raw_newlines_and_escapes_are_the_same_pattern():
+    """tokenizer.json files spell \\r\\n either as escapes or as the characters themselves."""
+    raw = [r.replace(r"\r", "\r").replace(r"\n", "\n") for r in DEEPSEEK_V3_REGEXES]
+    assert raw != list(DEEPSEEK_V3_REGEXES)
+    assert pre_tokenizer_name(sequence(*(split(r) for r in raw), BYTE_LEVEL)) == "deepseek-v3"
+
+
+@pytest.mark.parametrize(
+    "tokenizer",
+    [
+        sequence(split(QWEN2_REGEX.replace(r"\p{N}", r"\p{N}{1,2}")), BYTE_LEVEL),  # edited digits
+        sequence(split(QWEN2_REGEX), {"type": "Digits", "individual_digits": True}, BYTE_LEVEL),
+        sequence({**split(GPT2_REGEX), "behavior": "Removed"}, BYTE_LEVEL),
+        sequence(BYTE_LEVEL),  # no split at all
+    ],
+)
+def test_patterns_llama_cpp_does_not_implement_are_refused(tokenizer):
+    with pytest.raises(UnsupportedArchitecture, match="llama.cpp"):
+        pre_tokenizer_name(tokenizer)
