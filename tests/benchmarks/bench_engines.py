@@ -1,0 +1,321 @@
+"""Engines side by side on a ~1B synthetic MoE: the torch engine, llama.cpp, transformers.
+
+Not a test (it prints figures, nothing is asserted); run it by hand:
+
+    python -m tests.benchmarks.bench_engines [--threads 2] [--prompt-tokens 256]
+        [--gen-tokens 64] [--workdir DIR] [--skip-transformers] [--json]
+
+The checkpoint is tests/benchmarks/bench_convert.py's synthetic Qwen3-MoE (hidden 1024,
+12 layers, 32 experts top-4, expert FFN 768, Qwen2's 151,936-token vocabulary, bf16, ~1.3B
+parameters). It is converted once (cached in --workdir) to the torch format (int8, int4)
+and to GGUF (Q8_0, Q4_0) with Itamae's converters. Every measurement runs in its own
+process, one after the other, all with the same thread count:
+- `itamae bench --engine torch` on torch-int8 and torch-int4,
+- `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
+- raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
+- transformers eager in bf16 on the HF folder.
+Roofline: bytes a decode step must read (active experts, all other matrices, one embedding
+row) x decode tokens/s / this machine's measured read bandwidth. Then the expert cache:
+decode tokens/s, hit rate and bytes moved per token for budgets 10/25/50/100% under each
+policy, with RAM as the fast tier and the memory-mapped file as the slow one, on this
+model's near-uniform routing and (when assets/demo holds the demo model) on the demo's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tests.benchmarks.bench_convert import SHAPES, build_checkpoint
+from tests.fixtures.llamacpp_reference import CACHE
+
+REPO = Path(__file__).resolve().parents[2]
+FILLER = "The sushi chef slices fresh fish for each order. 板前は注文ごとに魚を切る。 "
+BUDGETS = (0.10, 0.25, 0.50, 1.00)
+POLICIES = ("lru", "frequency", "static")
+
+
+# ---- preparing the files -------------------------------------------------------------------
+
+
+def prepare(workdir: Path) -> dict[str, Path]:
+    from converters.convert import convert
+    from converters.torch_format import convert_to_torch
+
+    src = build_checkpoint(workdir / "synthetic-qwen3-moe-1b")
+    files = {"hf": src}
+    for quant in ("int8", "int4"):
+        dest = workdir / f"torch-{quant}"
+        if not dest.is_dir():
+            convert_to_torch(src, dest, quant)
+        files[f"torch-{quant}"] = dest
+    for recipe in ("Q8_0", "Q4_0"):
+        dest = workdir / f"synthetic-{recipe.lower()}.gguf"
+        if not dest.is_file():
+            convert(src, dest, recipe)
+        files[recipe] = dest
+    return files
+
+
+# ---- child processes ----------------------------------------------------------------------
+
+
+def child(args: list[str], timeout: int = 1800) -> dict:
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr[-1500:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def itamae_bench(model: Path, engine: str, threads: int, prompt: int, gen: int, *extra) -> dict:
+    return child(
+        ["-m", "app.cli", "bench", "--model", str(model), "--engine", engine,
+         "--threads", str(threads), "--prompt-tokens", str(prompt), "--gen-tokens", str(gen),
+         "--json", *extra]
+    )  # fmt: skip
+
+
+def prompt_ids(tokenize, n: int) -> list[int]:
+    ids = tokenize(FILLER * (n // 8 + 4))
+    return ids[:n]
+
+
+def raw_llama_cpp(gguf: str, threads: int, prompt: int, gen: int) -> dict:
+    """llama-cpp-python's low level loop: eval the prompt, then argmax + eval per token."""
+    import resource
+
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_ctx=prompt + gen + 16, n_batch=512, n_threads=threads,
+                n_threads_batch=threads, verbose=False)  # fmt: skip
+    ids = prompt_ids(lambda t: llm.tokenize(t.encode(), add_bos=False), prompt)
+    started = time.perf_counter()
+    llm.eval(ids)
+    prefill_s = time.perf_counter() - started
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    first = time.perf_counter()
+    for _ in range(gen - 1):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    decode_s = time.perf_counter() - first
+    return {
+        "engine": "llama-cpp-python (raw)", "model": gguf, "prefill_tps": len(ids) / prefill_s,
+        "decode_tps": (gen - 1) / decode_s, "ttft_s": first - started,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }  # fmt: skip
+
+
+def transformers_eager(folder: str, threads: int, prompt: int, gen: int) -> dict:
+    import resource
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16, attn_implementation="eager"
+    ).eval()
+    ids = torch.tensor([prompt_ids(lambda t: tok(t).input_ids, prompt)])
+    with torch.inference_mode():
+        started = time.perf_counter()
+        out = model(ids, use_cache=True)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        first = time.perf_counter()
+        past = out.past_key_values
+        for _ in range(gen - 1):
+            out = model(token, cache=past, use_cache=True)
+            past = out.past_key_values
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        decode_s = time.perf_counter() - first
+    return {
+        "engine": "transformers eager bf16", "model": folder,
+        "prefill_tps": ids.shape[1] / (first - started), "decode_tps": (gen - 1) / decode_s,
+        "ttft_s": first - started,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "experts_implementation": str(getattr(model.config, "_experts_implementation", "")),
+    }  # fmt: skip
+
+
+# ---- bytes per decode step and bandwidth ------------------------------------------------
+
+
+def read_bandwidth(threads: int, gib: float = 1.0) -> float:
+    """Bytes/s a reduction over a large float32 tensor reads (best of 5)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(int(gib * 2**30) // 4)
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - started)
+    return x.numel() * 4 / best
+
+
+def torch_format_active_bytes(folder: Path) -> int:
+    from converters.torch_format import MANIFEST
+
+    m = json.loads((folder / MANIFEST).read_text())
+    total = 0
+    for name, t in m["tensors"].items():
+        rows, cols = (t["shape"] + [1])[:2]
+        if "embed_tokens" in name:
+            total += cols * 2  # one bf16 row looked up
+        elif t["scheme"] == "int8_row":
+            total += rows * cols + rows * 4
+        else:
+            total += rows * cols * (4 if ".mlp.gate." in name else 2)
+    top_k = SHAPES["num_experts_per_tok"]
+    total += sum(e["bytes_per_expert"] * top_k for e in m["expert_layers"].values())
+    return total
+
+
+def gguf_active_bytes(path: Path) -> int:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    share = SHAPES["num_experts_per_tok"] / SHAPES["num_experts"]
+    total = 0
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            total += int(t.n_bytes) // int(t.shape[-1])  # one row
+        elif "_exps" in t.name:
+            total += int(int(t.n_bytes) * share)
+        else:
+            total += int(t.n_bytes)
+    return total
+
+
+def hf_active_bytes(folder: Path) -> int:
+    config = json.loads((folder / "config.json").read_text())
+    h, v, f = config["hidden_size"], config["vocab_size"], SHAPES["moe_intermediate_size"]
+    q = SHAPES["num_attention_heads"] * SHAPES["head_dim"]
+    kv = SHAPES["num_key_value_heads"] * SHAPES["head_dim"]
+    per_layer = (
+        2 * h * q
+        + 2 * h * kv
+        + SHAPES["num_experts"] * h
+        + 3 * h * f * SHAPES["num_experts_per_tok"]
+    )
+    return 2 * (per_layer * SHAPES["num_hidden_layers"] + v * h + h)
+
+
+# ---- the expert cache table ---------------------------------------------------------------
+
+
+def cache_table(model: Path, threads: int, prompt: int, gen: int, workdir: Path) -> list[dict]:
+    recorded = itamae_bench(model, "torch", threads, prompt, gen, "--expert-budget", "1.0")
+    usage_file = workdir / f"usage-{model.name}.json"
+    usage_file.write_text(json.dumps({"expert_counts": recorded.get("expert_counts")}))
+    rows = []
+    for policy in POLICIES:
+        for budget in BUDGETS:
+            extra = ["--expert-budget", str(budget), "--cache-policy", policy]
+            if policy == "static":
+                extra += ["--expert-usage", str(usage_file)]
+            r = itamae_bench(model, "torch", threads, prompt, gen, *extra)
+            r.update(policy=policy, budget=budget)
+            steps = max(1, r.get("prompt_tokens", 0) + r.get("completion_tokens", 0))
+            r["bytes_moved_per_token"] = r.get("bytes_moved", 0) / steps
+            rows.append(r)
+            print(f"  {policy:9s} {budget:4.0%}: decode {r.get('decode_tps', 0):6.2f} tok/s, "
+                  f"hit rate {r.get('hit_rate', 0):.2f}, {r['bytes_moved_per_token'] / 2**20:.1f} "
+                  f"MiB moved/token", file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+# ---- main ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, default=CACHE / "bench")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--skip-cache-table", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    t, n, g = args.threads, args.prompt_tokens, args.gen_tokens
+    if args.child:  # one measurement, in this (fresh) process
+        kind, path = args.child
+        fn = raw_llama_cpp if kind == "raw" else transformers_eager
+        print(json.dumps(fn(path, t, n, g)))
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    files = prepare(args.workdir)
+    bandwidth = read_bandwidth(t)
+    print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
+    me = ["-m", "tests.benchmarks.bench_engines", "--threads", str(t), "--prompt-tokens", str(n),
+          "--gen-tokens", str(g), "--child"]  # fmt: skip
+    runs = {
+        "torch int8": (itamae_bench(files["torch-int8"], "torch", t, n, g),
+                       torch_format_active_bytes(files["torch-int8"])),
+        "torch int4": (itamae_bench(files["torch-int4"], "torch", t, n, g),
+                       torch_format_active_bytes(files["torch-int4"])),
+        "itamae llamacpp Q8_0": (itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
+        "itamae llamacpp Q4_0": (itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
+        "raw llama.cpp Q8_0": (child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
+        "raw llama.cpp Q4_0": (child([*me, "raw", str(files["Q4_0"])]), gguf_active_bytes(files["Q4_0"])),
+    }  # fmt: skip
+    if not args.skip_transformers:
+        runs["transformers eager bf16"] = (
+            child([*me, "transformers", str(files["hf"])]),
+            hf_active_bytes(files["hf"]),
+        )
+    table = {}
+    for name, (r, active) in runs.items():
+        r = dict(r, active_bytes_per_token=active)
+        if "decode_tps" in r:
+            r["roofline"] = active * r["decode_tps"] / bandwidth
+        r.pop("expert_counts", None)
+        table[name] = r
+        print(f"{name:26s} " + (f"prefill {r['prefill_tps']:7.1f} tok/s  decode {r['decode_tps']:6.2f} tok/s  "
+              f"TTFT {r['ttft_s']:5.2f}s  RSS {r['peak_rss_bytes'] / 2**30:4.1f} GiB  "
+              f"{active / 2**20:5.0f} MiB/token  roofline {r['roofline']:.0%}"
+              if "decode_tps" in r else f"failed: {r.get('error', '')[-300:]}"), file=sys.stderr)  # fmt: skip
+    report = {"threads": t, "prompt_tokens": n, "gen_tokens": g, "read_bandwidth_bytes_per_s": bandwidth,
+              "cpu_count": os.cpu_count(), "engines": table}  # fmt: skip
+    base = table.get("transformers eager bf16", {}).get("decode_tps")
+    for name in ("torch int8", "torch int4"):
+        other = "raw llama.cpp Q8_0" if "int8" in name else "raw llama.cpp Q4_0"
+        mine = table[name].get("decode_tps")
+        if mine and base:
+            report.setdefault("ratios", {})[f"{name} / transformers"] = mine / base
+        if mine and table[other].get("decode_tps"):
+            report.setdefault("ratios", {})[f"{name} / {other}"] = mine / table[other]["decode_tps"]
+    print(json.dumps(report.get("ratios", {}), indent=1), file=sys.stderr)
+    if not args.skip_cache_table:
+        print("expert cache, synthetic model (near-uniform routing):", file=sys.stderr)
+        report["expert_cache"] = {
+            "synthetic": cache_table(files["torch-int8"], t, 32, 32, args.workdir)
+        }
+        demo = REPO / "assets" / "demo" / "hf"
+        if (demo / "config.json").is_file():
+            from converters.torch_format import convert_to_torch
+
+            demo_torch = args.workdir / "demo-torch-int8"
+            if not demo_torch.is_dir():
+                convert_to_torch(demo, demo_torch, "int8")
+            print("expert cache, demo model (recorded routing):", file=sys.stderr)
+            report["expert_cache"]["demo"] = cache_table(demo_torch, t, 32, 32, args.workdir)
+        else:
+            report["expert_cache"]["demo"] = "assets/demo/hf is not there yet"
+    print(json.dumps(report, indent=1) if args.json else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
