@@ -20,14 +20,13 @@ import torch
 from gguf import MODEL_TENSOR as T
 from gguf import TENSOR_NAMES, GGMLQuantizationType
 
+from .arch_metadata import rope_scaling, rope_theta
 from .arch_tables import (
     GLOBAL_TENSORS,
     PERMUTE_K,
     PERMUTE_Q,
     SPLIT_KV_B,
     ArchSpec,
-    rope_scaling,
-    rope_theta,
     split_layer_name,
 )
 from .errors import BadModelFile

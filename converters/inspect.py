@@ -16,14 +16,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .arch_tables import expert_count, split_layer_name
+from .arch_metadata import expert_count
+from .arch_tables import split_layer_name
 from .card_metadata import read_card
 from .errors import BadModelFile, ItamaeError
 from .gguf_export import RECIPE_KEY
 from .model_info import ModelInfo
 
 GROUPS = ("experts", "shared", "attention", "embeddings", "other")
-# bits per stored element of a safetensors dtype (FP8 scales are counted as their own tensors)
+# bits per stored element of a safetensors dtype (an FP8 weight's block scales are added to it)
 SAFETENSORS_BITS = {
     "F64": 64,
     "F32": 32,
