@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,16 +83,25 @@ class Router:
 
 
 class ExpertUsage:
-    """expert_counts[moe_layer][expert]: tokens each routed expert worked on."""
+    """expert_counts[moe_layer][expert]: tokens each routed expert worked on.
+
+    Kept in numpy: updating a few counters per decode step must not start torch's thread
+    pool (on a busy machine that costs milliseconds per call).
+    """
 
     def __init__(self, n_layers: int, n_experts: int):
-        self.counts = torch.zeros(n_layers, n_experts, dtype=torch.int64)
-        self.trace: list[tuple[int, list[int]]] | None = None  # (layer, experts) per step if on
+        self.array = np.zeros((n_layers, n_experts), dtype=np.int64)
+        self.trace: list[tuple[int, list[int]]] | None = None  # (layer, experts) per call if on
 
-    def record(self, layer: int, per_expert: torch.Tensor, active: list[int]) -> None:
-        self.counts[layer] += per_expert
+    @property
+    def counts(self) -> torch.Tensor:
+        return torch.from_numpy(self.array.copy())
+
+    def record(self, layer: int, experts: list[int], tokens: list[int]) -> None:
+        """`experts` distinct and ascending, `tokens[i]` routed to experts[i]."""
+        self.array[layer, experts] += tokens
         if self.trace is not None:
-            self.trace.append((layer, active))
+            self.trace.append((layer, experts))
 
 
 @dataclass
@@ -110,14 +120,37 @@ class MoEBlock:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
         weights, experts = self.router(flat, self.experts_per_token)  # [T, K]
+        if flat.shape[0] == 1:
+            out = self._one_token(flat, weights[0], experts[0])
+        else:
+            out = self._grouped(flat, weights, experts)
+        if self.shared is not None:
+            shared = self.shared(flat)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            out = out + shared
+        return out.view(shape)
+
+    def _one_token(self, flat, weights, experts) -> torch.Tensor:
+        """Decode: K experts on one token, summed in expert order as the grouped path does."""
+        pairs = sorted(zip(experts.tolist(), weights.tolist(), strict=True))
+        self.usage.record(self.layer, [e for e, _ in pairs], [1] * len(pairs))
+        out = None
+        for expert, weight in pairs:
+            y = self.cache.run(self.layer, expert, flat) * weight  # [1, H]
+            out = y if out is None else out + y
+        return out.to(flat.dtype)
+
+    def _grouped(self, flat, weights, experts) -> torch.Tensor:
+        """Prefill: tokens sorted by expert, each active expert runs once on its group."""
         k = experts.shape[1]
         order = torch.argsort(experts.flatten(), stable=True)  # routed slots sorted by expert
-        per_expert = torch.bincount(experts.flatten(), minlength=self.usage.counts.shape[1])
+        per_expert = torch.bincount(experts.flatten(), minlength=self.usage.array.shape[1])
         active = per_expert.nonzero().flatten().tolist()
-        self.usage.record(self.layer, per_expert.cpu(), active)
+        counts = per_expert[active].tolist()
+        self.usage.record(self.layer, active, counts)
         out = torch.zeros_like(flat)
         flat_weights = weights.flatten()
-        counts = per_expert[active].tolist()
         start = 0
         for expert, count in zip(active, counts, strict=True):
             slots = order[start : start + count]
@@ -125,9 +158,4 @@ class MoEBlock:
             tokens = slots // k
             y = self.cache.run(self.layer, expert, flat[tokens])  # [count, H]
             out.index_add_(0, tokens, (y * flat_weights[slots, None].to(y.dtype)).to(out.dtype))
-        if self.shared is not None:
-            shared = self.shared(flat)
-            if self.shared_gate is not None:
-                shared = torch.sigmoid(self.shared_gate(flat)) * shared
-            out = out + shared
-        return out.view(shape)
+        return out
