@@ -78,6 +78,7 @@ class NativeModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
         self._abort_flag = None
         self._abort_cb = llama_cpp.ggml_abort_callback(self._should_abort)
 
@@ -134,6 +135,14 @@ class NativeModel:
         raise ItamaeError(f"llama.cpp could not tokenize a {len(data)}-byte text.", "")
 
     def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (a vocabulary entry never changes: cached per id)."""
+        key = (token, special)
+        cached = self._pieces.get(key)
+        if cached is None:
+            cached = self._pieces[key] = self._token_to_piece(token, special)
+        return cached
+
+    def _token_to_piece(self, token: int, special: bool) -> bytes:
         buffer = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
         if n < 0:

@@ -4,6 +4,7 @@ Not a test (it reports figures); run it by hand:
 
     python -m tests.benchmarks.bench_llamacpp_overhead [--gen-tokens 128] [--rounds 3]
     python -m tests.benchmarks.bench_llamacpp_overhead --gpu-layers 99 --cpu-moe  # CUDA build
+    python -m tests.benchmarks.bench_llamacpp_overhead --model tiny.gguf --gen-tokens 200
 
 One synthetic ~1.2B-parameter MoE GGUF (Q8_0, random weights; hidden 1024, 12 layers,
 32 experts top-4, expert FFN 768, Qwen2's real 152k vocabulary from llama.cpp's
@@ -172,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp n_gpu_layers")
     parser.add_argument("--cpu-moe", action="store_true", help="experts in CPU RAM (GPU builds)")
+    parser.add_argument(
+        "--model", help="another GGUF instead (a tiny one shows the per-token cost in us)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    path = model_path()
+    path = Path(args.model) if args.model else model_path()
     options = dict(n_ctx=N_CTX, threads=args.threads, gpu_layers=args.gpu_layers)
     if args.cpu_moe:
         options["cpu_moe"] = True
@@ -222,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         "experts_in_cpu_ram": len(placement["tensors_in_cpu_ram"]),
         "decode_tps_wall": {k: [round(v, 2) for v in values] for k, values in wall.items()},
         "decode_tokens_per_cpu_s": {k: [round(v, 2) for v in values] for k, values in cpu.items()},
+        "cpu_us_per_token_median": {
+            k: round(1e6 / statistics.median(values), 1) for k, values in cpu.items()
+        },
         "overhead_vs_raw_llama_wall": overhead(wall, "raw-llama"),
         "overhead_vs_raw_llama_cpu": overhead(cpu, "raw-llama"),
         "overhead_vs_raw_lowlevel_wall": overhead(wall, "raw-lowlevel"),
