@@ -15,6 +15,10 @@ from pathlib import Path
 from .errors import ItamaeError
 from .recipes import Recipe
 
+# llama.cpp processes a tensor in slabs of rows up to this size (its default is 8 GiB);
+# 1 GiB keeps the quantizer's memory bounded on small machines at no measurable cost.
+QUANT_BUFFER_BYTES = 1 << 30
+
 
 def _llama_cpp():
     try:
@@ -33,6 +37,7 @@ def quantize_with_llama_cpp(src: Path, dest: Path, recipe: Recipe, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(recipe.llama_ftype)
     params.nthread = threads or (os.cpu_count() or 1)
+    params.max_buf_size = QUANT_BUFFER_BYTES
     if recipe.embeddings is not None:
         params.token_embedding_type = int(recipe.embeddings)
         params.output_tensor_type = int(recipe.embeddings)
