@@ -9,6 +9,7 @@ shared (the model, the store, settings) comes in through `AppContext`.
 
 from __future__ import annotations
 
+import time
 from html import escape
 from pathlib import Path
 
@@ -34,16 +35,22 @@ def theme() -> gr.themes.Base:
     )
 
 
-def status_html(status: dict, tr: Translator, info_line: str = "") -> str:
+def status_html(
+    status: dict, tr: Translator, info_line: str = "", loading_s: float | None = None
+) -> str:
+    """The header line: the model in use, its loading (with elapsed time), or what to do."""
     state = status.get("state", "empty")
     message = escape(status.get("message") or "")
     source = escape(status.get("source") or "")
     if state == "ready":
         engine = escape(status.get("engine") or "")
         detail = f'<span class="muted">{escape(info_line)}</span>' if info_line else ""
+        demo = ""
+        if status.get("source") == "demo":  # say what it is, and where real models come from
+            demo = f'<div class="demo-note">{escape(tr("status.demo"))}</div>'
         return (
             f'<div class="model-status ready" data-state="ready"><span class="dot"></span>'
-            f'<b>{message}</b> <span class="chip">{engine}</span> {detail}</div>'
+            f'<b>{message}</b> <span class="chip">{engine}</span> {detail}{demo}</div>'
         )
     if state == "loading":
         progress = status.get("progress")
@@ -52,9 +59,14 @@ def status_html(status: dict, tr: Translator, info_line: str = "") -> str:
             if progress
             else '<div class="bar indeterminate"><div></div></div>'
         )
+        elapsed = (
+            f' <span class="muted">{escape(tr("status.elapsed", s=f"{loading_s:.0f}"))}</span>'
+            if loading_s is not None
+            else ""
+        )
         return (
             f'<div class="model-status loading" data-state="loading"><span class="dot"></span>'
-            f"{escape(tr('status.loading', source=status.get('source') or ''))}{bar}</div>"
+            f"{escape(tr('status.loading', source=status.get('source') or ''))}{elapsed}{bar}</div>"
         )
     if state == "error":
         return (
@@ -168,16 +180,19 @@ def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
 
         # -- the model's state, polled while the page is open -------------------------
         def on_tick(lang: str, seen):
+            """`seen`: (state, source, engine) last shown, and when that state began."""
             tr = Translator(lang)
             status = ctx.manager.status
-            html = status_html(status, tr, model_line(ctx, tr))
             key = (status["state"], status.get("source"), status.get("engine"))
-            if key == seen:
-                return html, gr.skip(), seen, gr.skip()
+            if seen and tuple(seen[0]) == key:
+                since = seen[1]
+                elapsed = time.time() - since if status["state"] == "loading" else None
+                return status_html(status, tr, model_line(ctx, tr), elapsed), *(gr.skip(),) * 3
+            html = status_html(status, tr, model_line(ctx, tr), 0.0)
             info = getattr(ctx.manager.backend, "info", None)
             k_max = max(info.n_experts, 1) if info is not None and info.n_experts else 16
             slider = gr.update(maximum=k_max, value=0)
-            return html, slider, key, ui_models.library_update(ctx, tr)
+            return html, slider, (key, time.time()), ui_models.library_update(ctx, tr)
 
         timer.tick(
             on_tick,

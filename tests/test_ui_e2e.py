@@ -302,27 +302,64 @@ def test_kill_9_while_a_reply_streams_keeps_the_conversation(tmp_path, model, br
     assert outside == []
 
 
-def test_regenerate_replaces_the_last_reply(tmp_path, model, browser):
+def test_regenerate_and_the_experts_per_token_knob(tmp_path, model, browser):
     home = tmp_path / "home"
     seed_settings(home, max_tokens=24)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
+    db = home / "conversations.sqlite3"
+
+    def last_reply_expert_tokens() -> list[int]:
+        # WAL lets this read while the app writes.
+        (stats,) = (
+            sqlite3.connect(db)
+            .execute("SELECT stats FROM messages WHERE role = 'assistant' ORDER BY id DESC LIMIT 1")
+            .fetchone()
+        )
+        return [sum(layer) for layer in json.loads(stats)["expert_counts"]]
+
+    def last_reply() -> tuple[int, str | None]:
+        return (
+            sqlite3.connect(db)
+            .execute(
+                "SELECT id, finish_reason FROM messages WHERE role = 'assistant' ORDER BY id DESC"
+            )
+            .fetchone()
+        )
+
+    def regenerate() -> None:
+        # A short greedy reply can come and go faster than the Stop button can be seen,
+        # so wait for the new reply in the store, then for the page to show it.
+        before, _ = last_reply()
+        page.click("#regenerate")
+        deadline = time.monotonic() + REPLY_TIMEOUT_MS / 1000
+        while (reply := last_reply())[0] in (before, None) or reply[1] is None:
+            assert time.monotonic() < deadline, "no new reply"
+            time.sleep(0.1)
+        page.wait_for_selector("#send", state="visible", timeout=REPLY_TIMEOUT_MS)
+        page.wait_for_selector(STATS)
+
     try:
         page = new_page(browser, "en-US", outside)
         open_app(page, url)
         send(page, "Say something.")
         first = reply_text(page)
-        page.click("#regenerate")
-        page.wait_for_selector("#stop", state="visible")
-        page.wait_for_selector("#send", state="visible", timeout=REPLY_TIMEOUT_MS)
-        page.wait_for_selector(STATS)
+        default_usage = last_reply_expert_tokens()
+        regenerate()
         assert page.locator(USER_ROWS).count() == 1 and page.locator(STATS).count() == 1
         assert reply_text(page) == first  # greedy decoding: the same reply again
+        # One expert per token instead of the model's two: fewer expert runs per layer.
+        knob = page.locator("#experts-per-token input[type=number]")
+        knob.fill("1")
+        knob.press("Enter")
+        regenerate()
+        one_expert_usage = last_reply_expert_tokens()
+        assert len(one_expert_usage) == len(default_usage)
+        assert all(a < b for a, b in zip(one_expert_usage, default_usage, strict=True))
+        shot(page, "12-one-expert-per-token")
     finally:
         assert stop(proc) == 0
-    rows = sqlite3.connect(home / "conversations.sqlite3").execute(
-        "SELECT role, finish_reason FROM messages ORDER BY position"
-    )
+    rows = sqlite3.connect(db).execute("SELECT role, finish_reason FROM messages ORDER BY position")
     assert rows.fetchall() == [("user", "stop"), ("assistant", "length")]
     assert outside == []
 

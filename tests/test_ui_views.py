@@ -178,3 +178,30 @@ def test_built_ui_binds_only_known_keys(tmp_path):
     assert len(updates) == len(labels.components)
     assert any(u.get("label") == "チャット" for u in updates)
     assert json.dumps(updates, default=str)  # plain data, ready for the browser
+
+
+def test_header_status_in_every_state():
+    from app.ui import status_html
+
+    tr = Translator("en")
+    empty = status_html({"state": "empty"}, tr)
+    assert 'data-state="empty"' in empty and "Open Models to download" in empty
+    loading = status_html({"state": "loading", "source": "/m/q.gguf"}, tr, loading_s=12.4)
+    assert "Loading /m/q.gguf" in loading and "12 s" in loading and "indeterminate" in loading
+    demo = status_html({"state": "ready", "source": "demo", "message": "demo"}, Translator("ja"))
+    assert "同梱の小さなデモモデル" in demo and "ダウンロード" in demo
+    error = status_html({"state": "error", "message": "No model at /x.", "source": "/x"}, tr)
+    assert 'data-state="error"' in error and "No model at /x." in error
+    # text from model files is escaped, never markup
+    hostile = status_html({"state": "ready", "message": "<img src=x onerror=alert(1)>"}, tr)
+    assert "<img" not in hostile
+
+
+def test_chat_params_map_to_a_generation_request():
+    from app.ui_chat import ChatParams
+
+    req = ChatParams("Be brief.", 0.0, 0.9, 40, 0.05, 1.1, 256, -1, 0).request([])
+    assert req.experts_per_token is None and req.sampling.seed is None  # 0 / -1: the defaults
+    assert (req.sampling.temperature, req.sampling.top_k, req.sampling.max_tokens) == (0.0, 40, 256)
+    req = ChatParams("", 0.7, 1.0, 0, 0.0, 1.0, 64, 7.0, 3).request([])
+    assert req.experts_per_token == 3 and req.sampling.seed == 7
