@@ -161,3 +161,18 @@ def test_unsupported_architecture_says_what_to_do(folder, tmp_path):
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitecture, match="llama.cpp"):
         engine.load(other, engine="torch")
+
+
+def test_bench_command_json(folder):
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", "--model", str(folder), "--engine", "torch",
+         "--prompt-tokens", "20", "--gen-tokens", "4", "--expert-budget", "0.5", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("engine", "model", "prefill_tps", "decode_tps", "ttft_s", "peak_rss_bytes"):
+        assert key in result, key
+    assert result["engine"] == "torch" and result["prompt_tokens"] == 20
+    assert result["prefill_tps"] > 0 and result["peak_rss_bytes"] > 0
+    assert result["cache_misses"] > 0  # half the experts fit: some misses

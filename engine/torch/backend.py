@@ -116,6 +116,7 @@ class TorchBackend:
         expert_params = row_params * a.n_experts * n_moe
         dense = weights.rest_param_count(a.num_hidden_layers)
         fmt = "torch" if is_torch_format(path) else "hf"
+        files = sorted(path.glob("*.safetensors"))
         quant = weights.fmt.recipe if fmt == "torch" else str(weights.dtype).replace("torch.", "")
         return ModelInfo(
             path=path, format=fmt, arch=a.model_type, name=path.name,
@@ -125,6 +126,7 @@ class TorchBackend:
             experts_per_token=a.experts_per_token,
             n_shared_experts=int(getattr(a, "n_shared_experts", 0) or 0), n_moe_layers=n_moe,
             context_length=self.generator.context_length, vocab_size=a.vocab_size, quant=quant,
+            size_bytes=sum(f.stat().st_size for f in files), files=[f.name for f in files],
             extra={"engine": "torch", "device": str(m.device), "dtype": str(m.dtype),
                    "ignored_options": self.ignored,
                    "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0},

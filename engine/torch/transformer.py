@@ -33,6 +33,16 @@ class PlacementOptions:
     expert_usage: list[list[int]] | None = None  # recorded counts -> the static hot set
 
 
+def default_fast_tier_bytes(device: torch.device) -> int:
+    """Half of the free memory of the fast tier: GPU memory on CUDA, available RAM otherwise."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    import psutil
+
+    return psutil.virtual_memory().available // 2
+
+
 def hot_set_from_usage(usage: list[list[int]]) -> list[tuple[int, int]]:
     """(layer, expert) pairs, most used first."""
     pairs = [(c, layer, e) for layer, row in enumerate(usage) for e, c in enumerate(row)]
@@ -121,7 +131,8 @@ class DecoderModel:
         total = row_bytes * self.args.n_experts * len(self.moe_layers)
         budget = placement.expert_budget
         if budget is None:
-            budget_bytes = total
+            # all experts, unless they would crowd the fast tier: then what half of it holds
+            budget_bytes = min(total, default_fast_tier_bytes(self.device))
         elif budget <= 1:
             budget_bytes = int(round(total * budget))
         else:
