@@ -9,8 +9,9 @@ hidden 1024, 12 layers, 32 experts with top-4, expert FFN 768, Qwen2's real 151,
 vocabulary (from the llama-cpp-python sdist's models/ggml-vocab-qwen2.gguf, so llama.cpp's
 converter accepts it), bf16 weights in ~1 GB shards with an index, as published models are.
 That is about 1.3B parameters. Then converts it to Q8_0 with each converter in its own
-process, in the same run, and reports wall time and peak RSS (the child's own
-ru_maxrss, from wait4) of each and the ratios.
+process, in the same run, and reports wall time and peak RSS (VmHWM of that process
+alone, see tests/benchmarks/peak_rss.py) of each, the ratios, and how many tensors of the
+two files are byte-identical.
 """
 
 from __future__ import annotations
@@ -135,16 +136,20 @@ def build_checkpoint(dest: Path) -> Path:
     return dest
 
 
-def measure(cmd: list[str]) -> dict:
-    """Wall time and peak RSS of one child process (ru_maxrss of that child, via wait4)."""
+def measure(args: list[str], workdir: Path) -> dict:
+    """Wall time and peak RSS of one conversion in its own process (tests.benchmarks.peak_rss:
+    VmHWM of that process alone). `args`: ["-m", module, ...] or [script, ...]."""
+    report = workdir / "peak_rss.json"
+    cmd = [sys.executable, "-m", "tests.benchmarks.peak_rss", str(report), *args]
     started = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - started
-    stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{cmd[:3]} failed:\n{stderr[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[:2]} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_bytes": json.loads(report.read_text())["peak_rss_bytes"],
+    }
 
 
 def identical_tensors(a: Path, b: Path) -> str:
@@ -185,28 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     script = llama_cpp_source() / "convert_hf_to_gguf.py"
     results = {
         "itamae": measure(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "convert",
-                str(src),
-                "-o",
-                str(ours),
-                "--quant",
-                args.quant.upper(),
-            ]
+            ["-m", "app.cli", "convert", str(src), "-o", str(ours), "--quant", args.quant.upper()],
+            args.workdir,
         ),
         "llama.cpp": measure(
-            [
-                sys.executable,
-                str(script),
-                str(src),
-                "--outfile",
-                str(theirs),
-                "--outtype",
-                args.quant.lower(),
-            ]
+            [str(script), str(src), "--outfile", str(theirs), "--outtype", args.quant.lower()],
+            args.workdir,
         ),
     }
     report = {
