@@ -29,6 +29,8 @@ from . import licenses
 from .model_card import OPENNESS_KEY, ModelCard, hub_url, read_model_card
 
 URL = re.compile(r"https?://[^\s)>\]\"'`]+")
+# a web address, or the target of a Markdown link (code kept beside the card: `[train.py](train.py)`)
+CODE_LINK = re.compile(r"https?://[^\s)>\]\"'`]+|(?<=\]\()[^)\s]+(?=\))")
 ARXIV_URL = re.compile(r"https?://arxiv\.org/(?:abs|pdf)/\d{4}\.\d{4,5}(?:v\d+)?")
 HEADING = re.compile(r"^\s{0,3}(?:#{1,6}\s+|\*\*)(.+?)(?:\*\*)?\s*#*\s*$")
 DATA_HEADING = re.compile(
@@ -286,7 +288,7 @@ def training_data_fact(card: ModelCard) -> dict:
 
 
 def training_code_fact(card: ModelCard) -> dict:
-    for source, line, links in _lines_with_links(card, TRAINING_CODE):
+    for source, line, links in _lines_with_links(card, TRAINING_CODE, CODE_LINK):
         return fact("published", source, line, links=links)
     return unknown(card, "training code")
 
@@ -305,7 +307,7 @@ def inference_code_fact(card: ModelCard) -> dict:
             "config.json auto_map",
             f"Modeling code ships with the weights: {', '.join(shipped)}.",
         )
-    for source, line, links in _lines_with_links(card, INFERENCE_CODE):
+    for source, line, links in _lines_with_links(card, INFERENCE_CODE, CODE_LINK):
         return fact("published", source, line, links=links)
     # "How to Run Locally" with a `git clone` of the code (DeepSeek's and many GitHub READMEs)
     for source, line, links in _links_in_sections(card, RUN_HEADING, GIT_CLONE):

@@ -211,6 +211,7 @@ def test_card_withholding_data_and_conflicting_license_file(tmp_path):
     card = openness_card(make_model(tmp_path / "m", {"README.md": readme, "LICENSE": APACHE_TEXT}))
     assert card["training_data"]["value"] == "not disclosed"
     assert card["training_data"]["source"] == "README.md line 6"
+    assert card["training_code"]["value"] == "unknown"
     assert card["license"]["value"] == "mit"
     assert "LICENSE reads as another license" in card["license"]["detail"]
 
@@ -359,3 +360,11 @@ git clone https://github.com/example-ai/Example-V3.git
     assert card["weights"]["source"] == "README.md line 13"
     assert card["inference_code"]["links"] == ["https://github.com/example-ai/Example-V3.git"]
     assert card["training_code"]["value"] == "unknown"
+
+
+def test_training_code_linked_beside_the_card(tmp_path):
+    readme = "---\nlicense: mit\n---\n# Demo\n\nThe training script [train.py](../train.py) rebuilds it.\n"
+    card = openness_card(make_model(tmp_path / "m", {"README.md": readme}))
+    assert card["training_code"]["value"] == "published"
+    assert card["training_code"]["links"] == ["../train.py"]
+    assert card["training_code"]["source"] == "README.md line 6"
