@@ -31,6 +31,7 @@ class Generator:
         self.context_length = context_length
         self.kv = model.new_cache()
         self.cached_ids: list[int] = []  # the tokens whose keys/values are in self.kv
+        self.cached_experts_per_token: int | None = None  # the routing those were made with
 
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
         if req.messages:
@@ -56,8 +57,13 @@ class Generator:
         self.cached_ids.extend(ids)
         return logits[0, -1]
 
-    def _prefill(self, ids: list[int], cancel) -> tuple[torch.Tensor | None, int]:
+    def _prefill(
+        self, ids: list[int], cancel, experts_per_token
+    ) -> tuple[torch.Tensor | None, int]:
         """Logits after the prompt, and how many tokens were actually run."""
+        if experts_per_token != self.cached_experts_per_token:
+            self.cached_ids.clear()  # keys/values made with other experts are not reusable
+            self.cached_experts_per_token = experts_per_token
         keep = 0
         while keep < min(len(ids) - 1, len(self.cached_ids)) and ids[keep] == self.cached_ids[keep]:
             keep += 1
@@ -84,7 +90,18 @@ class Generator:
         cache = self.model.cache
         counters0 = cache.counters.snapshot() if cache else None
         stats = Stats(prompt_tokens=len(prompt))
-        logits, ran = self._prefill(prompt, cancel)
+        try:
+            yield from self._generate(req, prompt, cancel, stats, started, usage0, counters0)
+        except (ItamaeError, RuntimeError, MemoryError) as e:
+            # a failed forward pass leaves the KV cache half written: start clean next time
+            self.cached_ids.clear()
+            self.kv.truncate(0)
+            yield FinalEvent(
+                "error", stats, error=f"Generation failed: {e}", prompt_token_ids=prompt
+            )
+
+    def _generate(self, req, prompt, cancel, stats, started, usage0, counters0) -> Iterator[Event]:
+        logits, ran = self._prefill(prompt, cancel, req.experts_per_token)
         prefill_s = time.perf_counter() - started
         stats.prefill_tps = ran / prefill_s if prefill_s > 0 else 0.0
         params = req.sampling
