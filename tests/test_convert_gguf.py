@@ -188,3 +188,24 @@ def test_fused_expert_layout_gives_the_same_file(hf_checkpoint, converted, tmp_p
     dest = tmp_path / "fused.gguf"
     convert(folder, dest, "Q8_0")
     assert dest.read_bytes() == converted("qwen3_moe", "Q8_0").read_bytes()
+
+
+def test_tied_embeddings_write_no_output_tensor(hf_checkpoint, tmp_path):
+    """tie_word_embeddings without lm_head.weight: llama.cpp reuses token_embd as the head."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "tied"
+    shutil.copytree(hf_checkpoint("llama"), folder)
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (folder / "config.json").write_text(json.dumps(config))
+    dest = tmp_path / "tied.gguf"
+    convert(folder, dest, "F32")
+
+    import gguf
+
+    assert "output.weight" not in {t.name for t in gguf.GGUFReader(dest).tensors}
+    assert relative_error(llama_cpp_logits(dest), transformers_logits(folder)) <= F32_RTOL
