@@ -47,6 +47,7 @@ def status_html(
         detail = f'<span class="muted">{escape(info_line)}</span>' if info_line else ""
         demo = ""
         if status.get("source") == "demo":  # say what it is, and where real models come from
+            message = escape(tr("status.demo_name"))
             demo = f'<div class="demo-note">{escape(tr("status.demo"))}</div>'
         return (
             f'<div class="model-status ready" data-state="ready"><span class="dot"></span>'
@@ -115,9 +116,13 @@ def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
         with gr.Tabs(elem_id="tabs") as tabs:
             with labels(gr.Tab, label=Key("tab.chat"), id="chat", elem_id="tab-chat"):
                 chat = ui_chat.create_ui(ctx, labels)
-            with labels(gr.Tab, label=Key("tab.models"), id="models", elem_id="tab-models"):
+            with labels(
+                gr.Tab, label=Key("tab.models"), id="models", elem_id="tab-models"
+            ) as models_tab:
                 models = ui_models.create_ui(ctx, labels)
-            with labels(gr.Tab, label=Key("tab.convert"), id="convert", elem_id="tab-convert"):
+            with labels(
+                gr.Tab, label=Key("tab.convert"), id="convert", elem_id="tab-convert"
+            ) as convert_tab:
                 convert = ui_convert.create_ui(ctx, labels)
             with labels(gr.Tab, label=Key("tab.settings"), id="settings", elem_id="tab-settings"):
                 settings = ui_settings.create_ui(ctx, labels)
@@ -135,6 +140,20 @@ def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
         ui_models.create_event_handlers(ctx, models, lang, tabs)
         ui_convert.create_event_handlers(ctx, convert, lang, models)
         ui_settings.create_event_handlers(ctx, settings, lang)
+        # A fresh look at the disk whenever a tab that lists models is opened (also, a
+        # table filled while its tab was hidden is only drawn right when redrawn visible).
+        models_tab.select(
+            lambda code: ui_models.library_update(ctx, Translator(code)),
+            [lang],
+            [models.library],
+            show_progress="hidden",
+        )
+        convert_tab.select(
+            lambda code: ui_convert.translated_values(ctx, Translator(code))[0],
+            [lang],
+            [convert.source],
+            show_progress="hidden",
+        )
 
         # -- language: the browser's, unless the person chose one with the switch -----
         relabel_outputs = [

@@ -395,3 +395,61 @@ def test_edit_a_sent_message_and_resend(tmp_path, model, browser):
     assert [m[0] for m in messages] == ["user", "assistant"]
     assert messages[0][1] == "A better first question."
     assert outside == []
+
+
+def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=24)
+    proc, url, _ = start_app(home, "--model", str(model))
+    outside: list[str] = []
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        page.get_by_role("tab", name="Convert").click()
+        source = page.locator("#convert-source input")
+        source.fill(str(model))
+        source.press("Enter")
+        page.locator("#recipe label", has_text="Q8_0").click()
+        page.click("#convert-start")
+        page.wait_for_selector("#convert-progress .notice.ok", timeout=REPLY_TIMEOUT_MS)
+        output = home / "models" / "qwen3_moe-Q8_0.gguf"
+        assert str(output) in page.inner_text("#convert-progress")
+        assert output.stat().st_size > 0
+        assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no temp left
+        shot(page, "13-converted")
+        page.get_by_role("tab", name="Models").click()
+        # textContent: Gradio's table keeps its rows in a virtual list innerText skips
+        find_row = """() => [...document.querySelectorAll('#library tr')]
+            .map(r => r.textContent).find(t => t.includes('qwen3_moe-Q8_0.gguf'))"""
+        page.wait_for_function(find_row)
+        row = page.evaluate(find_row)
+        assert "models folder" in row and "qwen3_moe" in row and "Q8_0" in row.upper(), row
+        shot(page, "14-models-with-conversion")
+    finally:
+        assert stop(proc) == 0
+    assert outside == []
+
+
+def test_first_launch_chats_with_the_bundled_demo(tmp_path, browser):
+    """Plain `itamae` on a fresh machine: the demo loads by itself, the page says what it
+    is and where real models come from, and it answers in both languages."""
+    from app.launcher import startup_model
+
+    if startup_model(None, "") != "demo":
+        pytest.skip("the bundled demo model is not in this checkout yet")
+    home = tmp_path / "home"
+    seed_settings(home, max_tokens=48)
+    proc, url, _ = start_app(home)  # no --model, nothing configured
+    outside: list[str] = []
+    try:
+        page = new_page(browser, "en-US", outside)
+        open_app(page, url)
+        assert "bundled demo" in page.inner_text("#model-status")
+        send(page, "How are you?")
+        assert "well" in page.locator(BOT_ROWS).last.inner_text().lower()
+        send(page, "お元気ですか？")
+        assert "元気" in page.locator(BOT_ROWS).last.inner_text()
+        shot(page, "15-first-launch-demo")
+    finally:
+        assert stop(proc) == 0
+    assert outside == []
