@@ -155,7 +155,8 @@ class LlamaCppScorer:
             return []
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self.native.tokenize(text, add_special, parse_special=False)
+        # special tokens written in the text (ChatML markers) are parsed, as HF tokenizers do
+        return self.native.tokenize(text, add_special, parse_special=True)
 
     def _decode(self, tokens: list[int]) -> np.ndarray:
         n = len(tokens)

@@ -110,8 +110,10 @@ def test_llamacpp_routing_is_transformers_routing(hf_checkpoint, tmp_path, text,
 
 def test_f32_gguf_in_llamacpp_equals_source_in_torch_engine(ggufs, hf_checkpoint, text):
     """Two engines, one model: llama.cpp on the F32 GGUF, the torch engine on the HF folder."""
-    report = evaluate(ggufs["F32"], hf_checkpoint("qwen3_moe"), text=text, window=WINDOW)
+    chat = "<|im_start|>user\nこんにちは<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    report = evaluate(ggufs["F32"], hf_checkpoint("qwen3_moe"), text=chat + text, window=WINDOW)
     assert (report["model_engine"], report["reference_engine"]) == ("llama.cpp", "torch")
+    # ChatML markers in the text are special tokens in both engines, as in HF tokenizers
     assert report["tokenizations_agree"] and report["routing_observed"]
     assert report["windows"] >= 4 and report["moe_layers"] == [0, 1, 2]
     assert report["kl_mean"] < 1e-8 and report["top1_agreement"] == 1.0
