@@ -107,6 +107,10 @@ def convert_to_gguf(
     if recipe.uses_llama_quantizer:
         needed += needed // 2  # the quantized file beside the full-precision one
     check_disk(dest.parent, needed)
+    if recipe.uses_llama_quantizer:
+        from .llama_quantize import require_llama_cpp
+
+        require_llama_cpp()  # before hours of writing, not after
 
     remove_stale_partials(dest)
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")

@@ -20,7 +20,7 @@ from .recipes import Recipe
 QUANT_BUFFER_BYTES = 1 << 30
 
 
-def _llama_cpp():
+def require_llama_cpp():
     try:
         import llama_cpp
     except ImportError as e:  # the binding is a dependency, but may be missing in a dev tree
@@ -32,7 +32,7 @@ def _llama_cpp():
 
 
 def quantize_with_llama_cpp(src: Path, dest: Path, recipe: Recipe, threads: int = 0) -> None:
-    llama_cpp = _llama_cpp()
+    llama_cpp = require_llama_cpp()
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(recipe.llama_ftype)
