@@ -70,6 +70,9 @@ def setup(with_tests: bool) -> None:
     _run(py, "-m", "pip", "install", "-q", "-e", target, env=env)
     if with_tests:
         _install_browser()
+        # The reference tests read llama.cpp's own converter and vocabularies from the
+        # llama-cpp-python source distribution; fetch it now so that the tests run offline.
+        _run(py, "-m", "tests.fixtures.llamacpp_reference")
 
 
 def main(argv: list[str]) -> int:
