@@ -36,7 +36,7 @@ def _python() -> Path:
 
 def _run(*cmd: str, env: dict | None = None) -> None:
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=env, cwd=REPO)
 
 
 def llama_cmake_args() -> str:
