@@ -66,7 +66,7 @@ class Demo:
         text = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        return self.tokenizer(text).input_ids
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def reply_ids(self, prompt_ids: list[int], max_new_tokens: int = 48) -> list[int]:
         with torch.no_grad():
@@ -124,7 +124,7 @@ def routing_by_language(demo: Demo, answers) -> dict:
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
                 tokenize=False,
             )
-            sequences.append(demo.tokenizer(text).input_ids)
+            sequences.append(demo.tokenizer(text, add_special_tokens=False).input_ids)
         counts = demo.routing_counts(sequences)
         usage[language] = counts / counts.sum(dim=1, keepdim=True)
     n_experts = usage["english"].shape[1]

@@ -46,14 +46,16 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# Special tokens, BOS handling and template as the test fixtures' tokenizer
-# (tests/fixtures/tokenizer.py), so every backend treats the demo like the fixtures it is
-# tested on: BOS `<s>` comes from the tokenizer's post-processor (add_bos_token true, as
-# Llama/Mixtral), the ChatML template does not write it, `<|im_end|>` ends a turn.
+# Special tokens and BOS as the test fixtures' tokenizer (tests/fixtures/tokenizer.py): BOS
+# `<s>` is added by the tokenizer's post-processor to plain text (add_bos_token true, as
+# Llama/Mixtral), `<|im_end|>` ends a turn. Chats are tokenized as Hugging Face's
+# apply_chat_template does, without adding specials, so the template writes `{{ bos_token }}`
+# itself (as Mixtral's does): every chat the model saw starts with BOS.
 BOS, EOS, PAD = "<s>", "<|im_end|>", "<|endoftext|>"
 IM_START = "<|im_start|>"
 SPECIAL_TOKENS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 CHAT_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
@@ -428,7 +430,7 @@ def smoke_check(out: Path, log) -> None:
         text = tokenizer_fast.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
-        ids = tokenizer_fast(text, return_tensors="pt").input_ids
+        ids = tokenizer_fast(text, add_special_tokens=False, return_tensors="pt").input_ids
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=40, do_sample=False)
         reply = tokenizer_fast.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
