@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
         help="what a model is: arch, experts, parameters, size, license",
         description="Describe a Hugging Face model folder or a GGUF file from its headers.",
     )
-    p.add_argument("path", help="a model folder or a .gguf file")
+    p.add_argument("path", help="a model folder, a .gguf file, or 'demo'")
     p.add_argument("--json", action="store_true", help="print ModelInfo as JSON")
 
 
@@ -21,8 +21,9 @@ def _billions(n: int) -> str:
 
 def run(args) -> int:
     from converters.inspect import inspect
+    from engine.loader import resolve_source
 
-    info = inspect(args.path)
+    info = inspect(resolve_source(args.path))  # "demo" names the bundled model
     if args.json:
         print(json.dumps(info.to_json()))
         return 0
