@@ -22,6 +22,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks: a fixed length)
 
 
 @dataclass

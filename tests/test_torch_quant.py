@@ -175,3 +175,33 @@ def test_convert_refuses_existing_output_and_cancels_cleanly(hf_checkpoint, tmp_
     with pytest.raises(Cancelled):
         convert_to_torch(src, tmp_path / "out", "int8", progress=progress, cancel=cancel)
     assert list(tmp_path.iterdir()) == [tmp_path / "taken"]  # no output, no partial folder
+
+
+DEMO = fixture_path.__globals__["REPO"] / "assets" / "demo" / "hf"
+
+
+@pytest.mark.skipif(not (DEMO / "tokenizer.json").is_file(), reason="the demo model is not built")
+def test_int8_experts_top1_agreement_on_the_trained_demo_model(tmp_path):
+    """A trained model has decisive logits: with int8 experts the engine picks the same next
+    token as transformers fp32 at >= 98% of decode steps (measured 99.0%); the whole int8
+    torch format (other linears int8 too, bf16 activations) at >= 95% (measured 96.9%)."""
+    from tests.fixtures.reference import reference_tokenizer
+
+    tok = reference_tokenizer(DEMO)
+    agree = {"int8 experts": 0, "torch format int8": 0}
+    total = 0
+    torch_int8 = convert_to_torch(DEMO, tmp_path / "demo-int8", "int8")
+    for text in ("Hello, how are you?", "こんにちは、元気ですか？", "What is your name?"):
+        ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": text}],
+                           add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]])  # fmt: skip
+        _, ref_steps, fed = run_reference(reference_model(DEMO), ids, steps=STEPS)
+        total += len(ref_steps)
+        for name, model in (("int8 experts", load_model(DEMO, expert_quant="int8")),
+                            ("torch format int8", load_model(torch_int8, torch.bfloat16))):  # fmt: skip
+            _, steps = run_ours(model, ids, fed)
+            agree[name] += sum(
+                int(a.argmax() == b.argmax()) for a, b in zip(steps, ref_steps, strict=True)
+            )
+    print({k: v / total for k, v in agree.items()})
+    assert agree["int8 experts"] / total >= 0.98
+    assert agree["torch format int8"] / total >= 0.95

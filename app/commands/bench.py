@@ -52,7 +52,7 @@ def run(args) -> int:
     prompt = prompt_of(backend, args.prompt_tokens)
     request = GenerationRequest(
         prompt=prompt,
-        sampling=SamplingParams(temperature=0.0, max_tokens=args.gen_tokens),
+        sampling=SamplingParams(temperature=0.0, max_tokens=args.gen_tokens, ignore_eos=True),
         experts_per_token=args.experts_per_token,
     )
     final = None

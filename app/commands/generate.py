@@ -28,6 +28,10 @@ def add_engine_options(p) -> None:
     torch_opts.add_argument(
         "--expert-usage", help="JSON with recorded expert_counts (static policy)"
     )
+    torch_opts.add_argument(
+        "--uniform-routing-seed", type=int,
+        help="benchmarks only: send tokens to uniformly random experts (meaningless output)",
+    )  # fmt: skip
 
 
 def load_options(args) -> dict:
@@ -36,6 +40,7 @@ def load_options(args) -> dict:
         "experts_per_token": "experts_per_token", "device": "device", "dtype": "dtype",
         "expert_budget": "expert_budget", "cache_policy": "cache_policy",
         "on_miss": "on_miss", "expert_usage": "expert_usage",
+        "uniform_routing_seed": "uniform_routing_seed",
     }  # fmt: skip
     return {
         key: getattr(args, attr)

@@ -13,6 +13,8 @@ Options (all optional):
     context_length positions the KV cache may hold (default: the model's maximum)
     expert_quant   None | "int8" | "int4": quantize a hub checkpoint's experts as they load
                    (the torch format is already quantized)
+    uniform_routing_seed  benchmarks of expert placement only: route every token to experts
+                   drawn uniformly at random (the output is then meaningless)
 Unknown options are ignored and listed in `info.extra["ignored_options"]`.
 """
 
@@ -37,7 +39,7 @@ from .transformer import PlacementOptions
 from .weights import open_weights
 
 KNOWN = {"device", "dtype", "threads", "expert_budget", "cache_policy", "on_miss",
-         "expert_usage", "context_length", "expert_quant"}  # fmt: skip
+         "expert_usage", "context_length", "expert_quant", "uniform_routing_seed"}  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -95,6 +97,7 @@ class TorchBackend:
             policy=options.get("cache_policy", "lru"),
             on_miss=options.get("on_miss", "auto"),
             expert_usage=_usage(options.get("expert_usage")),
+            uniform_routing_seed=options.get("uniform_routing_seed"),
         )
         self.model = cls(self.args, weights, placement)
         self.text = ModelText(path, config)

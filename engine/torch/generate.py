@@ -114,7 +114,7 @@ class Generator:
             if first_at is None:
                 first_at = time.perf_counter()
                 stats.ttft_s = first_at - started
-            if token in self.text.eos_ids:
+            if token in self.text.eos_ids and not params.ignore_eos:
                 finish = "stop"
                 break
             completion.append(token)

@@ -38,10 +38,15 @@ class Router:
     group_score: str | None = None  # None | "max" (DeepSeek-V2) | "top2_sum" (DeepSeek-V3)
     correction_bias: torch.Tensor | None = None
     deepseek_v2_norm: bool = False  # V2: renormalise instead of scaling
+    # measurement only: experts drawn uniformly at random (weights 1/k) instead of routed, to
+    # benchmark expert placement under uniform routing; None in normal use
+    uniform: torch.Generator | None = None
 
     def __call__(self, x: torch.Tensor, top_k: int | None = None):
         """x [T, H] -> (weights [T, k] float32, experts [T, k] int64)."""
         k = top_k or self.top_k
+        if self.uniform is not None:
+            return self._uniform(x.shape[0], k, x.device)
         logits = F.linear(x.float(), self.weight)  # [T, E]
         if self.scoring == "sigmoid":
             scores = logits.sigmoid()
@@ -66,6 +71,11 @@ class Router:
                 weights.sum(-1, keepdim=True) + (1e-20 if self.scoring == "sigmoid" else 0)
             )
         return weights * self.routed_scaling_factor, experts
+
+    def _uniform(self, n_tokens: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.weight.shape[0]
+        experts = torch.rand(n_tokens, e, generator=self.uniform).argsort(dim=-1)[:, :k]
+        return torch.full((n_tokens, k), 1.0 / k, device=device), experts.to(device)
 
     def _limit_groups(self, choice: torch.Tensor) -> torch.Tensor:
         t, e = choice.shape

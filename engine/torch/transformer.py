@@ -31,6 +31,7 @@ class PlacementOptions:
     policy: str = "lru"
     on_miss: str = "auto"
     expert_usage: list[list[int]] | None = None  # recorded counts -> the static hot set
+    uniform_routing_seed: int | None = None  # benchmarks only: ignore the router (see Router)
 
 
 def default_fast_tier_bytes(device: torch.device) -> int:
@@ -69,7 +70,7 @@ class DecoderModel:
     expert_names = ("gate_proj", "up_proj", "down_proj")  # gate, up, down
 
     def __init__(self, args: BaseArgs, weights: Weights, placement: PlacementOptions):
-        self.args, self.w = args, weights
+        self.args, self.w, self.placement = args, weights, placement
         self.dtype, self.device = weights.dtype, weights.device
         self.rotary = self.make_rotary().to(self.device)
         self.moe_layers = [i for i in range(args.num_hidden_layers) if args.is_moe_layer(i)]
@@ -153,8 +154,11 @@ class DecoderModel:
         p = f"model.layers.{i}"
         if i in self.moe_layers:
             shared, gate = self.build_shared(i)
-            ffn = MoEBlock(self.moe_layers.index(i), self.build_router(i), self.cache, self.usage,
-                           shared, gate)  # fmt: skip
+            router = self.build_router(i)
+            if self.placement.uniform_routing_seed is not None:
+                seed = self.placement.uniform_routing_seed + i
+                router.uniform = torch.Generator().manual_seed(seed)
+            ffn = MoEBlock(self.moe_layers.index(i), router, self.cache, self.usage, shared, gate)
         else:
             ffn = self.build_dense_mlp(i)
         return DecoderLayer(

@@ -220,14 +220,19 @@ def hf_active_bytes(folder: Path) -> int:
 # ---- the expert cache table ---------------------------------------------------------------
 
 
-def cache_table(model: Path, threads: int, prompt: int, gen: int, workdir: Path) -> list[dict]:
-    recorded = itamae_bench(model, "torch", threads, prompt, gen, "--expert-budget", "1.0")
+def cache_table(
+    model: Path, threads: int, prompt: int, gen: int, workdir: Path, *routing
+) -> list[dict]:
+    """`routing`: extra bench flags, e.g. ("--uniform-routing-seed", "0")."""
+    recorded = itamae_bench(
+        model, "torch", threads, prompt, gen, "--expert-budget", "1.0", *routing
+    )
     usage_file = workdir / f"usage-{model.name}.json"
     usage_file.write_text(json.dumps({"expert_counts": recorded.get("expert_counts")}))
     rows = []
     for policy in POLICIES:
         for budget in BUDGETS:
-            extra = ["--expert-budget", str(budget), "--cache-policy", policy]
+            extra = ["--expert-budget", str(budget), "--cache-policy", policy, *routing]
             if policy == "static":
                 extra += ["--expert-usage", str(usage_file)]
             r = itamae_bench(model, "torch", threads, prompt, gen, *extra)
@@ -244,29 +249,7 @@ def cache_table(model: Path, threads: int, prompt: int, gen: int, workdir: Path)
 # ---- main ---------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", type=Path, default=CACHE / "bench")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--prompt-tokens", type=int, default=256)
-    p.add_argument("--gen-tokens", type=int, default=64)
-    p.add_argument("--skip-transformers", action="store_true")
-    p.add_argument("--skip-cache-table", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--omp-wait-policy", default=OMP_WAIT_POLICY, choices=["PASSIVE", "ACTIVE"])
-    p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    t, n, g = args.threads, args.prompt_tokens, args.gen_tokens
-    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # inherited by every child
-    if args.child:  # one measurement, in this (fresh) process
-        kind, path = args.child
-        fn = raw_llama_cpp if kind == "raw" else transformers_eager
-        print(json.dumps(fn(path, t, n, g)))
-        return 0
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    files = prepare(args.workdir)
-    bandwidth = read_bandwidth(t)
-    print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
+def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transformers: bool) -> dict:
     me = ["-m", "tests.benchmarks.bench_engines", "--threads", str(t), "--prompt-tokens", str(n),
           "--gen-tokens", str(g), "--child"]  # fmt: skip
     runs = {
@@ -279,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw llama.cpp Q8_0": (child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
         "raw llama.cpp Q4_0": (child([*me, "raw", str(files["Q4_0"])]), gguf_active_bytes(files["Q4_0"])),
     }  # fmt: skip
-    if not args.skip_transformers:
+    if not skip_transformers:
         runs["transformers eager bf16"] = (
             child([*me, "transformers", str(files["hf"])]),
             hf_active_bytes(files["hf"]),
@@ -295,34 +278,71 @@ def main(argv: list[str] | None = None) -> int:
               f"TTFT {r['ttft_s']:5.2f}s  RSS {r['peak_rss_bytes'] / 2**30:4.1f} GiB  "
               f"{active / 2**20:5.0f} MiB/token  roofline {r['roofline']:.0%}"
               if "decode_tps" in r else f"failed: {r.get('error', '')[-300:]}"), file=sys.stderr)  # fmt: skip
-    report = {"threads": t, "prompt_tokens": n, "gen_tokens": g, "read_bandwidth_bytes_per_s": bandwidth,
-              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-              "omp_wait_policy": args.omp_wait_policy, "engines": table}  # fmt: skip
+    ratios = {}
     base = table.get("transformers eager bf16", {}).get("decode_tps")
     for name in ("torch int8", "torch int4"):
         other = "raw llama.cpp Q8_0" if "int8" in name else "raw llama.cpp Q4_0"
         mine = table[name].get("decode_tps")
         if mine and base:
-            report.setdefault("ratios", {})[f"{name} / transformers"] = mine / base
+            ratios[f"{name} / transformers"] = mine / base
         if mine and table[other].get("decode_tps"):
-            report.setdefault("ratios", {})[f"{name} / {other}"] = mine / table[other]["decode_tps"]
-    print(json.dumps(report.get("ratios", {}), indent=1), file=sys.stderr)
-    if not args.skip_cache_table:
-        print("expert cache, synthetic model (near-uniform routing):", file=sys.stderr)
-        report["expert_cache"] = {
-            "synthetic": cache_table(files["torch-int8"], t, 32, 32, args.workdir)
-        }
-        demo = REPO / "assets" / "demo" / "hf"
-        if (demo / "config.json").is_file():
-            from converters.torch_format import convert_to_torch
+            ratios[f"{name} / {other}"] = mine / table[other]["decode_tps"]
+    print(json.dumps(ratios, indent=1), file=sys.stderr)
+    return {"engines": table, "ratios": ratios}
 
-            demo_torch = args.workdir / "demo-torch-int8"
-            if not demo_torch.is_dir():
-                convert_to_torch(demo, demo_torch, "int8")
-            print("expert cache, demo model (recorded routing):", file=sys.stderr)
-            report["expert_cache"]["demo"] = cache_table(demo_torch, t, 32, 32, args.workdir)
-        else:
-            report["expert_cache"]["demo"] = "assets/demo/hf is not there yet"
+
+def expert_cache_tables(files, t: int, workdir: Path) -> dict:
+    tables = {}
+    for label, routing in (("uniform", ("--uniform-routing-seed", "0")), ("own router", ())):
+        print(f"expert cache, synthetic model, {label} routing:", file=sys.stderr)
+        tables[f"synthetic, {label} routing"] = cache_table(
+            files["torch-int8"], t, 32, 32, workdir, *routing
+        )
+    demo = REPO / "assets" / "demo" / "hf"
+    if (demo / "config.json").is_file():
+        from converters.torch_format import convert_to_torch
+
+        demo_torch = workdir / "demo-torch-int8"
+        if not demo_torch.is_dir():
+            convert_to_torch(demo, demo_torch, "int8")
+        print("expert cache, demo model (its own, recorded routing):", file=sys.stderr)
+        tables["demo"] = cache_table(demo_torch, t, 32, 32, workdir)
+    else:
+        tables["demo"] = "assets/demo/hf is not there yet"
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, default=CACHE / "bench")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--skip-cache-table", action="store_true")
+    p.add_argument("--only-cache-table", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--omp-wait-policy", default=OMP_WAIT_POLICY, choices=["PASSIVE", "ACTIVE"])
+    p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    t, n, g = args.threads, args.prompt_tokens, args.gen_tokens
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # inherited by every child
+    if args.child:  # one measurement, in this (fresh) process
+        kind, path = args.child
+        fn = raw_llama_cpp if kind == "raw" else transformers_eager
+        print(json.dumps(fn(path, t, n, g)))
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    files = prepare(args.workdir)
+    bandwidth = read_bandwidth(t)
+    print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
+    report = {"threads": t, "prompt_tokens": n, "gen_tokens": g, "read_bandwidth_bytes_per_s": bandwidth,
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+              "omp_wait_policy": args.omp_wait_policy}  # fmt: skip
+    if not args.only_cache_table:
+        report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers))
+    if not args.skip_cache_table:
+        report["expert_cache"] = expert_cache_tables(files, t, args.workdir)
     print(json.dumps(report, indent=1) if args.json else "")
     return 0
 
