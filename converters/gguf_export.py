@@ -24,6 +24,8 @@ from .errors import Cancelled
 from .gguf_plan import PlannedTensor, tensor_pieces
 from .gguf_tokenizer import add_tokenizer
 from .hf_reader import HFCheckpoint
+from .model_card import OPENNESS_KEY
+from .openness import openness_json
 from .quant import encode, nbytes, one_torch_thread_per_worker
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, what is happening)
@@ -108,6 +110,9 @@ def build_writer(
     writer = gguf.GGUFWriter(None, spec.arch_name)
     writer.add_type(gguf.GGUFType.MODEL)
     add_card_metadata(writer, read_card(ckpt.folder, repo_id), ckpt.folder.name)
+    # The whole openness card, with its sources, so a converted file still says what its
+    # publishers opened (general.* alone has no room for training data or code facts).
+    writer.add_string(OPENNESS_KEY, openness_json(ckpt.folder, repo_id))
     for key, value in spec.metadata(ckpt.config):
         add_value(writer, key, value)
     writer.add_file_type(int(file_type))

@@ -368,3 +368,16 @@ def test_training_code_linked_beside_the_card(tmp_path):
     assert card["training_code"]["value"] == "published"
     assert card["training_code"]["links"] == ["../train.py"]
     assert card["training_code"]["source"] == "README.md line 6"
+
+
+def test_itamae_convert_carries_the_card(hf_checkpoint, tmp_path):
+    """The real converter stores the source's card; the GGUF's card names it as carried."""
+    from converters.convert import convert
+
+    out = tmp_path / "fixture-Q8_0.gguf"
+    convert(hf_checkpoint("llama"), out, "Q8_0")
+    card = openness_card(out)
+    assert_sourced(card)
+    assert card["license"]["value"] == "apache-2.0" or "apache" in str(card["license"]).lower()
+    assert card["license"]["source"].startswith("GGUF itamae.openness, from the source model's")
+    assert "README.md" in card["carried_sources"]
