@@ -121,7 +121,8 @@ def shot(page, name: str) -> None:
 
 def test_chat_in_english_and_japanese_stop_reload_and_switch_language(tmp_path, model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=160)
+    # Long enough that even a fast CPU takes a second, so the page shows the reply grow.
+    seed_settings(home, max_tokens=400)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     try:
