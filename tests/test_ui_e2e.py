@@ -116,6 +116,7 @@ def reply_text(page) -> str:
 
 
 def shot(page, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
