@@ -88,7 +88,7 @@ def _independent_lru(order, slots: int) -> tuple[int, int]:
 def test_hit_miss_accounting_matches_an_independent_count(qwen2, budget):
     folder, ref, ids = qwen2
     # fp32 from the hub folder: the same routing as transformers (test_torch_parity checks it)
-    model = load_model(folder, expert_budget=budget, policy="lru", on_miss="move")
+    model = load_model(folder, expert_budget=budget, policy="lru", on_miss="move", preload=False)
     counter = RouterCounts(ref, model.args.n_experts)
     _, _, fed = run_reference(ref, ids, steps=DECODE)  # records the order of router calls
     run_ours(model, ids, fed)

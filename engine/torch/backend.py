@@ -13,6 +13,7 @@ Options (all optional):
     context_length positions the KV cache may hold (default: the model's maximum)
     expert_quant   None | "int8" | "int4": quantize a hub checkpoint's experts as they load
                    (the torch format is already quantized)
+    preload        True (default): when all experts fit the budget, copy them in at load
     uniform_routing_seed  benchmarks of expert placement only: route every token to experts
                    drawn uniformly at random (the output is then meaningless)
 Unknown options are ignored and listed in `info.extra["ignored_options"]`.
@@ -39,7 +40,7 @@ from .transformer import PlacementOptions
 from .weights import open_weights
 
 KNOWN = {"device", "dtype", "threads", "expert_budget", "cache_policy", "on_miss",
-         "expert_usage", "context_length", "expert_quant", "uniform_routing_seed"}  # fmt: skip
+         "expert_usage", "context_length", "expert_quant", "uniform_routing_seed", "preload"}  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -98,6 +99,7 @@ class TorchBackend:
             on_miss=options.get("on_miss", "auto"),
             expert_usage=_usage(options.get("expert_usage")),
             uniform_routing_seed=options.get("uniform_routing_seed"),
+            preload=bool(options.get("preload", True)),
         )
         self.model = cls(self.args, weights, placement)
         self.text = ModelText(path, config)

@@ -51,6 +51,13 @@ class ExpertFFN:
             )
         self.act = ACTIVATIONS[act]
 
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Repack int4 weights for the CPU kernel ahead of the first token (bf16 on CPU only)."""
+        if self.row.device.type == "cpu" and dtype == torch.bfloat16:
+            for linear in (self.gate_up, self.down):
+                if isinstance(linear, Int4Linear):
+                    linear.prepare_kernel()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)  # x [T, H] -> [T, 2I] -> 2 x [T, I]
         return self.down(self.act(gate) * up)  # [T, H]

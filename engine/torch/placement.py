@@ -118,6 +118,16 @@ class ExpertCache:
         self.counters.bytes_moved += row.numel()
         return self.slow.ffn(key[0], row)
 
+    def warm(self, keys: list[tuple[int, int]], dtype: torch.dtype) -> None:
+        """Move `keys` in now (at load) instead of on first use, kernels prepared."""
+        for key in keys:
+            nbytes = self.slow.layout(key[0])[1]
+            if key in self.slots or self.used_bytes + nbytes > self.budget_bytes:
+                continue
+            ffn = self._move(key)
+            ffn.prepare(dtype)
+            self._insert(key, ffn)
+
     def _insert(self, key, ffn: ExpertFFN) -> None:
         nbytes = ffn.row.numel()
         self.slots[key] = _Slot(ffn, nbytes)

@@ -32,6 +32,7 @@ class PlacementOptions:
     on_miss: str = "auto"
     expert_usage: list[list[int]] | None = None  # recorded counts -> the static hot set
     uniform_routing_seed: int | None = None  # benchmarks only: ignore the router (see Router)
+    preload: bool = True  # when every expert fits the budget, move them in at load
 
 
 def default_fast_tier_bytes(device: torch.device) -> int:
@@ -146,9 +147,16 @@ class DecoderModel:
                 for e in range(self.args.n_experts)
                 for layer in range(len(self.moe_layers))
             ]
-        return ExpertCache(
+        cache = ExpertCache(
             slow, self.device, budget_bytes, placement.policy, placement.on_miss, hot
         )
+        if placement.preload and budget_bytes >= total and placement.policy != "static":
+            # like llama.cpp's load: first-token latency should not pay for copies and repacking
+            n_layers, n_experts = len(self.moe_layers), self.args.n_experts
+            cache.warm(
+                [(layer, e) for layer in range(n_layers) for e in range(n_experts)], self.dtype
+            )
+        return cache
 
     def _build_layer(self, i: int) -> DecoderLayer:
         p = f"model.layers.{i}"
