@@ -147,8 +147,21 @@ def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
         )
     try:
         tokenizer = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: JSON nested deeper than Python's decoder recurses (a hostile file)
         raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download it.") from e
+    try:
+        return _vocabulary(tokenizer, vocab_size)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
+        # tokenizer.json comes from the model's publisher: a field of the wrong type or shape
+        raise BadModelFile(
+            f"{path} is not a tokenizer.json that the tokenizers library writes "
+            f"({type(e).__name__}: {e}).",
+            "Re-download the model's tokenizer.json.",
+        ) from e
+
+
+def _vocabulary(tokenizer: dict, vocab_size: int) -> Vocabulary:
     model = tokenizer.get("model") or {}
     if model.get("type") != "BPE":
         raise UnsupportedArchitecture(

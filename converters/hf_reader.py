@@ -51,11 +51,29 @@ def _load_config(folder: Path) -> dict:
         )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: JSON nested deeper than Python's decoder recurses (a hostile file)
         raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download the model.") from e
     if not isinstance(config, dict):
         raise BadModelFile(f"{path} does not hold a JSON object.", "Re-download the model.")
     return config
+
+
+def _fp8_block(config: dict) -> tuple[int, int]:
+    """quantization_config.weight_block_size, checked: it sizes the dequantization."""
+    quant = config.get("quantization_config") or {}
+    block = quant.get("weight_block_size", (128, 128)) if isinstance(quant, dict) else None
+    if (
+        not isinstance(block, list | tuple)
+        or len(block) != 2
+        or not all(type(b) is int and b > 0 for b in block)
+    ):
+        raise BadModelFile(
+            f"config.json's quantization_config.weight_block_size is {block!r}, not two "
+            "positive whole numbers.",
+            "Re-download the model's config.json.",
+        )
+    return tuple(block)
 
 
 def _shard_files(folder: Path) -> list[Path]:
@@ -63,11 +81,11 @@ def _shard_files(folder: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            names = sorted(set(weight_map.values()))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError, RecursionError) as e:
             raise BadModelFile(
                 f"{index} is not a valid shard index ({e}).", "Re-download it."
             ) from e
-        names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise BadModelFile(
@@ -98,8 +116,7 @@ class HFCheckpoint:
         self._meta: dict[str, tuple[str, list[int]]] = {}
         for file in self.files:
             self._index_file(file)
-        quant = self.config.get("quantization_config") or {}
-        self.fp8_block = tuple(quant.get("weight_block_size", (128, 128)))
+        self.fp8_block = _fp8_block(self.config)
 
     def _index_file(self, file: Path) -> None:
         try:

@@ -102,8 +102,8 @@ def inspect_hf(folder: Path) -> ModelInfo:
         return _inspect_torch_format(folder)
     ckpt = HFCheckpoint(folder)
     config = ckpt.config
-    n_layers = int(config.get("num_hidden_layers") or 0)
     info = _from_config(folder, "hf", config)
+    n_layers = info.n_layers
     tensors = []
     for name in ckpt.tensor_names():
         bid, _ = split_layer_name(name)
@@ -119,13 +119,38 @@ def inspect_hf(folder: Path) -> ModelInfo:
     _summarise(info, tensors)
     info.size_bytes = ckpt.nbytes_on_disk()
     info.files = [f.name for f in ckpt.files]
-    quant = (config.get("quantization_config") or {}).get("quant_method")
+    quant = config_quant(config)
     info.quant = str(quant or max(info.dtypes, key=info.dtypes.get, default="")).lower()
     return info
 
 
+# llama.cpp's LLAMA_MAX_LAYERS (src/llama-hparams.h); more than that is a hostile config
+MAX_LAYERS = 512
+CONFIG_VALUE_ERRORS = (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError,
+                       ZeroDivisionError)  # fmt: skip
+
+
 def _from_config(folder: Path, fmt: str, config: dict) -> ModelInfo:
+    """ModelInfo from config.json; a value of the wrong type or size is a BadModelFile
+    (config.json comes from the model's publisher, not from transformers)."""
+    try:
+        return _info_from_config(folder, fmt, config)
+    except CONFIG_VALUE_ERRORS as e:
+        raise BadModelFile(
+            f"{folder / 'config.json'} holds a malformed value ({type(e).__name__}: {e}).",
+            "Re-download the model's config.json.",
+        ) from e
+
+
+def config_quant(config: dict) -> str:
+    quant = config.get("quantization_config") or {}
+    return str(quant.get("quant_method") or "") if isinstance(quant, dict) else ""
+
+
+def _info_from_config(folder: Path, fmt: str, config: dict) -> ModelInfo:
     n_layers = int(config.get("num_hidden_layers") or 0)
+    if not 0 <= n_layers <= MAX_LAYERS:  # checked before any per-layer loop runs
+        raise ValueError(f"num_hidden_layers is {n_layers}, not 0 to {MAX_LAYERS}")
     n_experts = expert_count(config)
     card = read_card(folder)
     info = ModelInfo(
@@ -197,6 +222,16 @@ def inspect_gguf(path: Path) -> ModelInfo:
             f"{path.name} is not a readable GGUF file ({e}).", "Re-download or re-convert it."
         ) from e
 
+    try:
+        return _gguf_info(path, reader)
+    except (TypeError, ValueError, OverflowError, AttributeError, IndexError, KeyError) as e:
+        # a key of the wrong type or an impossible value: hostile or damaged metadata
+        raise BadModelFile(
+            f"{path.name} has malformed GGUF metadata ({e}).", "Re-download or re-convert it."
+        ) from e
+
+
+def _gguf_info(path: Path, reader) -> ModelInfo:
     def field(key: str, default=None):
         f = reader.fields.get(key)
         return f.contents() if f is not None else default
