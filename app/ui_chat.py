@@ -2,15 +2,13 @@
 presets, sampling parameters, the experts-per-token knob, and expert usage.
 
 Streaming goes through generators end to end (the text-generation-webui way):
-`ModelManager.stream` yields events, the handler yields Chatbot updates. A reply is
-saved while it grows (every `SAVE_EVERY_S`), so closing the tab or killing the
-process keeps what was written. Stop sets the tab's own cancel Event, which the
-backend checks at every token.
+`ModelManager.stream` yields events, app/chat_reply.py saves the reply as it grows,
+and the handlers here yield Chatbot updates. Stop sets the tab's own cancel Event,
+which the backend checks at every token.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -18,14 +16,12 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app import expert_heatmap
-from app.chat_view import history_for_model, to_chatbot
+from app.chat_reply import ChatParams, model_unavailable, stream_reply
+from app.chat_view import to_chatbot
 from app.context import AppContext
 from app.i18n import Key, Labels, Translator
-from app.store import StoreError
 from app.ui_conversations import ChatSession, list_update
-from engine.types import FinalEvent, GenerationRequest, SamplingParams, TokenEvent
 
-SAVE_EVERY_S = 0.5  # a killed process loses at most this much of a streaming reply
 SHOW_EVERY_S = 0.05  # screen updates: smooth to the eye, cheap for the websocket
 BUILTIN_PRESETS = ("assistant", "concise", "translator", "reasoning")
 
@@ -65,33 +61,6 @@ class ChatUI:
             self.seed,
             self.experts_per_token,
         ]
-
-
-@dataclass
-class ChatParams:
-    system_prompt: str
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    repeat_penalty: float
-    max_tokens: int
-    seed: float | None
-    experts_per_token: int
-
-    def request(self, messages) -> GenerationRequest:
-        seed = None if self.seed is None or self.seed < 0 else int(self.seed)
-        sampling = SamplingParams(
-            temperature=float(self.temperature),
-            top_p=float(self.top_p),
-            top_k=int(self.top_k),
-            min_p=float(self.min_p),
-            repeat_penalty=float(self.repeat_penalty),
-            seed=seed,
-            max_tokens=int(self.max_tokens),
-        )
-        experts = int(self.experts_per_token) or None  # 0 means the model's own top-k
-        return GenerationRequest(messages=messages, sampling=sampling, experts_per_token=experts)
 
 
 def preset_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
@@ -273,64 +242,22 @@ def open_outputs(ui: ChatUI, session: gr.State) -> list:
 # -- generating -----------------------------------------------------------------------
 
 
-def _model_unavailable(ctx: AppContext, tr: Translator) -> str | None:
-    """A message when nothing could answer; None when a model is loaded or loading
-    (a message sent while the model loads waits for it)."""
-    status = ctx.manager.status
-    if ctx.manager.backend is not None or status["state"] == "loading":
-        return None
-    if status["state"] == "error":
-        return tr("chat.model_failed", message=status["message"])
-    return tr("chat.no_model")
-
-
-def _stream_reply(ctx: AppContext, session: ChatSession, params: ChatParams, tr: Translator):
-    """Generate the next reply of the session's conversation, saving it as it grows.
-    Yields (chatbot messages, heatmap html or None) pairs."""
-    conv_id = session.conversation_id
-    stored = ctx.store.messages(conv_id)
-    request = params.request(history_for_model(stored, params.system_prompt))
-    reply = ctx.store.append(conv_id, "assistant", "")
+def _screens(ctx: AppContext, session: ChatSession, params: ChatParams, tr: Translator):
+    """The chat as the next reply streams in: (chatbot messages, heatmap html or None),
+    at most every SHOW_EVERY_S, and always the finished reply with its expert usage."""
     cancel = threading.Event()
-    session.cancel = cancel
-    text, finish, stats = "", None, None
-    last_save = last_show = 0.0
-
-    def view(streaming: bool):
-        return to_chatbot(ctx.store.messages(conv_id), tr, streaming=streaming).messages
-
-    try:
-        yield view(True), None
-        for event in ctx.manager.stream(request, cancel):
-            if isinstance(event, TokenEvent):
-                text += event.text
-                now = time.monotonic()
-                if now - last_save >= SAVE_EVERY_S:
-                    ctx.store.update(reply.id, text)
-                    last_save = now
-                if now - last_show >= SHOW_EVERY_S:
-                    yield _live(stored, reply, text, tr), None
-                    last_show = now
-            elif isinstance(event, FinalEvent):
-                finish, stats = event.finish_reason, event.stats.to_json()
-                if finish == "error":
-                    text = event.error or text
-        ctx.store.update(reply.id, text, finish or "stop", stats)
-        counts = (stats or {}).get("expert_counts")
-        yield view(False), expert_heatmap.render(counts, tr) if counts else None
-    finally:
-        if finish is None:  # the generator was closed early: the tab went away
-            cancel.set()
-            with contextlib.suppress(StoreError):  # the conversation may be deleted meanwhile
-                ctx.store.update(reply.id, text, "cancelled", stats)
-
-
-def _live(stored, reply, text: str, tr: Translator) -> list[dict]:
-    """The screen during streaming, without re-reading the database per token."""
-    from app.store import StoredMessage
-
-    growing = StoredMessage(reply.id, reply.conversation_id, reply.position, "assistant", text)
-    return to_chatbot([*stored, growing], tr, streaming=True).messages
+    session.cancel = cancel  # what this tab's Stop button sets
+    last_show = 0.0
+    updates = stream_reply(ctx.store, ctx.manager, session.conversation_id, params, cancel)
+    for update in updates:
+        now = time.monotonic()
+        if update.done:
+            counts = (update.reply.stats or {}).get("expert_counts")
+            heatmap = expert_heatmap.render(counts, tr) if counts else None
+            yield to_chatbot(update.messages, tr).messages, heatmap
+        elif now - last_show >= SHOW_EVERY_S:
+            last_show = now
+            yield to_chatbot(update.messages, tr, streaming=True).messages, None
 
 
 def create_event_handlers(
@@ -363,7 +290,7 @@ def create_event_handlers(
 
     def run(session, params: ChatParams, tr: Translator, query: str, clear_message=False):
         messages = gr.skip()
-        for step, (messages, heatmap) in enumerate(_stream_reply(ctx, session, params, tr)):
+        for step, (messages, heatmap) in enumerate(_screens(ctx, session, params, tr)):
             if step == 0:  # the new conversation (or its new place) shows in the sidebar
                 listing = list_update(ctx, session, query)
                 cleared = "" if clear_message else None
@@ -380,7 +307,7 @@ def create_event_handlers(
         params = ChatParams(*params)
         if not text.strip():
             return
-        problem = _model_unavailable(ctx, tr)
+        problem = model_unavailable(ctx.manager, tr)
         if problem:
             gr.Warning(problem)
             return
@@ -405,7 +332,7 @@ def create_event_handlers(
     def on_regenerate(session: ChatSession, lang: str, query: str, *params):
         tr = Translator(lang)
         stored = ctx.store.messages(session.conversation_id) if session.conversation_id else []
-        problem = _model_unavailable(ctx, tr)
+        problem = model_unavailable(ctx.manager, tr)
         if not stored or problem:
             if problem:
                 gr.Warning(problem)
@@ -437,7 +364,7 @@ def create_event_handlers(
             return
         ctx.store.update(target.id, str(edit.value), "stop")
         ctx.store.truncate(session.conversation_id, position + 1)
-        problem = _model_unavailable(ctx, tr)
+        problem = model_unavailable(ctx.manager, tr)
         if problem:
             gr.Warning(problem)
             shown = to_chatbot(ctx.store.messages(session.conversation_id), tr).messages

@@ -198,7 +198,7 @@ def test_header_status_in_every_state():
 
 
 def test_chat_params_map_to_a_generation_request():
-    from app.ui_chat import ChatParams
+    from app.chat_reply import ChatParams
 
     req = ChatParams("Be brief.", 0.0, 0.9, 40, 0.05, 1.1, 256, -1, 0).request([])
     assert req.experts_per_token is None and req.sampling.seed is None  # 0 / -1: the defaults
