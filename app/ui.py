@@ -81,6 +81,18 @@ def status_html(
     )
 
 
+def model_status(ctx: AppContext) -> dict:
+    """The manager's status, with the engine that actually runs the model ("auto" is
+    what was asked for; the backend's package says what it became)."""
+    status = ctx.manager.status
+    backend = ctx.manager.backend
+    if status["state"] == "ready" and backend is not None:
+        package = type(backend).__module__.split(".")
+        if len(package) > 1 and package[0] == "engine":
+            status["engine"] = package[1]
+    return status
+
+
 def model_line(ctx: AppContext, tr: Translator) -> str:
     """One line about the loaded model: arch, experts, active parameters."""
     backend = ctx.manager.backend
@@ -103,7 +115,7 @@ def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
         session = gr.State(ChatSession())
         sidebar = ui_conversations.create_ui(labels)
         with gr.Row(elem_id="header", equal_height=True):
-            status = gr.HTML(status_html(ctx.manager.status, labels.tr), elem_id="model-status")
+            status = gr.HTML(status_html(model_status(ctx), labels.tr), elem_id="model-status")
             language = gr.Radio(
                 [(name, code) for code, name in LANGUAGES.items()],
                 value="en",
@@ -175,7 +187,7 @@ def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
                 *labels.updates(code),
                 *open_chat(session, session.conversation_id, code),
                 gr.update(choices=ui_chat.preset_choices(ctx, tr)),
-                status_html(ctx.manager.status, tr, model_line(ctx, tr)),
+                status_html(model_status(ctx), tr, model_line(ctx, tr)),
                 *ui_models.translated_values(ctx, tr),
                 *ui_convert.translated_values(ctx, tr),
             ]
@@ -201,7 +213,7 @@ def build_ui(ctx: AppContext, labels: Labels | None = None) -> gr.Blocks:
         def on_tick(lang: str, seen):
             """`seen`: (state, source, engine) last shown, and when that state began."""
             tr = Translator(lang)
-            status = ctx.manager.status
+            status = model_status(ctx)
             key = (status["state"], status.get("source"), status.get("engine"))
             if seen and tuple(seen[0]) == key:
                 since = seen[1]

@@ -253,7 +253,10 @@ def _screens(ctx: AppContext, session: ChatSession, params: ChatParams, tr: Tran
         now = time.monotonic()
         if update.done:
             counts = (update.reply.stats or {}).get("expert_counts")
-            heatmap = expert_heatmap.render(counts, tr) if counts else None
+            if counts:
+                heatmap = expert_heatmap.render(counts, tr)
+            else:  # llama.cpp and remote servers do not say which experts worked
+                heatmap = f'<div class="heatmap-empty">{tr("heatmap.unavailable")}</div>'
             yield to_chatbot(update.messages, tr).messages, heatmap
         elif now - last_show >= SHOW_EVERY_S:
             last_show = now

@@ -245,7 +245,7 @@ def details_markdown(entry: library.LibraryEntry | None, tr: Translator) -> str:
         (tr("models.col.context"), f"{info.context_length:,}" if info.context_length else ""),
         (tr("models.col.license"), info.license),
     ]
-    lines += [f"| {tr('models.fact')} | |", "|---|---|"]
+    lines += [f"| {tr('models.fact')} | {tr('models.value')} |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts if v not in ("", 0, None)]
     if info.bits_per_weight:
         bpw = ", ".join(f"{group} {bits:.2f}" for group, bits in info.bits_per_weight.items())
@@ -348,7 +348,8 @@ def create_event_handlers(ctx: AppContext, ui: ModelsUI, lang: gr.State, tabs: g
             gr.Warning(tr("models.pick_first"))
             return gr.skip()
         ctx.manager.load(source, engine, **load_options(*placement))
-        gr.Info(tr("models.loading_started", source=source))
+        entry = _find(ctx, source)
+        gr.Info(tr("models.loading_started", source=entry.name if entry else source))
         return gr.Tabs(selected="chat")
 
     ui.load.click(on_load, [ui.selected, lang, ui.engine, *placement], [tabs])

@@ -426,7 +426,24 @@ def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
         page.wait_for_function(find_row)
         row = page.evaluate(find_row)
         assert "models folder" in row and "qwen3_moe" in row and "Q8_0" in row.upper(), row
+        # Select it: what it is, the llama.cpp memory plan; then load it and chat with it.
+        page.locator("#library").get_by_text("qwen3_moe-Q8_0.gguf", exact=True).click()
+        page.wait_for_function(
+            "() => document.querySelector('#model-details').innerText.includes('gguf')"
+        )
+        page.wait_for_selector("#plan code, #plan pre")
         shot(page, "14-models-with-conversion")
+        page.click("#load")
+        page.wait_for_selector("#tab-chat:visible, #message textarea:visible")
+        # the header names the engine that runs it: llama.cpp for a GGUF
+        page.wait_for_function(
+            "() => { const s = document.querySelector('#model-status .model-status');"
+            " return s && s.dataset.state === 'ready' && s.innerText.includes('llamacpp'); }",
+            timeout=READY_TIMEOUT_MS,
+        )
+        send(page, "Hello from llama.cpp")
+        assert page.locator(STATS).count() == 1
+        shot(page, "15-chat-on-converted-gguf")
     finally:
         assert stop(proc) == 0
     assert outside == []
