@@ -26,7 +26,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-READY_TIMEOUT_MS = 180_000
+READY_TIMEOUT_MS = 300_000  # generous: a shared CI machine can be very busy
 REPLY_TIMEOUT_MS = 120_000
 
 BOT_ROWS = "#chatbot .message-row.bot-row"
