@@ -205,3 +205,24 @@ def test_chat_params_map_to_a_generation_request():
     assert (req.sampling.temperature, req.sampling.top_k, req.sampling.max_tokens) == (0.0, 40, 256)
     req = ChatParams("", 0.7, 1.0, 0, 0.0, 1.0, 64, 7.0, 3).request([])
     assert req.experts_per_token == 3 and req.sampling.seed == 7
+
+
+def test_sidebar_export_and_listing(tmp_path):
+    from app.context import AppContext
+    from app.model_manager import ModelManager
+    from app.settings import AppPaths
+    from app.ui_conversations import ChatSession, _export, list_update
+
+    ctx = AppContext.create(ModelManager(), AppPaths(tmp_path))
+    conv = ctx.store.create("寿司の話 / sushi: a talk")
+    ctx.store.append(conv.id, "user", "おすすめは？", "stop")
+    ctx.store.append(conv.id, "assistant", "<think>hm</think>マグロです。", "stop")
+    session = ChatSession(conv.id)
+    md = Path(_export(ctx, session, "ja", "md")["value"])
+    assert md.suffix == ".md" and "/" not in md.name  # the title's slash cannot make a path
+    assert "## あなた\n\nおすすめは？" in md.read_text(encoding="utf-8")
+    data = json.loads(Path(_export(ctx, session, "en", "json")["value"]).read_text("utf-8"))
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    listing = list_update(ctx, session, "マグロ")  # search finds message text
+    assert listing["choices"] == [(conv.title, conv.id)] and listing["value"] == conv.id
+    assert list_update(ctx, ChatSession(), "none such")["choices"] == []
