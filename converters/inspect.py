@@ -215,6 +215,12 @@ GGUF_ARCH_TO_HF = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "olmoe": "o
 def inspect_gguf(path: Path) -> ModelInfo:
     import gguf
 
+    # gguf-py's GGUFReader trusts the header's counts: an array claiming 2**63 items makes
+    # it loop and allocate for minutes. The engine's header reader checks every count and
+    # length against the file first (and raises BadModelFile), so it goes first.
+    from engine.llamacpp.gguf_header import read_contents
+
+    read_contents(path)
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # gguf-py raises ValueError/struct errors on damaged files

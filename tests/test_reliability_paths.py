@@ -156,3 +156,36 @@ def test_the_served_id_still_works(served_gguf):
         timeout=120,
     )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+# -- the Convert tab's output name ---------------------------------------------------------
+
+
+def _convert_handler(tmp_path):
+    """The Convert tab's start handler as the UI registers it (app/ui_convert.py on_start),
+    on an app whose models folder is tmp_path/models."""
+    from app.context import AppContext
+    from app.model_manager import ModelManager
+    from app.settings import AppPaths
+    from app.ui import build_ui
+
+    ctx = AppContext.create(ModelManager(), AppPaths(tmp_path / "home"))
+    ctx.settings.update(models_dir=str(tmp_path / "models"))
+    blocks = build_ui(ctx)
+    (handler,) = [f.fn for f in blocks.fns.values() if getattr(f.fn, "__name__", "") == "on_start"]
+    return handler
+
+
+def test_convert_output_names_stay_in_the_models_folder(tmp_path, hf_checkpoint):
+    handler = _convert_handler(tmp_path)
+    source = str(hf_checkpoint("qwen3_moe"))
+    models = tmp_path / "models"
+    hostile = ["../escape.gguf", str(tmp_path / "abs.gguf"), "sub/x.gguf", "..", ".hidden.gguf",
+               "../../etc/x", "~/x.gguf"]  # fmt: skip
+    for name in hostile:
+        list(handler(source, "Q8_0", "gguf", name, "en"))  # refused: a warning, no job
+    assert not any(models.iterdir()), [p.name for p in models.iterdir()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "models"]
+    # the same handler with a plain name converts (so the refusals above were real ones)
+    list(handler(source, "Q8_0", "gguf", "plain.gguf", "en"))
+    assert [p.name for p in models.iterdir()] == ["plain.gguf"]

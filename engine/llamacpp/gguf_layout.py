@@ -28,6 +28,7 @@ SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
 OUTPUT_TENSORS = ("output.", "output_norm.")
+MAX_LAYERS = 512  # llama.cpp's LLAMA_MAX_LAYERS (src/llama-hparams.h): it loads no more
 
 # GGUF architecture name -> Hugging Face model_type (what ModelInfo.arch spells).
 # llama.cpp writes Mixtral as "llama" with experts, DeepSeek-V2 and V3 both as "deepseek2".
@@ -166,7 +167,7 @@ def read_gguf(path: str | Path) -> GGUFHeader:
     n_vocab = contents.array_lengths.get("tokenizer.ggml.tokens", 0)
     try:
         layout = _layout(contents, arch, n_vocab)
-    except (TypeError, ValueError, ZeroDivisionError) as e:
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:  # e.g. int(inf)
         raise BadModelFile(
             f"{path.name} has malformed {arch} hyperparameters ({e}).", "Convert it again."
         ) from e
@@ -184,6 +185,8 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         return metadata.get(f"{arch}.{name}", default)
 
     n_layers = int(key("block_count"))
+    if not 0 <= n_layers <= MAX_LAYERS:  # checked before a list of that many blocks is made
+        raise ValueError(f"block_count is {n_layers}, not 0 to {MAX_LAYERS}")
     blocks = [BlockWeights(dense_bytes=0) for _ in range(n_layers)]
     input_bytes = output_bytes = input_params = output_params = 0
     bytes_by_type: dict[str, int] = {}
