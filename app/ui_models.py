@@ -15,6 +15,7 @@ import gradio as gr
 from app import library
 from app.context import AppContext
 from app.i18n import Key, Labels, Translator
+from app.model_facts import openness_markdown, quality_markdown
 from converters.errors import ItamaeError
 
 ENGINES = ("auto", "torch", "llamacpp")
@@ -250,6 +251,7 @@ def details_markdown(entry: library.LibraryEntry | None, tr: Translator) -> str:
     if info.bits_per_weight:
         bpw = ", ".join(f"{group} {bits:.2f}" for group, bits in info.bits_per_weight.items())
         lines += ["", f"**{tr('models.bpw')}:** {bpw}"]
+    lines += ["", openness_markdown(entry.path, tr), "", quality_markdown(entry.path, tr)]
     return "\n".join(lines)
 
 
