@@ -5,7 +5,8 @@
    file exists and grows). Nothing exists under the final name afterwards, and running the
    same command again succeeds, removes the dead process's leftover and writes a GGUF
    that llama.cpp's header reader and gguf-py accept.
-2. A process running the app's own chat path (app.ui_chat._stream_reply with a real
+2. A process running the app's own chat path (app.chat_reply.stream_reply, what the chat
+   tab runs, with a real
    AppContext: ModelManager + the llama.cpp engine on a converted fixture, ConversationStore
    in an ITAMAE_HOME) holds earlier conversations written by that same path, then is killed
    with SIGKILL while a long reply streams. Reopened, the store passes SQLite's integrity
@@ -83,51 +84,43 @@ def test_sigkill_mid_conversion_leaves_no_final_file_and_a_rerun_succeeds(hf_che
 
 
 # The app's chat path in its own process: 6 finished exchanges over 3 conversations, then
-# one reply that streams until the parent kills the process. All through _stream_reply,
+# one reply that streams until the parent kills the process. All through stream_reply,
 # which is what the chat tab runs; "streaming" is printed once the reply has been saved
 # at least once (SAVE_EVERY_S) and tokens keep coming.
 _CHAT_PROCESS = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys, threading, time
+    from app.chat_reply import ChatParams, stream_reply
     from app.context import AppContext
-    from app.i18n import Translator
     from app.model_manager import ModelManager
     from app.settings import AppPaths
-    from app.ui_chat import ChatParams, _stream_reply
-
-    class Session:
-        conversation_id = None
-        cancel = None
 
     ctx = AppContext.create(ModelManager(), AppPaths.default())
     ctx.manager.load(sys.argv[1], "llamacpp", wait=True)
-    tr = Translator("en")
     short = ChatParams("", 0.0, 1.0, 0, 0.0, 1.0, 8, 1, 0)
     done = {}
     for c in range(3):
-        session = Session()
-        session.conversation_id = ctx.store.create(f"conversation {c}", "").id
+        conv = ctx.store.create(f"conversation {c}", "").id
         for turn in range(2):
-            question = f"question {c}.{turn} 質問"
-            ctx.store.append(session.conversation_id, "user", question, "stop")
-            for _ in _stream_reply(ctx, session, short, tr):
+            ctx.store.append(conv, "user", f"question {c}.{turn} 質問", "stop")
+            for _ in stream_reply(ctx.store, ctx.manager, conv, short, threading.Event()):
                 pass
-        done[session.conversation_id] = [
-            (m.role, m.content, m.finish_reason) for m in ctx.store.messages(session.conversation_id)
-        ]
+        done[conv] = [(m.role, m.content, m.finish_reason) for m in ctx.store.messages(conv)]
     print(json.dumps(done), flush=True)
 
-    session = Session()
-    session.conversation_id = ctx.store.create("the one that is cut off", "").id
-    ctx.store.append(session.conversation_id, "user", "tell me a long story", "stop")
-    long = ChatParams("", 1.0, 1.0, 0, 0.0, 1.0, 100000, 7, 0)
-    started = time.monotonic()
-    announced = False
-    for _ in _stream_reply(ctx, session, long, tr):
-        if not announced and time.monotonic() - started > 1.5:
-            print("streaming", flush=True)
-            announced = True
-    print("finished", flush=True)  # the model stopped on its own: the test retries
+    # a reply long enough to be killed mid-stream: the tiny model may stop early on a seed,
+    # so seeds are tried until one is still streaming after 0.4 s (saved by then)
+    for seed in range(100):
+        conv = ctx.store.create("the one that is cut off", "").id
+        ctx.store.append(conv, "user", "tell me a long story", "stop")
+        long = ChatParams("", 1.0, 1.0, 0, 0.0, 1.0, 100000, seed, 0)
+        started = time.monotonic()
+        for update in stream_reply(ctx.store, ctx.manager, conv, long, threading.Event()):
+            if time.monotonic() - started > 0.4:
+                print("streaming", flush=True)
+                time.sleep(600)  # the parent kills the process here, mid-reply
+        ctx.store.delete(conv)  # ended on its own: not the case under test
+    print("finished", flush=True)  # no seed gave a long reply
     """
 )
 
@@ -150,11 +143,12 @@ def test_sigkill_while_a_reply_streams_keeps_every_earlier_conversation(chat_ggu
                             text=True)  # fmt: skip
     try:
         done_line = proc.stdout.readline()
-        assert done_line.startswith("{"), proc.stderr.read()[-3000:] if proc.poll() else done_line
+        if not done_line.startswith("{"):
+            proc.wait(timeout=30)
+            raise AssertionError(f"the chat process failed:\n{proc.stderr.read()[-3000:]}")
         done = json.loads(done_line)
         said = proc.stdout.readline().strip()
         assert said == "streaming", f"the long reply ended on its own ({said!r})"
-        time.sleep(0.7)  # past another save of the growing reply
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
