@@ -213,23 +213,15 @@ GGUF_ARCH_TO_HF = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "olmoe": "o
 
 
 def inspect_gguf(path: Path) -> ModelInfo:
-    import gguf
+    # Not gguf-py's GGUFReader: it trusts the header's counts (an array claiming 2**63
+    # items makes it loop and allocate for minutes) and turns every vocabulary entry into
+    # a numpy view (5-70 s for a 150k vocabulary). The header reader checks every count
+    # and length against the file (BadModelFile otherwise) and skips long arrays.
+    from converters.gguf_header import read_contents
 
-    # gguf-py's GGUFReader trusts the header's counts: an array claiming 2**63 items makes
-    # it loop and allocate for minutes. The engine's header reader checks every count and
-    # length against the file first (and raises BadModelFile), so it goes first.
-    from engine.llamacpp.gguf_header import read_contents
-
-    read_contents(path)
+    contents = read_contents(path)
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # gguf-py raises ValueError/struct errors on damaged files
-        raise BadModelFile(
-            f"{path.name} is not a readable GGUF file ({e}).", "Re-download or re-convert it."
-        ) from e
-
-    try:
-        return _gguf_info(path, reader)
+        return _gguf_info(path, contents)
     except (TypeError, ValueError, OverflowError, AttributeError, IndexError, KeyError) as e:
         # a key of the wrong type or an impossible value: hostile or damaged metadata
         raise BadModelFile(
@@ -237,10 +229,9 @@ def inspect_gguf(path: Path) -> ModelInfo:
         ) from e
 
 
-def _gguf_info(path: Path, reader) -> ModelInfo:
+def _gguf_info(path: Path, contents) -> ModelInfo:
     def field(key: str, default=None):
-        f = reader.fields.get(key)
-        return f.contents() if f is not None else default
+        return contents.metadata.get(key, default)
 
     arch = str(field("general.architecture", ""))
     n_experts = int(field(f"{arch}.expert_count", 0) or 0)
@@ -255,22 +246,22 @@ def _gguf_info(path: Path, reader) -> ModelInfo:
         n_shared_experts=int(field(f"{arch}.expert_shared_count", 0) or 0),
         context_length=int(field(f"{arch}.context_length", 0) or 0),
         vocab_size=int(
-            field(f"{arch}.vocab_size", 0) or len(field("tokenizer.ggml.tokens", []) or [])
+            field(f"{arch}.vocab_size", 0) or contents.array_lengths.get("tokenizer.ggml.tokens", 0)
         ),
         license=str(field("general.license", "")),
         size_bytes=path.stat().st_size,
         files=[path.name],
     )
     if info.n_shared_experts == 0 and any(
-        t.name.endswith("ffn_up_shexp.weight") for t in reader.tensors
+        t.name.endswith("ffn_up_shexp.weight") for t in contents.tensors
     ):
         info.n_shared_experts = 1  # Qwen-MoE: one shared expert, no count key
     tensors = [
-        (gguf_group(t.name), int(t.n_elements), int(t.n_bytes), t.tensor_type.name)
-        for t in reader.tensors
+        (gguf_group(t.name), int(t.n_elements), int(t.n_bytes), t.type.name)
+        for t in contents.tensors
     ]
     _summarise(info, tensors)
-    info.n_moe_layers = sum(t.name.endswith("ffn_gate_inp.weight") for t in reader.tensors)
+    info.n_moe_layers = sum(t.name.endswith("ffn_gate_inp.weight") for t in contents.tensors)
     file_type = field("general.file_type")
     info.quant = str(field(RECIPE_KEY) or _file_type_name(file_type))
     info.extra = {"gguf_arch": arch, "file_type": file_type}

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from converters.errors import BadModelFile
+from converters.gguf_header import read_contents
 from engine.llamacpp import logs
-from engine.llamacpp.gguf_header import read_contents
 from engine.llamacpp.gguf_layout import read_gguf
 from engine.memory_plan import Hardware, plan_memory
 from tests.llamacpp_synthetic import find_vocab_gguf

@@ -11,7 +11,7 @@ Safetensors headers are fuzzed in tests/test_hostile_safetensors.py and hostile 
 templates in tests/test_chat_template.py; this file covers the other readers:
 
 - GGUF through both readers: converters.inspect (gguf-py's GGUFReader) and the engine's
-  own header reader (engine/llamacpp/gguf_header.py + gguf_layout.read_gguf).
+  own header reader (converters/gguf_header.py + engine/llamacpp/gguf_layout.read_gguf).
 - config.json through converters.inspect.inspect (an HF folder) and the torch engine's
   config loading (engine.torch.models.model_class(...).Args.from_dict).
 - tokenizer.json / tokenizer_config.json through converters.gguf_tokenizer.read_vocabulary
@@ -453,20 +453,11 @@ def _torch_config(path: Path):
     model_class(str(config.get("model_type", ""))).Args.from_dict(config)
 
 
-TORCH_CONFIG_GAPS = (
-    "engine.torch's config loading trusts config.json's types: RopeParams.from_config raises "
-    "ValueError on a string rope_theta or a rope_scaling that is not an object, and "
-    "Args.from_dict TypeError/ZeroDivisionError on head_dim = hidden_size // "
-    "num_attention_heads with a string or zero; fix: catch those in from_dict and raise "
-    "BadModelFile (engine/torch is not this issue's to edit)"
-)
-
-
 @pytest.mark.parametrize(
     "reader",
     [
         "inspect",
-        pytest.param("torch", marks=pytest.mark.xfail(strict=True, reason=TORCH_CONFIG_GAPS)),
+        "torch",
     ],
 )
 def test_hostile_config_json_ends_in_clean_errors(tmp_path, reader):
@@ -627,20 +618,11 @@ def _torch_text(folder: Path) -> None:
     ModelText(folder, {"eos_token_id": 2})
 
 
-TORCH_TEXT_GAPS = (
-    "engine.torch.text.ModelText passes tokenizer.json to tokenizers' Tokenizer.from_file, "
-    "whose plain Exception ('data did not match any variant...') escapes unwrapped, and trusts "
-    "tokenizer_config.json's types (a chat_template list of non-objects: AttributeError; a "
-    "non-string eos_token: TypeError); fix: wrap both in BadModelFile (engine/torch is not "
-    "this issue's to edit)"
-)
-
-
 @pytest.mark.parametrize(
     "reader",
     [
         "gguf_tokenizer",
-        pytest.param("torch", marks=pytest.mark.xfail(strict=True, reason=TORCH_TEXT_GAPS)),
+        "torch",
     ],
 )
 def test_hostile_tokenizer_files_end_in_clean_errors(tmp_path, tmp_path_factory, reader):

@@ -1,6 +1,6 @@
 """Read what the memory planner and ModelInfo need from a GGUF header, without its weights.
 
-The header comes from gguf_header.read_contents (the metadata and tensor table; checked
+The header comes from converters.gguf_header.read_contents (the metadata and tensor table; checked
 against gguf's GGUFReader in the tests). Tensor sizes are the stored sizes (quantized
 blocks included); which tensors are routed experts follows llama.cpp's own pattern for
 `--cpu-moe` (common/common.h, LLM_FFN_EXPS_REGEX).
@@ -17,11 +17,10 @@ import gguf
 
 from converters.errors import BadModelFile
 from converters.gguf_export import RECIPE_KEY
+from converters.gguf_header import GGUFContents, TensorEntry, read_contents
 from converters.inspect import gguf_group
 from converters.model_info import ModelInfo
 from engine.model_layout import BlockWeights, ModelLayout
-
-from .gguf_header import GGUFContents, TensorEntry, read_contents
 
 # llama.cpp's split files (llama_split_path, gguf-split): the first shard holds the metadata
 SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")

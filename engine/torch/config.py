@@ -90,13 +90,18 @@ class BaseArgs:
         kept = {k: v for k, v in config.items() if k in names}
         try:
             args = cls(**kept, rope=RopeParams.from_config(config, cls.default_theta))
-        except TypeError as e:
-            raise BadModelFile(f"config.json does not fit {cls.__name__}: {e}.", "") from e
-        if args.num_key_value_heads is None:
-            args.num_key_value_heads = args.num_attention_heads
-        if args.head_dim is None:
-            args.head_dim = args.hidden_size // args.num_attention_heads
-        args.__post_init_args__(config)
+            if args.num_key_value_heads is None:
+                args.num_key_value_heads = args.num_attention_heads
+            if args.head_dim is None:
+                args.head_dim = args.hidden_size // args.num_attention_heads
+            args.__post_init_args__(config)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
+            # config.json comes from a stranger: a wrong type or an impossible value is a
+            # damaged file, not a crash
+            raise BadModelFile(
+                f"config.json does not fit {cls.__name__}: {type(e).__name__}: {e}.",
+                "Re-download config.json, or check that it belongs to this model.",
+            ) from e
         return args
 
     def __post_init_args__(self, config: dict) -> None:

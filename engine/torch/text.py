@@ -27,6 +27,17 @@ class ModelText:
             raise BadModelFile(
                 f"{folder} has no tokenizer.json.", "Copy the model's tokenizer files into it."
             )
+        try:
+            self._read(folder, path, config)
+        except BadModelFile:
+            raise
+        except Exception as e:  # tokenizers raises plain Exception; wrong JSON types raise more
+            raise BadModelFile(
+                f"The tokenizer files in {folder} are malformed ({type(e).__name__}: {e}).",
+                "Re-download tokenizer.json and tokenizer_config.json.",
+            ) from e
+
+    def _read(self, folder: Path, path: Path, config: dict) -> None:
         self.tokenizer = Tokenizer.from_file(str(path))
         tc = _read_json(folder / "tokenizer_config.json")
         self.chat_template = tc.get("chat_template") or ""
