@@ -26,6 +26,7 @@ import gguf
 from gguf import TokenType
 
 from .errors import BadModelFile, UnsupportedArchitecture
+from .json_files import read_model_json
 
 # GPT-2's regex, which the ByteLevel pre-tokenizer applies itself when `use_regex` is true.
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -145,11 +146,7 @@ def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
             f"{folder} has no tokenizer.json.",
             "Download the model's tokenizer files too (tokenizer.json, tokenizer_config.json).",
         )
-    try:
-        tokenizer = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        # RecursionError: JSON nested deeper than Python's decoder recurses (a hostile file)
-        raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download it.") from e
+    tokenizer = read_model_json(path, "Re-download it.")
     try:
         return _vocabulary(tokenizer, vocab_size)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from .errors import BadModelFile, ItamaeError
+from .json_files import read_model_json
 
 SCALE_SUFFIX = "_scale_inv"
 FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}
@@ -49,11 +50,7 @@ def _load_config(folder: Path) -> dict:
             f"{folder} has no config.json, so it is not a Hugging Face model folder.",
             "Point at the folder that holds config.json and *.safetensors.",
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        # RecursionError: JSON nested deeper than Python's decoder recurses (a hostile file)
-        raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download the model.") from e
+    config = read_model_json(path)
     if not isinstance(config, dict):
         raise BadModelFile(f"{path} does not hold a JSON object.", "Re-download the model.")
     return config

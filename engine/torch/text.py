@@ -5,12 +5,12 @@ that never splits a UTF-8 character or emits the start of a stop string early.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from converters.errors import BadModelFile
+from converters.json_files import read_model_json
 from engine.chat_template import render_chat
 
 
@@ -75,10 +75,7 @@ class ModelText:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadModelFile(f"{path} is not valid JSON ({e}).", "Re-download the model.") from e
+    data = read_model_json(path)
     return data if isinstance(data, dict) else {}
 
 
