@@ -1,26 +1,26 @@
 """The convert tab: a source, a recipe (with the estimated output size of each), the
-format (GGUF for llama.cpp, or the torch format for the native engine), a progress
-bar and cancel. The result lands in the models folder and so in the models tab.
+format (GGUF for llama.cpp, or the torch format for the native engine), whether to
+measure the result's quality afterwards, a progress bar and cancel. The result lands
+in the models folder and so in the models tab, with its quality report if measured.
 
-The work is `converters.convert.convert(src, dest, recipe, fmt, progress, cancel)`,
-run in a thread; the handler polls its progress the way the download does.
+The work (app/convert_job.py: the conversion, then the optional evaluation) runs in a
+thread; the handler polls its progress the way the download does.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from html import escape
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from app import library
 from app.context import AppContext
+from app.convert_job import ConvertJob, progress_html, run_job
 from app.i18n import Key, Labels, Translator
 from app.ui_models import human_bytes, scan_library
-from converters.errors import Cancelled, ItamaeError
 
 POLL_S = 0.3
 FORMATS = ("gguf", "torch")
@@ -36,22 +36,12 @@ RECIPES = {
 
 
 @dataclass
-class ConvertJob:
-    fraction: float = 0.0
-    message: str = ""
-    finished: bool = False
-    error: str = ""
-    cancelled: bool = False
-    dest: Path | None = None
-    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-
-
-@dataclass
 class ConvertUI:
     source: gr.Dropdown
     recipe: gr.Radio
     fmt: gr.Radio
     output_name: gr.Textbox
+    quality: gr.Checkbox
     start: gr.Button
     cancel: gr.Button
     progress: gr.HTML
@@ -114,6 +104,14 @@ def create_ui(ctx: AppContext, labels: Labels) -> ConvertUI:
         output_name = labels(
             gr.Textbox, label=Key("convert.output"), placeholder=Key("convert.output_placeholder")
         )
+        # Off by default: it runs both models over the whole calibration text.
+        quality = labels(
+            gr.Checkbox,
+            value=False,
+            label=Key("convert.measure_quality"),
+            info=Key("convert.measure_quality_info"),
+            elem_id="convert-quality",
+        )
         with gr.Row():
             start = labels(
                 gr.Button, value=Key("convert.start"), variant="primary", elem_id="convert-start"
@@ -121,45 +119,12 @@ def create_ui(ctx: AppContext, labels: Labels) -> ConvertUI:
             cancel = labels(gr.Button, value=Key("convert.cancel"), variant="stop", visible=False)
         progress = gr.HTML("", elem_id="convert-progress")
         job = gr.State(None)
-    return ConvertUI(source, recipe, fmt, output_name, start, cancel, progress, job)
+    return ConvertUI(source, recipe, fmt, output_name, quality, start, cancel, progress, job)
 
 
 def default_output(source: str, recipe: str, fmt: str) -> str:
     stem = Path(source.rstrip("/")).name or "model"
     return f"{stem}-{recipe}.gguf" if fmt == "gguf" else f"{stem}-{recipe}"
-
-
-def _run(job: ConvertJob, source: str, dest: Path, recipe: str, fmt: str) -> None:
-    from converters.convert import convert
-
-    def report(fraction: float, message: str = "") -> None:
-        job.fraction, job.message = fraction, message
-
-    try:
-        convert(source, dest, recipe, fmt, report, job.cancel)
-        job.dest = dest
-    except Cancelled:
-        job.cancelled = True
-    except ItamaeError as e:
-        job.error = str(e)
-    except Exception as e:  # the thread must report, not vanish
-        job.error = f"{type(e).__name__}: {e}"
-    finally:
-        job.finished = True
-
-
-def progress_html(job: ConvertJob, tr: Translator) -> str:
-    if job.error:
-        return f'<div class="notice error">{escape(job.error)}</div>'
-    if job.cancelled:
-        return f'<div class="notice">{escape(tr("convert.cancelled"))}</div>'
-    if job.finished and job.dest is not None:
-        return f'<div class="notice ok">{escape(tr("convert.done", path=str(job.dest)))}</div>'
-    message = escape(job.message or tr("convert.working"))
-    return (
-        f'<div class="download"><div>{message} — {job.fraction:.0%}</div>'
-        f'<div class="bar"><div style="width:{job.fraction * 100:.0f}%"></div></div></div>'
-    )
 
 
 def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models) -> None:
@@ -179,7 +144,9 @@ def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models
 
     ui.fmt.input(on_fmt, [ui.fmt], [ui.recipe])
 
-    def on_start(source: str, recipe: str, fmt: str, name: str, lang: str):
+    def on_start(
+        source: str, recipe: str, fmt: str, name: str, lang: str, measure_quality: bool = False
+    ):
         tr = Translator(lang)
         hidden, shown = gr.update(visible=False), gr.update(visible=True)
         if not source or not recipe:
@@ -191,9 +158,9 @@ def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models
         if Path(name).name != name or name.startswith("."):
             gr.Warning(tr("convert.bad_name"))
             return
-        job = ConvertJob()
+        job = ConvertJob(measure_quality=bool(measure_quality))
         worker = threading.Thread(
-            target=_run, args=(job, source, models_dir / name, recipe, fmt), daemon=True
+            target=run_job, args=(job, source, models_dir / name, recipe, fmt), daemon=True
         )
         worker.start()
         while not job.finished:
@@ -203,7 +170,7 @@ def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models
 
     ui.start.click(
         on_start,
-        [ui.source, ui.recipe, ui.fmt, ui.output_name, lang],
+        [ui.source, ui.recipe, ui.fmt, ui.output_name, lang, ui.quality],
         [ui.progress, ui.job, ui.start, ui.cancel, models.library],
         show_progress="hidden",
     )

@@ -412,12 +412,16 @@ def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
         source.fill(str(model))
         source.press("Enter")
         page.locator("#recipe label", has_text="Q8_0").click()
+        page.locator("#convert-quality input").check()  # and measure what it cost
         page.click("#convert-start")
         page.wait_for_selector("#convert-progress .notice.ok", timeout=REPLY_TIMEOUT_MS)
         output = home / "models" / "qwen3_moe-Q8_0.gguf"
-        assert str(output) in page.inner_text("#convert-progress")
+        notice = page.inner_text("#convert-progress")
+        assert str(output) in notice and "mean KL" in notice and "Models tab" in notice, notice
         assert output.stat().st_size > 0
         assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no temp left
+        report = json.loads((home / "models" / "qwen3_moe-Q8_0.quality.json").read_text())
+        assert f"{report['kl_mean']:.5f}" in notice and report["reference"] == str(model)
         shot(page, "13-converted")
         page.get_by_role("tab", name="Models").click()
         # textContent: Gradio's table keeps its rows in a virtual list innerText skips
@@ -432,6 +436,10 @@ def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
             "() => document.querySelector('#model-details').innerText.includes('gguf')"
         )
         page.wait_for_selector("#plan code, #plan pre")
+        # the report measured in the Convert tab, under the model's details
+        details = page.inner_text("#model-details")
+        assert "What quantization cost" in details and "Compared with qwen3_moe" in details
+        assert f"{report['kl_mean']:.5f}" in details and "No quality report" not in details
         shot(page, "14-models-with-conversion")
         page.click("#load")
         page.wait_for_selector("#tab-chat:visible, #message textarea:visible")
