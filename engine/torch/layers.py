@@ -2,11 +2,12 @@
 and the gated MLP used by dense layers and shared experts.
 
 RMSNorm computes in float32 and casts back, as transformers' `LlamaRMSNorm` does. Quantized
-linears follow gpt-fast's runtime kernels: int8 per-row weights through
-`torch._weight_int8pack_mm` and int4 group-wise weights through
-`_weight_int4pack_mm_for_cpu` when the activations are bf16 on the CPU; anywhere else
-(float32 activations, CUDA) the same math runs as dequantize-then-matmul, so results agree
-across devices to rounding.
+linears use torch's CPU kernels when the activations are bf16: int8 per-row weights through
+FBGEMM for a single activation row (decode; see cpu_kernels.py) and through
+`torch._weight_int8pack_mm` for several rows, int4 group-wise weights through
+`_weight_int4pack_mm_for_cpu` (gpt-fast's kernels). FBGEMM rounds the activation row to 8
+bits, about what bf16 keeps already; float32 activations ask for more, so they (and CUDA)
+run the same math as dequantize-then-matmul, and results agree across devices to rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .cpu_kernels import int8_kernel_available, int8_matvec, pack_int8
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -60,14 +63,26 @@ class Int8Linear(Linear):
         self.scale = scale.float()
         self.bias = bias
         self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
+        self._packed: torch.ScriptObject | None | bool = None  # False: no decode kernel here
 
     def _scale(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._scale_cache:
             self._scale_cache[dtype] = self.scale.to(dtype)
         return self._scale_cache[dtype]
 
+    def prepare_kernel(self) -> bool:
+        """Pack for the CPU decode kernel (once); False where it does not apply."""
+        if self._packed is None:
+            usable = self.weight.device.type == "cpu" and int8_kernel_available()
+            packed = pack_int8(self.weight, self.scale) if usable else None
+            self._packed = False if packed is None else packed
+        return self._packed is not False
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and is_aligned(self.weight):
+        cpu_bf16 = x.device.type == "cpu" and x.dtype == torch.bfloat16
+        if cpu_bf16 and x.numel() == x.shape[-1] and self.prepare_kernel():
+            y = int8_matvec(x, self._packed)  # one row: decode
+        elif cpu_bf16 and is_aligned(self.weight):
             shape = x.shape
             y = torch._weight_int8pack_mm(
                 x.reshape(-1, shape[-1]), self.weight, self._scale(x.dtype)

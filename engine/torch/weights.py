@@ -114,9 +114,14 @@ class TorchFormatWeights(Weights):
     def linear(self, prefix: str) -> Linear:
         name = f"{prefix}.weight"
         if self.fmt.scheme(name) == "int8_row":
-            q = self.fmt.get(name + ".q").to(self.device).clone()  # a fresh, aligned buffer
+            q = self.fmt.get(name + ".q").to(self.device)
             scale = self.fmt.get(name + ".scale").to(self.device)
-            return Int8Linear(q, scale, self.maybe(f"{prefix}.bias"))
+            linear = Int8Linear(q, scale, self.maybe(f"{prefix}.bias"))
+            # bf16 decode runs on FBGEMM's packed copy, made now rather than on the first
+            # token; without it the weight gets a fresh, aligned buffer for torch's kernels.
+            if self.dtype != torch.bfloat16 or not linear.prepare_kernel():
+                linear.weight = q.clone()
+            return linear
         return super().linear(prefix)
 
     def slow_tier(self, prefixes, names, act) -> SlowTier:
