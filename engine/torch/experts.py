@@ -23,7 +23,6 @@ from converters.torch_format import (
     pack_expert,
 )
 
-from .cpu_kernels import int8_kernel_available
 from .layers import ACTIVATIONS, Int4Linear, Int8Linear, Linear
 
 
@@ -53,11 +52,10 @@ class ExpertFFN:
         self.act = ACTIVATIONS[act]
 
     def prepare(self, dtype: torch.dtype) -> None:
-        """Repack quantized weights for the CPU kernels ahead of the first token (they apply
-        to bf16 activations only)."""
+        """Repack int4 weights for the CPU kernel ahead of the first token (bf16 on CPU only)."""
         if self.row.device.type == "cpu" and dtype == torch.bfloat16:
             for linear in (self.gate_up, self.down):
-                if isinstance(linear, Int8Linear | Int4Linear):
+                if isinstance(linear, Int4Linear):
                     linear.prepare_kernel()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,12 +81,6 @@ class SlowTier:
     def is_view(self) -> bool:
         """True if `row` returns a view of storage (so using it elsewhere needs a copy)."""
         return True
-
-    def packs_own_copy(self, dtype: torch.dtype) -> bool:
-        """True if the CPU kernel computes from its own packed copy of an expert (int8 with
-        FBGEMM, bf16 activations), which then is the expert's RAM copy: the row itself needs
-        no clone."""
-        return self.scheme == "int8_row" and dtype == torch.bfloat16 and int8_kernel_available()
 
     def ffn(self, layer: int, row: torch.Tensor) -> ExpertFFN:
         return ExpertFFN(row, self.layout(layer)[0], self.scheme, self.act)

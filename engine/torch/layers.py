@@ -3,8 +3,8 @@ and the gated MLP used by dense layers and shared experts.
 
 RMSNorm computes in float32 and casts back, as transformers' `LlamaRMSNorm` does. Quantized
 linears use torch's CPU kernels when the activations are bf16: int8 per-row weights through
-FBGEMM for a single activation row (decode; see cpu_kernels.py) and through
-`torch._weight_int8pack_mm` for several rows, int4 group-wise weights through
+FBGEMM for a single activation row (decode, non-expert weights; see cpu_kernels.py) and
+through `torch._weight_int8pack_mm` otherwise, int4 group-wise weights through
 `_weight_int4pack_mm_for_cpu` (gpt-fast's kernels). FBGEMM rounds the activation row to 8
 bits, about what bf16 keeps already; float32 activations ask for more, so they (and CUDA)
 run the same math as dequantize-then-matmul, and results agree across devices to rounding.
@@ -63,7 +63,8 @@ class Int8Linear(Linear):
         self.scale = scale.float()
         self.bias = bias
         self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
-        self._packed: torch.ScriptObject | None | bool = None  # False: no decode kernel here
+        self._packed: torch.ScriptObject | None = None  # FBGEMM's copy, see prepare_kernel
+        self._pack_tried = False
 
     def _scale(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._scale_cache:
@@ -71,16 +72,23 @@ class Int8Linear(Linear):
         return self._scale_cache[dtype]
 
     def prepare_kernel(self) -> bool:
-        """Pack for the CPU decode kernel (once); False where it does not apply."""
-        if self._packed is None:
-            usable = self.weight.device.type == "cpu" and int8_kernel_available()
-            packed = pack_int8(self.weight, self.scale) if usable else None
-            self._packed = False if packed is None else packed
-        return self._packed is not False
+        """Pack for the CPU decode kernel (once); False where it does not apply.
+
+        Called at load for the weights every token reads (attention, dense and shared MLPs,
+        the output layer). Routed experts are not packed: FBGEMM's packing runs at about
+        0.1 GB/s, so an expert cache that moves experts in and out would spend its time
+        packing, and an expert computed where it lives would need a packed copy too (the
+        same arithmetic wherever an expert is placed is what makes outputs placement-
+        independent). Experts run through the weight-only kernels."""
+        if not self._pack_tried:
+            self._pack_tried = True
+            if self.weight.device.type == "cpu" and int8_kernel_available():
+                self._packed = pack_int8(self.weight, self.scale)
+        return self._packed is not None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         cpu_bf16 = x.device.type == "cpu" and x.dtype == torch.bfloat16
-        if cpu_bf16 and x.numel() == x.shape[-1] and self.prepare_kernel():
+        if cpu_bf16 and x.numel() == x.shape[-1] and self._packed is not None:
             y = int8_matvec(x, self._packed)  # one row: decode
         elif cpu_bf16 and is_aligned(self.weight):
             shape = x.shape

@@ -87,7 +87,6 @@ class ExpertCache:
     on_miss: str = "auto"
     hot_set: list[tuple[int, int]] = field(default_factory=list)  # static policy
     cost: CostModel | None = None
-    dtype: torch.dtype = torch.float32  # of the activations: decides the CPU kernels
     counters: CacheCounters = field(default_factory=CacheCounters)
 
     def __post_init__(self):
@@ -114,25 +113,19 @@ class ExpertCache:
         row = self.slow.row(*key)
         if self.device.type == "cuda":
             row = (row.pin_memory() if self.pin else row).to(self.device, non_blocking=True)
-            ffn = self.slow.ffn(key[0], row)
-        elif self.slow.is_view() and self.slow.packs_own_copy(self.dtype):
-            ffn = self.slow.ffn(key[0], row)
-            ffn.prepare(self.dtype)  # the packed copy is the one in RAM
-        else:
-            if self.slow.is_view():
-                row = row.clone()  # out of the mmap'd file into RAM
-            ffn = self.slow.ffn(key[0], row)
+        elif self.slow.is_view():
+            row = row.clone()  # out of the mmap'd file into RAM
         self.counters.bytes_moved += row.numel()
-        return ffn
+        return self.slow.ffn(key[0], row)
 
-    def warm(self, keys: list[tuple[int, int]]) -> None:
+    def warm(self, keys: list[tuple[int, int]], dtype: torch.dtype) -> None:
         """Move `keys` in now (at load) instead of on first use, kernels prepared."""
         for key in keys:
             nbytes = self.slow.layout(key[0])[1]
             if key in self.slots or self.used_bytes + nbytes > self.budget_bytes:
                 continue
             ffn = self._move(key)
-            ffn.prepare(self.dtype)
+            ffn.prepare(dtype)
             self._insert(key, ffn)
 
     def _insert(self, key, ffn: ExpertFFN) -> None:

@@ -148,13 +148,14 @@ class DecoderModel:
                 for layer in range(len(self.moe_layers))
             ]
         cache = ExpertCache(
-            slow, self.device, budget_bytes, placement.policy, placement.on_miss, hot,
-            dtype=self.dtype,
-        )  # fmt: skip
+            slow, self.device, budget_bytes, placement.policy, placement.on_miss, hot
+        )
         if placement.preload and budget_bytes >= total and placement.policy != "static":
             # like llama.cpp's load: first-token latency should not pay for copies and repacking
             n_layers, n_experts = len(self.moe_layers), self.args.n_experts
-            cache.warm([(layer, e) for layer in range(n_layers) for e in range(n_experts)])
+            cache.warm(
+                [(layer, e) for layer in range(n_layers) for e in range(n_experts)], self.dtype
+            )
         return cache
 
     def _build_layer(self, i: int) -> DecoderLayer:
