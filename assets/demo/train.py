@@ -71,17 +71,21 @@ MAX_POSITIONS = 512  # the longest training chat is 192 tokens; room for a few t
 @dataclass(frozen=True)
 class TrainSettings:
     vocab_size: int = 4096
-    hidden_size: int = 128
-    layers: int = 4
+    # Every matrix's row length (hidden size, heads x head_dim, expert FFN) is 256: llama.cpp's
+    # K-quants pack rows in blocks of 256 and fall back to other types on shorter rows, so a
+    # narrower demo would not show what Q2_K/Q4_K_M really cost. Two layers keep the checkpoint
+    # and its GGUF within the repository's budget for assets.
+    hidden_size: int = 256
+    layers: int = 2
     heads: int = 4
     kv_heads: int = 2
-    head_dim: int = 32
+    head_dim: int = 64
     experts: int = 8
     experts_per_token: int = 2
     expert_ffn: int = 256
     max_tokens_per_sample: int = 192
     batch_tokens: int = 2048  # padded tokens per optimizer step
-    epochs: int = 120
+    epochs: int = 60
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
