@@ -6,6 +6,7 @@ and the `itamae eval` command with its stored report.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,23 @@ def test_quant_types_in_expected_order(ggufs, text):
     assert 1 > experts[0] > experts[1] > experts[2], experts
     for r in reports.values():
         assert r["kl_p99"] >= r["kl_median"] and r["kl_max"] >= r["kl_p99"]
+
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo" / "hf"
+
+
+@pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(), reason="no demo model")
+def test_quant_types_in_expected_order_on_the_trained_demo(tmp_path):
+    """The bundled demo (every row 256 wide, so the K-quants apply) against its HF source in
+    the torch engine, over the whole default calibration text: Q8_0 < Q4_0 < Q2_K."""
+    from converters.convert import convert
+
+    kl = []
+    for recipe in ("Q8_0", "Q4_0", "Q2_K"):
+        gguf = tmp_path / f"demo-{recipe}.gguf"
+        convert(DEMO, gguf, recipe)
+        kl.append(evaluate(gguf, DEMO)["kl_mean"])
+    assert 0 < kl[0] < kl[1] < kl[2], kl
 
 
 def test_torch_format_int8_closer_than_int4(hf_checkpoint, tmp_path, text):
