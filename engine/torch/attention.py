@@ -86,14 +86,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     q [B, Hq, 1, D], k and v [B, Hkv, S, D] -> [B, Hq, 1, D]. The query heads sharing a KV
     head become rows of one matmul, so K and V are read once and never repeated per head.
     On the CPU this is several times faster than scaled_dot_product_attention, whose
-    flash kernel is built for long queries (measured ~0.6 ms a call on a 64-token cache).
+    flash kernel is built for long queries, and float32 is faster than bf16 here (CPUs
+    without bf16 matmul units convert per call): 0.05 ms against 0.12 ms (bf16) and 0.2 ms
+    (sdpa) for 16 heads over an 80-token cache on 2 threads.
     """
     b, hq, _, d = q.shape
     hkv = k.shape[1]
-    grouped = q.reshape(b, hkv, hq // hkv, d)  # [B, Hkv, G, D]
-    scores = (grouped @ k.transpose(-1, -2)).float() * d**-0.5  # [B, Hkv, G, S]
-    probs = scores.softmax(dim=-1).to(v.dtype)
-    return (probs @ v).reshape(b, hq, 1, d)
+    grouped = q.reshape(b, hkv, hq // hkv, d).float()  # [B, Hkv, G, D]
+    scores = (grouped @ k.float().transpose(-1, -2)) * d**-0.5  # [B, Hkv, G, S]
+    probs = scores.softmax(dim=-1)
+    return (probs @ v.float()).to(q.dtype).reshape(b, hq, 1, d)
 
 
 @dataclass

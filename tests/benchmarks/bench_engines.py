@@ -68,11 +68,12 @@ def prepare(workdir: Path) -> dict[str, Path]:
 # ---- child processes ----------------------------------------------------------------------
 
 
-# OpenMP workers that spin between parallel regions (the default) steal the only other core
-# on a busy 2-core machine: measured here, one 1536x1024 int8 matvec took 4.2 ms with two
-# spinning threads and 0.1 ms with passive ones. Every child (torch and llama.cpp, both built
-# with OpenMP) runs with the same setting; --omp-wait-policy changes it.
-OMP_WAIT_POLICY = "PASSIVE"
+# OpenMP workers that spin between parallel regions for libgomp's default 300,000 rounds
+# steal the only other core on a busy 2-core machine (one 1536x1024 int8 matvec: 4.2 ms
+# instead of 0.1 ms), and workers that sleep at once (PASSIVE) pay a wake-up on every small
+# op of a decode step. Every child (torch and llama.cpp, both built with OpenMP) runs with
+# the setting `itamae` itself uses (app/cli.py): a short spin. --omp-wait-policy overrides.
+GOMP_SPINCOUNT = "10000"
 
 
 def child(args: list[str], timeout: int = 1800) -> dict:
@@ -322,11 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-cache-table", action="store_true")
     p.add_argument("--only-cache-table", action="store_true")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--omp-wait-policy", default=OMP_WAIT_POLICY, choices=["PASSIVE", "ACTIVE"])
+    p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"],
+                   help=f"instead of a spin of GOMP_SPINCOUNT={GOMP_SPINCOUNT} rounds")  # fmt: skip
     p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     t, n, g = args.threads, args.prompt_tokens, args.gen_tokens
-    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # inherited by every child
+    if args.omp_wait_policy:  # inherited by every child
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    else:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
     if args.child:  # one measurement, in this (fresh) process
         kind, path = args.child
         fn = raw_llama_cpp if kind == "raw" else transformers_eager
@@ -338,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
     report = {"threads": t, "prompt_tokens": n, "gen_tokens": g, "read_bandwidth_bytes_per_s": bandwidth,
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-              "omp_wait_policy": args.omp_wait_policy}  # fmt: skip
+              "omp_wait_policy": args.omp_wait_policy,
+              "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}  # fmt: skip
     if not args.only_cache_table:
         report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers))
     if not args.skip_cache_table:
