@@ -8,12 +8,9 @@ projection, its down projection, their scales) at 64-byte aligned offsets, so an
 one contiguous slice that can be paged in, copied to a GPU or evicted on its own. The rest
 of the model is in `model.safetensors`.
 
-Quantization schemes (gpt-fast's int8 weight-only and int4 group-wise quantizers are the
-model for both; the int4 code layout is what torch's `_weight_int4pack_mm` kernels take):
-- int8_row: q = round(w / s), s = max|w_row| / 127, per output row; w ~ q * s.
-- int4_group: per group of `group_size` inputs, s = (max - min) / 15, q = round((w - min) / s)
-  in 0..15, zero = min + 8 s; w ~ (q - 8) * s + zero. Codes are nibble-packed, low nibble
-  first ([out, in/2] uint8), scale and zero float16.
+Quantization schemes: int8_row (int8, one scale per output row) and int4_group (nibble-packed
+codes with a float16 scale and zero per group of inputs); the maths and the reasons
+for it are in converters/weight_quant.py.
 Recipes: "bf16" (everything bf16), "int8" (experts int8, other linears int8), "int4"
 (experts int4, other linears int8). Embeddings, norms, routers and MLA's kv_b_proj (it is
 folded into attention at run time) stay float.
@@ -38,13 +35,13 @@ from safetensors.torch import save_file
 
 from .errors import BadModelFile, Cancelled, ItamaeError, OutputExists
 from .hf_reader import HFCheckpoint
+from .weight_quant import INT4_GROUP, int4_group_size, quantize_int4_groups, quantize_int8_rows
 
 FORMAT = "itamae-torch"
 FORMAT_VERSION = 1
 MANIFEST = "itamae_torch.json"
 RECIPES = ("bf16", "int8", "int4")
 ALIGN = 64  # bytes: every part of an expert row starts on a cache line, views stay aligned
-INT4_GROUP = 64  # 4 bits + 2 x 16-bit (scale, zero) / 64 = 4.5 bits per weight, as Q4_0
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -82,52 +79,6 @@ PROJ = {
     "up_proj": "up",
     "down_proj": "down",
 }
-
-
-# ---- quantization -------------------------------------------------------------------------
-
-
-def quantize_int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [out, in] -> (int8 q [out, in], float32 scale [out])."""
-    w = w.float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def dequantize_int8_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return q.float() * scale.float()[:, None]
-
-
-def int4_group_size(in_features: int) -> int:
-    for g in (INT4_GROUP, 32, 16, 8):
-        if in_features % g == 0:
-            return g
-    raise ItamaeError(
-        f"An expert input size of {in_features} cannot be split into int4 groups.",
-        "Use --quant int8 for this model.",
-    )
-
-
-def quantize_int4_groups(
-    w: torch.Tensor, group: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w [out, in] -> (packed uint8 [out, in/2], scale f16 [out, in/group], zero f16 [out, in/group])."""
-    out_dim, in_dim = w.shape
-    g = w.float().view(out_dim, in_dim // group, group)
-    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-8).half().float()  # quantize against the stored scale
-    zero = (lo + 8 * scale).half().float()
-    q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp(0, 15).to(torch.uint8)
-    q = q.view(out_dim, in_dim)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
-    return packed.contiguous(), scale.half(), zero.half()
-
-
-def dequantize_int4_groups(packed, scale, zero) -> torch.Tensor:
-    p = packed.to(torch.int32)
-    q = torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], scale.shape[1], -1).float()
-    return ((q - 8) * scale.float()[..., None] + zero.float()[..., None]).view(p.shape[0], -1)
 
 
 # ---- the expert row layout ---------------------------------------------------------------

@@ -28,10 +28,12 @@ from converters.torch_format import (
     MANIFEST,
     TorchFormat,
     convert_to_torch,
-    dequantize_int4_groups,
-    dequantize_int8_rows,
     expert_views,
     pack_expert,
+)
+from converters.weight_quant import (
+    dequantize_int4_groups,
+    dequantize_int8_rows,
     quantize_int4_groups,
     quantize_int8_rows,
 )

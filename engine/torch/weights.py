@@ -105,7 +105,7 @@ class TorchFormatWeights(Weights):
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         if self.fmt.scheme(name) == "int8_row":
-            from converters.torch_format import dequantize_int8_rows
+            from converters.weight_quant import dequantize_int8_rows
 
             q, s = self.fmt.get(name + ".q"), self.fmt.get(name + ".scale")
             return dequantize_int8_rows(q, s).to(device=self.device, dtype=dtype or self.dtype)
