@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from converters.weight_quant import dequantize_int4_groups
+
 from .cpu_kernels import int8_kernel_available, int8_matvec, pack_int8
 
 
@@ -126,10 +128,7 @@ class Int4Linear(Linear):
         return torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], -1)
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        out, n_groups = self.scale.shape
-        codes = self.unpack().view(out, n_groups, self.group).float()
-        w = (codes - 8) * self.scale.float()[..., None] + self.zero.float()[..., None]
-        return w.view(out, -1).to(dtype)
+        return dequantize_int4_groups(self.packed, self.scale, self.zero).to(dtype)
 
     def prepare_kernel(self) -> bool:
         """Repack for `_weight_int4pack_mm_for_cpu`; False where the kernel does not apply."""
