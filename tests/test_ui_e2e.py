@@ -47,6 +47,18 @@ def seed_settings(home: Path, max_tokens: int) -> None:
     (home / "settings.json").write_text(json.dumps(settings))
 
 
+def set_max_tokens(page, n: int) -> None:
+    """Type a reply limit into the Sampling panel's slider and wait until the slider holds it:
+    a message sent before the typed value is committed would still use the old limit."""
+    page.get_by_text("Sampling", exact=True).click()
+    limit = page.locator("#max-tokens input[type=number]")
+    limit.fill(str(n))
+    limit.press("Enter")
+    page.wait_for_function(
+        "n => document.querySelector('#max-tokens input[type=range]').value === String(n)", arg=n
+    )
+
+
 @pytest.fixture(scope="module")
 def model(hf_checkpoint) -> Path:
     return hf_checkpoint("qwen3_moe")
@@ -153,10 +165,7 @@ def test_chat_in_english_and_japanese_stop_reload_and_switch_language(tmp_path, 
         # Stop midway: a long reply in a new conversation, stopped once text is on screen
         page.click("#new-chat")
         page.wait_for_function("() => !document.querySelector('#chatbot .message-row')")
-        page.get_by_text("Sampling", exact=True).click()
-        limit = page.locator("#max-tokens input[type=number]")
-        limit.fill("4000")
-        limit.press("Enter")
+        set_max_tokens(page, 4000)
         replies_before = page.locator(STATS).count()
         page.fill("#message textarea", "Tell me a very long story.")
         page.press("#message textarea", "Enter")
@@ -267,10 +276,7 @@ def test_kill_9_while_a_reply_streams_keeps_the_conversation(tmp_path, model, br
         open_app(page, url)
         send(page, "first question")
         send(page, "second question")
-        page.get_by_text("Sampling", exact=True).click()
-        limit = page.locator("#max-tokens input[type=number]")
-        limit.fill("4000")
-        limit.press("Enter")
+        set_max_tokens(page, 4000)
         page.fill("#message textarea", "third question, long answer")
         page.press("#message textarea", "Enter")
         page.wait_for_function(
