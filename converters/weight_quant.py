@@ -69,7 +69,13 @@ def quantize_int4_groups(
     return packed.contiguous(), scale.half(), zero.half()
 
 
-def dequantize_int4_groups(packed, scale, zero) -> torch.Tensor:
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Nibble-packed uint8 [out, in/2] -> int32 codes 0..15 [out, in]."""
     p = packed.to(torch.int32)
-    q = torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], scale.shape[1], -1).float()
-    return ((q - 8) * scale.float()[..., None] + zero.float()[..., None]).view(p.shape[0], -1)
+    return torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], -1)
+
+
+def dequantize_int4_groups(packed, scale, zero) -> torch.Tensor:
+    out, n_groups = scale.shape
+    q = unpack_int4(packed).view(out, n_groups, -1).float()
+    return ((q - 8) * scale.float()[..., None] + zero.float()[..., None]).view(out, -1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from converters.weight_quant import dequantize_int4_groups
+from converters.weight_quant import dequantize_int4_groups, unpack_int4
 
 from .cpu_kernels import int8_kernel_available, int8_matvec, pack_int8
 
@@ -122,11 +122,6 @@ class Int4Linear(Linear):
     def out_features(self) -> int:
         return self.packed.shape[0]
 
-    def unpack(self) -> torch.Tensor:
-        """[out, in] int32 codes 0..15."""
-        p = self.packed.to(torch.int32)
-        return torch.stack([p & 0xF, p >> 4], dim=-1).view(p.shape[0], -1)
-
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         return dequantize_int4_groups(self.packed, self.scale, self.zero).to(dtype)
 
@@ -137,7 +132,9 @@ class Int4Linear(Linear):
             if self.group not in (32, 64, 128, 256) or k % self.group:
                 return False
             try:
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.unpack(), 1)
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                    unpack_int4(self.packed), 1
+                )
             except (RuntimeError, AttributeError):
                 return False
             sz = torch.stack([self.scale, self.zero], dim=-1).transpose(0, 1).contiguous()
