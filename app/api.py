@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from app.api_schema import APIError, chat_request, completion_request, model_name, stream_flags
 from app.api_stream import ChatShape, TextShape, respond
 from app.model_manager import ModelManager
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 from engine.types import Backend, GenerationRequest
 
 log = logging.getLogger("itamae.api")

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api_schema import APIError
 from app.model_manager import ModelManager, NoModelLoaded
-from converters.errors import ContextTooLong
+from converters.core.errors import ContextTooLong
 from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent
 
 # How often a request that waits (queued, or a non-streamed one generating) checks

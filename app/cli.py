@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from app import __version__
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 # Subcommands in the order `itamae --help` lists them. A module that is missing (a
 # feature not built yet) is left out rather than breaking the others.

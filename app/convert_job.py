@@ -1,7 +1,7 @@
 """The Convert tab's worker: convert, then (if asked) measure what the conversion cost.
 
 One thread runs both phases on a `ConvertJob` that the tab's handler polls: first the
-conversion (`converters.convert.convert`, which reports its own fraction and message),
+conversion (`converters.conversion.convert.convert`, which reports its own fraction and message),
 then the quality evaluation of the result against its source (`engine.evaluate`, the
 same measurement as `itamae eval`, window by window on the bundled bilingual text),
 stored beside the model with `save_report` so that the Models tab shows it.
@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 
 from app.i18n import Translator
-from converters.errors import Cancelled, ItamaeError
+from converters.core.errors import Cancelled, ItamaeError
 
 
 @dataclass
@@ -49,7 +49,7 @@ def run_job(job: ConvertJob, source: str, dest: Path, recipe: str, fmt: str) -> 
 
 
 def _convert(job: ConvertJob, source: str, dest: Path, recipe: str, fmt: str) -> bool:
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     def report(fraction: float, message: str = "") -> None:
         job.fraction, job.message = fraction, message

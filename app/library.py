@@ -1,7 +1,7 @@
 """The models on this machine: Itamae's models folder, the Hugging Face cache, paths the
 person added, and the bundled demo; plus downloading from the hub and deleting.
 
-What each model is comes from `converters.inspect.inspect(path)` (headers only, so a
+What each model is comes from `converters.facts.inspection.inspect(path)` (headers only, so a
 scan is fast). Only files the person can get back are deleted: things inside Itamae's
 models folder or the Hugging Face cache. An added path is only forgotten, never removed
 from disk, and the demo ships with the program.
@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converters.errors import ItamaeError
-from converters.model_info import ModelInfo
+from converters.core.errors import ItamaeError
+from converters.core.model_info import ModelInfo
 from engine.loader import DEMO_DIR
 
 LOCATIONS = ("demo", "models", "hf-cache", "added", "loaded")
@@ -81,10 +81,10 @@ def _hf_cache_models() -> list[tuple[Path, str]]:
 
 
 def inspect_model(path: Path) -> tuple[ModelInfo | None, str]:
-    """What converters.inspect says, or why it could not say (the list shows the reason
+    """What converters.facts.inspection says, or why it could not say (the list shows the reason
     instead of failing as a whole)."""
     try:
-        from converters.inspect import inspect
+        from converters.facts.inspection import inspect
 
         return inspect(path), ""
     except ItamaeError as e:

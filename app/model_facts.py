@@ -1,6 +1,6 @@
 """What the Models tab says beyond `inspect`: the openness card and the quality report.
 
-The card comes from converters.openness (each fact with the source it was read from;
+The card comes from converters.facts.openness (each fact with the source it was read from;
 "unknown" where no source says), the report from engine.evaluate (stored beside a
 converted model by `itamae eval` as <model>.quality.json). Both are read from files,
 never guessed, and a model without them says so.
@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.i18n import Translator
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 FACTS = ("weights", "license", "training_data", "training_code", "inference_code",
          "technical_report")  # fmt: skip
 
 
 def openness_markdown(path: Path, tr: Translator) -> str:
-    from converters.openness import openness_card
+    from converters.facts.openness import openness_card
 
     try:
         card = openness_card(path)

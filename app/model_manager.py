@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import engine
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 from engine.types import Backend, Event, FinalEvent, GenerationRequest, Stats
 
 # How often a queued request looks at its cancel flag. Short enough that a client that

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import platformdirs
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 APP_NAME = "itamae"
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 SCHEMA_VERSION = 1
 

@@ -16,7 +16,7 @@ from app import library
 from app.context import AppContext
 from app.i18n import Key, Labels, Translator
 from app.model_facts import openness_markdown, quality_markdown
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 ENGINES = ("auto", "torch", "llamacpp")
 COLUMNS = (

@@ -16,7 +16,7 @@ from functools import lru_cache
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 
 class TemplateError(ItamaeError):

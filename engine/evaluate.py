@@ -25,7 +25,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from converters.errors import Cancelled, ItamaeError
+from converters.core.errors import Cancelled, ItamaeError
 
 from .quality_metrics import Totals, compare_logits
 from .scoring import Scorer, bos_prefix, open_scorer
@@ -77,7 +77,7 @@ def _size(path: Path) -> int:
 
 def _describe(path: Path) -> dict:
     """What `itamae inspect` says of a model's quantization: recipe and bits per weight."""
-    from converters.inspect import inspect
+    from converters.facts.inspection import inspect
 
     try:
         info = inspect(path)

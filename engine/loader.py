@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 from .types import Backend
 

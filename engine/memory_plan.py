@@ -26,7 +26,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 
-from converters.errors import ItamaeError, NotEnoughMemory
+from converters.core.errors import ItamaeError, NotEnoughMemory
 from engine.model_layout import KV_TYPE_BYTES, BlockWeights, ModelLayout
 
 __all__ = ["BlockWeights", "KV_TYPE_BYTES", "ModelLayout"]  # kept importable from here

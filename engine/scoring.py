@@ -52,7 +52,7 @@ def open_scorer(path: str | Path, window: int, threads: int = 0) -> Scorer:
     engine = "llamacpp" if str(path).endswith(".gguf") else "auto"
     source = resolve_source(path, engine)
     if isinstance(source, str):
-        from converters.errors import ItamaeError
+        from converters.core.errors import ItamaeError
 
         raise ItamaeError(
             "A remote model cannot be evaluated: its server does not return every position's logits.",

@@ -23,7 +23,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 from .llamacpp.native import LoadOptions, NativeModel
 from .scoring import Scored

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
-from converters.model_info import ModelInfo
+from converters.core.model_info import ModelInfo
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 

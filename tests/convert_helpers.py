@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import convert
+from converters.conversion.convert import convert
 from tests.fixtures.reference import reference_model
 
 llama_cpp = pytest.importorskip("llama_cpp")

@@ -23,7 +23,7 @@ QUESTION = "寿司を一つください。"
 
 @pytest.fixture(scope="module")
 def gguf(hf_checkpoint, tmp_path_factory):
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     dest = tmp_path_factory.mktemp("api-llamacpp") / "qwen3_moe-f32.gguf"
     convert(hf_checkpoint("qwen3_moe"), dest, "F32")

@@ -10,9 +10,9 @@ from collections import namedtuple
 import pytest
 from safetensors.torch import load_file, save_file
 
-from converters import convert as convert_module
-from converters.convert import convert
-from converters.errors import (
+from converters.conversion import convert as convert_module
+from converters.conversion.convert import convert
+from converters.core.errors import (
     BadModelFile,
     Cancelled,
     ItamaeError,

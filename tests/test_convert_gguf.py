@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from converters.convert import convert
+from converters.conversion.convert import convert
 from tests.convert_helpers import (
     converted_files,
     kl_and_top1,
@@ -172,7 +172,7 @@ def _same_gguf_but_card(a, b) -> bool:
     describes the source folder (how many weight files it has)."""
     import gguf
 
-    from converters.model_card import OPENNESS_KEY
+    from converters.facts.model_card import OPENNESS_KEY
 
     ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
     fields_a = {k: _raw(f) for k, f in ra.fields.items() if k != OPENNESS_KEY}

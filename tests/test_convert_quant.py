@@ -11,7 +11,7 @@ from gguf import quants
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from converters.quant import DIRECT_TYPES, encode, nbytes
+from converters.formats.gguf_quant import DIRECT_TYPES, encode, nbytes
 
 
 def reference_bytes(data: torch.Tensor, qtype: Q) -> np.ndarray:

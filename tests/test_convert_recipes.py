@@ -13,7 +13,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader, LlamaFileType
 
-from converters.inspect import inspect
+from converters.facts.inspection import inspect
 from tests.convert_helpers import converted_files, kl_and_top1, llama_cpp_logits
 
 pytest.importorskip("llama_cpp")

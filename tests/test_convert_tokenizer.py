@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from converters.errors import UnsupportedArchitecture
-from converters.gguf_tokenizer import (
+from converters.core.errors import UnsupportedArchitecture
+from converters.formats.gguf_tokenizer import (
     DEEPSEEK_V3_REGEXES,
     GPT2_REGEX,
     LLAMA3_REGEX,

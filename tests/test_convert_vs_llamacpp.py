@@ -13,8 +13,8 @@ import json
 import pytest
 from gguf import GGUFReader
 
-from converters.convert import convert
-from converters.gguf_tokenizer import pre_tokenizer_name
+from converters.conversion.convert import convert
+from converters.formats.gguf_tokenizer import pre_tokenizer_name
 from tests.convert_helpers import llama_cpp_logits, relative_error
 from tests.fixtures.llamacpp_reference import (
     reference_pair,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from app.cli import main
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 from engine.evaluate import default_calibration_text, evaluate, load_quality_report, report_path
 from engine.quality_metrics import compare_logits, routing_overlap
 
@@ -33,7 +33,7 @@ def text() -> str:
 @pytest.fixture(scope="module")
 def ggufs(hf_checkpoint, tmp_path_factory):
     """Itamae's conversions of the tiny Qwen3-MoE (3 MoE layers, 8 experts, top-2)."""
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     folder = tmp_path_factory.mktemp("eval-ggufs")
     out = {}
@@ -89,7 +89,7 @@ def _transformers_routing(folder, ids: list[int]) -> tuple[np.ndarray, dict[int,
 def test_llamacpp_routing_is_transformers_routing(hf_checkpoint, tmp_path, text, arch):
     """The experts read from llama.cpp's graph are the ones transformers' router picks
     (softmax top-k for Qwen3-MoE; sigmoid + bias + group-limited top-k for DeepSeek-V3)."""
-    from converters.convert import convert
+    from converters.conversion.convert import convert
     from engine.scoring_llamacpp import LlamaCppScorer
 
     gguf = tmp_path / f"{arch}.gguf"
@@ -144,7 +144,7 @@ DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo" / "hf"
 def test_quant_types_in_expected_order_on_the_trained_demo(tmp_path):
     """The bundled demo (every row 256 wide, so the K-quants apply) against its HF source in
     the torch engine, over the whole default calibration text: Q8_0 < Q4_0 < Q2_K."""
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     kl = []
     for recipe in ("Q8_0", "Q4_0", "Q2_K"):
@@ -156,7 +156,7 @@ def test_quant_types_in_expected_order_on_the_trained_demo(tmp_path):
 
 def test_torch_format_int8_closer_than_int4(hf_checkpoint, tmp_path, text):
     """The torch engine on both sides: its int8 and int4 expert formats against the source."""
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     source = hf_checkpoint("qwen3_moe")
     kl, experts = {}, {}
@@ -229,7 +229,7 @@ def test_default_calibration_text_is_bilingual():
 
 
 def test_dense_model_has_no_routing_figures(hf_checkpoint, tmp_path, text):
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     gguf = tmp_path / "llama-Q8_0.gguf"
     convert(hf_checkpoint("llama"), gguf, "Q8_0")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from converters.hf_reader import HFCheckpoint, dequantize_fp8_blocks
+from converters.formats.hf_reader import HFCheckpoint, dequantize_fp8_blocks
 from tests.fixtures.checkpoints import ARCHS, FIXTURES, SPECS
 from tests.fixtures.reference import reference_model, reference_tokenizer
 
@@ -92,7 +92,7 @@ def test_fp8_fixture_is_block_scaled_as_published(hf_checkpoint):
 
 
 def test_fp8_dequantization_rejects_wrong_scale_shape():
-    from converters.errors import BadModelFile
+    from converters.core.errors import BadModelFile
 
     weight = torch.zeros(200, 130).to(torch.float8_e4m3fn)
     with pytest.raises(BadModelFile, match="needs"):
@@ -100,7 +100,7 @@ def test_fp8_dequantization_rejects_wrong_scale_shape():
 
 
 def test_reader_refuses_pickled_weights(tmp_path):
-    from converters.errors import ItamaeError
+    from converters.core.errors import ItamaeError
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from converters.errors import BadModelFile, ItamaeError
-from converters.hf_reader import HFCheckpoint
+from converters.core.errors import BadModelFile, ItamaeError
+from converters.formats.hf_reader import HFCheckpoint
 
 CASES = 2000
 DTYPES = ["F32", "F16", "BF16", "I8", "U8", "F8_E4M3", "I64", "BOOL", "Q4", "", "F32 ", None, 7]

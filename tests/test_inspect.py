@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from app.cli import main
-from converters.convert import convert
-from converters.errors import OutputExists
-from converters.inspect import inspect
+from converters.conversion.convert import convert
+from converters.core.errors import OutputExists
+from converters.facts.inspection import inspect
 from tests.fixtures.checkpoints import ARCHS
 from tests.fixtures.reference import reference_model
 
@@ -143,7 +143,7 @@ def test_model_card_facts_reach_general_keys(hf_checkpoint, tmp_path):
 
 
 def test_torch_format_through_convert_and_inspect(hf_checkpoint, tmp_path):
-    """fmt="torch" reaches converters.torch_format; inspect reads its manifest."""
+    """fmt="torch" reaches converters.formats.torch_format; inspect reads its manifest."""
     hf = inspect(hf_checkpoint("qwen3_moe"))
     dest = tmp_path / "torch-int8"
     convert(hf_checkpoint("qwen3_moe"), dest, "int8", fmt="torch")

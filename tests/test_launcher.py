@@ -166,7 +166,7 @@ def test_windows_shortcut_without_powershell_points_at_a_launcher(tmp_path, monk
 
 
 def test_unknown_platform_is_a_clear_error(tmp_path):
-    from converters.errors import ItamaeError
+    from converters.core.errors import ItamaeError
 
     with pytest.raises(ItamaeError, match="launcher"):
         shortcut.create("plan9", tmp_path)

@@ -11,14 +11,14 @@ import threading
 
 import pytest
 
-from converters.errors import BadModelFile, UnsupportedArchitecture
+from converters.core.errors import BadModelFile, UnsupportedArchitecture
 from engine.chat_template import render_chat
 from engine.llamacpp.backend import LlamaCppBackend, load
 from engine.llamacpp.native import DecodeAborted
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
 
 llama_cpp = pytest.importorskip("llama_cpp")
-convert_module = pytest.importorskip("converters.convert")
+convert_module = pytest.importorskip("converters.conversion.convert")
 
 ARCHS = ("qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v2", "deepseek_v3", "mixtral", "llama")
 CHAT = [Message("system", "You are terse."), Message("user", "Hello! こんにちは、元気ですか?")]
@@ -351,7 +351,7 @@ def test_recorded_expert_choices_are_the_routers_choices_in_transformers(gguf_fi
 
 
 def test_options_llama_cpp_would_abort_on_are_refused(gguf_file):
-    from converters.errors import ItamaeError
+    from converters.core.errors import ItamaeError
 
     with pytest.raises(ItamaeError, match="Choose 1 to 8"):
         load(gguf_file("qwen3_moe"), n_ctx=512, experts_per_token=9)
@@ -384,7 +384,7 @@ def split_copy(source, folder, tensors_per_shard: int):
 
 
 def test_split_gguf_is_planned_from_every_shard_and_loads(gguf_file, backend_for, tmp_path):
-    from converters.errors import BadModelFile
+    from converters.core.errors import BadModelFile
     from engine.llamacpp.gguf_layout import read_gguf
 
     whole = read_gguf(gguf_file("qwen3_moe"))

@@ -73,7 +73,7 @@ def test_chat_on_llama_cpp_converted_files(arch, foreign_gguf):
 
 
 def test_expert_override_on_a_llama_cpp_converted_file(foreign_gguf):
-    from converters.gguf_header import read_contents
+    from converters.formats.gguf_header import read_contents
 
     path = foreign_gguf("qwen3_moe")
     routed = {t.name for t in read_contents(path).tensors if "_exps." in t.name}

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from converters.errors import BadModelFile
-from converters.gguf_header import read_contents
+from converters.core.errors import BadModelFile
+from converters.formats.gguf_header import read_contents
 from engine.llamacpp import logs
 from engine.llamacpp.gguf_layout import read_gguf
 from engine.memory_plan import Hardware, plan_memory
@@ -36,7 +36,7 @@ def vocab_file(name):
 
 @pytest.fixture(scope="module")
 def converted(hf_checkpoint, tmp_path_factory):
-    convert = pytest.importorskip("converters.convert").convert
+    convert = pytest.importorskip("converters.conversion.convert").convert
     path = tmp_path_factory.mktemp("gguf") / "deepseek_v3-q8_0.gguf"
     convert(hf_checkpoint("deepseek_v3"), path, "Q8_0")
     return path
@@ -70,7 +70,7 @@ def test_converted_file_reads_as_gguf_reader_reads_it(converted):
     routed = sum(t.n_bytes for t in read_contents(converted).tensors if "_exps." in t.name)
     assert layout.expert_bytes == routed
     # the backend's ModelInfo is what `itamae inspect` says about the same file
-    from converters.inspect import inspect_gguf
+    from converters.facts.inspection import inspect_gguf
 
     assert read_gguf(converted).model_info().to_json() == inspect_gguf(converted).to_json()
 

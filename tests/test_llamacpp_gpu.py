@@ -29,7 +29,7 @@ MIB = 2**20
 
 @pytest.fixture(scope="module")
 def moe_gguf(hf_checkpoint, tmp_path_factory):
-    convert = pytest.importorskip("converters.convert").convert
+    convert = pytest.importorskip("converters.conversion.convert").convert
     path = tmp_path_factory.mktemp("gpu") / "qwen3_moe-f32.gguf"
     convert(hf_checkpoint("qwen3_moe"), path, "F32")
     return path

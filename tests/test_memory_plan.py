@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from converters.errors import NotEnoughMemory
+from converters.core.errors import NotEnoughMemory
 from engine.memory_plan import (
     GIB,
     QUANT_LADDER,

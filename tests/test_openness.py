@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import ItamaeError
-from converters.licenses import identify_text, license_class, normalize
-from converters.model_card import read_model_card, split_front_matter
-from converters.openness import openness_card
+from converters.core.errors import ItamaeError
+from converters.facts.licenses import identify_text, license_class, normalize
+from converters.facts.model_card import read_model_card, split_front_matter
+from converters.facts.openness import openness_card
 
 FACTS = (
     "name",
@@ -301,8 +301,8 @@ def test_converted_gguf_keeps_the_source_card(tmp_path):
     """What the converter stores (openness_json) comes back from the GGUF, sources marked."""
     import gguf
 
-    from converters.model_card import OPENNESS_KEY
-    from converters.openness import openness_json
+    from converters.facts.model_card import OPENNESS_KEY
+    from converters.facts.openness import openness_json
 
     readme = "---\nlicense: mit\ndatasets:\n- example/corpus\n---\n# M\n\nTraining code: https://github.com/example/train\n"
     source = make_model(tmp_path / "src", {"README.md": readme, "LICENSE": MIT_TEXT})
@@ -377,7 +377,7 @@ def test_training_code_linked_beside_the_card(tmp_path):
 
 def test_itamae_convert_carries_the_card(hf_checkpoint, tmp_path):
     """The real converter stores the source's card; the GGUF's card names it as carried."""
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     out = tmp_path / "fixture-Q8_0.gguf"
     convert(hf_checkpoint("llama"), out, "Q8_0")

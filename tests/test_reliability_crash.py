@@ -128,7 +128,7 @@ _CHAT_PROCESS = textwrap.dedent(
 @pytest.fixture(scope="module")
 def chat_gguf(hf_checkpoint, tmp_path_factory):
     pytest.importorskip("llama_cpp")
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     path = tmp_path_factory.mktemp("crash") / "chat-Q8_0.gguf"
     convert(hf_checkpoint("qwen3_moe"), path, "Q8_0")

@@ -10,11 +10,11 @@ case, numpy and Python objects included), and no file written next to the input.
 Safetensors headers are fuzzed in tests/test_hostile_safetensors.py and hostile chat
 templates in tests/test_chat_template.py; this file covers the other readers:
 
-- GGUF through both readers: converters.inspect (gguf-py's GGUFReader) and the engine's
+- GGUF through both readers: converters.facts.inspection (gguf-py's GGUFReader) and the engine's
   own header reader (converters/gguf_header.py + engine/llamacpp/gguf_layout.read_gguf).
-- config.json through converters.inspect.inspect (an HF folder) and the torch engine's
+- config.json through converters.facts.inspection.inspect (an HF folder) and the torch engine's
   config loading (engine.torch.models.model_class(...).Args.from_dict).
-- tokenizer.json / tokenizer_config.json through converters.gguf_tokenizer.read_vocabulary
+- tokenizer.json / tokenizer_config.json through converters.formats.gguf_tokenizer.read_vocabulary
   (what convert writes into a GGUF) and the torch engine's engine.torch.text.ModelText.
 
 The GGUF layout written here follows gguf-py's docs (ggml docs/gguf.md): magic, version,
@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 CASES = int(os.environ.get("ITAMAE_FUZZ_CASES", "2000"))  # fewer while debugging
 CASE_SECONDS = 10  # a case still running after this is a hang
@@ -262,7 +262,7 @@ def test_valid_gguf_template_reads_in_both_readers(tmp_path):
     """The template is a real GGUF: gguf-py, our header reader and inspect all accept it."""
     import gguf
 
-    from converters.inspect import inspect
+    from converters.facts.inspection import inspect
     from engine.llamacpp.gguf_layout import read_gguf
 
     path = tmp_path / "valid.gguf"
@@ -294,7 +294,7 @@ def test_a_huge_block_count_is_refused_before_anything_per_block_is_made(tmp_pat
 
 
 def test_a_huge_layer_count_in_config_json_is_refused(tmp_path):
-    from converters.inspect import inspect
+    from converters.facts.inspection import inspect
 
     _hf_folder(tmp_path)
     for layers in (513, 10**15, -1, "32", 1.5e300):
@@ -308,7 +308,7 @@ def test_a_huge_layer_count_in_config_json_is_refused(tmp_path):
 
 @pytest.mark.parametrize("reader", ["inspect", "gguf_header"])
 def test_hostile_gguf_files_end_in_clean_errors(tmp_path, reader):
-    from converters.inspect import inspect
+    from converters.facts.inspection import inspect
     from engine.llamacpp.gguf_layout import read_gguf
 
     read = {"inspect": inspect, "gguf_header": read_gguf}[reader]
@@ -445,8 +445,8 @@ def _hf_folder(folder: Path) -> None:
 
 def _torch_config(path: Path):
     """The torch engine's config loading, as TorchBackend does it (engine/torch/backend.py):
-    config.json through converters.hf_reader, then the architecture's Args.from_dict."""
-    from converters.hf_reader import _load_config
+    config.json through converters.formats.hf_reader, then the architecture's Args.from_dict."""
+    from converters.formats.hf_reader import _load_config
     from engine.torch.models import model_class
 
     config = _load_config(path.parent)
@@ -461,7 +461,7 @@ def _torch_config(path: Path):
     ],
 )
 def test_hostile_config_json_ends_in_clean_errors(tmp_path, reader):
-    from converters.inspect import inspect
+    from converters.facts.inspection import inspect
 
     _hf_folder(tmp_path)
     config = tmp_path / "config.json"
@@ -607,7 +607,7 @@ def hostile_tokenizers(draw, template: dict, template_config: dict) -> tuple[byt
 
 
 def _gguf_vocabulary(folder: Path) -> None:
-    from converters.gguf_tokenizer import read_vocabulary
+    from converters.formats.gguf_tokenizer import read_vocabulary
 
     read_vocabulary(folder, 600)
 

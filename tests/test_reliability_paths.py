@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from app import library
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 from tests.serve_process import ServeProcess
 
 pytest.importorskip("llama_cpp")
@@ -111,7 +111,7 @@ HOSTILE_IDS = [
 
 @pytest.fixture(scope="module")
 def served_gguf(hf_checkpoint, tmp_path_factory):
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     path = tmp_path_factory.mktemp("paths") / "tiny-Q8_0.gguf"
     convert(hf_checkpoint("qwen3_moe"), path, "Q8_0")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("app", "engine", "converters")
@@ -154,8 +154,8 @@ def _refused(call) -> str:
 
 
 def test_pickled_checkpoint_is_refused_everywhere(pickled_only, tmp_path):
-    from converters.convert import convert
-    from converters.inspect import inspect
+    from converters.conversion.convert import convert
+    from converters.facts.inspection import inspect
     from engine.loader import load
 
     folder, marker = pickled_only

@@ -36,7 +36,7 @@ QUESTION = "What does a sushi chef do?"
 
 @pytest.fixture(scope="module")
 def gguf(hf_checkpoint, tmp_path_factory):
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     dest = tmp_path_factory.mktemp("llamacpp-server") / "qwen3_moe-f32.gguf"
     convert(hf_checkpoint("qwen3_moe"), dest, "F32")

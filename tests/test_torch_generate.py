@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine
-from converters.errors import UnsupportedArchitecture
+from converters.core.errors import UnsupportedArchitecture
 from engine.torch.sampling import Sampler
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
 from tests.fixtures.reference import reference_tokenizer

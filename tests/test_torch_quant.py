@@ -22,16 +22,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from converters.errors import Cancelled, OutputExists
-from converters.hf_reader import HFCheckpoint
-from converters.torch_format import (
+from converters.core.errors import Cancelled, OutputExists
+from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.torch_format import (
     MANIFEST,
     TorchFormat,
     convert_to_torch,
     expert_views,
     pack_expert,
 )
-from converters.weight_quant import (
+from converters.formats.torch_quant import (
     dequantize_int4_groups,
     dequantize_int8_rows,
     quantize_int4_groups,

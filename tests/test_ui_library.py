@@ -10,7 +10,7 @@ import pytest
 from app import library
 from app.i18n import Translator
 from app.ui_models import details_markdown, download_html, load_options
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from app import library
 from app.i18n import Translator
 from app.ui_models import details_markdown
-from converters.convert import convert
+from converters.conversion.convert import convert
 from engine.evaluate import evaluate, save_report
 
 

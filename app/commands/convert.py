@@ -1,4 +1,4 @@
-"""`itamae convert SRC -o DEST [--quant RECIPE] [--format gguf|torch]`: converters.convert
+"""`itamae convert SRC -o DEST [--quant RECIPE] [--format gguf|torch]`: converters.conversion.convert
 on the command line, with a progress bar on stderr (tqdm) and `--json` for scripts."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
-from converters.errors import Cancelled
+from converters.core.errors import Cancelled
 
 
 def add_parser(subparsers) -> None:
-    from converters.recipes import RECIPES
+    from converters.conversion.recipes import RECIPES
 
     p = subparsers.add_parser(
         "convert",
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from converters.convert import convert
+    from converters.conversion.convert import convert
 
     bar = tqdm(total=1000, unit="‰", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 
 def add_parser(subparsers) -> None:

@@ -1,4 +1,4 @@
-"""`itamae inspect PATH`: what a model is (converters.inspect), as text or `--json`."""
+"""`itamae inspect PATH`: what a model is (converters.facts.inspection), as text or `--json`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _billions(n: int) -> str:
 
 
 def run(args) -> int:
-    from converters.inspect import inspect
+    from converters.facts.inspection import inspect
     from engine.loader import resolve_source
 
     info = inspect(resolve_source(args.path))  # "demo" names the bundled model

@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 from engine.loader import ENGINES
 
 DEFAULT_PORT = 8000  # the port vLLM and many OpenAI-compatible servers default to

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 APP_NAME = "Itamae"

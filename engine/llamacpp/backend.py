@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from converters.errors import ContextTooLong, ItamaeError
+from converters.core.errors import ContextTooLong, ItamaeError
 from engine.chat_template import render_chat
 from engine.memory_plan import Hardware, MemoryPlan, plan_memory
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent

@@ -1,6 +1,6 @@
 """Read what the memory planner and ModelInfo need from a GGUF header, without its weights.
 
-The header comes from converters.gguf_header.read_contents (the metadata and tensor table; checked
+The header comes from converters.formats.gguf_header.read_contents (the metadata and tensor table; checked
 against gguf's GGUFReader in the tests). Tensor sizes are the stored sizes (quantized
 blocks included); which tensors are routed experts follows llama.cpp's own pattern for
 `--cpu-moe` (common/common.h, LLM_FFN_EXPS_REGEX).
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import gguf
 
-from converters.errors import BadModelFile
-from converters.gguf_export import RECIPE_KEY
-from converters.gguf_header import GGUFContents, TensorEntry, read_contents
-from converters.inspect import gguf_group
-from converters.model_info import ModelInfo
+from converters.core.errors import BadModelFile
+from converters.formats.gguf_writer import RECIPE_KEY
+from converters.formats.gguf_header import GGUFContents, TensorEntry, read_contents
+from converters.facts.inspection import gguf_group
+from converters.core.model_info import ModelInfo
 from engine.model_layout import BlockWeights, ModelLayout
 
 # llama.cpp's split files (llama_split_path, gguf-split): the first shard holds the metadata
@@ -64,7 +64,7 @@ class GGUFHeader:
         return self.metadata.get(f"{self.arch}.{name}", default)
 
     def model_info(self) -> ModelInfo:
-        """What `itamae inspect` reports, from this header (same groups as converters.inspect)."""
+        """What `itamae inspect` reports, from this header (same groups as converters.facts.inspection)."""
         layout, tensors = self.layout, self.tensors
         elements, stored = Counter(), Counter()
         for t in tensors:

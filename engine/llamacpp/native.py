@@ -16,7 +16,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from converters.errors import BadModelFile, ItamaeError, UnsupportedArchitecture
+from converters.core.errors import BadModelFile, ItamaeError, UnsupportedArchitecture
 
 from . import logs
 from .devices import BufferOverrides, expert_overrides_to_cpu

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from converters.errors import ItamaeError
-from converters.model_info import ModelInfo
+from converters.core.errors import ItamaeError
+from converters.core.model_info import ModelInfo
 from engine.types import Event, FinalEvent, GenerationRequest, SamplingParams, Stats
 
 from .sse import message_of, read_stream, read_whole

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from converters.errors import ItamaeError
+from converters.core.errors import ItamaeError
 from engine.types import Event, FinalEvent, Stats, TokenEvent
 
 

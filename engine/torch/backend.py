@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from converters.errors import ItamaeError
-from converters.model_info import ModelInfo
-from converters.torch_format import is_torch_format
+from converters.core.errors import ItamaeError
+from converters.core.model_info import ModelInfo
+from converters.formats.torch_format import is_torch_format
 from engine.types import Event, GenerationRequest
 
 from .generate import Generator

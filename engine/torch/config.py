@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from converters.errors import BadModelFile
+from converters.core.errors import BadModelFile
 
 
 @dataclass

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from converters.hf_reader import HFCheckpoint
-from converters.torch_format import FUSED_RE, TorchFormat, expert_layout, expert_views, pack_expert
-from converters.weight_quant import int4_group_size
+from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.torch_format import FUSED_RE, TorchFormat, expert_layout, expert_views, pack_expert
+from converters.formats.torch_quant import int4_group_size
 
 from .layers import ACTIVATIONS, Int4Linear, Int8Linear, Linear
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
-from converters.errors import ContextTooLong, ItamaeError
+from converters.core.errors import ContextTooLong, ItamaeError
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
 
 from .sampling import Sampler

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from converters.weight_quant import dequantize_int4_groups, unpack_int4
+from converters.formats.torch_quant import dequantize_int4_groups, unpack_int4
 
 from .cpu_kernels import int8_kernel_available, int8_matvec, pack_int8
 

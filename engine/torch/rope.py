@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from converters.errors import UnsupportedArchitecture
+from converters.core.errors import UnsupportedArchitecture
 
 from .config import RopeParams
 

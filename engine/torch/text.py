@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from converters.errors import BadModelFile
-from converters.json_files import read_model_json
+from converters.core.errors import BadModelFile
+from converters.core.json_files import read_model_json
 from engine.chat_template import render_chat
 
 

@@ -178,7 +178,7 @@ class DecoderModel:
 
     def set_experts_per_token(self, k: int | None) -> None:
         if k is not None and not 1 <= k <= self.args.n_experts:
-            from converters.errors import ItamaeError
+            from converters.core.errors import ItamaeError
 
             raise ItamaeError(
                 f"experts_per_token must be between 1 and {self.args.n_experts}, not {k}.",

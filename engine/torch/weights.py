@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from converters.errors import BadModelFile
-from converters.hf_reader import HFCheckpoint
-from converters.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
+from converters.core.errors import BadModelFile
+from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
 
 from .experts import CheckpointExperts, MappedExperts, SlowTier
 from .layers import Int8Linear, Linear
@@ -105,7 +105,7 @@ class TorchFormatWeights(Weights):
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         if self.fmt.scheme(name) == "int8_row":
-            from converters.weight_quant import dequantize_int8_rows
+            from converters.formats.torch_quant import dequantize_int8_rows
 
             q, s = self.fmt.get(name + ".q"), self.fmt.get(name + ".scale")
             return dequantize_int8_rows(q, s).to(device=self.device, dtype=dtype or self.dtype)

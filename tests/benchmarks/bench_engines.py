@@ -47,8 +47,8 @@ POLICIES = ("lru", "frequency", "static")
 
 
 def prepare(workdir: Path) -> dict[str, Path]:
-    from converters.convert import convert
-    from converters.torch_format import convert_to_torch
+    from converters.conversion.convert import convert
+    from converters.formats.torch_format import convert_to_torch
 
     src = build_checkpoint(workdir / "synthetic-qwen3-moe-1b")
     files = {"hf": src}
@@ -171,7 +171,7 @@ def read_bandwidth(threads: int, gib: float = 1.0) -> float:
 
 
 def torch_format_active_bytes(folder: Path) -> int:
-    from converters.torch_format import MANIFEST
+    from converters.formats.torch_format import MANIFEST
 
     m = json.loads((folder / MANIFEST).read_text())
     total = 0
@@ -301,7 +301,7 @@ def expert_cache_tables(files, t: int, workdir: Path) -> dict:
         )
     demo = REPO / "assets" / "demo" / "hf"
     if (demo / "config.json").is_file():
-        from converters.torch_format import convert_to_torch
+        from converters.formats.torch_format import convert_to_torch
 
         demo_torch = workdir / "demo-torch-int8"
         if not demo_torch.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from converters.errors import UnsupportedArchitecture
+from converters.core.errors import UnsupportedArchitecture
 
 SUPPORTED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "llama")
 ALIASES = {"mistral": "llama", "kimi_k2": "deepseek_v3"}  # same computation, other names

@@ -25,8 +25,8 @@ from pathlib import Path
 import gguf
 from gguf import TokenType
 
-from .errors import BadModelFile, UnsupportedArchitecture
-from .json_files import read_model_json
+from converters.core.errors import BadModelFile, UnsupportedArchitecture
+from converters.core.json_files import read_model_json
 
 # GPT-2's regex, which the ByteLevel pre-tokenizer applies itself when `use_regex` is true.
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"

@@ -20,8 +20,8 @@ import torch
 from gguf import MODEL_TENSOR as T
 from gguf import TENSOR_NAMES, GGMLQuantizationType
 
-from .arch_metadata import rope_scaling, rope_theta
-from .arch_tables import (
+from converters.archs.metadata import rope_scaling, rope_theta
+from converters.archs.spec import (
     GLOBAL_TENSORS,
     PERMUTE_K,
     PERMUTE_Q,
@@ -29,8 +29,8 @@ from .arch_tables import (
     ArchSpec,
     split_layer_name,
 )
-from .errors import BadModelFile
-from .hf_reader import HFCheckpoint
+from converters.core.errors import BadModelFile
+from converters.formats.hf_reader import HFCheckpoint
 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
 K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType, LlamaFileType
 
-from .errors import ItamaeError
-from .gguf_plan import PlannedTensor
-from .quant import can_quantize
+from converters.core.errors import ItamaeError
+from converters.formats.gguf_plan import PlannedTensor
+from converters.formats.gguf_quant import can_quantize
 
 Q = GGMLQuantizationType
 ALWAYS_F32 = (T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP, T.ROPE_FREQS)

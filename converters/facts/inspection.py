@@ -16,12 +16,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .arch_metadata import expert_count
-from .arch_tables import split_layer_name
-from .card_metadata import read_card
-from .errors import BadModelFile, ItamaeError
-from .gguf_export import RECIPE_KEY
-from .model_info import ModelInfo
+from converters.archs.metadata import expert_count
+from converters.archs.spec import split_layer_name
+from converters.facts.card_metadata import read_card
+from converters.core.errors import BadModelFile, ItamaeError
+from converters.formats.gguf_writer import RECIPE_KEY
+from converters.core.model_info import ModelInfo
 
 GROUPS = ("experts", "shared", "attention", "embeddings", "other")
 # bits per stored element of a safetensors dtype (an FP8 weight's block scales are added to it)
@@ -95,8 +95,8 @@ def _summarise(info: ModelInfo, tensors: list[tuple[str, int, int, str]]) -> Non
 
 
 def inspect_hf(folder: Path) -> ModelInfo:
-    from .hf_reader import SCALE_SUFFIX, HFCheckpoint
-    from .torch_format import is_torch_format
+    from converters.formats.hf_reader import SCALE_SUFFIX, HFCheckpoint
+    from converters.formats.torch_format import is_torch_format
 
     if is_torch_format(folder):
         return _inspect_torch_format(folder)
@@ -167,7 +167,7 @@ def _info_from_config(folder: Path, fmt: str, config: dict) -> ModelInfo:
         license=card.license,
     )
     if n_experts:
-        from .arch_tables import ARCHS
+        from converters.archs.spec import ARCHS
 
         spec = ARCHS.get(info.arch)
         info.n_moe_layers = (
@@ -188,7 +188,7 @@ def _inspect_torch_format(folder: Path) -> ModelInfo:
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     info.files = [str(f.relative_to(folder)) for f in files]
     info.size_bytes = sum(f.stat().st_size for f in files)
-    from .torch_format import MANIFEST
+    from converters.formats.torch_format import MANIFEST
 
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     n_layers = info.n_layers
@@ -217,7 +217,7 @@ def inspect_gguf(path: Path) -> ModelInfo:
     # items makes it loop and allocate for minutes) and turns every vocabulary entry into
     # a numpy view (5-70 s for a 150k vocabulary). The header reader checks every count
     # and length against the file (BadModelFile otherwise) and skips long arrays.
-    from converters.gguf_header import read_contents
+    from converters.formats.gguf_header import read_contents
 
     contents = read_contents(path)
     try:

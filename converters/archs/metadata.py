@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, ExpertGatingFuncType, Keys
 
-from .errors import UnsupportedArchitecture
+from converters.core.errors import UnsupportedArchitecture
 
 LLM, ATTN, ROPE = Keys.LLM, Keys.Attention, Keys.Rope
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import BadModelFile, ItamaeError
+from converters.core.errors import BadModelFile, ItamaeError
 
 FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 README_NAMES = ("README.md", "README.MD", "readme.md", "README")
@@ -34,7 +34,7 @@ LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING")
 MAX_TEXT_BYTES = 2 << 20  # model cards are tens of KB; a larger README is not read past 2 MiB
 HUB = "https://huggingface.co/"
 # The whole openness card of the source model, as JSON, in a converted GGUF (written by the
-# converter through converters.openness.openness_json): general.* has no keys for training
+# converter through converters.facts.openness.openness_json): general.* has no keys for training
 # code, data descriptions or reports, and a converted file should keep them.
 OPENNESS_KEY = "itamae.openness"
 

@@ -33,9 +33,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import BadModelFile, Cancelled, ItamaeError, OutputExists
-from .hf_reader import HFCheckpoint
-from .weight_quant import INT4_GROUP, int4_group_size, quantize_int4_groups, quantize_int8_rows
+from converters.core.errors import BadModelFile, Cancelled, ItamaeError, OutputExists
+from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.torch_quant import INT4_GROUP, int4_group_size, quantize_int4_groups, quantize_int8_rows
 
 FORMAT = "itamae-torch"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import BadModelFile
+from converters.core.errors import BadModelFile
 
 
 def read_model_json(path: Path, hint: str = "Re-download the model."):

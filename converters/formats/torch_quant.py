@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ItamaeError
+from converters.core.errors import ItamaeError
 
 INT4_GROUP = 64  # 4 bits + 2 x 16-bit (scale, zero) / 64 = 4.5 bits per weight, as Q4_0
 

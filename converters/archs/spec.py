@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from gguf import MODEL_ARCH, MODEL_ARCH_NAMES
 from gguf import MODEL_TENSOR as T
 
-from .arch_metadata import (
+from converters.archs.metadata import (
     deepseek_metadata,
     expert_count,
     llama_metadata,
     olmoe_metadata,
     qwen_moe_metadata,
 )
-from .errors import UnsupportedArchitecture
+from converters.core.errors import UnsupportedArchitecture
 
 # How a source tensor is changed on its way into the GGUF file.
 PERMUTE_Q = "permute_q"  # llama.cpp's Llama rope expects q/k rows interleaved per head

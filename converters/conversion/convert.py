@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch_tables import arch_spec
-from .errors import ItamaeError, NotEnoughDisk, OutputExists
-from .gguf_export import Progress, assign_types, build_writer, data_bytes, write_gguf
-from .gguf_plan import plan_tensors
-from .hf_reader import HFCheckpoint
-from .recipes import Recipe, get_recipe, source_precision, tensor_type
+from converters.archs.spec import arch_spec
+from converters.core.errors import ItamaeError, NotEnoughDisk, OutputExists
+from converters.formats.gguf_writer import Progress, assign_types, build_writer, data_bytes, write_gguf
+from converters.formats.gguf_plan import plan_tensors
+from converters.formats.hf_reader import HFCheckpoint
+from converters.conversion.recipes import Recipe, get_recipe, source_precision, tensor_type
 
 METADATA_MARGIN = 64 << 20  # tokenizer, metadata and alignment: generous for a 256k vocabulary
 
@@ -57,7 +57,7 @@ def convert(
 def _convert_to_torch(src, dest, recipe, progress, cancel, force, started) -> ConvertResult:
     """The torch format (converters/torch_format.py), a folder; --force replaces only a
     folder that is itself a torch-format model, never an arbitrary folder."""
-    from .torch_format import convert_to_torch, is_torch_format
+    from converters.formats.torch_format import convert_to_torch, is_torch_format
 
     if dest.exists():
         if not force:
@@ -108,7 +108,7 @@ def convert_to_gguf(
         needed += needed // 2  # the quantized file beside the full-precision one
     check_disk(dest.parent, needed)
     if recipe.uses_llama_quantizer:
-        from .llama_quantize import require_llama_cpp
+        from converters.formats.llama_quantize import require_llama_cpp
 
         require_llama_cpp()  # before hours of writing, not after
 
@@ -119,7 +119,7 @@ def convert_to_gguf(
     try:
         write_gguf(ckpt, writer, planned, partial, _scaled(progress, stage), cancel)
         if recipe.uses_llama_quantizer:
-            from .llama_quantize import quantize_with_llama_cpp
+            from converters.formats.llama_quantize import quantize_with_llama_cpp
 
             if progress:
                 progress(stage, f"quantizing with llama.cpp ({recipe.name})")

@@ -25,8 +25,8 @@ import json
 import re
 from pathlib import Path
 
-from . import licenses
-from .model_card import OPENNESS_KEY, ModelCard, hub_url, read_model_card
+from converters.facts import licenses
+from converters.facts.model_card import OPENNESS_KEY, ModelCard, hub_url, read_model_card
 
 URL = re.compile(r"https?://[^\s)>\]\"'`]+")
 # a web address, or the target of a Markdown link (code kept beside the card: `[train.py](train.py)`)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import BadModelFile, ItamaeError
-from .json_files import read_model_json
+from converters.core.errors import BadModelFile, ItamaeError
+from converters.core.json_files import read_model_json
 
 SCALE_SUFFIX = "_scale_inv"
 FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}

@@ -1,0 +1,1 @@
+"""Turning one checkpoint into another: `convert(src, dest, recipe)` and the one recipe table."""
