@@ -95,7 +95,12 @@ def create_router(
     past `max_queue` requests waiting for the model, new ones get 429."""
     router = APIRouter(route_class=_route_class(api_key))
 
-    async def run(request, backend, body, req, shape) -> Response:
+    async def run(request: Request, to_request, shape) -> Response:
+        """One generation: the body read, the model found, the body turned into a
+        request by `to_request` (which knows the model's expert count), then answered."""
+        body = await _json_body(request)
+        backend = _backend_for(manager, model_name(body))
+        req = to_request(body, backend.info.n_experts)
         stream, include_usage = stream_flags(body)
         await _fit_to_context(backend, req)
         if manager.queue_length >= max_queue:
@@ -123,17 +128,11 @@ def create_router(
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
-        req = chat_request(body, backend.info.n_experts)
-        return await run(request, backend, body, req, ChatShape())
+        return await run(request, chat_request, ChatShape())
 
     @router.post("/v1/completions")
     async def completions(request: Request):
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
-        req = completion_request(body, backend.info.n_experts)
-        return await run(request, backend, body, req, TextShape())
+        return await run(request, completion_request, TextShape())
 
     @router.post("/tokenize")
     async def tokenize(request: Request):

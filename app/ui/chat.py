@@ -67,11 +67,8 @@ class ChatTab:
             latex_delimiters=[],
         )
         with gr.Row(elem_id="composer", equal_height=True):
-            self.message = labels(
-                gr.Textbox,
-                placeholder=Key("chat.input"),
-                show_label=False,
-                container=False,
+            self.message = labels.bare_textbox(
+                Key("chat.input"),
                 lines=1,  # Gradio submits on Enter only for one-line boxes; it still grows
                 max_lines=8,
                 scale=8,

@@ -73,13 +73,7 @@ class ChatControls:
             elem_id="system-prompt",
         )
         with gr.Row(equal_height=True):
-            self.preset_name = labels(
-                gr.Textbox,
-                placeholder=Key("chat.preset_name"),
-                show_label=False,
-                container=False,
-                scale=3,
-            )
+            self.preset_name = labels.bare_textbox(Key("chat.preset_name"), scale=3)
             self.save_preset = labels(gr.Button, value=Key("chat.save_preset"), size="sm", scale=1)
 
     def _build_sampling(self, labels: Labels) -> None:

@@ -87,13 +87,7 @@ class ConversationsSidebar:
                 elem_id="new-chat",
                 size="md",
             )
-            self.search = labels(
-                gr.Textbox,
-                placeholder=Key("sidebar.search"),
-                show_label=False,
-                container=False,
-                elem_id="conversation-search",
-            )
+            self.search = labels.bare_textbox(Key("sidebar.search"), elem_id="conversation-search")
             self.conversations = gr.Radio(
                 choices=[], show_label=False, container=False, elem_id="conversation-list"
             )

@@ -23,7 +23,6 @@ from app.ui.labels import Key, Labels
 from app.ui.library_view import human_bytes, library_update, scan_library
 
 POLL_S = 0.3
-FORMATS = ("gguf", "torch")
 # Nominal bits per weight, for the size estimate shown beside each recipe before
 # anything is read. llama.cpp's mixes are from its quantize tool's table (Llama-3-8B);
 # the MoE recipes spend ~4 (or ~3) bits on routed experts, which are nearly all of an

@@ -55,6 +55,13 @@ class Labels:
             self._bound.append((component, keyed))
         return component
 
+    def bare_textbox(self, placeholder: Key, **kwargs):
+        """A text box with no label or frame, its hint as the placeholder: the search
+        field, or a box in a row beside the button that takes its text."""
+        return self(
+            gr.Textbox, placeholder=placeholder, show_label=False, container=False, **kwargs
+        )
+
     @property
     def components(self) -> list:
         return [component for component, _ in self._bound]

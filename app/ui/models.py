@@ -27,7 +27,6 @@ from app.ui.library_view import (
 )
 from converters.core.errors import ItamaeError
 
-ENGINES = ("auto", "torch", "llamacpp")
 DOWNLOAD_POLL_S = 0.5
 
 
@@ -70,23 +69,12 @@ class ModelsTab:
         )
         with gr.Row():
             self.refresh = labels(gr.Button, value=Key("models.refresh"), size="sm", scale=0)
-            self.add_path = labels(
-                gr.Textbox,
-                placeholder=Key("models.add_placeholder"),
-                show_label=False,
-                container=False,
-                scale=4,
-            )
+            self.add_path = labels.bare_textbox(Key("models.add_placeholder"), scale=4)
             self.add = labels(gr.Button, value=Key("models.add"), size="sm", scale=0)
         with labels(gr.Accordion, label=Key("models.download"), open=True):
             with gr.Row(equal_height=True):
-                self.repo_id = labels(
-                    gr.Textbox,
-                    placeholder=Key("models.repo_placeholder"),
-                    show_label=False,
-                    container=False,
-                    scale=4,
-                    elem_id="repo-id",
+                self.repo_id = labels.bare_textbox(
+                    Key("models.repo_placeholder"), scale=4, elem_id="repo-id"
                 )
                 self.download = labels(gr.Button, value=Key("models.download_button"), scale=1)
             self.download_status = gr.HTML("", elem_id="download-status")
