@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.convert_job import ConvertJob, progress_html, run_job
 from app.i18n import Translator
-from app.ui_convert import RECIPES, default_output, recipe_choices
+from app.ui.convert import RECIPES, default_output, recipe_choices
 from converters.conversion.recipes import get_recipe
 from converters.facts.inspection import inspect
 from engine.evaluate import load_quality_report, report_path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -19,37 +18,31 @@ import gradio as gr
 from app import library
 from app.context import AppContext
 from app.convert_job import ConvertJob, progress_html, run_job
-from app.i18n import Key, Labels, Translator
-from app.ui_models import human_bytes, scan_library
+from app.i18n import Translator
+from app.ui.labels import Key, Labels
+from app.ui.library_view import human_bytes, library_update, scan_library
 
 POLL_S = 0.3
-FORMATS = ("gguf", "torch")
 # Nominal bits per weight, for the size estimate shown beside each recipe before
 # anything is read. llama.cpp's mixes are from its quantize tool's table (Llama-3-8B);
 # the MoE recipes spend ~4 (or ~3) bits on routed experts, which are nearly all of an
 # MoE's weights, and 8 on the rest.
 RECIPES = {
-    "gguf": (("F16", 16.0), ("Q8_0", 8.5), ("Q6_K", 6.57), ("Q5_K_M", 5.70), ("Q4_K_M", 4.90),
-             ("moe-q4", 4.7), ("Q4_0", 4.55), ("moe-q3", 3.8), ("Q3_K_M", 3.91), ("Q2_K", 3.35)),
+    "gguf": (
+        ("F16", 16.0),
+        ("Q8_0", 8.5),
+        ("Q6_K", 6.57),
+        ("Q5_K_M", 5.70),
+        ("Q4_K_M", 4.90),
+        ("moe-q4", 4.7),
+        ("Q4_0", 4.55),
+        ("moe-q3", 3.8),
+        ("Q3_K_M", 3.91),
+        ("Q2_K", 3.35),
+    ),
     "torch": (("bf16", 16.0), ("int8", 8.1), ("int4", 4.6)),
-}  # fmt: skip
-
-
-@dataclass
-class ConvertUI:
-    source: gr.Dropdown
-    recipe: gr.Radio
-    fmt: gr.Radio
-    output_name: gr.Textbox
-    quality: gr.Checkbox
-    start: gr.Button
-    cancel: gr.Button
-    progress: gr.HTML
-    job: gr.State
-
-    @property
-    def translated_outputs(self) -> list:
-        return [self.source]
+}
+DEFAULT_RECIPE = {"gguf": "moe-q4", "torch": "int8"}
 
 
 def recipe_choices(fmt: str, total_params: int, tr: Translator) -> list[tuple[str, str]]:
@@ -72,14 +65,34 @@ def source_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
     ]
 
 
-def translated_values(ctx: AppContext, tr: Translator) -> list:
-    return [gr.update(choices=source_choices(ctx, tr))]
+def default_output(source: str, recipe: str, fmt: str) -> str:
+    stem = Path(source.rstrip("/")).name or "model"
+    return f"{stem}-{recipe}.gguf" if fmt == "gguf" else f"{stem}-{recipe}"
 
 
-def create_ui(ctx: AppContext, labels: Labels) -> ConvertUI:
-    with gr.Column(elem_id="convert"):
-        labels(gr.Markdown, value=Key("convert.intro"), elem_classes="intro")
-        source = labels(
+class ConvertTab:
+    """One conversion at a time per browser tab: its running `ConvertJob` is in gr.State."""
+
+    def __init__(self, ctx: AppContext, labels: Labels):
+        self.ctx = ctx
+        with gr.Column(elem_id="convert"):
+            labels(gr.Markdown, value=Key("convert.intro"), elem_classes="intro")
+            self._build_choices(labels)
+            with gr.Row():
+                self.start = labels(
+                    gr.Button,
+                    value=Key("convert.start"),
+                    variant="primary",
+                    elem_id="convert-start",
+                )
+                self.cancel = labels(
+                    gr.Button, value=Key("convert.cancel"), variant="stop", visible=False
+                )
+            self.progress = gr.HTML("", elem_id="convert-progress")
+            self.job = gr.State(None)
+
+    def _build_choices(self, labels: Labels) -> None:
+        self.source = labels(
             gr.Dropdown,
             choices=[],
             label=Key("convert.source"),
@@ -87,72 +100,75 @@ def create_ui(ctx: AppContext, labels: Labels) -> ConvertUI:
             allow_custom_value=True,
             elem_id="convert-source",
         )
-        fmt = labels(
-            gr.Radio,
-            choices=[(Key("convert.gguf"), "gguf"), (Key("convert.torch"), "torch")],
-            value="gguf",
-            label=Key("convert.format"),
-        )
-        recipe = labels(
+        formats = [(Key("convert.gguf"), "gguf"), (Key("convert.torch"), "torch")]
+        self.fmt = labels(gr.Radio, choices=formats, value="gguf", label=Key("convert.format"))
+        self.recipe = labels(
             gr.Radio,
             choices=recipe_choices("gguf", 0, labels.tr),
-            value="moe-q4",
+            value=DEFAULT_RECIPE["gguf"],
             label=Key("convert.recipe"),
             info=Key("convert.recipe_info"),
             elem_id="recipe",
         )
-        output_name = labels(
+        self.output_name = labels(
             gr.Textbox, label=Key("convert.output"), placeholder=Key("convert.output_placeholder")
         )
         # Off by default: it runs both models over the whole calibration text.
-        quality = labels(
+        self.quality = labels(
             gr.Checkbox,
             value=False,
             label=Key("convert.measure_quality"),
             info=Key("convert.measure_quality_info"),
             elem_id="convert-quality",
         )
-        with gr.Row():
-            start = labels(
-                gr.Button, value=Key("convert.start"), variant="primary", elem_id="convert-start"
+
+    @property
+    def translated_outputs(self) -> list:
+        return [self.source]
+
+    def translated_values(self, tr: Translator) -> list:
+        return [gr.update(choices=source_choices(self.ctx, tr))]
+
+    # -- events ----------------------------------------------------------------------
+
+    def wire(self, lang: gr.State, library_table: gr.Dataframe) -> None:
+        """`library_table`: the models tab's table, redrawn when a conversion ends."""
+        for trigger in (self.source.change, self.fmt.change):
+            trigger(
+                self.on_source, [self.source, self.fmt, lang], [self.recipe], show_progress="hidden"
             )
-            cancel = labels(gr.Button, value=Key("convert.cancel"), variant="stop", visible=False)
-        progress = gr.HTML("", elem_id="convert-progress")
-        job = gr.State(None)
-    return ConvertUI(source, recipe, fmt, output_name, quality, start, cancel, progress, job)
+        self.fmt.input(self.on_fmt, [self.fmt], [self.recipe])
+        self.start.click(
+            self.on_start,
+            [self.source, self.recipe, self.fmt, self.output_name, lang, self.quality],
+            [self.progress, self.job, self.start, self.cancel, library_table],
+            show_progress="hidden",
+        )
+        self.cancel.click(self.on_cancel, [self.job], None, queue=False)
 
-
-def default_output(source: str, recipe: str, fmt: str) -> str:
-    stem = Path(source.rstrip("/")).name or "model"
-    return f"{stem}-{recipe}.gguf" if fmt == "gguf" else f"{stem}-{recipe}"
-
-
-def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models) -> None:
-    from app.ui_models import library_update
-
-    def on_source(source: str, fmt: str, lang: str):
-        tr = Translator(lang)
+    def on_source(self, source: str, fmt: str, lang: str):
         info, _ = library.inspect_model(Path(source)) if source else (None, "")
         total = info.total_params if info else 0
-        return gr.update(choices=recipe_choices(fmt, total, tr))
+        return gr.update(choices=recipe_choices(fmt, total, Translator(lang)))
 
-    for trigger in (ui.source.change, ui.fmt.change):
-        trigger(on_source, [ui.source, ui.fmt, lang], [ui.recipe], show_progress="hidden")
-
-    def on_fmt(fmt: str):
-        return gr.update(value="moe-q4" if fmt == "gguf" else "int8")
-
-    ui.fmt.input(on_fmt, [ui.fmt], [ui.recipe])
+    def on_fmt(self, fmt: str):
+        return gr.update(value=DEFAULT_RECIPE[fmt])
 
     def on_start(
-        source: str, recipe: str, fmt: str, name: str, lang: str, measure_quality: bool = False
+        self,
+        source: str,
+        recipe: str,
+        fmt: str,
+        name: str,
+        lang: str,
+        measure_quality: bool = False,
     ):
         tr = Translator(lang)
         hidden, shown = gr.update(visible=False), gr.update(visible=True)
         if not source or not recipe:
             gr.Warning(tr("convert.pick_source"))
             return
-        models_dir = ctx.settings.models_dir()
+        models_dir = self.ctx.settings.models_dir()
         models_dir.mkdir(parents=True, exist_ok=True)
         name = (name or "").strip() or default_output(source, recipe, fmt)
         if Path(name).name != name or name.startswith("."):
@@ -166,17 +182,8 @@ def create_event_handlers(ctx: AppContext, ui: ConvertUI, lang: gr.State, models
         while not job.finished:
             yield progress_html(job, tr), job, hidden, shown, gr.skip()
             time.sleep(POLL_S)
-        yield progress_html(job, tr), None, shown, hidden, library_update(ctx, tr)
+        yield progress_html(job, tr), None, shown, hidden, library_update(self.ctx, tr)
 
-    ui.start.click(
-        on_start,
-        [ui.source, ui.recipe, ui.fmt, ui.output_name, lang, ui.quality],
-        [ui.progress, ui.job, ui.start, ui.cancel, models.library],
-        show_progress="hidden",
-    )
-
-    def on_cancel(job: ConvertJob | None):
+    def on_cancel(self, job: ConvertJob | None):
         if job is not None:
             job.cancel.set()
-
-    ui.cancel.click(on_cancel, [ui.job], None, queue=False)
