@@ -21,37 +21,19 @@ from app.convert_job import ConvertJob, progress_html, run_job
 from app.i18n import Translator
 from app.ui.labels import Key, Labels
 from app.ui.library_view import human_bytes, library_update, scan_library
+from converters.conversion.recipes import DEFAULTS, recipes_for
 
 POLL_S = 0.3
-# Nominal bits per weight, for the size estimate shown beside each recipe before
-# anything is read. llama.cpp's mixes are from its quantize tool's table (Llama-3-8B);
-# the MoE recipes spend ~4 (or ~3) bits on routed experts, which are nearly all of an
-# MoE's weights, and 8 on the rest.
-RECIPES = {
-    "gguf": (
-        ("F16", 16.0),
-        ("Q8_0", 8.5),
-        ("Q6_K", 6.57),
-        ("Q5_K_M", 5.70),
-        ("Q4_K_M", 4.90),
-        ("moe-q4", 4.7),
-        ("Q4_0", 4.55),
-        ("moe-q3", 3.8),
-        ("Q3_K_M", 3.91),
-        ("Q2_K", 3.35),
-    ),
-    "torch": (("bf16", 16.0), ("int8", 8.1), ("int4", 4.6)),
-}
-DEFAULT_RECIPE = {"gguf": "moe-q4", "torch": "int8"}
 
 
 def recipe_choices(fmt: str, total_params: int, tr: Translator) -> list[tuple[str, str]]:
+    """The format's recipes (the converter's own table), each with the size it would give."""
     choices = []
-    for name, bits in RECIPES[fmt]:
-        label = name
+    for recipe in recipes_for(fmt):
+        label = recipe.name
         if total_params:
-            label = f"{name} · ≈{human_bytes(int(total_params * bits / 8))}"
-        choices.append((label, name))
+            label = f"{recipe.name} · ≈{human_bytes(int(total_params * recipe.nominal_bits / 8))}"
+        choices.append((label, recipe.name))
     return choices
 
 
@@ -105,7 +87,7 @@ class ConvertTab:
         self.recipe = labels(
             gr.Radio,
             choices=recipe_choices("gguf", 0, labels.tr),
-            value=DEFAULT_RECIPE["gguf"],
+            value=DEFAULTS["gguf"],
             label=Key("convert.recipe"),
             info=Key("convert.recipe_info"),
             elem_id="recipe",
@@ -152,7 +134,7 @@ class ConvertTab:
         return gr.update(choices=recipe_choices(fmt, total, Translator(lang)))
 
     def on_fmt(self, fmt: str):
-        return gr.update(value=DEFAULT_RECIPE[fmt])
+        return gr.update(value=DEFAULTS[fmt])
 
     def on_start(
         self,
