@@ -17,6 +17,7 @@ from app.context import AppContext
 from app.i18n import Key, Labels, Translator
 from app.model_facts import openness_markdown, quality_markdown
 from converters.core.errors import ItamaeError
+from converters.formats.detect import is_gguf_file
 
 ENGINES = ("auto", "torch", "llamacpp")
 COLUMNS = (
@@ -275,10 +276,10 @@ def plan_markdown(
     entry: library.LibraryEntry | None, engine: str, options: dict, tr: Translator
 ) -> str:
     """The automatic placement, before loading: for a GGUF, llama.cpp's memory plan
-    (engine/memory_plan.py) for this machine, with the person's choices applied."""
+    (engine/llamacpp/memory_plan.py) for this machine, with the person's choices applied."""
     if entry is None:
         return ""
-    is_gguf = entry.path.is_file() and entry.path.suffix == ".gguf"
+    is_gguf = is_gguf_file(entry.path)
     if not is_gguf or engine == "torch":
         return tr("models.plan_torch")
     from engine.llamacpp.backend import plan_for

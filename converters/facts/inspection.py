@@ -20,6 +20,7 @@ from converters.archs.metadata import expert_count
 from converters.archs.spec import split_layer_name
 from converters.facts.card_metadata import read_card
 from converters.core.errors import BadModelFile, ItamaeError
+from converters.formats.detect import source_format
 from converters.formats.gguf_writer import RECIPE_KEY
 from converters.core.model_info import ModelInfo
 
@@ -39,7 +40,7 @@ SAFETENSORS_BITS = {
 
 def inspect(path: str | Path) -> ModelInfo:
     path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
+    if source_format(path) == "gguf":
         return inspect_gguf(path)
     if path.is_dir():
         return inspect_hf(path)

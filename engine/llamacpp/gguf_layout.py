@@ -16,11 +16,12 @@ from pathlib import Path
 import gguf
 
 from converters.core.errors import BadModelFile
-from converters.formats.gguf_writer import RECIPE_KEY
-from converters.formats.gguf_header import GGUFContents, TensorEntry, read_contents
-from converters.facts.inspection import gguf_group
 from converters.core.model_info import ModelInfo
-from engine.model_layout import BlockWeights, ModelLayout
+from converters.facts.inspection import gguf_group
+from converters.formats.gguf_header import GGUFContents, TensorEntry, read_contents
+from converters.formats.gguf_writer import RECIPE_KEY
+
+from .model_layout import BlockWeights, ModelLayout
 
 # llama.cpp's split files (llama_split_path, gguf-split): the first shard holds the metadata
 SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
