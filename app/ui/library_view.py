@@ -18,6 +18,7 @@ from app.context import AppContext
 from app.i18n import Translator
 from app.model_facts import openness_markdown, quality_markdown
 from converters.core.errors import ItamaeError
+from converters.formats.detect import is_gguf_file
 
 # The last column is the path: shown (people like to know where a model is), and read
 # back when a row is selected.
@@ -138,10 +139,10 @@ def plan_markdown(
     entry: library.LibraryEntry | None, engine: str, options: dict, tr: Translator
 ) -> str:
     """The automatic placement, before loading: for a GGUF, llama.cpp's memory plan
-    (engine/memory_plan.py) for this machine, with the person's choices applied."""
+    (engine/llamacpp/memory_plan.py) for this machine, with the person's choices applied."""
     if entry is None:
         return ""
-    is_gguf = entry.path.is_file() and entry.path.suffix == ".gguf"
+    is_gguf = is_gguf_file(entry.path)
     if not is_gguf or engine == "torch":
         return tr("models.plan_torch")
     # Here, not at the top: the llama.cpp backend imports llama_cpp, which the UI

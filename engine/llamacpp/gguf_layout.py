@@ -21,7 +21,7 @@ from converters.formats.gguf_header import (
     TensorEntry,
     read_split_contents,
 )
-from engine.model_layout import BlockWeights, ModelLayout
+from engine.llamacpp.model_layout import BlockWeights, ModelLayout
 
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
