@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 
+from converters.conversion.recipes import get_recipe
 from converters.core.errors import ItamaeError, NotEnoughMemory
 
 from .devices import Hardware, detect_hardware
@@ -28,15 +29,11 @@ from .placement import MemoryPlan, place, size_text
 DEFAULT_CONTEXT = 8192  # a long chat; the model's trained maximum is often far more than fits
 MIN_CONTEXT = 2048  # below this a chat with a system prompt stops being useful
 
-# Whole-model bits per weight of llama.cpp's quant mixes, from the sizes its quantize tool
-# lists for Llama-3-8B (tools/quantize/quantize.cpp, GiB * 8 / 8.03e9 params). Largest first.
-QUANT_LADDER = (
-    ("Q8_0", 8.51),
-    ("Q6_K", 6.57),
-    ("Q5_K_M", 5.70),
-    ("Q4_K_M", 4.90),
-    ("Q3_K_M", 4.00),
-    ("Q2_K", 3.17),
+# The quants a too-large model is offered instead, largest first, with the whole-model
+# bits per weight of the converter's recipe table.
+QUANT_LADDER = tuple(
+    (name, get_recipe(name).nominal_bits)
+    for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 )
 
 
