@@ -10,6 +10,9 @@ from typing import Literal, Protocol
 from converters.core.model_info import ModelInfo
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+# Both engines report logprobs from the model's own distribution (log-softmax of its
+# logits before any sampler), as llama.cpp's server and vLLM do by default.
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 
 
 @dataclass
@@ -19,6 +22,10 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     min_p: float = 0.0
     repeat_penalty: float = 1.0  # 1.0 = off
+    presence_penalty: float = 0.0  # OpenAI's: minus this once for every token already seen
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the token's count so far
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    logprobs: int | None = None  # None = off; N = the chosen token's logprob and the N likeliest
     seed: int | None = None
     max_tokens: int = 512
     stop: list[str] = field(default_factory=list)
@@ -26,9 +33,35 @@ class SamplingParams:
 
 
 @dataclass
+class ToolCall:
+    """One function call the model made: arguments as the JSON text it wrote."""
+
+    name: str
+    arguments: str
+    id: str = ""
+
+
+@dataclass
 class Message:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)  # an assistant's calls
+    tool_call_id: str = ""  # a tool result: the call it answers
+    name: str = ""  # a tool result: the function's name
+
+
+@dataclass
+class OutputConstraint:
+    """What the output must be, enforced token by token (constrained decoding).
+
+    `prefix` is text the answer starts with, written into the prompt after the generation
+    prompt (a tool call's opening markup); what the model writes after it must be JSON
+    matching `json_schema` (an empty schema: any JSON object). Generation ends when
+    the JSON is complete.
+    """
+
+    json_schema: dict = field(default_factory=dict)
+    prefix: str = ""
 
 
 @dataclass
@@ -39,12 +72,25 @@ class GenerationRequest:
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     experts_per_token: int | None = None  # None = the model's own top-k
+    tools: list[dict] | None = None  # OpenAI-style function tools, given to the chat template
+    constraint: OutputConstraint | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's logprob and the likeliest alternatives at its position."""
+
+    token_id: int
+    piece: bytes  # the token's text as bytes (a piece may hold part of a UTF-8 character)
+    logprob: float
+    top: list[tuple[int, bytes, float]] = field(default_factory=list)  # best first
 
 
 @dataclass
 class TokenEvent:
     text: str
     token_id: int | None = None
+    logprob: TokenLogprob | None = None  # when SamplingParams.logprobs asked for them
 
 
 @dataclass
