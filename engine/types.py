@@ -73,7 +73,11 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     experts_per_token: int | None = None  # None = the model's own top-k
     tools: list[dict] | None = None  # OpenAI-style function tools, given to the chat template
-    constraint: OutputConstraint | None = None
+    # "auto" (the model decides), "required" (some call), "function" (a call of
+    # `tool_name`); the last two are forced by constrained decoding
+    tool_choice: Literal["auto", "required", "function"] = "auto"
+    tool_name: str | None = None
+    constraint: OutputConstraint | None = None  # structured output (response_format)
 
 
 @dataclass
@@ -117,6 +121,9 @@ class FinalEvent:
     error: str | None = None  # the message a person sees when finish_reason == "error"
     prompt_token_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
+    # when the request offered tools: the calls the model made, and its reply without them
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    content: str | None = None
 
 
 Event = TokenEvent | FinalEvent

@@ -14,9 +14,10 @@ from __future__ import annotations
 import ctypes
 
 import llama_cpp
+import numpy as np
 
 from converters.core.errors import ItamaeError
-from engine.types import SamplingParams
+from engine.types import SamplingParams, TokenLogprob
 
 REPEAT_LAST_N = 64
 
@@ -115,3 +116,14 @@ def _logit_bias(bias: dict[int, float], n_vocab: int):
         array[i].token, array[i].bias = token, float(value)
     # llama.cpp copies the entries into the sampler, so `array` may go after this call.
     return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(entries), array)
+
+
+def token_logprob(native, token: int, top: int) -> TokenLogprob:
+    """The model's own log-probability of `token` at the last decoded position, and of
+    the `top` likeliest tokens there (log-softmax of the logits, before any sampler)."""
+    logits = native.last_logits().astype(np.float64)
+    shifted = logits - logits.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    best = np.argsort(-logprobs, kind="stable")[:top] if top else []
+    alternatives = [(int(i), native.piece(int(i), True), float(logprobs[i])) for i in best]
+    return TokenLogprob(token, native.piece(token, True), float(logprobs[token]), alternatives)

@@ -31,6 +31,7 @@ import torch
 from converters.core.errors import ItamaeError
 from converters.core.model_info import ModelInfo
 from converters.formats.torch_format import is_torch_format
+from engine.constrained import grammar_for
 from engine.types import Event, GenerationRequest
 
 from .generate import Generator
@@ -145,6 +146,13 @@ class TorchBackend:
 
     def tokenize(self, text: str) -> list[int]:
         return self.text.encode(text)
+
+    def check_request(self, req: GenerationRequest) -> None:
+        """Raise ItamaeError for what this request asks and cannot be done (a tool choice
+        the template's format cannot force, a schema llguidance cannot enforce)."""
+        plan = self.generator.prompt_plan(req)
+        if plan.constraint is not None:
+            grammar_for(plan.constraint)
 
     def close(self) -> None:
         self.model = None
