@@ -24,7 +24,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from app.api_schema import APIError, chat_request, completion_request, model_name, stream_flags
+from app.api_fields import chat_request, completion_request
+from app.api_schema import APIError, model_name, stream_flags
 from app.api_stream import ChatShape, TextShape, respond
 from app.model_manager import ModelManager
 from converters.core.errors import ItamaeError
@@ -97,6 +98,7 @@ def create_router(
 
     async def run(request, backend, body, req, shape) -> Response:
         stream, include_usage = stream_flags(body)
+        await check_request(backend, req)
         await _fit_to_context(backend, req)
         if manager.queue_length >= max_queue:
             raise APIError(
@@ -260,6 +262,25 @@ def _count_prompt(backend: Backend, req: GenerationRequest) -> tuple[int, bool]:
     # tokenize() may add special tokens (BOS) to every text; count them once.
     specials = len(backend.tokenize(""))
     return sum(len(backend.tokenize(m.content)) - specials for m in req.messages), False
+
+
+async def check_request(backend: Backend, req: GenerationRequest) -> None:
+    """A 400 for what the backend cannot do for this request (a schema it cannot enforce,
+    a tool choice its template cannot force), before the request waits for the model."""
+    check = getattr(backend, "check_request", None)
+    if check is None:
+        if req.tools or req.constraint or req.sampling.logprobs is not None:
+            raise APIError(
+                400,
+                "This backend does not support tools, response_format or logprobs.",
+                code="unsupported_value",
+            )
+        return
+    try:
+        await asyncio.to_thread(check, req)
+    except ItamaeError as e:
+        param = "response_format" if req.constraint is not None else "tool_choice"
+        raise APIError(400, str(e), param=param, code="unsupported_value") from e
 
 
 async def _fit_to_context(backend: Backend, req: GenerationRequest) -> None:
