@@ -77,14 +77,12 @@ def template_messages(messages: list[Message], native: bool) -> list[dict]:
 
 
 def generic_tools_message(tools: list[dict]) -> str:
-    """The system text that tells a model without a tool template how to call (Qwen's)."""
-    lines = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    """The system text that tells a model without a tool template how to call: Qwen's
+    wording, shortened (a small model's context is short), the tools as compact JSON."""
+    lines = "\n".join(json.dumps(t, ensure_ascii=False, separators=(",", ":")) for t in tools)
     return (
-        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-        f"You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-        f"{lines}\n</tools>\n\nFor each function call, return a json object with function "
-        "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        f"# Tools\n<tools>\n{lines}\n</tools>\nTo call a function, write "
+        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
     )
 
 
