@@ -18,6 +18,7 @@ from engine.tool_calls import (
     forced_constraint,
     format_for,
     generic_tools_message,
+    renders_tool_list,
     template_messages,
 )
 from engine.types import GenerationRequest, Message, OutputConstraint, ToolCall
@@ -52,28 +53,29 @@ def plan_prompt(
     if req.messages is None:
         return PromptPlan(req.prompt or "", req.constraint, None, [])
     tools = req.tools or []
-    fmt, native = format_for(template) if tools else (None, True)
+    fmt, native = format_for(template)
     messages = list(req.messages)
-    if tools and not native:
-        messages = _with_tools_system_message(messages, tools)
-    extra = {"tools": tools} if tools and native else {}
+    if tools and not renders_tool_list(template):
+        messages = _with_tools_system_message(messages, tools, how_to_call=not native)
+    extra = {"tools": tools} if tools else {}
     text = render_chat(
         template,
-        template_messages(messages, native or not tools),
+        template_messages(messages, native),
         add_generation_prompt=True,
         bos_token=bos_token,
         eos_token=eos_token,
         **extra,
     )
-    constraint = forced_constraint(fmt, req) if fmt is not None else None
-    constraint = constraint or req.constraint
+    constraint = (forced_constraint(fmt, req) if tools else None) or req.constraint
     if constraint is not None and constraint.prefix:
         text += constraint.prefix
-    return PromptPlan(text, constraint, fmt, tools)
+    return PromptPlan(text, constraint, fmt if tools else None, tools)
 
 
-def _with_tools_system_message(messages: list[Message], tools: list[dict]) -> list[Message]:
-    described = generic_tools_message(tools)
+def _with_tools_system_message(
+    messages: list[Message], tools: list[dict], how_to_call: bool
+) -> list[Message]:
+    described = generic_tools_message(tools, how_to_call)
     if messages and messages[0].role == "system":
         first = messages[0]
         return [Message("system", f"{first.content}\n\n{described}"), *messages[1:]]

@@ -19,17 +19,30 @@ from engine.types import GenerationRequest, Message, OutputConstraint, ToolCall
 
 from .formats import FORMATS, GENERIC, ToolFormat
 
-__all__ = ["ToolFormat", "format_for", "template_messages", "forced_constraint", "ToolCall"]
+__all__ = [
+    "ToolCall",
+    "ToolFormat",
+    "forced_constraint",
+    "format_for",
+    "generic_tools_message",
+    "renders_tool_list",
+    "template_messages",
+]
 
 
 def format_for(template: str) -> tuple[ToolFormat, bool]:
-    """(the family's format, whether the template itself renders tools)."""
-    if "tools" not in template:
-        return GENERIC, False
+    """(the family's format, whether the template writes tool calls itself); a template
+    that writes none gets Hermes' format."""
     for fmt in FORMATS:
         if fmt.detect(template):
             return fmt, True
-    return GENERIC, True
+    return GENERIC, False
+
+
+def renders_tool_list(template: str) -> bool:
+    """Whether the template describes the `tools` to the model (DeepSeek V3.1's writes
+    calls but leaves the list to the system prompt)."""
+    return "tools" in template
 
 
 def _call_dict(call: ToolCall, index: int) -> dict:
@@ -76,14 +89,18 @@ def template_messages(messages: list[Message], native: bool) -> list[dict]:
     return out
 
 
-def generic_tools_message(tools: list[dict]) -> str:
-    """The system text that tells a model without a tool template how to call: Qwen's
-    wording, shortened (a small model's context is short), the tools as compact JSON."""
+def generic_tools_message(tools: list[dict], how_to_call: bool) -> str:
+    """The system text that lists the tools for a template that does not: Qwen's wording,
+    shortened (a small model's context is short), the tools as compact JSON, and with
+    `how_to_call` the Hermes call format."""
     lines = "\n".join(json.dumps(t, ensure_ascii=False, separators=(",", ":")) for t in tools)
-    return (
-        f"# Tools\n<tools>\n{lines}\n</tools>\nTo call a function, write "
-        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-    )
+    text = f"# Tools\n<tools>\n{lines}\n</tools>"
+    if how_to_call:
+        text += (
+            "\nTo call a function, write <tool_call>\n"
+            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        )
+    return text
 
 
 def forced_constraint(fmt: ToolFormat, req: GenerationRequest) -> OutputConstraint | None:

@@ -150,7 +150,7 @@ class Harmony(ToolFormat):
     read, as llama.cpp's parser does). analysis-channel text is reasoning, not content."""
 
     name = "harmony"
-    markers = ("<|channel|>", "to=functions.")
+    markers = ("<|channel|>", "<|call|>")
     starts = ("to=functions.",)
     _call = re.compile(
         r"to=functions\.([\w.\-]+)[^<]*(?:<\|channel\|>[^<]*)?(?:<\|constrain\|>\w*)?<\|message\|>"

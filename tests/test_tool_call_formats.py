@@ -1,0 +1,141 @@
+"""Per template family: a tool call rendered by the real chat template parses back to the
+same call, and Itamae's renderer writes the same prompt as transformers.
+
+The templates are the copies llama.cpp keeps in models/templates/ of the llama-cpp-python
+sdist (tests/fixtures/llamacpp_reference.py fetches it). The reference renderer is
+transformers' `apply_chat_template` on a tokenizer built here from the fixtures' BPE
+model; the assistant's reply is what the template writes after the generation prompt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.chat_template import render_chat
+from engine.tool_calls import format_for
+from tests.fixtures.llamacpp_reference import llama_cpp_source
+
+transformers = pytest.importorskip("transformers")
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+CALL = {"name": "get_weather", "arguments": {"city": "東京", "days": 3}}
+USER = {"role": "user", "content": "What is the weather in Tokyo?"}
+# template file -> the family Itamae must detect
+TEMPLATES = {
+    "Qwen-Qwen3-0.6B.jinja": "hermes",
+    "Qwen-Qwen2.5-7B-Instruct.jinja": "hermes",
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": "hermes",
+    "openai-gpt-oss-120b.jinja": "harmony",
+    "deepseek-ai-DeepSeek-V3.1.jinja": "deepseek",
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja": "deepseek",
+    "GLM-4.6.jinja": "glm45",
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": "llama3",
+    "meta-llama-Llama-3.3-70B-Instruct.jinja": "llama3",
+    "MiniMax-M2.jinja": "minimax_m2",
+    "moonshotai-Kimi-K2.jinja": "kimi_k2",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tests.fixtures.tokenizer import train_tokenizer
+
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(), bos_token="<s>", eos_token="<|im_end|>"
+    )
+
+
+def _template(name: str) -> str:
+    return (llama_cpp_source() / "models" / "templates" / name).read_text(encoding="utf-8")
+
+
+def _assistant_turn(call: dict) -> dict:
+    function = {"name": call["name"], "arguments": call["arguments"]}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": "call_0", "type": "function", "function": function}],
+    }
+
+
+def _hf_render(tokenizer, template, messages, generation_prompt):
+    return tokenizer.apply_chat_template(
+        messages,
+        tools=TOOLS,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+    )
+
+
+def _reply_text(tokenizer, template: str) -> str:
+    """What the template writes for the assistant's call, after the generation prompt."""
+    prompt = _hf_render(tokenizer, template, [USER], True)
+    full = _hf_render(tokenizer, template, [USER, _assistant_turn(CALL)], False)
+    shared = 0
+    while shared < min(len(prompt), len(full)) and prompt[shared] == full[shared]:
+        shared += 1
+    return full[shared:]
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_a_call_rendered_by_the_template_parses_back(tokenizer, name):
+    template = _template(name)
+    fmt, native = format_for(template)
+    assert native and fmt.name == TEMPLATES[name]
+    reply = _reply_text(tokenizer, template)
+    content, calls = fmt.parse(reply, TOOLS)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        (CALL["name"], CALL["arguments"])
+    ], reply
+    assert "get_weather" not in content
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_itamae_renders_tool_turns_as_transformers_does(tokenizer, name):
+    template = _template(name)
+    messages = [USER, _assistant_turn(CALL), {"role": "tool", "tool_call_id": "call_0",
+                "name": "get_weather", "content": '{"sky": "clear"}'}]  # fmt: skip
+    expected = _hf_render(tokenizer, template, messages, True)
+    ours = render_chat(
+        template,
+        messages,
+        tools=TOOLS,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+    )
+    assert ours == expected
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, f in TEMPLATES.items() if f not in ("glm45", "minimax_m2")]
+)
+def test_a_forced_call_opening_parses_as_that_call(name):
+    """What constrained decoding writes (the forced opening, then the arguments' JSON)
+    reads back as the call."""
+    fmt, _ = format_for(_template(name))
+    forced = fmt.forced(TOOLS, "get_weather")
+    arguments = json.dumps(CALL["arguments"], ensure_ascii=False)
+    if "name" in forced.schema.get("properties", {}):
+        body = json.dumps({"name": "get_weather", forced.schema["required"][1]: CALL["arguments"]})
+    else:
+        body = arguments
+    _, calls = fmt.parse(forced.prefix + body, TOOLS)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("get_weather", CALL["arguments"])
+    ]
