@@ -44,8 +44,9 @@ MAX_BODY_BYTES = 32 * 2**20
 DEFAULT_MAX_QUEUE = 64
 
 
-def _route_class(api_key: str | None) -> type[APIRoute]:
-    """Routes that check the bearer token and answer APIError as OpenAI-style JSON.
+def route_class(api_key: str | None, error_body=APIError.body) -> type[APIRoute]:
+    """Routes that check the API key and answer APIError as JSON (OpenAI's shape, or the
+    one `error_body(error)` makes for the Ollama and Anthropic surfaces).
 
     Done in the route rather than with app-level exception handlers or middleware so
     the router behaves the same in whichever app includes it (headless or beside Gradio).
@@ -63,13 +64,13 @@ def _route_class(api_key: str | None) -> type[APIRoute]:
                     return await handler(request)
                 except APIError as e:
                     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-                    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+                    return JSONResponse(error_body(e), status_code=e.status, headers=headers)
                 except Exception as e:  # a bug: answer it in the API's own shape, keep serving
                     log.exception("API request failed")
                     error = APIError(
                         500, f"Internal error: {type(e).__name__}: {e}", type="server_error"
                     )
-                    return JSONResponse(error.body(), status_code=500)
+                    return JSONResponse(error_body(error), status_code=500)
 
             return handle
 
@@ -77,13 +78,17 @@ def _route_class(api_key: str | None) -> type[APIRoute]:
 
 
 def _check_bearer(request: Request, expected: bytes) -> None:
+    """One rule for all three surfaces: `Authorization: Bearer <key>` (OpenAI, Ollama)
+    or Anthropic's `x-api-key: <key>`."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = request.headers.get("x-api-key", "")
     # compare_digest: the time taken must not tell how much of a guessed key was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    if not hmac.compare_digest(token.strip().encode(), expected):
         raise APIError(
             401,
-            "Missing or wrong API key. Send 'Authorization: Bearer <key>' with the key "
-            "this server was started with (--api-key).",
+            "Missing or wrong API key. Send 'Authorization: Bearer <key>' (or 'x-api-key: "
+            "<key>') with the key this server was started with (--api-key).",
             type="authentication_error",
             code="invalid_api_key",
         )
@@ -94,20 +99,11 @@ def create_router(
 ) -> APIRouter:
     """The /v1 routes over `manager`. With `api_key`, every route needs that bearer token;
     past `max_queue` requests waiting for the model, new ones get 429."""
-    router = APIRouter(route_class=_route_class(api_key))
+    router = APIRouter(route_class=route_class(api_key))
 
     async def run(request, backend, body, req, shape) -> Response:
         stream, include_usage = stream_flags(body)
-        await check_request(backend, req)
-        await _fit_to_context(backend, req)
-        if manager.queue_length >= max_queue:
-            raise APIError(
-                429,
-                f"{manager.queue_length} requests are already waiting for the model; "
-                "try again later.",
-                type="rate_limit_error",
-                code="queue_full",
-            )
+        await admit(manager, backend, req, max_queue)
         model = served_model_id(manager, backend)
         return await respond(
             request, manager, req, shape, model=model, stream=stream, include_usage=include_usage
@@ -121,19 +117,19 @@ def create_router(
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
-        return _model_card(manager, _backend_for(manager, model_id))
+        return _model_card(manager, backend_for(manager, model_id))
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
+        body = await json_body(request)
+        backend = backend_for(manager, model_name(body))
         req = chat_request(body, backend.info.n_experts)
         return await run(request, backend, body, req, ChatShape())
 
     @router.post("/v1/completions")
     async def completions(request: Request):
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
+        body = await json_body(request)
+        backend = backend_for(manager, model_name(body))
         req = completion_request(body, backend.info.n_experts)
         return await run(request, backend, body, req, TextShape())
 
@@ -141,16 +137,29 @@ def create_router(
     async def tokenize(request: Request):
         # vLLM's and llama.cpp's servers have this beside /v1 (one reads "prompt", the
         # other "content"); the remote backend uses it to count tokens.
-        body = await _json_body(request)
+        body = await json_body(request)
         text = body.get("prompt", body.get("content"))
         if not isinstance(text, str):
             raise APIError(400, "'prompt' must be a string.", param="prompt", code="invalid_value")
-        backend = _backend_for(manager, body.get("model") or None)
+        backend = backend_for(manager, body.get("model") or None)
         tokens = await asyncio.to_thread(backend.tokenize, text)
         context = backend.info.context_length or None
         return {"tokens": tokens, "count": len(tokens), "max_model_len": context}
 
     return router
+
+
+async def admit(manager: ModelManager, backend: Backend, req: GenerationRequest, max_queue: int):
+    """The checks every surface makes before a request waits for the model."""
+    await check_request(backend, req)
+    await fit_to_context(backend, req)
+    if manager.queue_length >= max_queue:
+        raise APIError(
+            429,
+            f"{manager.queue_length} requests are already waiting for the model; try again later.",
+            type="rate_limit_error",
+            code="queue_full",
+        )
 
 
 # -- the loaded model ------------------------------------------------------------------
@@ -180,7 +189,7 @@ def _model_card(manager: ModelManager, backend: Backend) -> dict:
     }
 
 
-def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
+def backend_for(manager: ModelManager, requested: str | None) -> Backend:
     backend = manager.backend
     if backend is None:
         status = manager.status
@@ -209,7 +218,7 @@ def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
     return backend
 
 
-async def _json_body(request: Request) -> dict:
+async def json_body(request: Request) -> dict:
     raw = await _read_limited(request, MAX_BODY_BYTES)
     try:
         body = json.loads(raw)
@@ -283,7 +292,7 @@ async def check_request(backend: Backend, req: GenerationRequest) -> None:
         raise APIError(400, str(e), param=param, code="unsupported_value") from e
 
 
-async def _fit_to_context(backend: Backend, req: GenerationRequest) -> None:
+async def fit_to_context(backend: Backend, req: GenerationRequest) -> None:
     """Refuse a prompt the context cannot hold; default max_tokens to what is left."""
     context = backend.info.context_length
     # In a worker thread: a long prompt takes a while to tokenize, a remote one a request.

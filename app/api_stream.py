@@ -36,11 +36,11 @@ from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent
 _DISCONNECT_POLL_S = 0.25
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     pass
 
 
-class _EventPump:
+class EventPump:
     """Runs `manager.stream(req)` in a thread of its own and hands events to the loop."""
 
     _END = object()
@@ -75,7 +75,7 @@ class _EventPump:
             except TimeoutError:
                 if await request.is_disconnected():
                     self.cancel.set()
-                    raise _ClientGone() from None
+                    raise ClientGone() from None
                 continue
             return None if item is self._END else item
 
@@ -91,17 +91,17 @@ async def respond(
     include_usage: bool,
 ) -> Response:
     """Queue `req` on the manager and answer with its result, whole or as SSE chunks."""
-    pump = _EventPump(manager, req)
+    pump = EventPump(manager, req)
     ident = f"{shape.id_prefix}-{uuid.uuid4().hex}"
     created = int(time.time())
     try:
         # Wait for the first event before answering, so an error (a failed model, a
         # prompt the backend refuses) still gets a proper status code.
         first = await pump.next(request)
-    except _ClientGone:
+    except ClientGone:
         return Response(status_code=499)
-    if isinstance(first, FinalEvent) and _failure(first) is not None:
-        raise _failure(first)
+    if isinstance(first, FinalEvent) and failure(first) is not None:
+        raise failure(first)
     shape = shape.for_request(req)
     if not stream:
         return await _whole_response(request, pump, first, shape, ident, created, model)
@@ -111,7 +111,7 @@ async def respond(
     )
 
 
-def _failure(final: FinalEvent) -> APIError | None:
+def failure(final: FinalEvent) -> APIError | None:
     """The error to answer for a final event that is not a normal end, else None."""
     if final.finish_reason in ("stop", "length"):
         return None
@@ -150,10 +150,10 @@ async def _whole_response(request, pump, first, shape, ident, created, model) ->
             if logprobs is not None and event.logprob is not None:
                 logprobs.append(event.logprob)
             event = await pump.next(request)
-    except _ClientGone:
+    except ClientGone:
         return Response(status_code=499)
-    if _failure(event) is not None:
-        raise _failure(event)
+    if failure(event) is not None:
+        raise failure(event)
     choice = shape.whole_choice("".join(pieces), event.finish_reason, event, logprobs)
     return JSONResponse(
         {
@@ -192,9 +192,9 @@ async def _sse(pump, first, shape, ident, created, model, include_usage) -> Asyn
             event = await pump.next()
         if event is None:
             event = FinalEvent("error", Stats(), error="The backend ended without a final event.")
-        failure = _failure(event)
-        if failure is not None:  # the client's own stream stays in OpenAI's error shape
-            yield f"data: {json.dumps(failure.body())}\n\n"
+        error = failure(event)
+        if error is not None:  # the client's own stream stays in OpenAI's error shape
+            yield f"data: {json.dumps(error.body())}\n\n"
         else:
             for delta in shape.held_deltas(event):
                 yield chunk([shape.chunk_choice(delta, None)])

@@ -28,9 +28,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
     from app.api import create_router
+    from app.api_anthropic import anthropic_router
+    from app.api_ollama import ollama_router
 
     app = FastAPI(title="Itamae", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(ctx.manager, api_key=api_key))
+    app.include_router(ollama_router(ctx.manager, api_key=api_key))
+    app.include_router(anthropic_router(ctx.manager, api_key=api_key))
 
     @app.get("/health")
     async def health():

@@ -10,6 +10,14 @@ from typing import Literal, Protocol
 from converters.core.model_info import ModelInfo
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+def first_stop(text: str, stops: list[str]) -> str | None:
+    """The stop string that occurs first in `text` (the one a stream was cut at)."""
+    found = [(text.find(s), s) for s in stops if s and s in text]
+    return min(found)[1] if found else None
+
+
 # Both engines report logprobs from the model's own distribution (log-softmax of its
 # logits before any sampler), as llama.cpp's server and vLLM do by default.
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
@@ -124,6 +132,7 @@ class FinalEvent:
     # when the request offered tools: the calls the model made, and its reply without them
     tool_calls: list[ToolCall] = field(default_factory=list)
     content: str | None = None
+    stop_sequence: str | None = None  # the stop string that ended the reply, if one did
 
 
 Event = TokenEvent | FinalEvent

@@ -395,7 +395,7 @@ def test_fuzzed_requests_never_break_the_server(server):
     def check(body, path):
         response = httpx.post(  # json.dumps, unlike httpx, writes NaN and Infinity
             server.url + path,
-            content=json.dumps(body),
+            content=json.dumps(_for_endpoint(body, path)),
             headers={"Content-Type": "application/json"},
             timeout=120,
         )
@@ -409,6 +409,14 @@ def test_fuzzed_requests_never_break_the_server(server):
     check()
     assert server.alive()
     assert {200, 400} <= seen
+
+
+def _for_endpoint(body: dict, path: str) -> dict:
+    """The fuzzed body without the other endpoint's own field, unless the fuzzer set it:
+    a field an endpoint does not know is refused (400), so an untouched base stays valid."""
+    other = "prompt" if path == "/chat/completions" else "messages"
+    base_value = {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}[other]
+    return {k: v for k, v in body.items() if not (k == other and v == base_value)}
 
 
 def test_a_prompt_that_overflows_only_with_the_template_is_a_400(server):

@@ -79,9 +79,13 @@ def build_app(manager, api_key: str | None = None, cors_origins: list[str] | Non
 
     from app import __version__
     from app.api import create_router
+    from app.api_anthropic import anthropic_router
+    from app.api_ollama import ollama_router
 
     app = FastAPI(title="Itamae API", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(manager, api_key=api_key))
+    app.include_router(ollama_router(manager, api_key=api_key))
+    app.include_router(anthropic_router(manager, api_key=api_key))
 
     @app.get("/health")
     async def health():

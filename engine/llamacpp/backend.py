@@ -26,7 +26,15 @@ import psutil
 from converters.core.errors import ContextTooLong, ItamaeError
 from engine.memory_plan import Hardware, MemoryPlan, plan_memory
 from engine.prompting import PromptPlan, plan_prompt
-from engine.types import Event, FinalEvent, GenerationRequest, Message, Stats, TokenEvent
+from engine.types import (
+    Event,
+    FinalEvent,
+    GenerationRequest,
+    Message,
+    Stats,
+    TokenEvent,
+    first_stop,
+)
 
 from . import grammar as gbnf
 from .devices import detect_hardware, gpu_offload_supported
@@ -340,6 +348,8 @@ class LlamaCppBackend:
             stats.decode_tps = decodes / (last_at - first_at) if decodes else 0.0
         raw = b"".join(self.native.piece(t, special=True) for t in completion)
         content, calls = plan.read_reply(plan.prefix + raw.decode("utf-8", errors="replace"))
+        shown = b"".join(self.native.piece(t) for t in completion).decode(errors="replace")
+        stop = first_stop(shown, params.stop) if text.stopped else None
         yield FinalEvent(
             finish,
             stats,
@@ -347,6 +357,7 @@ class LlamaCppBackend:
             token_ids=completion,
             tool_calls=calls,
             content=content,
+            stop_sequence=stop,
         )
 
 

@@ -22,7 +22,7 @@ import torch
 from converters.core.errors import ContextTooLong, ItamaeError
 from engine.constrained import JsonConstraint, tokenizer_for
 from engine.prompting import PromptPlan, plan_prompt
-from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
+from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent, first_stop
 
 from .sampling import Sampler, token_logprob
 from .text import ModelText, TextStream
@@ -170,6 +170,7 @@ class Generator:
         self._finish_stats(stats, completion, first_at, usage0, counters0)
         raw = plan.prefix + self.text.tokenizer.decode(completion, skip_special_tokens=False)
         content, calls = plan.read_reply(raw)
+        stop = first_stop(self.text.decode(completion), params.stop) if out.stopped else None
         yield FinalEvent(
             finish,
             stats,
@@ -177,6 +178,7 @@ class Generator:
             token_ids=completion,
             tool_calls=calls,
             content=content,
+            stop_sequence=stop,
         )
 
     def _finish_stats(self, stats: Stats, completion, first_at, usage0, counters0) -> None:
