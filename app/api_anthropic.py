@@ -46,6 +46,7 @@ FIELDS = {
     "thinking",
     "metadata",
     "output_format",
+    "output_config",
 }
 COUNT_FIELDS = {"model", "messages", "system", "tools", "tool_choice", "thinking"}
 _ERROR_TYPES = {
@@ -188,17 +189,36 @@ def _request(body: dict) -> GenerationRequest:
     )
     req.tools = _tools(body)
     _apply_tool_choice(body, req)
-    output = body.get("output_format")
-    if output is not None:
-        if not isinstance(output, dict) or output.get("type") != "json_schema":
-            raise bad_param("output_format", "'output_format' type must be json_schema.")
-        req.constraint = OutputConstraint(json_schema=output.get("schema") or {"type": "object"})
+    req.constraint = _output_format(body)
     return req
 
 
+def _output_format(body: dict) -> OutputConstraint | None:
+    """Structured output: output_config.format (the current field) or output_format."""
+    config = body.get("output_config")
+    if config is not None and (not isinstance(config, dict) or set(config) - {"format"}):
+        raise bad_param("output_config", "Of 'output_config' only 'format' is supported.")
+    output, param = (config or {}).get("format"), "output_config.format"
+    if output is None:
+        output, param = body.get("output_format"), "output_format"
+    if output is None:
+        return None
+    if not isinstance(output, dict) or output.get("type") != "json_schema":
+        raise bad_param(param, f"'{param}' type must be json_schema.")
+    return OutputConstraint(json_schema=output.get("schema") or {"type": "object"})
+
+
 def _thinking(body: dict) -> bool:
+    """Whether the reply shows reasoning as thinking blocks: thinking enabled or adaptive
+    (the model reasons or not as its template makes it; a budget is not enforced apart
+    from max_tokens), not disabled or display "omitted"."""
     thinking = body.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    if thinking is None:
+        return False
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind not in ("enabled", "adaptive", "disabled"):
+        raise bad_param("thinking", "'thinking' type is enabled, adaptive or disabled.")
+    return kind != "disabled" and thinking.get("display") != "omitted"
 
 
 def _content_blocks(text: str, final: FinalEvent, thinking: bool) -> list[dict]:

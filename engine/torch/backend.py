@@ -147,6 +147,10 @@ class TorchBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.text.encode(text)
 
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        """The very tokens stream(req) would run first (chat template, tools included)."""
+        return self.generator.encode(req, self.generator.prompt_plan(req))
+
     def check_request(self, req: GenerationRequest) -> None:
         """Raise ItamaeError for what this request asks and cannot be done (a tool choice
         the template's format cannot force, a schema llguidance cannot enforce)."""

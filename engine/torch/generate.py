@@ -43,14 +43,15 @@ class Generator:
         t = self.text
         return plan_prompt(t.chat_template, req, bos_token=t.bos_token, eos_token=t.eos_token)
 
-    def prompt_ids(self, req: GenerationRequest, plan: PromptPlan | None = None) -> list[int]:
-        plan = plan or self.prompt_plan(req)
+    def encode(self, req: GenerationRequest, plan: PromptPlan) -> list[int]:
+        """The prompt's tokens: a rendered chat without added BOS (the template writes
+        it), a raw prompt with it."""
         if req.messages:
-            ids = self.text.encode(plan.text, add_special_tokens=False)
-        elif req.prompt is not None:
-            ids = self.text.encode(plan.text)
-        else:
-            ids = []
+            return self.text.encode(plan.text, add_special_tokens=False)
+        return self.text.encode(plan.text) if req.prompt is not None else []
+
+    def prompt_ids(self, req: GenerationRequest, plan: PromptPlan | None = None) -> list[int]:
+        ids = self.encode(req, plan or self.prompt_plan(req))
         if not ids:
             raise ItamaeError("The prompt is empty.", "Type a message first.")
         if len(ids) >= self.context_length:
