@@ -8,7 +8,8 @@ min_p, seed, stop, repeat_penalty, presence_penalty, frequency_penalty); `format
 "json" or a JSON schema; `tools` in chat with calls returned as
 message.tool_calls[].function {name, arguments (an object)}; `think`: the reasoning
 apart in message.thinking (false hides it; the model still reasons unless its template
-can turn that off). Errors are {"error": message}. Models are named as Ollama lists them,
+can turn that off); `logprobs`/`top_logprobs` as Ollama's per-chunk `logprobs` list.
+Errors are {"error": message}. Models are named as Ollama lists them,
 NAME:TAG (`demo:latest`).
 """
 
@@ -23,7 +24,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app import __version__
 from app.api import json_body, route_class, served_model_id
+from app.api_fields import chat_logprobs
 from app.api_fields import tools as openai_tools
+from app.api_openai_out import chat_logprob_entry
 from app.api_schema import APIError, bad_param, chat_messages, sampling_params
 from app.api_stream import ClientGone
 from app.api_surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
@@ -46,8 +49,21 @@ OPTIONS = {
     "frequency_penalty",
     "repeat_last_n",
 }
-CHAT_FIELDS = {"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think"}
+CHAT_FIELDS = {
+    "model",
+    "messages",
+    "tools",
+    "format",
+    "options",
+    "stream",
+    "keep_alive",
+    "think",
+    "logprobs",
+    "top_logprobs",
+}
 GENERATE_FIELDS = {
+    "logprobs",
+    "top_logprobs",
     "model",
     "prompt",
     "system",
@@ -126,7 +142,9 @@ def _sampling(body: dict) -> SamplingParams:
     predict = options.get("num_predict")
     if predict is not None and predict not in (-1, -2):
         openai_body["max_tokens"] = predict
-    return sampling_params(openai_body)
+    sampling = sampling_params(openai_body)
+    sampling.logprobs = chat_logprobs(body)  # Ollama's fields are OpenAI's chat ones
+    return sampling
 
 
 def _format(body: dict) -> OutputConstraint | None:
@@ -281,13 +299,14 @@ def ollama_router(
                         "model": model,
                         "created_at": _now(),
                         **message_of(reply.text, reply.final),
+                        **_logprobs(reply.logprobs, req),
                         **_final_fields(reply.final, started),
                     }
                 )
         except ClientGone:
             return Response(status_code=499)
         return StreamingResponse(
-            _ndjson(pump, first, model, message_of, started, hold),
+            _ndjson(pump, first, model, message_of, started, hold, req),
             media_type="application/x-ndjson",
         )
 
@@ -344,7 +363,13 @@ def ollama_router(
     return router
 
 
-async def _ndjson(pump, first, model, message_of, started, hold):
+def _logprobs(entries, req: GenerationRequest) -> dict:
+    if req.sampling.logprobs is None:
+        return {}
+    return {"logprobs": [chat_logprob_entry(lp) for lp in entries]}
+
+
+async def _ndjson(pump, first, model, message_of, started, hold, req):
     """One JSON line per token (or, when `hold`, the whole reply at its end), then the
     `done` line."""
     held = []
@@ -359,11 +384,12 @@ async def _ndjson(pump, first, model, message_of, started, hold):
             return
         if hold:
             held.append(event.text)
-        elif event.text:
+        elif event.text or event.logprob is not None:
             line = {
                 "model": model,
                 "created_at": _now(),
                 **message_of(event.text, None),
+                **_logprobs([event.logprob] if event.logprob else [], req),
                 "done": False,
             }
             yield json.dumps(line, ensure_ascii=False) + "\n"

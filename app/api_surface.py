@@ -37,15 +37,17 @@ async def start(request: Request, manager: ModelManager, backend: Backend, req, 
 
 
 async def run_whole(request: Request, pump: EventPump, first) -> Reply:
-    pieces, event = [], first
+    pieces, logprobs, event = [], [], first
     while not isinstance(event, FinalEvent):
         if event is None:
             raise APIError(500, "The backend ended without a final event.", type="server_error")
         pieces.append(event.text)
+        if event.logprob is not None:
+            logprobs.append(event.logprob)
         event = await pump.next(request)
     if failure(event) is not None:
         raise failure(event)
-    return Reply("".join(pieces), event)
+    return Reply("".join(pieces), event, logprobs)
 
 
 async def run_stream(pump: EventPump, first) -> AsyncIterator[TokenEvent | FinalEvent]:

@@ -110,7 +110,7 @@ def test_forced_tool_use_whole_and_streamed(client, server):
                     {"type": "tool_result", "tool_use_id": use.id, "content": '{"sky": "clear"}'}
                 ],
             },
-        ],  # fmt: skip
+        ],
     )
     assert reply.usage.input_tokens > message.usage.input_tokens
 
@@ -131,9 +131,13 @@ def test_stop_sequences_report_which_one(client, server, openai_reply):
     text = openai_reply.choices[0].message.content
     stop = text.split()[1] if len(text.split()) > 1 else text[1:3]
     message = client.messages.create(
-        model=server.model_id, system="Be brief.", messages=ASK, max_tokens=24,
-        extra_body=GREEDY, stop_sequences=[stop],
-    )  # fmt: skip
+        model=server.model_id,
+        system="Be brief.",
+        messages=ASK,
+        max_tokens=24,
+        extra_body=GREEDY,
+        stop_sequences=[stop],
+    )
     assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
     assert message.content[0].text == text[: text.index(stop)]
 

@@ -80,8 +80,12 @@ def test_chat_with_a_schema_format_validates(client, server):
         options={"temperature": 0, "num_predict": 80},
     )
     jsonschema.validate(json.loads(reply.message.content), TRIP)
-    as_json = client.chat(model=server.model_id, messages=ASK, format="json",
-                          options={"temperature": 0, "num_predict": 200})  # fmt: skip
+    as_json = client.chat(
+        model=server.model_id,
+        messages=ASK,
+        format="json",
+        options={"temperature": 0, "num_predict": 200},
+    )
     assert as_json.message.content.startswith("{")
 
 
@@ -108,13 +112,26 @@ def test_chat_with_tools_gives_the_model_the_tools(client, server):
 def test_a_tool_call_in_the_history_is_accepted(client, server):
     history = [
         {"role": "user", "content": "What is the weather in Tokyo?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"function": {"name": "get_weather", "arguments": {"city": "Tokyo", "unit": "celsius"}}}
-        ]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": {"city": "Tokyo", "unit": "celsius"},
+                    }
+                }
+            ],
+        },
         {"role": "tool", "content": '{"temperature": 21}', "tool_name": "get_weather"},
-    ]  # fmt: skip
-    reply = client.chat(model=server.model_id, messages=history, tools=[WEATHER],
-                        options={"temperature": 0, "num_predict": 8})  # fmt: skip
+    ]
+    reply = client.chat(
+        model=server.model_id,
+        messages=history,
+        tools=[WEATHER],
+        options={"temperature": 0, "num_predict": 8},
+    )
     assert reply.done
 
 
@@ -132,3 +149,15 @@ def test_unknown_options_and_fields_are_refused(server):
 def test_the_key_guards_the_ollama_surface(server):
     assert httpx.get(server.root + "/api/tags").status_code == 401
     assert httpx.get(server.root + "/api/version", headers={"x-api-key": "k"}).status_code == 200
+
+
+def test_logprobs_whole_and_streamed(client, server):
+    ask = dict(model=server.model_id, messages=ASK, options=GREEDY, logprobs=True, top_logprobs=2)
+    whole = client.chat(**ask)
+    assert len(whole.logprobs) == whole.eval_count
+    for entry in whole.logprobs:
+        top = [t.logprob for t in entry.top_logprobs]
+        assert entry.logprob <= 0 and top == sorted(top, reverse=True)
+        assert entry.logprob == pytest.approx(top[0], abs=1e-5)  # greedy
+    streamed = [lp for part in client.chat(**ask, stream=True) for lp in part.logprobs or []]
+    assert [e.token for e in streamed] == [e.token for e in whole.logprobs]

@@ -117,9 +117,13 @@ def test_streamed_tool_calls_assemble_to_the_same_call(client, server):
     assert (name, arguments, finish) == (expected.name, expected.arguments, "tool_calls")
     # the openai client's own stream helper assembles the same call
     with client.beta.chat.completions.stream(
-        model=server.model_id, messages=ASK, temperature=0, max_tokens=80,
-        tools=[WEATHER], tool_choice=named,
-    ) as stream:  # fmt: off
+        model=server.model_id,
+        messages=ASK,
+        temperature=0,
+        max_tokens=80,
+        tools=[WEATHER],
+        tool_choice=named,
+    ) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.tool_calls[0].function.arguments == expected.arguments
 
@@ -188,6 +192,22 @@ def test_logprobs_are_sensible(client, server):
         # greedy: the chosen token is the likeliest one
         assert entry.logprob == pytest.approx(top[0], abs=1e-5)
         assert entry.token == entry.top_logprobs[0].token
+    streamed = client.chat.completions.create(
+        model=server.model_id,
+        messages=[{"role": "user", "content": "Hello"}],
+        temperature=0,
+        max_tokens=8,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+    )
+    tokens = [
+        e.token
+        for c in streamed
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert tokens == [e.token for e in entries]
 
 
 def test_completion_logprobs_and_logit_bias(client, server):
@@ -211,9 +231,13 @@ def test_completion_logprobs_and_logit_bias(client, server):
 
 
 def test_same_seed_same_tokens(client, server):
-    ask = dict(model=server.model_id, messages=ASK, temperature=1.0, max_tokens=12, seed=42)
-    first = client.chat.completions.create(**ask).choices[0].message.content
-    assert client.chat.completions.create(**ask).choices[0].message.content == first
+    fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": TRIP}}
+    for extra in ({}, {"response_format": fmt}):
+        ask = dict(
+            model=server.model_id, messages=ASK, temperature=1.0, max_tokens=40, seed=42, **extra
+        )
+        first = client.chat.completions.create(**ask).choices[0].message.content
+        assert client.chat.completions.create(**ask).choices[0].message.content == first
 
 
 @pytest.mark.parametrize(

@@ -109,8 +109,16 @@ def test_a_call_rendered_by_the_template_parses_back(tokenizer, name):
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_itamae_renders_tool_turns_as_transformers_does(tokenizer, name):
     template = _template(name)
-    messages = [USER, _assistant_turn(CALL), {"role": "tool", "tool_call_id": "call_0",
-                "name": "get_weather", "content": '{"sky": "clear"}'}]  # fmt: skip
+    messages = [
+        USER,
+        _assistant_turn(CALL),
+        {
+            "role": "tool",
+            "tool_call_id": "call_0",
+            "name": "get_weather",
+            "content": '{"sky": "clear"}',
+        },
+    ]
     expected = _hf_render(tokenizer, template, messages, True)
     ours = render_chat(
         template,
