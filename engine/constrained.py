@@ -1,12 +1,14 @@
 """Constrained decoding for the torch engine: JSON that matches a schema, token by token.
 
 Through llguidance (github.com/guidance-ai/llguidance, the engine llama.cpp builds in with
-LLAMA_LLGUIDANCE): it reads the model's own tokenizer.json (no transformers needed), has
-no Python dependencies, compiles a schema lazily (about 1-10 ms) and computes a token
-mask in 0.15-0.3 ms on a 152k vocabulary on this CPU, under 1% of a decode step.
-Measured beside xgrammar 0.2.9 (25 us a token, but a 54 ms compile and transformers,
-triton and tvm-ffi as dependencies) and outlines-core 0.2.14 (a 0.5 s index build per
-schema, 3 ms a token); see tests/benchmarks/bench_constrained.py.
+LLAMA_LLGUIDANCE): it reads the model's own tokenizer.json (no transformers needed, which
+the app never imports), has no Python dependencies, compiles a schema lazily (3-10 ms)
+and computes a token mask in 0.15-0.5 ms on Qwen2's 152k vocabulary (three runs on this
+shared 2-core machine), small beside a real model's decode step. Measured beside it
+(tests/benchmarks/bench_constrained.py): xgrammar 0.2.9 masks faster (16-25 us a
+token) but compiles each schema up front (54-89 ms) and needs transformers, triton and
+tvm-ffi; outlines-core 0.2.14 builds an index per schema (0.5-2 s) and takes 3-4 ms a
+token.
 
 JSON is written compactly (no whitespace between tokens) so that a small model cannot
 wander off into endless spaces; the llama.cpp engine's grammar (engine/llamacpp/
