@@ -266,9 +266,25 @@ def test_unsupported_requests_are_400s_naming_the_field(server, extra, param):
     assert response.json()["error"]["param"] == param
 
 
-def test_a_fixture_model_makes_a_named_call(hf_checkpoint):
-    with ServeProcess("--model", str(hf_checkpoint("qwen3_moe")), "--engine", "torch") as s:
+@pytest.fixture(scope="module")
+def fixture_gguf(hf_checkpoint, tmp_path_factory):
+    from converters.conversion.convert import convert
+
+    dest = tmp_path_factory.mktemp("api-tools") / "qwen3_moe-f32.gguf"
+    convert(hf_checkpoint("qwen3_moe"), dest, "F32")
+    return dest
+
+
+@pytest.mark.parametrize("engine", ["torch", "llamacpp"])
+def test_a_fixture_model_makes_a_named_call_and_valid_json(engine, hf_checkpoint, request):
+    path = (
+        hf_checkpoint("qwen3_moe") if engine == "torch" else request.getfixturevalue("fixture_gguf")
+    )
+    with ServeProcess("--model", str(path), "--engine", engine) as s:
         client = openai.OpenAI(base_url=s.url, api_key="unused", max_retries=0, timeout=300)
         named = {"type": "function", "function": {"name": "get_weather"}}
         reply = _call(client, s.model_id, tools=[WEATHER], tool_choice=named)
         _check_call(reply.choices[0].message.tool_calls[0], WEATHER)
+        fmt = {"type": "json_schema", "json_schema": {"name": "trip", "schema": TRIP}}
+        reply = _call(client, s.model_id, response_format=fmt)
+        jsonschema.validate(json.loads(reply.choices[0].message.content), TRIP)
