@@ -147,3 +147,107 @@ def test_a_forced_call_opening_parses_as_that_call(name):
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [
         ("get_weather", CALL["arguments"])
     ]
+
+
+def _tool(name: str, properties: dict) -> dict:
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    return {"type": "function", "function": {"name": name, "parameters": schema}}
+
+
+SPECIAL = _tool("special_function", {"arg1": {"type": "integer"}})
+GET_TIME = _tool("get_time", {"city": {"type": "string"}})
+MAGIC_INT = _tool("magic_int", {"ref": {"type": "integer"}})
+EMPTY = _tool("empty_args", {})
+# Model outputs and the calls llama.cpp's parsers read from them, copied from llama.cpp's
+# tests/test-chat.cpp (llama-cpp-python 0.3.36's vendor copy; line numbers there).
+LLAMACPP_CASES = [
+    (
+        "openai-gpt-oss-120b.jinja",  # 6457
+        ' to=functions.special_function<|channel|>analysis<|message|>{"arg1": 1}',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+    (
+        "openai-gpt-oss-120b.jinja",  # 6464
+        '<|channel|>analysis to=functions.special_function<|message|>{"arg1": 1}',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+    (
+        "openai-gpt-oss-120b.jinja",  # 6471
+        ' to=functions.special_function<|channel|>analysis <|constrain|>json<|message|>{"arg1": 1}',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+    (
+        "openai-gpt-oss-120b.jinja",  # 6487
+        "<|channel|>analysis<|message|>I'm\nthinking<|end|><|start|>assistant to=functions."
+        'special_function<|channel|>analysis<|message|>{"arg1": 1}',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+    (
+        "openai-gpt-oss-120b.jinja",  # 6443: reasoning, then the answer on the final channel
+        "<|channel|>analysis<|message|>I'm\nthinking<|end|><|start|>assistant<|channel|>final"
+        "<|message|>Hello, world!\nWhat's up?",
+        [SPECIAL],
+        [],
+    ),
+    (
+        "GLM-4.6.jinja",  # 4756
+        "</think>\n<tool_call>get_time<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>",
+        [GET_TIME],
+        [("get_time", {"city": "Paris"})],
+    ),
+    (
+        "GLM-4.6.jinja",  # 4784
+        "</think>\n<tool_call>magic_int\n<arg_key>ref</arg_key>\n<arg_value>42</arg_value>\n</tool_call>",
+        [MAGIC_INT],
+        [("magic_int", {"ref": 42})],
+    ),
+    (
+        "MiniMax-M2.jinja",  # 5447
+        'Let\'s call a tool:\n</think>\n\n<minimax:tool_call>\n<invoke name="empty_args">\n'
+        "</invoke>\n</minimax:tool_call>",
+        [EMPTY],
+        [("empty_args", {})],
+    ),
+    (
+        "MiniMax-M2.jinja",  # 5455
+        '\n</think>\n\n<minimax:tool_call>\n<invoke name="special_function">\n<parameter '
+        'name="arg1">1</parameter>\n</invoke>\n</minimax:tool_call>',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+    (
+        "deepseek-ai-DeepSeek-V3.1.jinja",  # 3921
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"city": '
+        '"XYZCITY"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>',
+        [GET_TIME],
+        [("get_time", {"city": "XYZCITY"})],
+    ),
+    (
+        "moonshotai-Kimi-K2.jinja",  # 4975
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.special_function:0"
+        '<|tool_call_argument_begin|>{"arg1": 1}<|tool_call_end|><|tool_calls_section_end|>',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+    (
+        "Qwen-Qwen3-0.6B.jinja",  # 5328
+        "I'm\nthinking\n</think>\n\n<tool_call>\n"
+        '{"name": "special_function", "arguments": {"arg1": 1}}</tool_call>',
+        [SPECIAL],
+        [("special_function", {"arg1": 1})],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", LLAMACPP_CASES, ids=lambda c: c[0])
+def test_model_outputs_parse_as_llama_cpp_reads_them(case):
+    name, output, tools, expected = case
+    fmt, _ = format_for(_template(name))
+    content, calls = fmt.parse(output, tools)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == expected
+    if not expected:
+        assert content == "Hello, world!\nWhat's up?"

@@ -45,6 +45,10 @@ class Forced:
 
 
 class ToolFormat:
+    """A family's call markup. parse() gives the reply's content as the text before the
+    first call (reasoning left in, as in replies without tools: the surfaces split
+    `<think>` blocks themselves) and the calls."""
+
     name = ""
     markers: tuple[str, ...] = ()  # strings in the template that identify the family
     starts: tuple[str, ...] = ()  # what begins a call in a reply
@@ -196,8 +200,7 @@ class DeepSeek(ToolFormat):
             found = _scan_json(text, match.end())
             if found is not None:
                 calls.append(ToolCall(name, _arguments(found[0])))
-        content = re.sub(r"^.*?</think>", "", self.content_before_calls(text), flags=re.S)
-        return content.strip() if calls else text.strip(), calls
+        return (self.content_before_calls(text) if calls else text.strip()), calls
 
     def forced(self, tools, name):
         tool = _single(tools, name)
@@ -274,8 +277,7 @@ class Glm45(ToolFormat):
                 for k, v in self._pair.findall(match.group(2))
             }
             calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
-        content = re.sub(r"^.*?</think>", "", self.content_before_calls(text), flags=re.S)
-        return content.strip() if calls else text.strip(), calls
+        return (self.content_before_calls(text) if calls else text.strip()), calls
 
 
 class MiniMaxM2(ToolFormat):
@@ -293,8 +295,7 @@ class MiniMaxM2(ToolFormat):
             name, tool = match.group(1), _tool_named(tools, match.group(1))
             args = {k: _xml_value(v, k, tool) for k, v in self._param.findall(match.group(2))}
             calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
-        content = re.sub(r"^.*?</think>", "", self.content_before_calls(text), flags=re.S)
-        return content.strip() if calls else text.strip(), calls
+        return (self.content_before_calls(text) if calls else text.strip()), calls
 
 
 # Most specific first: GLM's <tool_call> also matches Hermes' marker.
