@@ -183,6 +183,10 @@ def _model_card(manager: ModelManager, backend: Backend) -> dict:
         "object": "model",
         "created": 0,
         "owned_by": "itamae",
+        # Anthropic's model object, for its SDK's models.list()
+        "type": "model",
+        "display_name": served_model_id(manager, backend),
+        "created_at": "1970-01-01T00:00:00Z",
         # Beyond OpenAI's fields, for clients that size prompts (as vLLM's max_model_len).
         "max_model_len": info.context_length or None,
         "arch": info.arch,

@@ -157,6 +157,7 @@ def _apply_tool_choice(body: dict, req: GenerationRequest) -> None:
     if choice is None:
         return
     kind = choice.get("type") if isinstance(choice, dict) else None
+    req.parallel_tool_calls = not (kind and choice.get("disable_parallel_tool_use", False))
     if kind == "none":
         req.tools = None
     elif kind == "any":

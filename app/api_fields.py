@@ -191,8 +191,10 @@ def chat_request(body: dict, n_experts: int = 0) -> GenerationRequest:
     req.tools = tools(body)
     apply_tool_choice(body, req)
     req.constraint = response_format(body)
-    if body.get("parallel_tool_calls") not in (None, True, False):
+    parallel = body.get("parallel_tool_calls", True)
+    if not isinstance(parallel, bool):
         raise bad_param("parallel_tool_calls", "'parallel_tool_calls' must be true or false.")
+    req.parallel_tool_calls = parallel
     return req
 
 

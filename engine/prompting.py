@@ -30,6 +30,7 @@ class PromptPlan:
     constraint: OutputConstraint | None
     tool_format: ToolFormat | None  # set when the request offered tools
     tools: list[dict]
+    parallel_tool_calls: bool = True
 
     @property
     def prefix(self) -> str:
@@ -41,6 +42,8 @@ class PromptPlan:
         if self.tool_format is None:
             return None, []
         content, calls = self.tool_format.parse(raw, self.tools)
+        if not self.parallel_tool_calls:
+            calls = calls[:1]
         for i, call in enumerate(calls):
             call.id = call.id or f"call_{i}"
         return content, calls
@@ -69,7 +72,7 @@ def plan_prompt(
     constraint = (forced_constraint(fmt, req) if tools else None) or req.constraint
     if constraint is not None and constraint.prefix:
         text += constraint.prefix
-    return PromptPlan(text, constraint, fmt if tools else None, tools)
+    return PromptPlan(text, constraint, fmt if tools else None, tools, req.parallel_tool_calls)
 
 
 def _with_tools_system_message(

@@ -85,6 +85,7 @@ class GenerationRequest:
     # `tool_name`); the last two are forced by constrained decoding
     tool_choice: Literal["auto", "required", "function"] = "auto"
     tool_name: str | None = None
+    parallel_tool_calls: bool = True  # False: only the reply's first call is returned
     constraint: OutputConstraint | None = None  # structured output (response_format)
 
 

@@ -142,6 +142,10 @@ def test_stop_sequences_report_which_one(client, server, openai_reply):
     assert message.content[0].text == text[: text.index(stop)]
 
 
+def test_models_list_names_the_served_model(client, server):
+    assert [m.id for m in client.models.list().data] == [server.model_id]
+
+
 def test_count_tokens_is_the_prompt_length(client, server, openai_reply):
     counted = client.messages.count_tokens(model=server.model_id, system="Be brief.", messages=ASK)
     assert counted.input_tokens == openai_reply.usage.prompt_tokens

@@ -248,6 +248,7 @@ def test_same_seed_same_tokens(client, server):
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
         (
             {
                 "response_format": {

@@ -14,7 +14,9 @@ import json
 import pytest
 
 from engine.chat_template import render_chat
+from engine.prompting import plan_prompt
 from engine.tool_calls import format_for
+from engine.types import GenerationRequest, Message
 from tests.fixtures.llamacpp_reference import llama_cpp_source
 
 transformers = pytest.importorskip("transformers")
@@ -251,3 +253,21 @@ def test_model_outputs_parse_as_llama_cpp_reads_them(case):
     assert [(c.name, json.loads(c.arguments)) for c in calls] == expected
     if not expected:
         assert content == "Hello, world!\nWhat's up?"
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_tool_calls_false_keeps_the_first_call(parallel):
+    request = GenerationRequest(
+        messages=[Message("user", "Weather in Tokyo and Osaka?")],
+        tools=[GET_TIME],
+        parallel_tool_calls=parallel,
+    )
+    plan = plan_prompt(_template("Qwen-Qwen3-0.6B.jinja"), request)
+    two = "".join(
+        f'<tool_call>\n{{"name": "get_time", "arguments": {{"city": "{c}"}}}}\n</tool_call>'
+        for c in ("Tokyo", "Osaka")
+    )
+    _, calls = plan.read_reply(two)
+    assert [json.loads(c.arguments)["city"] for c in calls] == (
+        ["Tokyo", "Osaka"] if parallel else ["Tokyo"]
+    )
