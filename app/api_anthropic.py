@@ -274,6 +274,8 @@ def anthropic_router(
         body = await json_body(request)
         backend = backend_named(body)
         req, thinking = _request(body), _thinking(body)
+        if body.get("thinking") is not None:
+            req.enable_thinking = body["thinking"].get("type") != "disabled"
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise bad_param("stream", "'stream' must be true or false.")

@@ -6,9 +6,9 @@ on the last, which carries done_reason and the counts and durations in nanosecon
 streaming on by default; `options` (num_predict, num_ctx, temperature, top_p, top_k,
 min_p, seed, stop, repeat_penalty, presence_penalty, frequency_penalty); `format` as
 "json" or a JSON schema; `tools` in chat with calls returned as
-message.tool_calls[].function {name, arguments (an object)}; `think`: the reasoning
-apart in message.thinking (false hides it; the model still reasons unless its template
-can turn that off); `logprobs`/`top_logprobs` as Ollama's per-chunk `logprobs` list.
+message.tool_calls[].function {name, arguments (an object)}; `think`: given to the
+template as `enable_thinking`, the reasoning apart in message.thinking (false also hides
+reasoning a template cannot turn off); `logprobs`/`top_logprobs` as Ollama's per-chunk `logprobs` list.
 Errors are {"error": message}. Models are named as Ollama lists them,
 NAME:TAG (`demo:latest`).
 """
@@ -186,6 +186,15 @@ def _messages(raw) -> list:
     return chat_messages({"messages": converted})
 
 
+def _think(think) -> bool | None:
+    """Ollama's `think`: true, false, or a level ("low", "medium", "high": thinking on)."""
+    if think is None or isinstance(think, bool):
+        return think
+    if think in ("low", "medium", "high"):
+        return True
+    raise bad_param("think", "'think' must be true, false, low, medium or high.")
+
+
 def _num_ctx_check(body: dict, backend) -> None:
     num_ctx = (body.get("options") or {}).get("num_ctx")
     context = backend.info.context_length
@@ -323,6 +332,7 @@ def ollama_router(
             constraint=_format(body),
         )
         think = body.get("think")
+        req.enable_thinking = _think(think)
         return await run(
             request,
             backend,
@@ -350,6 +360,7 @@ def ollama_router(
             req = GenerationRequest(messages=chat_messages({"messages": turns}))
         req.sampling, req.constraint = _sampling(body), _format(body)
         think = body.get("think")
+        req.enable_thinking = _think(think)
 
         def response_of(text, final):
             parts = split_reasoning(text) if think is not None else None

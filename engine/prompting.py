@@ -61,6 +61,8 @@ def plan_prompt(
     if tools and not renders_tool_list(template):
         messages = _with_tools_system_message(messages, tools, how_to_call=not native)
     extra = {"tools": tools} if tools else {}
+    if req.enable_thinking is not None:
+        extra["enable_thinking"] = req.enable_thinking
     text = render_chat(
         template,
         template_messages(messages, native),

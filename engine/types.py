@@ -86,6 +86,9 @@ class GenerationRequest:
     tool_choice: Literal["auto", "required", "function"] = "auto"
     tool_name: str | None = None
     parallel_tool_calls: bool = True  # False: only the reply's first call is returned
+    # given to the chat template as `enable_thinking` (Qwen3, GLM-4.5, DeepSeek V3.1 and
+    # llama.cpp's server use that name); None leaves the template's default
+    enable_thinking: bool | None = None
     constraint: OutputConstraint | None = None  # structured output (response_format)
 
 

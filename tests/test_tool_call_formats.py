@@ -271,3 +271,22 @@ def test_parallel_tool_calls_false_keeps_the_first_call(parallel):
     assert [json.loads(c.arguments)["city"] for c in calls] == (
         ["Tokyo", "Osaka"] if parallel else ["Tokyo"]
     )
+
+
+@pytest.mark.parametrize("enable", [None, True, False])
+def test_enable_thinking_reaches_the_template(tokenizer, enable):
+    """Qwen3's template writes an empty think block when thinking is off, as
+    transformers renders it with enable_thinking=False."""
+    template = _template("Qwen-Qwen3-0.6B.jinja")
+    request = GenerationRequest(messages=[Message("user", "Hi")], enable_thinking=enable)
+    extra = {} if enable is None else {"enable_thinking": enable}
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}],
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
+        **extra,
+    )
+    ours = plan_prompt(template, request, tokenizer.bos_token, tokenizer.eos_token).text
+    assert ours == expected
+    assert ours.endswith("<think>\n\n</think>\n\n") == (enable is False)
