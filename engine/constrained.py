@@ -34,13 +34,46 @@ class UnsupportedSchema(ItamaeError):
     pass
 
 
-def grammar_for(constraint: OutputConstraint) -> str:
-    """llguidance's grammar text for a constraint; UnsupportedSchema names what is wrong."""
+def _lark_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _lark(sequences: list, token_id) -> str:
+    """A Lark grammar (llguidance's dialect: %json inline schemas, <[id]> special tokens)
+    accepting one of `sequences` (engine.types.OutputConstraint)."""
+    rules = ["start: " + " | ".join(f"seq{i}" for i in range(len(sequences)))]
+    for i, sequence in enumerate(sequences):
+        items = []
+        for j, (kind, value) in enumerate(sequence):
+            if kind == "text":
+                items.append(_lark_string(value))
+            elif kind == "token":
+                tid = token_id(value)
+                items.append(f"<[{tid}]>" if tid is not None else _lark_string(value))
+            elif kind == "json":
+                rules.append(
+                    f"json{i}_{j}: %json {json.dumps({**value, 'x-guidance': JSON_OPTIONS})}"
+                )
+                items.append(f"json{i}_{j}")
+            else:  # raw: a bare XML value
+                repeat = f"{{0,{value}}}" if value else "*"
+                rules.append(f"RAW{i}_{j}: /[^<]{repeat}/")
+                items.append(f"RAW{i}_{j}")
+        rules.append(f"seq{i}: " + " ".join(items))
+    return "\n".join(rules)
+
+
+def grammar_for(constraint: OutputConstraint, token_id=lambda text: None) -> str:
+    """llguidance's grammar text for a constraint; UnsupportedSchema names what is wrong.
+    `token_id(text)` is a special token's id in the model's vocabulary, or None."""
     schema = constraint.json_schema or {"type": "object"}
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(schema), overrides=JSON_OPTIONS
-        )
+        if constraint.sequences:
+            grammar = llguidance.LLMatcher.grammar_from_lark(_lark(constraint.sequences, token_id))
+        else:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                json.dumps(schema), overrides=JSON_OPTIONS
+            )
     except ValueError as e:
         raise UnsupportedSchema(f"The JSON schema is not valid JSON: {e}", "") from e
     error = llguidance.LLMatcher.validate_grammar(grammar)
@@ -55,8 +88,11 @@ def grammar_for(constraint: OutputConstraint) -> str:
 class JsonConstraint:
     """The tokens allowed next, for one generation; advance it with every sampled token."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, constraint: OutputConstraint):
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar_for(constraint), log_level=0)
+    def __init__(
+        self, tokenizer: llguidance.LLTokenizer, constraint: OutputConstraint, token_id=None
+    ):
+        grammar = grammar_for(constraint, token_id or (lambda text: None))
+        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         self.n_vocab = tokenizer.vocab_size
         self._check()
 

@@ -64,12 +64,16 @@ class OutputConstraint:
 
     `prefix` is text the answer starts with, written into the prompt after the generation
     prompt (a tool call's opening markup); what the model writes after it must be JSON
-    matching `json_schema` (an empty schema: any JSON object). Generation ends when
-    the JSON is complete.
+    matching `json_schema` (an empty schema: any JSON object), or, with `sequences`, one
+    of those sequences of parts: ("text", literal), ("token", a special token's text,
+    matched as that token where the vocabulary has it, else as text), ("json", schema),
+    ("raw", max length or None: text without "<", a bare XML argument value). Generation
+    ends when the output is complete.
     """
 
     json_schema: dict = field(default_factory=dict)
     prefix: str = ""
+    sequences: list[list[tuple[str, object]]] = field(default_factory=list)
 
 
 @dataclass

@@ -132,25 +132,6 @@ def test_itamae_renders_tool_turns_as_transformers_does(tokenizer, name):
     assert ours == expected
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, f in TEMPLATES.items() if f not in ("glm45", "minimax_m2")]
-)
-def test_a_forced_call_opening_parses_as_that_call(name):
-    """What constrained decoding writes (the forced opening, then the arguments' JSON)
-    reads back as the call."""
-    fmt, _ = format_for(_template(name))
-    forced = fmt.forced(TOOLS, "get_weather")
-    arguments = json.dumps(CALL["arguments"], ensure_ascii=False)
-    if "name" in forced.schema.get("properties", {}):
-        body = json.dumps({"name": "get_weather", forced.schema["required"][1]: CALL["arguments"]})
-    else:
-        body = arguments
-    _, calls = fmt.parse(forced.prefix + body, TOOLS)
-    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
-        ("get_weather", CALL["arguments"])
-    ]
-
-
 def _tool(name: str, properties: dict) -> dict:
     schema = {"type": "object", "properties": properties, "required": list(properties)}
     return {"type": "function", "function": {"name": name, "parameters": schema}}

@@ -185,9 +185,22 @@ class LlamaCppBackend:
     def check_request(self, req: GenerationRequest) -> None:
         """Raise ItamaeError for what this request asks and cannot be done (a tool choice
         the template's format cannot force, a schema the grammar cannot enforce)."""
-        plan = self.prompt_plan(req)
-        if plan.constraint is not None:
-            gbnf.grammar_for(plan.constraint)
+        self._grammar(self.prompt_plan(req))
+
+    def _grammar(self, plan: PromptPlan) -> str | None:
+        if plan.constraint is None:
+            return None
+        return gbnf.grammar_for(plan.constraint, self.special_token_id)
+
+    def special_token_id(self, text: str) -> int | None:
+        """The id of `text` when the vocabulary holds it as one special token, else None."""
+        ids = self.native.tokenize(text, add_special=False, parse_special=True)
+        if (
+            len(ids) == 1
+            and self.native.piece(ids[0], special=True).decode(errors="replace") == text
+        ):
+            return ids[0]
+        return None
 
     def stream(
         self, req: GenerationRequest, cancel: threading.Event | None = None
@@ -229,7 +242,7 @@ class LlamaCppBackend:
         try:
             plan = self.prompt_plan(req)
             prompt = self._checked_prompt(req, plan)
-            grammar = gbnf.grammar_for(plan.constraint) if plan.constraint else None
+            grammar = self._grammar(plan)
         except ItamaeError as e:
             yield FinalEvent("error", Stats(), error=str(e))
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf
+from llama_cpp.llama_grammar import SchemaConverter, json_schema_to_gbnf
 
 from engine.constrained import UnsupportedSchema
 from engine.types import OutputConstraint
@@ -67,10 +67,42 @@ def check_schema(schema, where: str = "#") -> None:
             check_schema(value, f"{where}/{key}")
 
 
-def grammar_for(constraint: OutputConstraint) -> str:
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # GBNF's string escapes are JSON's
+
+
+def _sequences_gbnf(sequences: list, token_id) -> str:
+    """GBNF accepting one of `sequences` (engine.types.OutputConstraint): the JSON parts
+    through llama-cpp-python's SchemaConverter (one converter, so shared rules such as
+    `space` are written once), special tokens as <[id]> (grammars/README.md, "Tokens")."""
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    rules = []
+    for i, sequence in enumerate(sequences):
+        items = []
+        for j, (kind, value) in enumerate(sequence):
+            if kind == "text":
+                items.append(_literal(value))
+            elif kind == "token":
+                tid = token_id(value)
+                items.append(f"<[{tid}]>" if tid is not None else _literal(value))
+            elif kind == "json":
+                check_schema(value)
+                schema = converter.resolve_refs(value, "stdin")
+                items.append(converter.visit(schema, f"json-{i}-{j}"))
+            else:  # raw: a bare XML value
+                items.append(f"[^<]{{0,{value}}}" if value else "[^<]*")
+        rules.append(f"seq-{i} ::= " + " ".join(items))
+    root = "root ::= " + " | ".join(f"seq-{i}" for i in range(len(sequences)))
+    return "\n".join([root, *rules, converter.format_grammar()])
+
+
+def grammar_for(constraint: OutputConstraint, token_id=lambda text: None) -> str:
+    """GBNF for a constraint. `token_id(text)` is a special token's id, or None."""
     schema = constraint.json_schema or {"type": "object"}
-    check_schema(schema)
     try:
+        if constraint.sequences:
+            return _sequences_gbnf(constraint.sequences, token_id)
+        check_schema(schema)
         return json_schema_to_gbnf(json.dumps(schema))
     except (AssertionError, KeyError, ValueError, TypeError) as e:
         raise UnsupportedSchema(

@@ -117,4 +117,6 @@ def forced_constraint(fmt: ToolFormat, req: GenerationRequest) -> OutputConstrai
             + (" to choose among several tools." if name is None else "."),
             "Name one function in tool_choice, or use tool_choice 'auto'.",
         )
-    return OutputConstraint(json_schema=forced.schema, prefix=forced.prefix)
+    return OutputConstraint(
+        json_schema=forced.schema, prefix=forced.prefix, sequences=forced.sequences
+    )

@@ -1,9 +1,9 @@
 """How each chat-template family writes a tool call, and how to read it back.
 
 Each format names the markers its template writes (found in the template text), parses a
-reply into (content, calls) and, where the call's arguments are one JSON value after a
-fixed opening, gives the opening and schema that constrained decoding needs to force a
-call. The markup is copied from the templates llama.cpp keeps in models/templates/
+reply into (content, calls) and gives what constrained decoding needs to force a call: a
+fixed opening, then the call's JSON, or one markup sequence per tool that may be called
+(the name sits in the markup: Harmony, DeepSeek, Kimi-K2; GLM's and MiniMax's XML). The markup is copied from the templates llama.cpp keeps in models/templates/
 (Qwen3, Hermes 3, gpt-oss, DeepSeek V3.1 and R1, GLM-4.6, Llama 3.1, MiniMax-M2, Kimi-K2)
 and from llama.cpp's own parsers (common/chat.cpp).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.types import ToolCall
 
@@ -38,10 +38,12 @@ def _scan_json(text: str, start: int) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class Forced:
-    """A call made certain by constrained decoding: `prefix` opens it, then JSON."""
+    """A call made certain by constrained decoding: `prefix` opens it, then JSON of
+    `schema`, or one of `sequences` (engine.types.OutputConstraint says the parts)."""
 
     prefix: str
-    schema: dict
+    schema: dict = field(default_factory=dict)
+    sequences: list = field(default_factory=list)
 
 
 class ToolFormat:
@@ -61,7 +63,7 @@ class ToolFormat:
 
     def forced(self, tools: list[dict], name: str | None) -> Forced | None:
         """The constraint that forces a call (of `name`, or of any tool); None when this
-        family's calls are not one JSON value and cannot be forced."""
+        family's calls cannot be forced."""
         return None
 
     def content_before_calls(self, text: str) -> str:
@@ -143,9 +145,14 @@ class Llama3(ToolFormat):
         return Forced("", _name_and_arguments(tools, name, "parameters"))
 
 
-def _single(tools: list[dict], name: str | None) -> dict | None:
-    chosen = [t for t in tools if name is None or t["function"]["name"] == name]
-    return chosen[0] if len(chosen) == 1 else None
+def _chosen(tools: list[dict], name: str | None) -> list[dict]:
+    return [t for t in tools if name is None or t["function"]["name"] == name]
+
+
+def _per_tool(prefix: str, tools: list[dict], name: str | None, parts) -> Forced:
+    """A call whose name sits in the markup: after the shared `prefix`, one sequence per
+    tool that may be called, `parts(tool)` long."""
+    return Forced(prefix, sequences=[parts(t) for t in _chosen(tools, name)])
 
 
 class Harmony(ToolFormat):
@@ -175,11 +182,18 @@ class Harmony(ToolFormat):
         return content, calls
 
     def forced(self, tools, name):
-        tool = _single(tools, name)
-        if tool is None:
-            return None
-        prefix = f"<|channel|>commentary to=functions.{tool['function']['name']} <|constrain|>json<|message|>"
-        return Forced(prefix, _parameters(tool))
+        return _per_tool(
+            "<|channel|>commentary to=functions.",
+            tools,
+            name,
+            lambda t: [
+                ("text", t["function"]["name"] + " "),
+                ("token", "<|constrain|>"),
+                ("text", "json"),
+                ("token", "<|message|>"),
+                ("json", _parameters(t)),
+            ],
+        )
 
 
 class DeepSeek(ToolFormat):
@@ -203,14 +217,12 @@ class DeepSeek(ToolFormat):
         return (self.content_before_calls(text) if calls else text.strip()), calls
 
     def forced(self, tools, name):
-        tool = _single(tools, name)
-        if tool is None:
-            return None
-        prefix = (
-            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
-            f"{tool['function']['name']}\n```json\n"
+        return _per_tool(
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>",
+            tools,
+            name,
+            lambda t: [("text", t["function"]["name"] + "\n```json\n"), ("json", _parameters(t))],
         )
-        return Forced(prefix, _parameters(tool))
 
 
 class KimiK2(ToolFormat):
@@ -234,14 +246,16 @@ class KimiK2(ToolFormat):
         return (self.content_before_calls(text) if calls else text.strip()), calls
 
     def forced(self, tools, name):
-        tool = _single(tools, name)
-        if tool is None:
-            return None
-        prefix = (
-            "<|tool_calls_section_begin|><|tool_call_begin|>"
-            f"functions.{tool['function']['name']}:0<|tool_call_argument_begin|>"
+        return _per_tool(
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.",
+            tools,
+            name,
+            lambda t: [
+                ("text", t["function"]["name"] + ":0"),
+                ("token", "<|tool_call_argument_begin|>"),
+                ("json", _parameters(t)),
+            ],
         )
-        return Forced(prefix, _parameters(tool))
 
 
 def _xml_value(raw: str, name: str, tool: dict | None):
@@ -254,6 +268,20 @@ def _xml_value(raw: str, name: str, tool: dict | None):
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
+
+
+def _xml_arguments(tool: dict, opening, closing) -> list:
+    """The parts of a tool's required arguments written as XML: `opening(key)` and
+    `closing` around each value, a string bare (up to its maxLength), anything else as
+    JSON of its schema. Optional arguments are left out of a forced call."""
+    schema = _parameters(tool)
+    parts = []
+    for key in schema.get("required", []):
+        spec = schema.get("properties", {}).get(key, {})
+        bare = spec.get("type") == "string" and set(spec) <= {"type", "description", "maxLength"}
+        value = ("raw", spec.get("maxLength")) if bare else ("json", spec)
+        parts += [*opening(key), value, *closing]
+    return parts
 
 
 def _tool_named(tools: list[dict], name: str) -> dict | None:
@@ -279,6 +307,21 @@ class Glm45(ToolFormat):
             calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
         return (self.content_before_calls(text) if calls else text.strip()), calls
 
+    def forced(self, tools, name):
+        def parts(tool):
+            opening = lambda key: [  # noqa: E731
+                ("token", "<arg_key>"),
+                ("text", key),
+                ("token", "</arg_key>"),
+                ("text", "\n"),
+                ("token", "<arg_value>"),
+            ]
+            closing = [("token", "</arg_value>"), ("text", "\n")]
+            head = [("text", tool["function"]["name"] + "\n")]
+            return head + _xml_arguments(tool, opening, closing) + [("token", "</tool_call>")]
+
+        return _per_tool("<tool_call>", tools, name, parts)
+
 
 class MiniMaxM2(ToolFormat):
     """MiniMax-M2: <minimax:tool_call>\\n<invoke name="NAME"><parameter name="k">v</parameter>
@@ -296,6 +339,16 @@ class MiniMaxM2(ToolFormat):
             args = {k: _xml_value(v, k, tool) for k, v in self._param.findall(match.group(2))}
             calls.append(ToolCall(name, json.dumps(args, ensure_ascii=False)))
         return (self.content_before_calls(text) if calls else text.strip()), calls
+
+    def forced(self, tools, name):
+        def parts(tool):
+            opening = lambda key: [("text", f'<parameter name="{key}">')]  # noqa: E731
+            closing = [("text", "</parameter>\n")]
+            head = [("text", f'<invoke name="{tool["function"]["name"]}">\n')]
+            tail = [("text", "</invoke>\n"), ("token", "</minimax:tool_call>")]
+            return head + _xml_arguments(tool, opening, closing) + tail
+
+        return _per_tool("<minimax:tool_call>\n", tools, name, parts)
 
 
 # Most specific first: GLM's <tool_call> also matches Hermes' marker.

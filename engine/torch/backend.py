@@ -156,7 +156,7 @@ class TorchBackend:
         the template's format cannot force, a schema llguidance cannot enforce)."""
         plan = self.generator.prompt_plan(req)
         if plan.constraint is not None:
-            grammar_for(plan.constraint)
+            grammar_for(plan.constraint, self.generator.special_token_id)
 
     def close(self) -> None:
         self.model = None

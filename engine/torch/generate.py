@@ -118,7 +118,12 @@ class Generator:
         if self._guide_tokenizer is None:
             tokenizer = self.text.tokenizer.to_str()
             self._guide_tokenizer = tokenizer_for(tokenizer, n_logits, self.text.eos_ids)
-        return JsonConstraint(self._guide_tokenizer, plan.constraint)
+        return JsonConstraint(self._guide_tokenizer, plan.constraint, self.special_token_id)
+
+    def special_token_id(self, text: str) -> int | None:
+        """The id of `text` as one added (special) token of the vocabulary, else None."""
+        added = self.text.tokenizer.get_added_tokens_decoder()
+        return next((i for i, t in added.items() if t.content == text), None)
 
     def _piece(self, token: int) -> bytes:
         # a token that holds part of a UTF-8 character decodes to U+FFFD here
