@@ -23,58 +23,18 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app import __version__
+from app import api_ollama_request as request_body
 from app.api import json_body, route_class, served_model_id
-from app.api_fields import chat_logprobs
 from app.api_fields import tools as openai_tools
 from app.api_openai_out import chat_logprob_entry
-from app.api_schema import APIError, bad_param, chat_messages, sampling_params
+from app.api_schema import APIError, bad_param, chat_messages
 from app.api_stream import ClientGone
 from app.api_surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
 from app.chat_view import split_reasoning
 from app.model_manager import ModelManager
-from engine.types import FinalEvent, GenerationRequest, OutputConstraint, SamplingParams
+from engine.types import FinalEvent, GenerationRequest
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama API version these shapes follow
-OPTIONS = {
-    "num_predict",
-    "num_ctx",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "stop",
-    "repeat_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "repeat_last_n",
-}
-CHAT_FIELDS = {
-    "model",
-    "messages",
-    "tools",
-    "format",
-    "options",
-    "stream",
-    "keep_alive",
-    "think",
-    "logprobs",
-    "top_logprobs",
-}
-GENERATE_FIELDS = {
-    "logprobs",
-    "top_logprobs",
-    "model",
-    "prompt",
-    "system",
-    "format",
-    "options",
-    "stream",
-    "keep_alive",
-    "think",
-    "raw",
-}
-REPEAT_LAST_N = 64  # the window both engines' penalties use
 
 
 def _error_body(error: APIError) -> dict:
@@ -117,93 +77,6 @@ def _backend(manager, requested) -> object:
     if requested not in (served, _name(served), manager.status.get("source")):
         raise APIError(404, f"model '{requested}' not found", param="model")
     return backend
-
-
-def _refuse_unknown(body: dict, known: set[str], where: str = "") -> None:
-    for key in body:
-        if key not in known:
-            raise bad_param(where + key, f"The field '{where}{key}' is not supported here.")
-
-
-def _sampling(body: dict) -> SamplingParams:
-    options = body.get("options") or {}
-    if not isinstance(options, dict):
-        raise bad_param("options", "'options' must be an object.")
-    _refuse_unknown(options, OPTIONS, "options.")
-    if options.get("repeat_last_n", REPEAT_LAST_N) != REPEAT_LAST_N:
-        raise bad_param(
-            "options.repeat_last_n", f"Only repeat_last_n={REPEAT_LAST_N} is supported."
-        )
-    # the OpenAI validator checks ranges and types, under the same names
-    openai_body = {
-        k: v for k, v in options.items() if k not in ("num_predict", "num_ctx", "repeat_last_n")
-    }
-    openai_body.setdefault("temperature", 0.8)  # Ollama's default
-    predict = options.get("num_predict")
-    if predict is not None and predict not in (-1, -2):
-        openai_body["max_tokens"] = predict
-    sampling = sampling_params(openai_body)
-    sampling.logprobs = chat_logprobs(body)  # Ollama's fields are OpenAI's chat ones
-    return sampling
-
-
-def _format(body: dict) -> OutputConstraint | None:
-    fmt = body.get("format")
-    if fmt in (None, ""):
-        return None
-    if fmt == "json":
-        return OutputConstraint(json_schema={"type": "object"})
-    if isinstance(fmt, dict):
-        return OutputConstraint(json_schema=fmt)
-    raise bad_param("format", "'format' must be \"json\" or a JSON schema.")
-
-
-def _messages(raw) -> list:
-    if not isinstance(raw, list):
-        raise bad_param("messages", "'messages' must be a list.")
-    converted = []
-    for message in raw:
-        if not isinstance(message, dict):
-            raise bad_param("messages", "Each message must be an object.")
-        if message.get("images"):
-            raise bad_param("messages", "Images are not supported.")
-        entry = {k: v for k, v in message.items() if k in ("role", "content")}
-        calls = message.get("tool_calls")
-        if calls:
-            entry["tool_calls"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": c["function"]["name"],
-                        "arguments": json.dumps(c["function"].get("arguments", {})),
-                    },
-                }
-                for c in calls
-            ]
-        if message.get("tool_name"):
-            entry["name"] = message["tool_name"]
-        converted.append(entry)
-    return chat_messages({"messages": converted})
-
-
-def _think(think) -> bool | None:
-    """Ollama's `think`: true, false, or a level ("low", "medium", "high": thinking on)."""
-    if think is None or isinstance(think, bool):
-        return think
-    if think in ("low", "medium", "high"):
-        return True
-    raise bad_param("think", "'think' must be true, false, low, medium or high.")
-
-
-def _num_ctx_check(body: dict, backend) -> None:
-    num_ctx = (body.get("options") or {}).get("num_ctx")
-    context = backend.info.context_length
-    if num_ctx is not None and context and num_ctx > context:
-        raise bad_param(
-            "options.num_ctx",
-            f"This model was loaded with a {context}-token context; num_ctx {num_ctx} is "
-            "larger. Load it with a longer context in Itamae.",
-        )
 
 
 def _final_fields(final: FinalEvent, started: float) -> dict:
@@ -322,17 +195,17 @@ def ollama_router(
     @router.post("/api/chat")
     async def chat(request: Request):
         body = await json_body(request)
-        _refuse_unknown(body, CHAT_FIELDS)
+        request_body.refuse_unknown(body, request_body.CHAT_FIELDS)
         backend = _backend(manager, body.get("model"))
-        _num_ctx_check(body, backend)
+        request_body.check_num_ctx(body, backend)
         req = GenerationRequest(
-            messages=_messages(body.get("messages")),
-            sampling=_sampling(body),
+            messages=request_body.messages(body.get("messages")),
+            sampling=request_body.sampling(body),
             tools=openai_tools(body),
-            constraint=_format(body),
+            constraint=request_body.output_format(body),
         )
         think = body.get("think")
-        req.enable_thinking = _think(think)
+        req.enable_thinking = request_body.think_flag(think)
         return await run(
             request,
             backend,
@@ -344,9 +217,9 @@ def ollama_router(
     @router.post("/api/generate")
     async def generate(request: Request):
         body = await json_body(request)
-        _refuse_unknown(body, GENERATE_FIELDS)
+        request_body.refuse_unknown(body, request_body.GENERATE_FIELDS)
         backend = _backend(manager, body.get("model"))
-        _num_ctx_check(body, backend)
+        request_body.check_num_ctx(body, backend)
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise bad_param("prompt", "'prompt' must be a string.")
@@ -358,9 +231,9 @@ def ollama_router(
                 {"role": "user", "content": prompt}
             ]
             req = GenerationRequest(messages=chat_messages({"messages": turns}))
-        req.sampling, req.constraint = _sampling(body), _format(body)
+        req.sampling, req.constraint = request_body.sampling(body), request_body.output_format(body)
         think = body.get("think")
-        req.enable_thinking = _think(think)
+        req.enable_thinking = request_body.think_flag(think)
 
         def response_of(text, final):
             parts = split_reasoning(text) if think is not None else None
