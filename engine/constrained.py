@@ -55,6 +55,8 @@ def _lark(sequences: list, token_id) -> str:
                     f"json{i}_{j}: %json {json.dumps({**value, 'x-guidance': JSON_OPTIONS})}"
                 )
                 items.append(f"json{i}_{j}")
+            elif kind == "oneof":
+                items.append("(" + " | ".join(_lark_string(v) for v in value) + ")")
             else:  # raw: a bare XML value
                 repeat = f"{{0,{value}}}" if value else "*"
                 rules.append(f"RAW{i}_{j}: /[^<]{repeat}/")

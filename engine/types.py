@@ -67,7 +67,8 @@ class OutputConstraint:
     matching `json_schema` (an empty schema: any JSON object), or, with `sequences`, one
     of those sequences of parts: ("text", literal), ("token", a special token's text,
     matched as that token where the vocabulary has it, else as text), ("json", schema),
-    ("raw", max length or None: text without "<", a bare XML argument value). Generation
+    ("raw", max length or None: text without "<", a bare XML argument value), ("oneof",
+    [literal, ...]). Generation
     ends when the output is complete.
     """
 

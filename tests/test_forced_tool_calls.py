@@ -17,6 +17,7 @@ import llguidance
 import pytest
 from tokenizers import AddedToken
 
+from converters.core.errors import ItamaeError
 from engine.constrained import grammar_for as lark_grammar
 from engine.constrained import tokenizer_for
 from engine.llamacpp.grammar import grammar_for as gbnf_grammar
@@ -132,3 +133,18 @@ def test_llamacpp_grammar_accepts_the_written_call_and_ends(family, choice, demo
         assert _grammar_allows(sampler, demo_vocab.n_vocab, eos)  # complete: may end here
     finally:
         llama_cpp.llama_sampler_free(sampler)
+
+
+@pytest.mark.parametrize("family", ["glm45", "minimax_m2"])
+def test_xml_forms_force_string_enums_and_refuse_what_bare_text_cannot_hold(family, demo_vocab):
+    unit = _tool("get_weather", {"unit": {"type": "string", "enum": ["celsius", "kelvin"]}})
+    request = GenerationRequest(
+        messages=[Message("user", "Weather?")], tools=[unit], tool_choice="required"
+    )
+    constraint = forced_constraint(FAMILIES[family], request)
+    assert ("oneof", ["celsius", "kelvin"]) in constraint.sequences[0]
+    assert "celsius" in gbnf_grammar(constraint) and "kelvin" in lark_grammar(constraint)
+    pattern = _tool("get_weather", {"code": {"type": "string", "pattern": "^[A-Z]{3}$"}})
+    request.tools = [pattern]
+    with pytest.raises(ItamaeError, match="pattern"):
+        forced_constraint(FAMILIES[family], request)

@@ -89,6 +89,8 @@ def _sequences_gbnf(sequences: list, token_id) -> str:
                 check_schema(value)
                 schema = converter.resolve_refs(value, "stdin")
                 items.append(converter.visit(schema, f"json-{i}-{j}"))
+            elif kind == "oneof":
+                items.append("(" + " | ".join(_literal(v) for v in value) + ")")
             else:  # raw: a bare XML value
                 items.append(f"[^<]{{0,{value}}}" if value else "[^<]*")
         rules.append(f"seq-{i} ::= " + " ".join(items))

@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from converters.core.errors import ItamaeError
 from engine.types import ToolCall
 
 
@@ -270,17 +271,36 @@ def _xml_value(raw: str, name: str, tool: dict | None):
         return raw
 
 
+_BARE_STRING_KEYS = {"type", "description", "title", "maxLength"}
+
+
+def _xml_value_part(key: str, spec: dict) -> tuple[str, object]:
+    """A string is written bare (up to its maxLength, or one of its enum values), anything
+    else as JSON of its schema; a string limit bare text cannot keep is refused."""
+    if spec.get("type") != "string":
+        return ("json", spec)
+    if set(spec) <= _BARE_STRING_KEYS:
+        return ("raw", spec.get("maxLength"))
+    if set(spec) <= _BARE_STRING_KEYS | {"enum"} and all(
+        isinstance(v, str) and "<" not in v for v in spec["enum"]
+    ):
+        return ("oneof", list(spec["enum"]))
+    extra = sorted(set(spec) - _BARE_STRING_KEYS)
+    raise ItamaeError(
+        f"A forced call cannot hold the string argument {key!r} to {extra} in this "
+        "model's XML tool-call format.",
+        "Use tool_choice 'auto', or drop that limit from the tool's parameters.",
+    )
+
+
 def _xml_arguments(tool: dict, opening, closing) -> list:
     """The parts of a tool's required arguments written as XML: `opening(key)` and
-    `closing` around each value, a string bare (up to its maxLength), anything else as
-    JSON of its schema. Optional arguments are left out of a forced call."""
+    `closing` around each value. Optional arguments are left out of a forced call."""
     schema = _parameters(tool)
     parts = []
     for key in schema.get("required", []):
         spec = schema.get("properties", {}).get(key, {})
-        bare = spec.get("type") == "string" and set(spec) <= {"type", "description", "maxLength"}
-        value = ("raw", spec.get("maxLength")) if bare else ("json", spec)
-        parts += [*opening(key), value, *closing]
+        parts += [*opening(key), _xml_value_part(key, spec), *closing]
     return parts
 
 
