@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.openai import json_body, route_class, served_model_id
-from app.api.schema import APIError, bad_param, chat_messages, sampling_params
+from app.api.schema import APIError, bad_param, chat_messages, refuse_unknown, sampling_params
 from app.api.stream import ClientGone
 from app.api.surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
 from app.chat_reply import split_reasoning
@@ -44,7 +44,6 @@ FIELDS = {
     "tools",
     "tool_choice",
     "thinking",
-    "metadata",
     "output_format",
     "output_config",
 }
@@ -171,9 +170,7 @@ def _apply_tool_choice(body: dict, req: GenerationRequest) -> None:
 
 
 def _request(body: dict) -> GenerationRequest:
-    for name in body:
-        if name not in FIELDS:
-            raise bad_param(name, f"The field {name!r} is not supported by this server.")
+    refuse_unknown(body, FIELDS)
     if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
         raise bad_param("max_tokens", "'max_tokens' is required: a positive integer.")
     temperature = body.get("temperature", 1.0)
@@ -296,9 +293,7 @@ def anthropic_router(
     async def count_tokens(request: Request):
         body = await json_body(request)
         backend = backend_named(body)
-        for name in body:
-            if name not in COUNT_FIELDS:
-                raise bad_param(name, f"The field {name!r} is not supported by count_tokens.")
+        refuse_unknown(body, COUNT_FIELDS)
         req = _request({**{k: v for k, v in body.items() if k != "thinking"}, "max_tokens": 1})
         exact = getattr(backend, "prompt_tokens", None)
         if exact is None:

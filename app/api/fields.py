@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from app.api import schema
-from app.api.schema import APIError, bad_param
+from app.api.schema import bad_param, refuse_unknown
 from engine.types import MAX_TOP_LOGPROBS, GenerationRequest, OutputConstraint
 
 SAMPLING_FIELDS = {
@@ -47,17 +47,6 @@ CHAT_FIELDS = SAMPLING_FIELDS | {
 COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "logprobs", "echo", "suffix"}
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # OpenAI's rule for function names
-
-
-def refuse_unknown(body: dict, known: set[str]) -> None:
-    for name in body:
-        if name not in known:
-            raise APIError(
-                400,
-                f"The field {name!r} is not supported by this server.",
-                param=name,
-                code="unsupported_parameter",
-            )
 
 
 def logit_bias(body: dict) -> dict[int, float]:

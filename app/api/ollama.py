@@ -27,7 +27,7 @@ from app.api import ollama_request as request_body
 from app.api.fields import tools as openai_tools
 from app.api.openai import json_body, route_class, served_model_id
 from app.api.openai_out import chat_logprob_entry
-from app.api.schema import APIError, bad_param, chat_messages
+from app.api.schema import APIError, bad_param, chat_messages, refuse_unknown
 from app.api.stream import ClientGone
 from app.api.surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
 from app.chat_reply import split_reasoning
@@ -74,7 +74,7 @@ def _backend(manager, requested) -> object:
         raise bad_param("model", "'model' is required: a name listed by GET /api/tags.")
     backend = backend_for(manager, None)
     served = served_model_id(manager, backend)
-    if requested not in (served, _name(served), manager.status.get("source")):
+    if requested not in (served, _name(served), manager.status.source):
         raise APIError(404, f"model '{requested}' not found", param="model")
     return backend
 
@@ -195,7 +195,8 @@ def ollama_router(
     @router.post("/api/chat")
     async def chat(request: Request):
         body = await json_body(request)
-        request_body.refuse_unknown(body, request_body.CHAT_FIELDS)
+        refuse_unknown(body, request_body.CHAT_FIELDS)
+        request_body.check_keep_alive(body)
         backend = _backend(manager, body.get("model"))
         request_body.check_num_ctx(body, backend)
         req = GenerationRequest(
@@ -217,7 +218,8 @@ def ollama_router(
     @router.post("/api/generate")
     async def generate(request: Request):
         body = await json_body(request)
-        request_body.refuse_unknown(body, request_body.GENERATE_FIELDS)
+        refuse_unknown(body, request_body.GENERATE_FIELDS)
+        request_body.check_keep_alive(body)
         backend = _backend(manager, body.get("model"))
         request_body.check_num_ctx(body, backend)
         prompt = body.get("prompt")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from app.api.fields import chat_logprobs
-from app.api.schema import bad_param, chat_messages, sampling_params
+from app.api.schema import bad_param, chat_messages, refuse_unknown, sampling_params
 from engine.types import OutputConstraint, SamplingParams
 
 OPTIONS = {
@@ -52,10 +52,20 @@ GENERATE_FIELDS = {
 REPEAT_LAST_N = 64  # the window both engines' penalties use
 
 
-def refuse_unknown(body: dict, known: set[str], where: str = "") -> None:
-    for key in body:
-        if key not in known:
-            raise bad_param(where + key, f"The field '{where}{key}' is not supported here.")
+def check_keep_alive(body: dict) -> None:
+    """Itamae keeps its one model loaded until another is chosen, which is Ollama's
+    keep_alive -1 ("forever"); a time limit or 0 ("unload now") it cannot honour."""
+    value = body.get("keep_alive")
+    if value is None:
+        return
+    text = str(value).strip()
+    if text.startswith("-") and text.lstrip("-").rstrip("smh").replace(".", "", 1).isdigit():
+        return
+    raise bad_param(
+        "keep_alive",
+        f"keep_alive {value!r} is not supported: Itamae keeps the model loaded until another "
+        "is chosen. Leave keep_alive out, or pass -1.",
+    )
 
 
 def sampling(body: dict) -> SamplingParams:

@@ -61,6 +61,19 @@ def bad_param(param: str, message: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_value")
 
 
+def refuse_unknown(body: dict, known: set[str], where: str = "") -> None:
+    """A field this server does not implement is refused by name, never ignored (the same
+    rule on the OpenAI, Ollama and Anthropic surfaces; `where` prefixes nested fields)."""
+    for name in body:
+        if name not in known:
+            raise APIError(
+                400,
+                f"The field '{where}{name}' is not supported by this server.",
+                param=where + name,
+                code="unsupported_parameter",
+            )
+
+
 def _number(body: dict, name: str, default, low, high, *, integer=False, low_open=False):
     value = body.get(name)
     if value is None:
