@@ -19,6 +19,7 @@ from pathlib import Path
 from app.settings import SamplingDefaults, write_atomically
 from converters.core.errors import ItamaeError
 from converters.facts.sampling_defaults import sampling_defaults
+from engine.loader import resolve_source
 
 FILE_VERSION = 1
 # field -> (lowest, highest) a value may have: the ranges of the chat tab's sliders.
@@ -171,3 +172,10 @@ def _known(name: str, presets: dict) -> str:
             f"There is no preset named {name!r}.", f"Presets: {', '.join(presets) or 'none'}."
         )
     return name
+
+
+def model_key(source: str | Path) -> str:
+    """The name a model's saved settings are kept under: its resolved path (so "demo",
+    a relative path and the absolute one are the same model), or its URL."""
+    resolved = resolve_source(source)
+    return resolved if isinstance(resolved, str) else str(Path(resolved).resolve())

@@ -2,7 +2,7 @@
 
 - A Hugging Face folder (and the torch format, which keeps the file):
   `generation_config.json` (transformers' GenerationConfig fields: temperature, top_p,
-  top_k, min_p, repetition_penalty; `do_sample: false` means greedy decoding).
+  top_k, min_p, repetition_penalty, max_new_tokens; `do_sample: false` means greedy).
 - A GGUF file: the `general.sampling.*` keys (gguf-py's Keys.General.SAMPLING_*), which
   llama.cpp applies as the model's defaults and Itamae's converter writes from the
   generation config (converters/formats/gguf_writer.py uses SAMPLING_KEYS below).
@@ -37,7 +37,7 @@ SAMPLING_KEYS = {
 # Sampling field -> general.sampling.* key, for reading (llama.cpp also reads the penalty).
 GGUF_SAMPLING_KEYS = SAMPLING_KEYS | {"repeat_penalty": Keys.General.SAMPLING_PENALTY_REPEAT}
 # Sampling field -> its name in a source, where the names differ.
-HF_NAMES = {"repeat_penalty": "repetition_penalty"}
+HF_NAMES = {"repeat_penalty": "repetition_penalty", "max_tokens": "max_new_tokens"}
 OLLAMA_NAMES = {"max_tokens": "num_predict"}
 INTEGER_FIELDS = ("top_k", "max_tokens")
 OLLAMA_PARAMS_MEDIA_TYPE = "application/vnd.ollama.image.params"
@@ -67,7 +67,7 @@ def _generation_config(path: Path) -> dict:
     config = _json(path) if path.is_file() else None
     if not isinstance(config, dict):
         return {}
-    values = {f: config.get(HF_NAMES.get(f, f)) for f in (*SAMPLING_KEYS, "repeat_penalty")}
+    values = {f: config.get(HF_NAMES.get(f, f)) for f in (*GGUF_SAMPLING_KEYS, "max_tokens")}
     if config.get("do_sample") is False:
         values["temperature"] = 0.0  # transformers decodes greedily, whatever the temperature
     return values
