@@ -5,9 +5,10 @@ the person's message so that every chat template carries them.
 A file is taken by its content, not its name: a PDF starts with `%PDF-`; anything else
 must be UTF-8 text without NUL bytes (which every text format above is, and no image,
 archive or office file is). The message the model sees holds each file as
-`<attachment name="...">…</attachment>` before the typed text, the way Claude's and
-Open WebUI's prompts wrap documents in tags; `split_attachments` takes a stored message
-apart again so the chat can show a chip per file. A file that does not fit in the
+`<attachment name="..." tokens="N">…</attachment>` before the typed text (documents in
+XML-style tags, as Anthropic's prompting guide advises; any template passes a user
+message's text through), and `split_attachments` takes a stored message apart again so
+the chat can show a chip per file. A file that does not fit in the
 model's context is refused with its size, never cut.
 """
 
@@ -26,7 +27,9 @@ from converters.core.errors import ItamaeError
 
 MAX_FILE_BYTES = 32 << 20  # a larger file is no chat attachment (and would stall the UI)
 REPLY_ROOM = 256  # tokens of context left over for the reply, at least
-_ATTACHMENT = re.compile(r'<attachment name="([^"]*)">\n(.*?)\n</attachment>\n*', re.S)
+_ATTACHMENT = re.compile(
+    r'<attachment name="([^"]*)"(?: tokens="(\d+)")?>\n(.*?)\n</attachment>\n*', re.S
+)
 _HINT = "Attach plain text, Markdown, source code, JSON, CSV, or a PDF with a text layer."
 
 
@@ -104,7 +107,8 @@ def check_fits(attachments: list[Attachment], used_tokens: int, context_length: 
 def message_with_attachments(text: str, attachments: list[Attachment]) -> str:
     """The message as stored and as the model sees it: the files, then the typed text."""
     files = [
-        f'<attachment name="{html.escape(a.name, quote=True)}">\n{a.text}\n</attachment>\n\n'
+        f'<attachment name="{html.escape(a.name, quote=True)}" tokens="{a.tokens}">\n'
+        f"{a.text}\n</attachment>\n\n"
         for a in attachments
     ]
     return "".join(files) + text
@@ -114,6 +118,6 @@ def split_attachments(content: str) -> tuple[str, list[Attachment]]:
     """A stored message as (the typed text, its files) again."""
     attachments, end = [], 0
     while match := _ATTACHMENT.match(content, end):
-        attachments.append(Attachment(html.unescape(match[1]), match[2]))
+        attachments.append(Attachment(html.unescape(match[1]), match[3], int(match[2] or 0)))
         end = match.end()
     return content[end:], attachments

@@ -99,10 +99,10 @@ def test_token_counts_and_a_file_too_large_for_the_context():
 
 
 def test_a_stored_message_comes_apart_again():
-    files = [Attachment('odd "name".md', "# Title\n\nbody"), Attachment("b.csv", "x,y\n1,2")]
+    files = [Attachment('odd "name".md', "# Title\n\nbody", 5), Attachment("b.csv", "x,y\n1,2", 7)]
     content = message_with_attachments("Summarise these.", files)
-    assert content.startswith('<attachment name="odd &quot;name&quot;.md">\n# Title')
+    assert content.startswith('<attachment name="odd &quot;name&quot;.md" tokens="5">\n# Title')
     text, parts = split_attachments(content)
     assert text == "Summarise these."
-    assert [(a.name, a.text) for a in parts] == [(f.name, f.text) for f in files]
+    assert parts == files
     assert split_attachments("plain") == ("plain", [])
