@@ -17,6 +17,7 @@ from pathlib import Path
 
 from converters.core.errors import ItamaeError
 from converters.core.model_info import ModelInfo
+from converters.formats.detect import source_format
 from engine.loader import DEMO_DIR
 
 LOCATIONS = ("demo", "models", "hf-cache", "added", "loaded")
@@ -40,9 +41,7 @@ class LibraryEntry:
 
 
 def _is_model(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix == ".gguf"
-    return path.is_dir() and (path / "config.json").is_file()
+    return source_format(path) in ("gguf", "hf", "torch")
 
 
 def _models_in(folder: Path) -> list[Path]:

@@ -73,7 +73,7 @@ def run(args) -> int:
     if args.window < 16:
         raise ItamaeError(f"--window {args.window} is too small.", "Use at least 16 tokens.")
     text = _read_text(args.text) if args.text else None
-    model = resolve_source(args.model, "llamacpp" if args.model.endswith(".gguf") else "auto")
+    model = resolve_source(args.model)  # its format is read from its content by the scorer
     reference = resolve_source(args.reference)
     report = evaluate(
         model,

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from converters.core.errors import BadModelFile, ItamaeError
+from converters.formats.detect import is_gguf_file
 
 FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 README_NAMES = ("README.md", "README.MD", "readme.md", "README")
@@ -228,7 +229,7 @@ def read_model_card(path: str | Path) -> ModelCard:
     path = Path(path).expanduser()
     if path.is_dir():
         return read_folder(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if is_gguf_file(path):
         card = ModelCard(path=path, files=[path.name])
         card.gguf_general = read_gguf_general(path)
         return card
