@@ -22,14 +22,14 @@ from converters.facts.sampling_defaults import sampling_defaults
 from engine.loader import resolve_source
 
 FILE_VERSION = 1
-# field -> (lowest, highest) a value may have: the ranges of the chat tab's sliders.
+# field -> (lowest, highest) a value may have: the chat tab's sliders are built from these.
 LIMITS = {
     "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
+    "top_p": (0.05, 1.0),
     "top_k": (0, 200),
-    "min_p": (0.0, 1.0),
-    "repeat_penalty": (0.5, 2.0),
-    "max_tokens": (1, 131072),
+    "min_p": (0.0, 0.5),
+    "repeat_penalty": (1.0, 2.0),
+    "max_tokens": (16, 8192),
 }
 FIELDS = tuple(f.name for f in fields(SamplingDefaults))
 # Built-in presets; a person's own presets with the same name replace them.
@@ -84,7 +84,7 @@ class ModelSettings:
         for origin, layer in (("model", recommended), ("saved", saved)):
             for name, value in layer.items():
                 if name in values:
-                    values[name], sources[name] = value, origin
+                    values[name], sources[name] = clamp(name, value), origin
         return ModelSampling(SamplingDefaults(**values), sources, source)
 
     def save(self, model_key: str, **changes) -> dict:
@@ -150,6 +150,12 @@ class ModelSettings:
 
     def _write(self, data: dict) -> None:
         write_atomically(self.path, json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def clamp(name: str, value: float | int) -> float | int:
+    """A model's recommendation inside what the sliders offer (a top_k of 1000 is 200)."""
+    lo, hi = LIMITS[name]
+    return type(lo)(min(max(value, lo), hi))
 
 
 def _checked(name: str, value) -> float | int:

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from app import __version__
 from app.api.openai import create_router
 from app.context import AppContext
+from app.ui.header import PAGE_JS
 from app.ui.page import ASSETS, build_ui, css, theme
 
 # Gradio would otherwise report usage to its servers; Itamae talks to nobody.
@@ -45,6 +46,7 @@ def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
         path="/",
         theme=theme(),
         css=css(),
+        js=PAGE_JS,
         favicon_path=str(ASSETS / "icon.png"),
         allowed_paths=[str(ASSETS)],
         footer_links=[],

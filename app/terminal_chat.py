@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from app.chat_reply import ChatParams, stream_reply
+from app.chat_reply import THINK_CLOSE, THINK_OPEN, ChatParams, stream_reply
 from app.model_manager import ModelManager
 from app.store import ConversationStore
 from converters.core.errors import ItamaeError
@@ -27,7 +27,6 @@ from converters.core.errors import ItamaeError
 PROMPT, MORE = ">>> ", "... "
 BLOCK = '"""'  # a line of three quotes opens and closes a multi-line message
 DIM, RESET = "\x1b[2m", "\x1b[0m"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HELP = """\
 /new            start a new conversation
 /system [TEXT]  set the system prompt (without TEXT: show it)

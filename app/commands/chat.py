@@ -55,8 +55,8 @@ def run(args) -> int:
     def load_model(name: str) -> tuple[str, ChatParams]:
         manager.load(name, args.engine, wait=True)
         status = manager.status
-        if status["state"] != "ready":
-            raise ItamaeError(status["message"], "Check the name with `itamae models`.")
+        if status.state != "ready":
+            raise ItamaeError(status.message, "Check the name with `itamae models`.")
         sampling = model_settings.sampling(model_key(name), _local(name), settings.sampling)
         values = vars(sampling.values) | {
             k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None
