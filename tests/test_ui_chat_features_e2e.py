@@ -57,31 +57,27 @@ def sampled(home: Path, model: Path, max_tokens: int) -> None:
     settings.save(model_key(model), temperature=1.0, top_k=0, top_p=1.0, max_tokens=max_tokens)
 
 
-def wait_reply_count(page, n: int) -> None:
-    page.wait_for_function(
-        f"() => document.querySelectorAll('#chatbot .reply-stats').length === {n}",
-        timeout=REPLY_TIMEOUT_MS,
-    )
-    page.wait_for_selector("#send", state="visible", timeout=REPLY_TIMEOUT_MS)
-
-
 def regenerate(page, store: ConversationStore) -> None:
-    before = sum(m.role == "assistant" for c in store.conversations()
-                 for m in store.export(c.id).messages)  # fmt: skip
+    before = len(replies(store))
     page.click("#regenerate")
     deadline = time.monotonic() + REPLY_TIMEOUT_MS / 1000
     while True:  # a short reply can come and go before Stop is ever seen
-        replies = [m for c in store.conversations() for m in store.export(c.id).messages
-                   if m.role == "assistant"]  # fmt: skip
-        if len(replies) > before and replies[-1].finish_reason is not None:
+        done = replies(store)
+        if len(done) > before and done[-1].finish_reason is not None:
             break
         assert time.monotonic() < deadline, "no new reply"
         time.sleep(0.1)
     page.wait_for_selector("#send", state="visible", timeout=REPLY_TIMEOUT_MS)
     page.wait_for_function(
         "id => document.querySelector('#branch-label .branch-nav')?.dataset.message == id",
-        arg=str(replies[-1].id),
+        arg=str(done[-1].id),
     )
+
+
+def replies(store: ConversationStore) -> list:
+    """Every reply of every conversation, branches included, oldest first."""
+    tree = [m for c in store.conversations() for m in store.export(c.id).messages]
+    return sorted((m for m in tree if m.role == "assistant"), key=lambda m: m.id)
 
 
 def test_math_regenerate_branches_and_edit_fork(tmp_path, model, browser):
@@ -164,8 +160,11 @@ def test_japanese_ui_attachment_import_search_dark_mode_and_keys(tmp_path, model
         choose_file(page, "#attach", notes)
         page.wait_for_selector("#attachments .attachment-chip:has-text('notes.md')")
         assert "トークン" in page.inner_text("#attachments")
-        send(page, "このファイルを要約してください。")
-        chip = page.locator(USER_ROWS).first.locator(".attachment-chip")
+        send(page, "このファイルを要約してください。$a^2+b^2=c^2$\n```python\nprint('寿司')\n```")
+        user_row = page.locator(USER_ROWS).first
+        assert user_row.locator(".katex").count() >= 1  # math in the Japanese UI too
+        assert user_row.locator("pre code .token").count() >= 2  # highlighted by Prism
+        chip = user_row.locator(".attachment-chip")
         assert "notes.md" in chip.inner_text() and "トークン" in chip.inner_text()
         assert page.inner_text("#attachments").strip() == ""  # sent with this message only
         (conv,) = store.conversations()
