@@ -23,6 +23,7 @@ from app.api.anthropic import anthropic_router
 from app.api.ollama import ollama_router
 from app.api.openai import create_router
 from app.context import AppContext
+from app.ui.header import PAGE_JS
 from app.ui.page import ASSETS, build_ui, css, theme
 
 # Gradio would otherwise report usage to its servers; Itamae talks to nobody.
@@ -49,6 +50,7 @@ def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
         path="/",
         theme=theme(),
         css=css(),
+        js=PAGE_JS,
         favicon_path=str(ASSETS / "icon.png"),
         allowed_paths=[str(ASSETS)],
         footer_links=[],

@@ -67,9 +67,11 @@ def test_heatmap_draws_one_cell_per_layer_and_expert():
     svg = expert_heatmap.render(counts, Translator("en"))
     assert svg.count("<rect") == 12
     assert "3 MoE layers × 4 experts" in svg
-    # the busiest expert of a layer is drawn darkest, an unused one in the lightest colour
-    assert 'fill="#312e81"><title>layer 1, expert 0: 4 tokens (100%)' in svg
-    assert 'fill="#eef2ff"><title>layer 1, expert 1: 0 tokens (0%)' in svg
+    # the busiest expert of a layer is drawn solid, an unused one faintest (the accent over
+    # the page's background, so light and dark mode show the same picture)
+    assert 'fill-opacity="1.0"><title>layer 1, expert 0: 4 tokens (100%)' in svg
+    assert 'fill-opacity="0.06"><title>layer 1, expert 1: 0 tokens (0%)' in svg
+    assert svg.count('fill-opacity="1.0"><title>layer 2,') == 4  # evenly shared: all alike
     assert "heatmap-empty" in expert_heatmap.render(None, Translator("en"))
 
 
