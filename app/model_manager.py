@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import engine
+from app import library
 from converters.core.errors import ItamaeError
 from engine.types import Backend, Event, FinalEvent, GenerationRequest, Stats
 
@@ -100,7 +100,7 @@ class ModelManager:
              "message", "progress"} (progress in [0, 1], None when unknown).
     """
 
-    def __init__(self, loader: Callable[..., Backend] = engine.load):
+    def __init__(self, loader: Callable[..., Backend] = library.load):
         self._loader = loader
         self._state_lock = threading.Lock()
         self._model_lock = FairLock()
