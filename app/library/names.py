@@ -24,15 +24,15 @@ SOURCE_ORDER = ("itamae", "hf-cache", "lmstudio", "ollama", "added")
 
 
 def unique_names(found: list[Found]) -> list[Found]:
-    """Each model once (two names for one file count once) with a name no other has."""
+    """Each model once, with a name no other has. A file found through two places is
+    listed in the first; two names within one place stay (Ollama tags sharing a blob)."""
     taken: set[str] = set()
-    seen: set[Path] = set()
+    seen: dict[Path, str] = {}  # file -> the place it was first found in
     out = []
     for item in sorted(found, key=lambda f: SOURCE_ORDER.index(f.source)):
         real = item.path.resolve()
-        if real in seen:
-            continue
-        seen.add(real)
+        if seen.setdefault(real, item.source) != item.source:
+            continue  # found again through another place (a link, an added path)
         name = item.name
         if name in taken:
             name = f"{item.source}/{item.name}"
