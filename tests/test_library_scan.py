@@ -63,14 +63,21 @@ def test_every_place_is_found_with_its_own_names(planted):
 
 def test_names_are_stable_and_resolve(planted):
     machine = Machine(planted.home, planted.env, ollama_system_store=None)
-    first = [f.name for f in library.find(planted.models_dir, [str(planted.added)], machine=machine)]
-    again = [f.name for f in library.find(planted.models_dir, [str(planted.added)], machine=machine)]
+    first = [
+        f.name for f in library.find(planted.models_dir, [str(planted.added)], machine=machine)
+    ]
+    again = [
+        f.name for f in library.find(planted.models_dir, [str(planted.added)], machine=machine)
+    ]
     assert first == again and len(set(first)) == len(first)
     found = library.resolve("itamae-demo:q8_0", planted.models_dir, [], machine)
     assert found.source == "ollama" and found.format == "gguf"
     with pytest.raises(ItamaeError, match="projector"):
         library.resolve(
-            "lmstudio-community/Itamae-Demo-GGUF/mmproj-demo-F16.gguf", planted.models_dir, [], machine
+            "lmstudio-community/Itamae-Demo-GGUF/mmproj-demo-F16.gguf",
+            planted.models_dir,
+            [],
+            machine,
         )
     with pytest.raises(ItamaeError, match="itamae models"):
         library.resolve("no-such-model:7b", planted.models_dir, [], machine)
