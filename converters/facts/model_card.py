@@ -28,7 +28,13 @@ import yaml
 
 from converters.core.errors import BadModelFile, ItamaeError
 
-FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+# The hub's own rule (huggingface_hub repocard.py REGEX_YAML_BLOCK, read as utf-8-sig): a
+# `---` line at the very top (after a byte-order mark or blank lines), YAML, a `---` line;
+# lines may end in \n, \r\n or \r, and the block may be empty.
+_EOL = r"(?:\r\n|\r|\n)"
+FRONT_MATTER = re.compile(
+    rf"\A\ufeff?\s*---[ \t]*{_EOL}(?:(.*?){_EOL})??---[ \t]*(?:{_EOL}|\Z)", re.DOTALL
+)
 README_NAMES = ("README.md", "README.MD", "readme.md", "README")
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING")
 MAX_TEXT_BYTES = 2 << 20  # model cards are tens of KB; a larger README is not read past 2 MiB
@@ -142,14 +148,15 @@ def hub_url(repo_or_url: str) -> str:
 
 
 def split_front_matter(readme: str) -> tuple[dict, str, int, str]:
-    """README text -> (front matter, body, lines before the body, error or "")."""
+    """README text -> (front matter, body, lines before the body, error or ""): the one
+    front-matter parser (card_metadata.py reads through it too)."""
     match = FRONT_MATTER.match(readme)
     if not match:
         return {}, readme, 0, ""
     body = readme[match.end() :]
-    offset = readme[: match.end()].count("\n")
+    offset = len(readme[: match.end()].splitlines())
     try:
-        loaded = yaml.safe_load(match.group(1))
+        loaded = yaml.safe_load(match.group(1) or "")
     except yaml.YAMLError as e:
         # A malformed card is not a reason to refuse a model; the card says what it could not read.
         return {}, body, offset, f"the YAML front matter does not parse ({e.__class__.__name__})"
