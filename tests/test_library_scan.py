@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 
+import httpx
 import pytest
 
 from app import library
 from app.library.sources import Machine
 from converters.core.errors import ItamaeError
 from tests.planted_machine import DEMO_GGUF, plant_machine, snapshot
-from tests.serve_process import REPO, itamae_command
+from tests.serve_process import REPO, ServeProcess, itamae_command
 
 EXPECTED = {
     # name: (source, format, kind)
@@ -100,3 +101,48 @@ def test_itamae_models_json_lists_the_planted_machine(planted):
     assert (gguf["architecture"], gguf["experts"], gguf["quantization"]) == ("qwen3_moe", 8, "Q8_0")
     assert gguf["size_bytes"] == DEMO_GGUF.stat().st_size
     assert snapshot(planted.home) == before
+
+
+def _generate(planted, model: str, *extra: str) -> dict:
+    out = subprocess.run(
+        itamae_command(
+            "generate", "--model", model, "--prompt", "Hello", "--max-tokens", "8", "--json", *extra
+        ),
+        cwd=REPO,
+        env=planted.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_generate_loads_each_by_its_name(planted):
+    before = snapshot(planted.home)
+    reference = _generate(planted, str(DEMO_GGUF), "--engine", "llamacpp")
+    for name in (
+        "itamae-demo:q8_0",  # an Ollama blob: no suffix, found by content
+        "someone/Demo-Split-GGUF/demo-split-00001-of-00002.gguf",  # two shards
+        "lmstudio/itamae/demo-GGUF/itamae-demo-Q8_0.gguf",
+    ):
+        result = _generate(planted, name)
+        assert result["tokens"] == reference["tokens"] and result["tokens"], name
+    torch_reference = _generate(planted, "demo", "--engine", "torch")
+    assert _generate(planted, "itamae/demo")["tokens"] == torch_reference["tokens"]
+    assert snapshot(planted.home) == before
+
+
+def test_serve_answers_under_the_library_name(planted, monkeypatch):
+    for key, value in planted.env.items():
+        monkeypatch.setenv(key, value)
+    name = "lmstudio-community/Itamae-Demo-GGUF/itamae-demo-Q8_0.gguf"
+    with ServeProcess("--model", name) as server:
+        assert server.model_id == name
+        reply = httpx.post(
+            server.url + "/chat/completions",
+            json={"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            timeout=120,
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == name
