@@ -4,6 +4,7 @@ only what Itamae may delete, and a clear message when the hub cannot be reached.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,9 @@ from app import library
 from app.i18n import Translator
 from app.ui_models import details_markdown, download_html, load_options
 from converters.core.errors import ItamaeError
+from engine.loader import DEMO_DIR
+
+EMPTY_HOME = library.Machine(Path("/nonexistent-home"), {}, ollama_system_store=None)
 
 
 @pytest.fixture
@@ -25,9 +29,9 @@ def models_dir(tmp_path, hf_checkpoint):
 def test_scan_lists_each_model_once_with_what_inspect_knows(models_dir, hf_checkpoint, tmp_path):
     added = hf_checkpoint("qwen3_moe")
     entries = library.scan(
-        models_dir, [str(added), str(tmp_path / "gone")], loaded=str(added), include_hf_cache=False
+        models_dir, [str(added), str(tmp_path / "gone")], loaded=str(added), machine=EMPTY_HOME
     )
-    by_name = {e.name: e for e in entries if e.location != "demo"}
+    by_name = {e.name: e for e in entries if not e.bundled}
     assert set(by_name) == {"tiny-mixtral", "qwen3_moe"}
     assert by_name["qwen3_moe"].location == "added"  # listed once, though also loaded
     mixtral = by_name["tiny-mixtral"].info
@@ -38,12 +42,12 @@ def test_scan_lists_each_model_once_with_what_inspect_knows(models_dir, hf_check
 
 
 def test_delete_only_inside_the_models_folder(models_dir, hf_checkpoint, tmp_path):
-    entries = library.scan(models_dir, [], include_hf_cache=False)
-    (mixtral,) = [e for e in entries if e.location == "models"]
+    entries = library.scan(models_dir, [], machine=EMPTY_HOME)
+    (mixtral,) = [e for e in entries if e.source == "itamae" and not e.bundled]
     assert library.delete(mixtral, models_dir) == "deleted"
     assert not (models_dir / "tiny-mixtral").exists()
 
-    outside = library.LibraryEntry(hf_checkpoint("qwen3_moe"), "models", "escape")
+    outside = library.LibraryEntry(hf_checkpoint("qwen3_moe"), "itamae", "escape")
     with pytest.raises(ItamaeError, match="not inside the models folder"):
         library.delete(outside, models_dir)
     assert hf_checkpoint("qwen3_moe").exists()
@@ -51,7 +55,7 @@ def test_delete_only_inside_the_models_folder(models_dir, hf_checkpoint, tmp_pat
     assert library.delete(added, models_dir) == "forgotten"  # files untouched
     assert hf_checkpoint("qwen3_moe").exists()
     with pytest.raises(ItamaeError, match="demo"):
-        library.delete(library.LibraryEntry(tmp_path, "demo", "demo"), models_dir)
+        library.delete(library.LibraryEntry(DEMO_DIR / "hf", "itamae", "demo"), models_dir)
 
 
 def test_download_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):

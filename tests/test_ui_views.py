@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app import expert_heatmap
+from app.library import SOURCES
 from app.chat_view import history_for_model, split_reasoning, stats_line, to_chatbot
 from app.i18n import CATALOG_DIR, LANGUAGES, Translator, catalog, pick_language
 from app.store import StoredMessage
@@ -149,8 +150,8 @@ def test_every_key_the_code_uses_is_in_the_catalog():
     assert used, "no keys found: the pattern no longer matches the code"
     assert used <= keys, sorted(used - keys)
     # keys built with f-strings: each family is complete
-    for location in ("demo", "models", "hf-cache", "added", "loaded"):
-        assert f"models.where.{location}" in keys
+    for source in SOURCES:
+        assert f"models.where.{source}" in keys
     from app.ui_chat import BUILTIN_PRESETS
     from app.ui_models import COLUMNS
 

@@ -66,7 +66,7 @@ class LibraryEntry:
 
     @property
     def key(self) -> str:
-        return self.name
+        return str(self.path)
 
     @property
     def location(self) -> str:
@@ -88,7 +88,7 @@ class LibraryEntry:
             "architecture": info.arch if info else "",
             "experts": info.n_experts if info else 0,
             "experts_per_token": info.experts_per_token if info else 0,
-            "size_bytes": size_on_disk(self),
+            "size_bytes": size_on_disk(self.path, self.files),
             "quantization": info.quant if info else "",
             "path": str(self.path),
             "files": [str(f) for f in self.files],
@@ -177,10 +177,10 @@ def load(source: str | Path, engine: str = "auto", **options) -> Backend:
     return engine_load(path, engine=engine_name, **options)
 
 
-def size_on_disk(entry: LibraryEntry) -> int:
-    if entry.files:
-        return sum(f.stat().st_size for f in entry.files if f.exists())
-    path = entry.path
+def size_on_disk(path: Path, files: list[Path] | None = None) -> int:
+    """Bytes of a model: its files (a GGUF's shards), else everything in its folder."""
+    if files:
+        return sum(f.stat().st_size for f in files if f.exists())
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -25,14 +25,15 @@ SOURCE_ORDER = ("itamae", "hf-cache", "lmstudio", "ollama", "added")
 
 def unique_names(found: list[Found]) -> list[Found]:
     """Each model once, with a name no other has. A file found through two places is
-    listed in the first; two names within one place stay (Ollama tags sharing a blob)."""
+    listed once, in the first; only Ollama's tags of one blob stay side by side."""
     taken: set[str] = set()
     seen: dict[Path, str] = {}  # file -> the place it was first found in
     out = []
     for item in sorted(found, key=lambda f: SOURCE_ORDER.index(f.source)):
         real = item.path.resolve()
-        if seen.setdefault(real, item.source) != item.source:
-            continue  # found again through another place (a link, an added path)
+        if real in seen and not item.source == seen[real] == "ollama":
+            continue  # found again (a link, an added path); Ollama's tags of one blob stay
+        seen.setdefault(real, item.source)
         name = item.name
         if name in taken:
             name = f"{item.source}/{item.name}"
