@@ -47,10 +47,12 @@ def unique_names(found: list[Found]) -> list[Found]:
 
 
 def passes_through(text: str) -> bool:
-    """What engine.loader.resolve_source takes as it is: a URL, `demo`, an existing path."""
-    if text.startswith(("http://", "https://")) or text == "demo":
+    """What engine.loader.resolve_source takes as it is: a URL, `demo`, an existing path,
+    or what can only be a path (absolute, `~`, `./`), so a missing one is reported as such."""
+    if text.startswith(("http://", "https://", "~", "./", "../")) or text == "demo":
         return True
-    return Path(text).expanduser().exists()
+    path = Path(text)
+    return path.is_absolute() or path.exists()
 
 
 def pick(found: list[Found], name: str) -> Found:
