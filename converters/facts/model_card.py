@@ -27,6 +27,8 @@ from pathlib import Path
 import yaml
 
 from converters.core.errors import BadModelFile, ItamaeError
+from converters.formats.detect import is_gguf_file
+from converters.formats.gguf_header import read_contents
 
 # The hub's own rule (huggingface_hub repocard.py REGEX_YAML_BLOCK, read as utf-8-sig): a
 # `---` line at the very top (after a byte-order mark or blank lines), YAML, a `---` line;
@@ -200,34 +202,12 @@ def read_folder(folder: Path) -> ModelCard:
     return card
 
 
-def _field_value(field_):
-    """A GGUFReader field -> a Python str, number, or list of them."""
-    try:
-        value = field_.contents()
-    except UnicodeDecodeError:
-        return "(not valid UTF-8)"  # a hostile or damaged file: say so rather than fail
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
-
-
 def read_gguf_general(path: Path) -> dict[str, object]:
-    """The `general.*` key/value pairs of a GGUF file, and Itamae's carried openness card
-    (the tensors are not read)."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError) as e:
-        raise BadModelFile(
-            f"{path} is not a readable GGUF file ({e}).",
-            "Re-download or re-convert it; `itamae inspect` says what is in it.",
-        ) from e
-    return {
-        name: _field_value(f)
-        for name, f in reader.fields.items()
-        if name.startswith("general.") or name == OPENNESS_KEY
-    }
+    """The `general.*` key/value pairs of a GGUF file, and Itamae's carried openness card,
+    through the project's header reader (vocabularies skipped: 0.06 s for a 151,936-token
+    vocabulary where gguf-py's GGUFReader took 20 s); the tensors are not read."""
+    metadata = read_contents(path).metadata
+    return {k: v for k, v in metadata.items() if k.startswith("general.") or k == OPENNESS_KEY}
 
 
 def read_model_card(path: str | Path) -> ModelCard:
@@ -235,7 +215,7 @@ def read_model_card(path: str | Path) -> ModelCard:
     path = Path(path).expanduser()
     if path.is_dir():
         return read_folder(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if path.is_file() and is_gguf_file(path):  # by content: Ollama's blobs have no suffix
         card = ModelCard(path=path, files=[path.name])
         card.gguf_general = read_gguf_general(path)
         return card
