@@ -1,11 +1,18 @@
-"""Writing the next reply of a conversation: ask the shared model, stream its text, and
-save it while it grows. No Gradio here; the chat tab turns these updates into screens.
+"""Writing the next reply of a conversation: the bookkeeping around it (the person's
+message saved, the conversation made and titled, an old reply dropped to regenerate, an
+edited message), the conversation as the model sees it, then the reply itself: ask the
+shared model, stream its text, and save it while it grows. No Gradio here; the chat tab
+(app/ui/chat.py) turns these updates into screens.
 
 A reply is a row in the store from its first moment (finish_reason NULL while it
 streams), updated every `SAVE_EVERY_S`, so a killed process keeps what was written and
 the conversation shows it as interrupted. Stop is the `cancel` Event the backend checks
 at every token; a consumer that goes away (the tab closed) closes this generator, which
 cancels the generation and records the reply as stopped.
+
+Reasoning models write their thoughts between <think> and </think> before the
+answer. Qwen3 emits both tags; DeepSeek-R1's chat template puts "<think>\\n" in the
+prompt, so its output starts inside the block and only the closing tag appears.
 """
 
 from __future__ import annotations
@@ -16,13 +23,39 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from app.chat_view import history_for_model
 from app.i18n import Translator
 from app.model_manager import ModelManager
 from app.store import ConversationStore, StoredMessage, StoreError
-from engine.types import FinalEvent, GenerationRequest, SamplingParams, TokenEvent
+from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
 
 SAVE_EVERY_S = 0.5  # a killed process loses at most this much of a streaming reply
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass
+class ReplyParts:
+    thinking: str | None  # None: the reply has no reasoning block
+    answer: str
+    thinking_done: bool = True
+
+
+def split_reasoning(text: str) -> ReplyParts:
+    stripped = text.lstrip()
+    close = text.find(THINK_CLOSE)
+    if stripped.startswith(THINK_OPEN):
+        body = stripped[len(THINK_OPEN) :]
+        end = body.find(THINK_CLOSE)
+        if end == -1:
+            return ReplyParts(body.strip(), "", thinking_done=False)
+        return ReplyParts(body[:end].strip(), body[end + len(THINK_CLOSE) :].lstrip())
+    if close != -1 and THINK_OPEN not in text[:close]:
+        # R1 style: the opening tag was part of the prompt.
+        return ReplyParts(text[:close].strip(), text[close + len(THINK_CLOSE) :].lstrip())
+    if stripped and THINK_OPEN.startswith(stripped):
+        # The first characters of "<think>" have streamed in; show nothing yet.
+        return ReplyParts(None, "")
+    return ReplyParts(None, text)
 
 
 @dataclass
@@ -69,11 +102,76 @@ def model_unavailable(manager: ModelManager, tr: Translator) -> str | None:
     """A message when nothing could answer; None when a model is loaded or loading
     (a message sent while the model loads waits for it in the manager's queue)."""
     status = manager.status
-    if manager.backend is not None or status["state"] == "loading":
+    if manager.backend is not None or status.state == "loading":
         return None
-    if status["state"] == "error":
-        return tr("chat.model_failed", message=status["message"])
+    if status.state == "error":
+        return tr("chat.model_failed", message=status.message)
     return tr("chat.no_model")
+
+
+# -- before a reply: what the person did -------------------------------------------------
+
+
+def send_message(
+    store: ConversationStore,
+    manager: ModelManager,
+    conversation_id: str | None,
+    text: str,
+    system_prompt: str,
+) -> str:
+    """Save the person's message; returns its conversation's id. Without an open
+    conversation (or when it was deleted meanwhile, in another tab) a new one is made,
+    titled from the message; an open one takes the system prompt shown now. Either way the
+    conversation records the model that will answer."""
+    if conversation_id is None or store.get(conversation_id) is None:
+        conversation_id = store.create(text, system_prompt).id
+    else:
+        store.set_system_prompt(conversation_id, system_prompt)
+    store.set_model(conversation_id, manager.status.message)
+    store.append(conversation_id, "user", text, "stop")
+    return conversation_id
+
+
+def drop_last_reply(store: ConversationStore, conversation_id: str | None) -> bool:
+    """Before regenerating: remove the last reply and what came after it. False when the
+    conversation has nothing to answer again (none open, or no messages)."""
+    stored = store.messages(conversation_id) if conversation_id else []
+    if not stored:
+        return False
+    last_reply = next((m for m in reversed(stored) if m.role == "assistant"), None)
+    if last_reply is not None:
+        store.truncate(conversation_id, last_reply.position)
+    return True
+
+
+def edit_message(store: ConversationStore, conversation_id: str, position: int, text: str) -> bool:
+    """The person changed their message at `position`: keep the new text, drop everything
+    after it (the replies answered the old one). False, changing nothing, when `position`
+    is not one of the person's messages."""
+    stored = store.messages(conversation_id)
+    target = next((m for m in stored if m.position == position), None)
+    if target is None or target.role != "user":
+        return False
+    store.update(target.id, text, "stop")
+    store.truncate(conversation_id, position + 1)
+    return True
+
+
+def history_for_model(stored: list[StoredMessage], system_prompt: str) -> list[Message]:
+    """The conversation as the model should see it: replies without their reasoning
+    (Qwen3's and R1's templates drop earlier thoughts too), failed replies left out."""
+    messages = [Message("system", system_prompt)] if system_prompt.strip() else []
+    for m in stored:
+        if m.role == "assistant":
+            if m.finish_reason == "error" or not m.content.strip():
+                continue
+            messages.append(Message("assistant", split_reasoning(m.content).answer))
+        elif m.role == "user":
+            messages.append(Message("user", m.content))
+    return messages
+
+
+# -- the reply ---------------------------------------------------------------------------
 
 
 def stream_reply(

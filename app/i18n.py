@@ -1,17 +1,16 @@
 """English and Japanese for every label, following the browser, with a switch.
 
 Catalogs are flat JSON files, assets/i18n/<lang>.json (key -> text with `{name}`
-placeholders); every key exists in every catalog (tests/test_ui_i18n.py checks it).
+placeholders); every key exists in every catalog (tests/test_ui_views.py checks it).
 Translation happens on the server: the language is per browser session (picked from
 the browser's Accept-Language, changed by the switch in the header), and a switch
-relabels every bound component at once through `Labels.updates`. Text made at run
-time (status lines, errors, stats) goes through the same `Translator`.
+relabels every bound component at once through `Labels.updates` (app/ui/labels.py).
+Text made at run time (status lines, errors, stats) goes through the same `Translator`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -57,74 +56,3 @@ class Translator:
     def __call__(self, key: str, **values: Any) -> str:
         text = catalog(self.lang).get(key) or catalog(DEFAULT_LANGUAGE).get(key) or key
         return text.format(**values) if values else text
-
-
-@dataclass(frozen=True)
-class Key:
-    """A translatable property value: `label=Key("chat.send")`."""
-
-    name: str
-
-
-def _resolve(value: Any, tr: Translator) -> Any:
-    if isinstance(value, Key):
-        return tr(value.name)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_resolve(v, tr) for v in value)
-    return value
-
-
-def _has_key(value: Any) -> bool:
-    if isinstance(value, Key):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_has_key(v) for v in value)
-    return False
-
-
-class Labels:
-    """Builds components with translated properties and remembers them, so that one
-    event can relabel the whole UI: `labels(gr.Button, value=Key("chat.send"))`.
-
-    One instance per Blocks (made in ui.build_ui), never module state.
-    """
-
-    def __init__(self, lang: str = DEFAULT_LANGUAGE):
-        self.tr = Translator(lang)
-        self._bound: list[tuple[Any, dict[str, Any]]] = []
-
-    def __call__(self, component_class, *args, **kwargs):
-        keyed = {name: value for name, value in kwargs.items() if _has_key(value)}
-        resolved = {name: _resolve(value, self.tr) for name, value in keyed.items()}
-        component = component_class(*args, **{**kwargs, **resolved})
-        if keyed:
-            self._bound.append((component, keyed))
-        return component
-
-    @property
-    def components(self) -> list:
-        return [component for component, _ in self._bound]
-
-    def updates(self, lang: str) -> list[dict]:
-        import gradio as gr
-
-        tr = Translator(lang)
-        return [
-            gr.update(**{name: _resolve(value, tr) for name, value in keyed.items()})
-            for _, keyed in self._bound
-        ]
-
-    def keys(self) -> set[str]:
-        found: set[str] = set()
-
-        def collect(value):
-            if isinstance(value, Key):
-                found.add(value.name)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    collect(v)
-
-        for _, keyed in self._bound:
-            for value in keyed.values():
-                collect(value)
-        return found

@@ -15,8 +15,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from app import library
 from converters.core.errors import ItamaeError
@@ -29,6 +30,28 @@ _CANCEL_POLL_S = 0.05
 
 class NoModelLoaded(ItamaeError):
     pass
+
+
+ModelState = Literal["empty", "loading", "ready", "error"]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where the one model stands, as the header, the API and /health show it.
+
+    `engine` is the engine asked for ("auto" until the UI looks at the backend);
+    `message` is the model's name when ready, the failure when "error"; `progress` is
+    in [0, 1], None when unknown. Frozen: a reader holds a snapshot, never the live one.
+    """
+
+    state: ModelState = "empty"
+    source: str | None = None
+    engine: str | None = None
+    message: str = ""
+    progress: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -94,18 +117,15 @@ class FairLock:
 
 
 class ModelManager:
-    """Holds at most one loaded Backend and serialises generations on it fairly.
-
-    status: {"state": "empty"|"loading"|"ready"|"error", "source", "engine",
-             "message", "progress"} (progress in [0, 1], None when unknown).
-    """
+    """Holds at most one loaded Backend and serialises generations on it fairly;
+    `status` says where loading stands (a `ModelStatus`)."""
 
     def __init__(self, loader: Callable[..., Backend] = library.load):
         self._loader = loader
         self._state_lock = threading.Lock()
         self._model_lock = FairLock()
         self._backend: Backend | None = None
-        self._status = _status("empty")
+        self._status = ModelStatus()
         self._active: set[threading.Event] = set()
         self._load_thread: threading.Thread | None = None
         self._load_seq = 0  # numbers load() calls; only the latest may set the model
@@ -119,9 +139,9 @@ class ModelManager:
         return self._backend
 
     @property
-    def status(self) -> dict:
+    def status(self) -> ModelStatus:
         with self._state_lock:
-            return dict(self._status)
+            return self._status
 
     @property
     def queue_length(self) -> int:
@@ -132,7 +152,11 @@ class ModelManager:
     def busy(self) -> bool:
         return self._model_lock.held
 
-    def wait(self, timeout: float | None = None) -> dict:
+    def health(self) -> dict:
+        """What /health answers: the status, whether a generation runs, how many wait."""
+        return {**self.status.to_json(), "busy": self.busy, "queue": self.queue_length}
+
+    def wait(self, timeout: float | None = None) -> ModelStatus:
         """Block until no load is in progress; returns the status then."""
         self._ready.wait(timeout)
         return self.status
@@ -150,7 +174,7 @@ class ModelManager:
         with self._state_lock:
             self._load_seq += 1
             seq = self._load_seq
-            self._status = _status("loading", source, engine, f"Loading {source}…")
+            self._status = ModelStatus("loading", str(source), engine, f"Loading {source}…")
             self._ready.clear()
         thread = threading.Thread(
             target=self._load, args=(seq, source, engine, options), name="itamae-load", daemon=True
@@ -176,14 +200,14 @@ class ModelManager:
                 message = str(e) if isinstance(e, ItamaeError) else f"{type(e).__name__}: {e}"
                 with self._state_lock:
                     if seq == self._load_seq:
-                        self._status = _status("error", source, engine_name, message)
+                        self._status = ModelStatus("error", str(source), engine_name, message)
                 return
             with self._state_lock:
                 current = seq == self._load_seq
                 if current:
                     self._backend = backend
                     name = getattr(backend.info, "name", "") or str(source)
-                    self._status = _status("ready", source, engine_name, name, progress=1.0)
+                    self._status = ModelStatus("ready", str(source), engine_name, name, 1.0)
             if not current:
                 backend.close()
         finally:
@@ -201,7 +225,7 @@ class ModelManager:
         try:
             self._close_backend()
             with self._state_lock:
-                self._status = _status("empty")
+                self._status = ModelStatus()
         finally:
             self._model_lock.release()
 
@@ -250,8 +274,8 @@ class ModelManager:
 
     def _no_model_message(self) -> str:
         status = self.status
-        if status["state"] == "error":
-            return f"The model failed to load: {status['message']}"
+        if status.state == "error":
+            return f"The model failed to load: {status.message}"
         return "No model is loaded. Load one first (itamae --model PATH, or the Model tab)."
 
 
@@ -275,13 +299,3 @@ def _guarded(events: Iterator[Event], cancel: threading.Event) -> Iterator[Event
         close = getattr(events, "close", None)
         if close is not None:
             close()
-
-
-def _status(state, source=None, engine_name=None, message="", progress=None) -> dict:
-    return {
-        "state": state,
-        "source": None if source is None else str(source),
-        "engine": engine_name,
-        "message": message,
-        "progress": progress,
-    }

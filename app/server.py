@@ -1,5 +1,5 @@
 """One FastAPI app for everything a browser or a client talks to: the OpenAI-compatible
-API (app/api.py) under /v1, a /health probe, the bundled assets, and the Gradio UI at /.
+API (app/api/openai.py) under /v1, a /health probe, the bundled assets, and the Gradio UI at /.
 
 Routes registered before Gradio is mounted at "/" take precedence, so the API and
 assets are added first. uvicorn serves it on a socket bound before start-up (port 0
@@ -19,22 +19,21 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.api.openai import create_router
 from app.context import AppContext
-from app.ui import ASSETS, build_ui, css, theme
+from app.ui.page import ASSETS, build_ui, css, theme
 
 # Gradio would otherwise report usage to its servers; Itamae talks to nobody.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
-    from app.api import create_router
-
     app = FastAPI(title="Itamae", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(ctx.manager, api_key=api_key))
 
     @app.get("/health")
     async def health():
-        return {**ctx.manager.status, "busy": ctx.manager.busy, "queue": ctx.manager.queue_length}
+        return ctx.manager.health()
 
     app.mount("/itamae-assets", StaticFiles(directory=ASSETS, check_dir=True), name="assets")
     blocks = build_ui(ctx)

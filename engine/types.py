@@ -1,4 +1,6 @@
-"""The small, typed interface between the app and every backend (see DESIGN.md, "Interfaces")."""
+"""The small, typed interface between the app and every backend (see DESIGN.md, "Interfaces"),
+and the scorer interface the quality report (engine/evaluate.py) reads each backend through.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
+
+import numpy as np
 
 from converters.core.model_info import ModelInfo
 
@@ -84,5 +88,31 @@ class Backend(Protocol):
     ) -> Iterator[Event]: ...
 
     def tokenize(self, text: str) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Scored:
+    logits: np.ndarray  # [T, V] float32, position t predicts token t+1
+    # MoE layer index (0-based over all layers) -> experts chosen per token [T, K] int
+    routing: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class Scorer(Protocol):
+    """A model run over a token window, handing out what the chat `Backend` does not: every
+    position's logits and the experts each token was routed to. One per local backend
+    (engine/<name>/scorer.py), opened by engine.scoring.open_scorer."""
+
+    name: str  # "llama.cpp" | "torch"
+    compute: str  # how it computes, in words (dtype, cache), for the report
+    vocab_size: int
+    context_length: int
+    moe_layers: list[int]  # layer indices whose routing `score` reports ([] for a dense model)
+    routing_note: str  # why routing is not reported although the model routes, or ""
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
+
+    def score(self, tokens: list[int]) -> Scored: ...
 
     def close(self) -> None: ...

@@ -129,7 +129,7 @@ def test_reloading_the_model_ends_an_api_stream_with_an_error(app_server, hf_che
     data = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
     assert data[-1] == "[DONE]"
     assert json.loads(data[-2])["error"]["code"] == "interrupted"
-    assert manager.wait(timeout=120)["state"] == "ready"
+    assert manager.wait(timeout=120).state == "ready"
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
     again = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from app.api import MAX_BODY_BYTES, create_router
+from app.api.openai import MAX_BODY_BYTES, create_router
 from app.model_manager import ModelManager
 from engine.types import GenerationRequest, Message, SamplingParams
 

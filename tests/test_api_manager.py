@@ -30,7 +30,7 @@ def text_of(events) -> str:
 def manager(hf_checkpoint):
     m = ModelManager()
     m.load(hf_checkpoint(FIXTURE), engine="torch", wait=True)
-    assert m.status["state"] == "ready", m.status
+    assert m.status.state == "ready", m.status
     yield m
     m.unload()
 
@@ -45,20 +45,20 @@ def test_loading_runs_in_the_background_and_reports_its_state(hf_checkpoint):
     m = ModelManager()
     thread = m.load(hf_checkpoint(FIXTURE), engine="torch")
     seen = m.status
-    assert seen["state"] in ("loading", "ready") and seen["source"].endswith(FIXTURE)
+    assert seen.state in ("loading", "ready") and seen.source.endswith(FIXTURE)
     thread.join()
     status = m.status
-    assert status["state"] == "ready" and status["progress"] == 1.0
+    assert status.state == "ready" and status.progress == 1.0
     assert m.backend is not None and m.backend.info.arch == FIXTURE
     m.unload()
-    assert m.status["state"] == "empty" and m.backend is None
+    assert m.status.state == "empty" and m.backend is None
 
 
 def test_a_failed_load_says_why(tmp_path):
     m = ModelManager()
     m.load(tmp_path / "nothing-here", engine="torch", wait=True)
     status = m.status
-    assert status["state"] == "error" and "No model at" in status["message"]
+    assert status.state == "error" and "No model at" in status.message
     final = list(m.stream(chat("hi")))[-1]
     assert final.finish_reason == "error" and "failed to load" in final.error
 
@@ -135,7 +135,7 @@ def test_loading_another_model_cancels_the_running_generation(manager, hf_checkp
     manager.load(hf_checkpoint(FIXTURE), engine="torch", wait=True)
     assert done.wait(10)
     assert events[-1].finish_reason == "cancelled"
-    assert manager.status["state"] == "ready"
+    assert manager.status.state == "ready"
     assert list(manager.stream(chat("after")))[-1].finish_reason in ("stop", "length")
 
 
@@ -168,6 +168,6 @@ def test_the_latest_of_two_quick_loads_wins(hf_checkpoint):
     m.load(hf_checkpoint(FIXTURE), engine="torch")
     m.load(hf_checkpoint("mixtral"), engine="torch")
     status = m.wait(timeout=300)
-    assert status["state"] == "ready" and status["source"].endswith("mixtral")
+    assert status.state == "ready" and status.source.endswith("mixtral")
     assert m.backend.info.arch == "mixtral"
     m.unload()

@@ -21,7 +21,7 @@ from app.library.fit import hub_fit
 from app.library.progress import DownloadProgress
 from converters.conversion.convert import convert
 from converters.core.errors import NotEnoughDisk
-from engine.memory_plan import Hardware
+from engine.llamacpp.memory_plan import Hardware
 from tests.hub_server import HubServer, Repo, RepoFile, files_from
 from tests.planted_machine import DEMO_GGUF, DEMO_HF, sha256_file, split_gguf
 from tests.serve_process import REPO, itamae_command

@@ -2,7 +2,7 @@
 
 Where a name from outside becomes a path or an action on one:
 - the API's `model` field and /v1/models/{id}: only ever compared with the served model's
-  id (app/api.py `_backend_for`); a path there is a 404 and loads nothing;
+  id (app/api/openai.py `_backend_for`); a path there is a 404 and loads nothing;
 - the Models tab's delete (app/library.delete): only under the models folder, after
   resolving `..` and symlinks; a link inside the folder to something outside is refused,
   and a model folder holding links to outside files loses the links, not their targets;
@@ -165,12 +165,12 @@ def test_the_served_id_still_works(served_gguf):
 
 
 def _convert_handler(tmp_path):
-    """The Convert tab's start handler as the UI registers it (app/ui_convert.py on_start),
+    """The Convert tab's start handler as the UI registers it (app/ui/convert.py ConvertTab.on_start),
     on an app whose models folder is tmp_path/models."""
     from app.context import AppContext
     from app.model_manager import ModelManager
     from app.settings import AppPaths
-    from app.ui import build_ui
+    from app.ui.page import build_ui
 
     ctx = AppContext.create(ModelManager(), AppPaths(tmp_path / "home"))
     ctx.settings.update(models_dir=str(tmp_path / "models"))

@@ -1,6 +1,8 @@
 """The chat's reply writer on a real model (the qwen3_moe fixture through the torch
 engine, behind the shared ModelManager): stored as it grows, stopped by Stop, recorded
-as stopped when the tab goes away, and a clear message when no model is loaded."""
+as stopped when the tab goes away, and a clear message when no model is loaded. Also
+what it does around a reply (the person's message saved, regenerate, edit), reasoning
+blocks, and the conversation as the model sees it; all without Gradio."""
 
 from __future__ import annotations
 
@@ -8,7 +10,16 @@ import threading
 
 import pytest
 
-from app.chat_reply import ChatParams, model_unavailable, stream_reply
+from app.chat_reply import (
+    ChatParams,
+    drop_last_reply,
+    edit_message,
+    history_for_model,
+    model_unavailable,
+    send_message,
+    split_reasoning,
+    stream_reply,
+)
 from app.i18n import Translator
 from app.model_manager import ModelManager
 from app.store import ConversationStore
@@ -22,7 +33,7 @@ def params(max_tokens: int = 32, experts: int = 0) -> ChatParams:
 def manager(hf_checkpoint):
     manager = ModelManager()
     manager.load(hf_checkpoint("qwen3_moe"), "torch", wait=True)
-    assert manager.status["state"] == "ready", manager.status
+    assert manager.status.state == "ready", manager.status
     yield manager
     manager.unload()
 
@@ -96,3 +107,97 @@ def test_no_model_is_said_plainly(store):
     conv = conversation(store)
     final = list(stream_reply(store, empty, conv, params(), threading.Event()))[-1]
     assert final.reply.finish_reason == "error" and "No model" in final.reply.content
+
+
+# -- around a reply: what the chat tab's buttons do to the conversation -----------------
+
+
+def test_sending_saves_the_message_in_a_titled_conversation(manager, store):
+    conv = send_message(store, manager, None, "寿司の話をしよう", "Be brief.")
+    saved = store.get(conv)
+    assert saved.title == "寿司の話をしよう" and saved.system_prompt == "Be brief."
+    assert saved.model == manager.status.message != ""  # which model answers
+    assert [(m.role, m.content, m.finish_reason) for m in store.messages(conv)] == [
+        ("user", "寿司の話をしよう", "stop")
+    ]
+    # the open conversation takes the next message, and the system prompt shown now
+    assert send_message(store, manager, conv, "Next", "Be kind.") == conv
+    assert store.get(conv).system_prompt == "Be kind."
+    assert [m.content for m in store.messages(conv)] == ["寿司の話をしよう", "Next"]
+    # deleted meanwhile (in another browser tab): the message starts a new conversation
+    store.delete(conv)
+    again = send_message(store, manager, conv, "Again", "")
+    assert again != conv and [m.content for m in store.messages(again)] == ["Again"]
+
+
+def test_regenerating_drops_the_last_reply_and_what_followed(store):
+    conv = conversation(store, "Q1")
+    store.append(conv, "assistant", "A1", "stop")
+    store.append(conv, "user", "Q2", "stop")
+    store.append(conv, "assistant", "A2", "stop")
+    store.append(conv, "user", "Q3", "stop")  # an edit whose reply never came
+    assert drop_last_reply(store, conv)
+    assert [m.content for m in store.messages(conv)] == ["Q1", "A1", "Q2"]
+    only_question = conversation(store, "Q")
+    assert drop_last_reply(store, only_question)  # nothing to drop, still one to answer
+    assert [m.content for m in store.messages(only_question)] == ["Q"]
+    assert not drop_last_reply(store, None)
+    assert not drop_last_reply(store, store.create("empty").id)
+
+
+def test_editing_keeps_the_new_text_and_drops_what_followed(store):
+    conv = conversation(store, "Q1")
+    store.append(conv, "assistant", "A1", "stop")
+    store.append(conv, "user", "Q2", "stop")
+    store.append(conv, "assistant", "A2", "stop")
+    assert not edit_message(store, conv, 1, "not mine")  # a reply is not the person's
+    assert not edit_message(store, conv, 9, "nowhere")
+    assert [m.content for m in store.messages(conv)] == ["Q1", "A1", "Q2", "A2"]
+    assert edit_message(store, conv, 2, "Q2, better")
+    stored = store.messages(conv)
+    assert [(m.content, m.finish_reason) for m in stored] == [
+        ("Q1", "stop"),
+        ("A1", "stop"),
+        ("Q2, better", "stop"),
+    ]
+
+
+# -- what the model sees -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "thinking", "answer", "done"),
+    [
+        ("Hello", None, "Hello", True),
+        ("<think>plan</think>Answer", "plan", "Answer", True),  # Qwen3
+        ("  <think>\nplan\n</think>\n\nAnswer", "plan", "Answer", True),
+        ("<think>still going", "still going", "", False),  # streaming, block open
+        (
+            "reasoning\n</think>\nAnswer",
+            "reasoning",
+            "Answer",
+            True,
+        ),  # R1: <think> was in the prompt
+        ("<thi", None, "", True),  # the tag is still arriving: show nothing yet
+        ("a < b and </p>", None, "a < b and </p>", True),
+    ],
+)
+def test_split_reasoning(text, thinking, answer, done):
+    parts = split_reasoning(text)
+    assert (parts.thinking, parts.answer, parts.thinking_done) == (thinking, answer, done)
+
+
+def test_history_for_model_drops_reasoning_and_failures(store):
+    conv = conversation(store, "Q1")
+    store.append(conv, "assistant", "<think>x</think>A1", "stop")
+    store.append(conv, "user", "Q2", "stop")
+    store.append(conv, "assistant", "backend crashed", "error")
+    store.append(conv, "user", "Q3", "stop")
+    history = history_for_model(store.messages(conv), "Be brief.")
+    assert [(m.role, m.content) for m in history] == [
+        ("system", "Be brief."),
+        ("user", "Q1"),
+        ("assistant", "A1"),
+        ("user", "Q2"),
+        ("user", "Q3"),
+    ]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from app.convert_job import ConvertJob, progress_html, run_job
 from app.i18n import Translator
-from app.ui_convert import RECIPES, default_output, recipe_choices
+from app.ui.convert import default_output, recipe_choices
+from converters.conversion.recipes import get_recipe, recipes_for
 from converters.facts.inspection import inspect
-from converters.conversion.recipes import get_recipe
 from engine.evaluate import load_quality_report, report_path
 
 EN, JA = Translator("en"), Translator("ja")
@@ -125,7 +125,10 @@ def test_the_measuring_bar_counts_windows():
 
 
 def test_every_offered_gguf_recipe_exists_and_sizes_are_estimated():
-    for name, _ in RECIPES["gguf"]:
-        get_recipe(name)  # raises for a recipe the converter does not know
+    for fmt in ("gguf", "torch"):
+        offered = [name for _, name in recipe_choices(fmt, 0, EN)]
+        assert offered == [r.name for r in recipes_for(fmt)]  # the converter's own table
+        for name in offered:
+            get_recipe(name, fmt)  # raises for a recipe the converter does not know
     labels = [label for label, _ in recipe_choices("gguf", 30_000_000_000, EN)]
     assert any(label.startswith("Q8_0 · ≈31.9 GB") for label in labels), labels

@@ -10,7 +10,8 @@ import pytest
 
 from app import library
 from app.i18n import Translator
-from app.ui_models import details_markdown, download_html, load_options
+from app.ui.library_view import details_markdown, download_html
+from app.ui.models import load_options
 from converters.core.errors import ItamaeError
 from engine.loader import DEMO_DIR
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app import library
 from app.i18n import Translator
-from app.ui_models import details_markdown
+from app.ui.library_view import details_markdown
 from converters.conversion.convert import convert
 from engine.evaluate import evaluate, save_report
 

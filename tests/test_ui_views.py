@@ -1,5 +1,6 @@
-"""The UI's pure parts: reasoning blocks, the chat view, stats, the expert heatmap, and
-the English/Japanese catalogs (every label in both, every key the UI uses exists)."""
+"""The UI's pure parts: the chat view, stats, the expert heatmap, the header line, and
+the English/Japanese catalogs (every label in both, every key the UI uses exists).
+Reasoning blocks and what the model sees are the reply writer's: tests/test_ui_chat_reply.py."""
 
 from __future__ import annotations
 
@@ -9,39 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from app import expert_heatmap
-from app.library import SOURCES
-from app.chat_view import history_for_model, split_reasoning, stats_line, to_chatbot
 from app.i18n import CATALOG_DIR, LANGUAGES, Translator, catalog, pick_language
+from app.library import SOURCES
+from app.model_manager import ModelStatus
 from app.store import StoredMessage
+from app.ui import expert_heatmap
+from app.ui.chat_view import stats_line, to_chatbot
 
 APP = Path(__file__).resolve().parents[1] / "app"
 
 
 def msg(position, role, content, finish="stop", stats=None):
     return StoredMessage(position + 1, "c", position, role, content, finish, stats)
-
-
-@pytest.mark.parametrize(
-    ("text", "thinking", "answer", "done"),
-    [
-        ("Hello", None, "Hello", True),
-        ("<think>plan</think>Answer", "plan", "Answer", True),  # Qwen3
-        ("  <think>\nplan\n</think>\n\nAnswer", "plan", "Answer", True),
-        ("<think>still going", "still going", "", False),  # streaming, block open
-        (
-            "reasoning\n</think>\nAnswer",
-            "reasoning",
-            "Answer",
-            True,
-        ),  # R1: <think> was in the prompt
-        ("<thi", None, "", True),  # the tag is still arriving: show nothing yet
-        ("a < b and </p>", None, "a < b and </p>", True),
-    ],
-)
-def test_split_reasoning(text, thinking, answer, done):
-    parts = split_reasoning(text)
-    assert (parts.thinking, parts.answer, parts.thinking_done) == (thinking, answer, done)
 
 
 def test_chat_view_maps_display_rows_to_stored_messages():
@@ -71,24 +51,6 @@ def test_live_reply_shows_an_open_thinking_block():
     thinking = view.messages[1]
     assert thinking["metadata"] == {"title": "考え中…", "status": "pending"}
     assert len(view.messages) == 2  # no stats line while streaming
-
-
-def test_history_for_model_drops_reasoning_and_failures():
-    stored = [
-        msg(0, "user", "Q1"),
-        msg(1, "assistant", "<think>x</think>A1"),
-        msg(2, "user", "Q2"),
-        msg(3, "assistant", "backend crashed", finish="error"),
-        msg(4, "user", "Q3"),
-    ]
-    history = history_for_model(stored, "Be brief.")
-    assert [(m.role, m.content) for m in history] == [
-        ("system", "Be brief."),
-        ("user", "Q1"),
-        ("assistant", "A1"),
-        ("user", "Q2"),
-        ("user", "Q3"),
-    ]
 
 
 def test_stats_line_in_both_languages():
@@ -143,7 +105,7 @@ def test_every_label_exists_in_both_languages():
 
 def test_every_key_the_code_uses_is_in_the_catalog():
     used: set[str] = set()
-    for path in APP.glob("*.py"):
+    for path in APP.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         used |= set(re.findall(r'(?:tr|Key)\(\s*"([a-z_.\-]+)"', text))
     keys = set(catalog("en"))
@@ -152,8 +114,8 @@ def test_every_key_the_code_uses_is_in_the_catalog():
     # keys built with f-strings: each family is complete
     for source in SOURCES:
         assert f"models.where.{source}" in keys
-    from app.ui_chat import BUILTIN_PRESETS
-    from app.ui_models import COLUMNS
+    from app.ui.chat_controls import BUILTIN_PRESETS
+    from app.ui.library_view import COLUMNS
 
     for name in BUILTIN_PRESETS:
         assert {f"preset.{name}.name", f"preset.{name}.prompt"} <= keys
@@ -165,10 +127,10 @@ def test_every_key_the_code_uses_is_in_the_catalog():
 def test_built_ui_binds_only_known_keys(tmp_path):
     """Build the real Blocks and check every translated property it registered."""
     from app.context import AppContext
-    from app.i18n import Labels
     from app.model_manager import ModelManager
     from app.settings import AppPaths
-    from app.ui import build_ui
+    from app.ui.labels import Labels
+    from app.ui.page import build_ui
 
     ctx = AppContext.create(ModelManager(), AppPaths(tmp_path))
     labels = Labels()
@@ -182,19 +144,19 @@ def test_built_ui_binds_only_known_keys(tmp_path):
 
 
 def test_header_status_in_every_state():
-    from app.ui import status_html
+    from app.ui.header import status_html
 
     tr = Translator("en")
-    empty = status_html({"state": "empty"}, tr)
+    empty = status_html(ModelStatus("empty"), tr)
     assert 'data-state="empty"' in empty and "Open Models to download" in empty
-    loading = status_html({"state": "loading", "source": "/m/q.gguf"}, tr, loading_s=12.4)
+    loading = status_html(ModelStatus("loading", source="/m/q.gguf"), tr, loading_s=12.4)
     assert "Loading /m/q.gguf" in loading and "12 s" in loading and "indeterminate" in loading
-    demo = status_html({"state": "ready", "source": "demo", "message": "demo"}, Translator("ja"))
+    demo = status_html(ModelStatus("ready", source="demo", message="demo"), Translator("ja"))
     assert "同梱の小さなデモモデル" in demo and "ダウンロード" in demo
-    error = status_html({"state": "error", "message": "No model at /x.", "source": "/x"}, tr)
+    error = status_html(ModelStatus("error", message="No model at /x.", source="/x"), tr)
     assert 'data-state="error"' in error and "No model at /x." in error
     # text from model files is escaped, never markup
-    hostile = status_html({"state": "ready", "message": "<img src=x onerror=alert(1)>"}, tr)
+    hostile = status_html(ModelStatus("ready", message="<img src=x onerror=alert(1)>"), tr)
     assert "<img" not in hostile
 
 
@@ -212,17 +174,17 @@ def test_sidebar_export_and_listing(tmp_path):
     from app.context import AppContext
     from app.model_manager import ModelManager
     from app.settings import AppPaths
-    from app.ui_conversations import ChatSession, _export, list_update
+    from app.ui.conversations import ChatSession, export_file, list_update
 
     ctx = AppContext.create(ModelManager(), AppPaths(tmp_path))
     conv = ctx.store.create("寿司の話 / sushi: a talk")
     ctx.store.append(conv.id, "user", "おすすめは？", "stop")
     ctx.store.append(conv.id, "assistant", "<think>hm</think>マグロです。", "stop")
     session = ChatSession(conv.id)
-    md = Path(_export(ctx, session, "ja", "md")["value"])
+    md = Path(export_file(ctx, session, "ja", "md")["value"])
     assert md.suffix == ".md" and "/" not in md.name  # the title's slash cannot make a path
     assert "## あなた\n\nおすすめは？" in md.read_text(encoding="utf-8")
-    data = json.loads(Path(_export(ctx, session, "en", "json")["value"]).read_text("utf-8"))
+    data = json.loads(Path(export_file(ctx, session, "en", "json")["value"]).read_text("utf-8"))
     assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
     listing = list_update(ctx, session, "マグロ")  # search finds message text
     assert listing["choices"] == [(conv.title, conv.id)] and listing["value"] == conv.id

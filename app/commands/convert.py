@@ -12,20 +12,26 @@ from converters.core.errors import Cancelled
 
 
 def add_parser(subparsers) -> None:
-    from converters.conversion.recipes import RECIPES
+    from converters.conversion.recipes import DEFAULTS, recipes_for
 
     p = subparsers.add_parser(
         "convert",
         help="convert a Hugging Face checkpoint to GGUF or the torch format",
         description="Convert a Hugging Face MoE checkpoint (bf16/fp16/fp32/FP8 safetensors) to "
         "a GGUF file llama.cpp runs, or to Itamae's torch format.",
-        epilog="GGUF recipes: " + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+        epilog=" ".join(
+            f"{fmt} recipes (default {DEFAULTS[fmt]}): "
+            + "; ".join(f"{r.name}: {r.description}" for r in recipes_for(fmt))
+            + "."
+            for fmt in DEFAULTS
+        ),
     )
     p.add_argument("src", help="the model folder (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("-o", "--output", required=True, help="output file (.gguf) or folder (torch)")
     p.add_argument(
         "--quant",
-        help="recipe: for gguf e.g. Q8_0 (default), Q4_K_M, moe-q4; for torch int8 (default), int4, bf16",
+        help=f"recipe: for gguf e.g. {DEFAULTS['gguf']} (default), Q4_K_M, moe-q4; "
+        f"for torch {DEFAULTS['torch']} (default), int4, bf16",
     )
     p.add_argument("--format", default="gguf", choices=("gguf", "torch"), dest="fmt")
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
@@ -49,11 +55,10 @@ def run(args) -> int:
 
     cancel = threading.Event()
     try:
-        quant = args.quant or ("int8" if args.fmt == "torch" else "Q8_0")
         result = convert(
             args.src,
             Path(args.output),
-            quant,
+            args.quant,
             args.fmt,
             progress,
             cancel,

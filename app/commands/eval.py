@@ -74,10 +74,9 @@ def run(args) -> int:
     if args.window < 16:
         raise ItamaeError(f"--window {args.window} is too small.", "Use at least 16 tokens.")
     text = _read_text(args.text) if args.text else None
-    model = resolve_source(
-        *model_source(args.model, "llamacpp" if args.model.endswith(".gguf") else "auto")
-    )
-    reference = resolve_source(model_source(args.reference)[0])
+    # a library name becomes its path; the scorer reads the format from the content
+    model = resolve_source(model_source(args.model))
+    reference = resolve_source(model_source(args.reference))
     report = evaluate(
         model,
         reference,

@@ -21,12 +21,10 @@ def _billions(n: int) -> str:
 
 def run(args) -> int:
     from app.library import model_source
-    from converters.facts.inspection import inspect, inspect_gguf
+    from converters.facts.inspection import inspect
     from engine.loader import resolve_source
 
-    source, engine_name = model_source(args.path)  # a library name, or "demo", or a path
-    path = resolve_source(source)
-    info = inspect_gguf(path) if engine_name == "llamacpp" else inspect(path)
+    info = inspect(resolve_source(model_source(args.path)))  # a library name, "demo", a path
     if args.json:
         print(json.dumps(info.to_json()))
         return 0

@@ -1,6 +1,6 @@
 """`itamae serve`: the OpenAI-compatible API alone, headless.
 
-A FastAPI app with only the API router (app/api.py) on uvicorn. It listens on
+A FastAPI app with only the API router (app/api/openai.py) on uvicorn. It listens on
 127.0.0.1 unless told otherwise; any other address reaches other machines, so it
 needs --api-key. Browsers on other origins are refused (no CORS headers) unless
 --cors-origin names them.
@@ -78,7 +78,7 @@ def build_app(manager, api_key: str | None = None, cors_origins: list[str] | Non
     from fastapi import FastAPI
 
     from app import __version__
-    from app.api import create_router
+    from app.api.openai import create_router
 
     app = FastAPI(title="Itamae API", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(manager, api_key=api_key))
@@ -86,7 +86,7 @@ def build_app(manager, api_key: str | None = None, cors_origins: list[str] | Non
     @app.get("/health")
     async def health():
         # Model state, plus how many requests wait for it (for monitoring and tests).
-        return {**manager.status, "busy": manager.busy, "queue": manager.queue_length}
+        return manager.health()
 
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -135,13 +135,13 @@ def run(args) -> int:
 
     def report_load() -> None:
         status = manager.wait()
-        if status["state"] == "error":
+        if status.state == "error":
             # A headless server cannot load another model, so a failed load ends it.
-            print(f"itamae: {status['message']}", file=sys.stderr)
+            print(f"itamae: {status.message}", file=sys.stderr)
             failed.set()
             server.should_exit = True
         else:
-            print(f"itamae: model ready: {status['message']}", file=sys.stderr, flush=True)
+            print(f"itamae: model ready: {status.message}", file=sys.stderr, flush=True)
 
     threading.Thread(target=report_load, name="itamae-serve-load", daemon=True).start()
     if args.json:

@@ -21,7 +21,7 @@ from pathlib import Path
 from app.settings import AppPaths, SettingsFile
 from converters.core.errors import ItamaeError
 from converters.core.model_info import ModelInfo
-from converters.facts.inspection import inspect, inspect_gguf
+from converters.facts.inspection import inspect
 from engine.loader import DEMO_DIR
 from engine.loader import load as engine_load
 from engine.types import Backend
@@ -116,11 +116,11 @@ def find(
     return unique_names(found)
 
 
-def inspect_model(path: Path, fmt: str = "") -> tuple[ModelInfo | None, str]:
+def inspect_model(path: Path) -> tuple[ModelInfo | None, str]:
     """What converters.facts.inspection says, or why it could not say (the list shows the
-    reason instead of failing as a whole). GGUFs are read by content, suffix or not."""
+    reason instead of failing as a whole)."""
     try:
-        return (inspect_gguf(path) if fmt == "gguf" else inspect(path)), ""
+        return inspect(path), ""
     except ItamaeError as e:
         return None, str(e)
     except Exception as e:  # a model file nobody anticipated must not break the list
@@ -128,7 +128,7 @@ def inspect_model(path: Path, fmt: str = "") -> tuple[ModelInfo | None, str]:
 
 
 def entry(found: places.Found) -> LibraryEntry:
-    info, problem = inspect_model(found.path, found.format)
+    info, problem = inspect_model(found.path)
     return LibraryEntry(
         found.path,
         found.source,
@@ -158,23 +158,19 @@ def resolve(text: str, models_dir: Path, added_paths: list[str], machine=None) -
     return pick(find(models_dir, added_paths, machine=machine), text)
 
 
-def model_source(text: str, engine_name: str = "auto", machine=None) -> tuple[str | Path, str]:
-    """What `--model TEXT` means: (what engine.load takes, the engine). Paths, URLs and
-    `demo` pass through to the engine as typed; a library name becomes its path, and a
-    GGUF found by content (an Ollama blob has no suffix) goes to llama.cpp."""
+def model_source(text: str, machine: Machine | None = None) -> str | Path:
+    """What `--model TEXT` means to engine.load: paths, URLs and `demo` pass through as
+    typed (engine.detect reads their format from their content); a library name becomes
+    its path."""
     if passes_through(text):
-        return text, engine_name
+        return text
     settings = SettingsFile(AppPaths.default())
-    found = resolve(text, settings.models_dir(), settings.load().added_paths, machine)
-    if engine_name == "auto" and found.format == "gguf":
-        engine_name = "llamacpp"
-    return found.path, engine_name
+    return resolve(text, settings.models_dir(), settings.load().added_paths, machine).path
 
 
 def load(source: str | Path, engine: str = "auto", **options) -> Backend:
     """engine.load that also takes library names: what the commands and ModelManager call."""
-    path, engine_name = model_source(str(source), engine)
-    return engine_load(path, engine=engine_name, **options)
+    return engine_load(model_source(str(source)), engine=engine, **options)
 
 
 def size_on_disk(path: Path, files: list[Path] | None = None) -> int:

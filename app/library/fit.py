@@ -1,6 +1,6 @@
 """Whether a GGUF quant on the hub fits this machine, before it is downloaded.
 
-The verdict is engine.memory_plan's, made from the file's own header: the first bytes of
+The verdict is engine.llamacpp.memory_plan's, made from the file's own header: the first bytes of
 each file (or of each shard of a split set) are fetched with HTTP Range requests, written
 at the start of a sparse temporary file as long as the real one (the rest reads as zeros
 and takes no disk on Linux and macOS file systems), and read with the engine's GGUF header
@@ -25,7 +25,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from converters.core.errors import BadModelFile
 from converters.formats.gguf_header import read_contents
 from engine.llamacpp.gguf_layout import read_gguf_layout
-from engine.memory_plan import Hardware, MemoryPlan, plan_memory
+from engine.llamacpp.memory_plan import Hardware, MemoryPlan, plan_memory
 
 from .hub_files import Choice
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from converters.core.errors import ItamaeError
-from engine.llamacpp.gguf_layout import SHARD_NAME
+from converters.formats.gguf_header import SHARD_NAME
 
 # llama.cpp's quant names (tools/quantize/quantize.cpp), unsloth's "UD-" dynamic ones too
 QUANT_NAME = re.compile(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters.formats.detect import is_gguf_file, source_format
-from engine.llamacpp.gguf_layout import SHARD_NAME
+from converters.formats.gguf_header import SHARD_NAME
 
 MAX_DEPTH = (
     4  # a repo with quants in subfolders (unsloth's Q4_K_M/...) is 2 deep; more is not a model

@@ -1,1 +1,119 @@
-"""The architecture registry: one module per Hugging Face `model_type` (work in progress)."""
+"""The architecture registry: one module per Hugging Face `model_type`, found by name.
+
+`converters/archs/<model_type>.py` holds that family's `SPEC` (an `ArchSpec`: config
+fields, tensor spellings, GGUF names and metadata, how a GGUF header of it is recognised,
+the torch format's expert layout, its chat-template convention). A variant imports its
+parent's module, as mlx-lm's model files do; an alias (`kimi_k2` -> `deepseek_v3`) is
+declared in the family it points to. Nothing outside the family modules names a model
+type: the converter, the torch format, inspect, the GGUF readers, the library and the
+torch engine's model lookup all ask the functions here.
+
+Adding a family: one module here, one torch model file under engine/torch/models/ (if the
+torch engine runs it), one fixture entry in tests/fixtures/checkpoints.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from functools import cache
+
+from converters.archs.spec import ArchSpec
+from converters.core.errors import UnsupportedArchitecture
+
+# Modules of this package that hold shared pieces, not a family.
+SHARED_MODULES = frozenset({"spec", "tensors", "metadata", "rope"})
+
+
+@cache
+def _module_by_name() -> dict[str, str]:
+    """Every model_type and alias -> the family module that declares it."""
+    names: dict[str, str] = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in SHARED_MODULES:
+            continue
+        spec: ArchSpec = importlib.import_module(f"{__name__}.{module.name}").SPEC
+        for name in spec.names:
+            names[name] = module.name
+    return names
+
+
+def known() -> list[str]:
+    """The families Itamae converts and describes, by their own model_type."""
+    return sorted(set(_module_by_name().values()))
+
+
+def find(model_type: str) -> ArchSpec | None:
+    module = _module_by_name().get(model_type)
+    return importlib.import_module(f"{__name__}.{module}").SPEC if module else None
+
+
+def unsupported(model_type: str) -> UnsupportedArchitecture:
+    """The one message for a model type the registry does not know, wherever it is met."""
+    return UnsupportedArchitecture(
+        f"Itamae does not know the architecture {model_type or '(config.json names none)'!r}; "
+        f"it converts and runs {', '.join(known())}.",
+        "If llama.cpp supports the model, run a GGUF of it in Itamae's llama.cpp engine: "
+        "download a GGUF from the Hugging Face hub, or convert the folder with llama.cpp's own "
+        "convert_hf_to_gguf.py, then open the .gguf file.",
+    )
+
+
+def spec_for(model_type: str) -> ArchSpec:
+    spec = find(model_type)
+    if spec is None:
+        raise unsupported(model_type)
+    return spec
+
+
+def spec_for_config(config: dict) -> ArchSpec:
+    return spec_for(str(config.get("model_type", "")))
+
+
+def normalise_config(config: dict) -> dict:
+    """The language model's config, whatever wrapper it was published in.
+
+    Vision-language releases nest the text model under `text_config` and name the family in
+    the outer `model_type`; the text fields are lifted to the top (the outer model_type and
+    quantization_config kept), so every reader sees one flat config."""
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        return config
+    outer = {k: v for k, v in config.items() if k != "text_config"}
+    merged = {**outer, **text, "model_type": outer.get("model_type", text.get("model_type"))}
+    if "quantization_config" in outer:
+        merged["quantization_config"] = outer["quantization_config"]
+    merged["text_model_type"] = text.get("model_type", "")
+    return merged
+
+
+def family_from_gguf(metadata: dict) -> str:
+    """The HF model_type of a GGUF header (llama.cpp's arch name when no family claims it)."""
+    arch = str(metadata.get("general.architecture", ""))
+    for name in known():
+        spec = find(name)
+        if spec.arch_name == arch and spec.recognise_gguf(metadata):
+            return spec.model_type
+    return arch
+
+
+@cache
+def expert_tensor_names() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
+    """How every known family spells one routed expert's weight, for readers that sort
+    experts out of a checkpoint without knowing its family (the torch format, the torch
+    engine): (per-expert pattern, fused pattern, projection name -> gate/up/down).
+
+    Per-expert: `model.layers.{bid}.{prefix}.{e}.{proj}.weight` (groups: bid, block, e, proj);
+    fused (transformers 5): `model.layers.{bid}.{prefix}.{gate_up_proj|down_proj}`."""
+    specs = [find(name) for name in known()]
+    blocks = sorted({s.expert_prefix.removesuffix(".experts") for s in specs if s.expert_prefix})
+    parts: dict[str, str] = {}
+    for spec in specs:
+        parts.update(spec.expert_parts())
+    block = "|".join(map(re.escape, blocks))
+    per_expert = re.compile(
+        rf"^model\.layers\.(\d+)\.({block})\.experts\.(\d+)\.({'|'.join(sorted(parts))})\.weight$"
+    )
+    fused = re.compile(rf"^model\.layers\.(\d+)\.({block})\.experts\.(gate_up_proj|down_proj)$")
+    return per_expert, fused, parts

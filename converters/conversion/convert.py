@@ -15,12 +15,26 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters.archs.spec import arch_spec
+from converters import archs
+from converters.conversion.llama_quantize import quantize_with_llama_cpp, require_llama_cpp
+from converters.conversion.recipes import (
+    Recipe,
+    default_recipe,
+    get_recipe,
+    source_precision,
+    tensor_type,
+)
 from converters.core.errors import ItamaeError, NotEnoughDisk, OutputExists
-from converters.formats.gguf_writer import Progress, assign_types, build_writer, data_bytes, write_gguf
 from converters.formats.gguf_plan import plan_tensors
+from converters.formats.gguf_writer import (
+    Progress,
+    assign_types,
+    build_writer,
+    data_bytes,
+    write_gguf,
+)
 from converters.formats.hf_reader import HFCheckpoint
-from converters.conversion.recipes import Recipe, get_recipe, source_precision, tensor_type
+from converters.formats.torch_format import convert_to_torch, is_torch_format
 
 METADATA_MARGIN = 64 << 20  # tokenizer, metadata and alignment: generous for a 256k vocabulary
 
@@ -36,7 +50,7 @@ class ConvertResult:
 def convert(
     src: str | Path,
     dest: str | Path,
-    recipe: str = "Q8_0",
+    recipe: str | None = None,  # None: the format's default recipe
     fmt: str = "gguf",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
@@ -45,20 +59,17 @@ def convert(
 ) -> ConvertResult:
     src, dest = Path(src), Path(dest)
     started = time.perf_counter()
+    chosen = get_recipe(recipe, fmt) if recipe else default_recipe(fmt)
     if fmt == "torch":
-        return _convert_to_torch(src, dest, recipe, progress, cancel, force, started)
-    if fmt != "gguf":
-        raise ItamaeError(f"Unknown output format {fmt!r}.", "Choose gguf or torch.")
+        return _convert_to_torch(src, dest, chosen, progress, cancel, force, started)
     _check_destination(dest, force)
-    convert_to_gguf(src, dest, get_recipe(recipe), progress, cancel, repo_id)
-    return ConvertResult(dest, recipe, time.perf_counter() - started, dest.stat().st_size)
+    convert_to_gguf(src, dest, chosen, progress, cancel, repo_id)
+    return ConvertResult(dest, chosen.name, time.perf_counter() - started, dest.stat().st_size)
 
 
 def _convert_to_torch(src, dest, recipe, progress, cancel, force, started) -> ConvertResult:
     """The torch format (converters/torch_format.py), a folder; --force replaces only a
     folder that is itself a torch-format model, never an arbitrary folder."""
-    from converters.formats.torch_format import convert_to_torch, is_torch_format
-
     if dest.exists():
         if not force:
             raise OutputExists(f"{dest} already exists.", "Choose another name or pass --force.")
@@ -72,9 +83,11 @@ def _convert_to_torch(src, dest, recipe, progress, cancel, force, started) -> Co
     def counted(done: int, total: int, what: str) -> None:
         progress(done / max(1, total), what)
 
-    convert_to_torch(src, dest, recipe, progress=counted if progress else None, cancel=cancel)
+    convert_to_torch(
+        src, dest, recipe.experts, counted if progress else None, cancel, rest=recipe.rest
+    )
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
-    return ConvertResult(dest, recipe, time.perf_counter() - started, size)
+    return ConvertResult(dest, recipe.name, time.perf_counter() - started, size)
 
 
 def _check_destination(dest: Path, force: bool) -> None:
@@ -97,7 +110,7 @@ def convert_to_gguf(
     repo_id: str = "",
 ) -> None:
     ckpt = HFCheckpoint(src)
-    spec = arch_spec(ckpt.config)
+    spec = archs.spec_for_config(ckpt.config)
     planned = plan_tensors(ckpt, spec)
     dtypes = {ckpt.dtype_name(n) for p in planned for n in p.sources}
     target = recipe.direct if recipe.direct is not None else source_precision(dtypes)
@@ -108,8 +121,6 @@ def convert_to_gguf(
         needed += needed // 2  # the quantized file beside the full-precision one
     check_disk(dest.parent, needed)
     if recipe.uses_llama_quantizer:
-        from converters.formats.llama_quantize import require_llama_cpp
-
         require_llama_cpp()  # before hours of writing, not after
 
     remove_stale_partials(dest)
@@ -119,8 +130,6 @@ def convert_to_gguf(
     try:
         write_gguf(ckpt, writer, planned, partial, _scaled(progress, stage), cancel)
         if recipe.uses_llama_quantizer:
-            from converters.formats.llama_quantize import quantize_with_llama_cpp
-
             if progress:
                 progress(stage, f"quantizing with llama.cpp ({recipe.name})")
             quantize_with_llama_cpp(partial, quantized, recipe)

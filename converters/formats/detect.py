@@ -43,7 +43,7 @@ def is_safetensors_file(path: str | Path) -> bool:
 
 
 def source_format(path: str | Path) -> SourceFormat:
-    """"gguf" | "safetensors" (a lone file) | "torch" | "hf" (folders) | "unknown"."""
+    """ "gguf" | "safetensors" (a lone file) | "torch" | "hf" (folders) | "unknown"."""
     path = Path(path)
     if path.is_dir():
         if (path / MANIFEST).is_file():

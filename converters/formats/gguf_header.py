@@ -16,6 +16,7 @@ against GGUFReader on real files.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,3 +200,51 @@ def _tensor_info(cur: _Cursor) -> TensorEntry:
     if shape[0] % block:
         raise cur.fail(f"tensor {name}: rows of {shape[0]} are not whole {kind.name} blocks")
     return TensorEntry(name, shape, kind, offset, n_elements, n_elements // block * block_bytes)
+
+
+# llama.cpp's split files (llama_split_path, gguf-split): the first shard holds the metadata
+SHARD_NAME = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+@dataclass
+class SplitContents:
+    path: Path  # the first shard, the one llama.cpp loads
+    files: list[Path]  # every shard, first first (one entry for an unsplit file)
+    contents: GGUFContents  # the first shard's metadata, every shard's tensors
+
+
+def shard_paths(path: Path, count: int) -> list[Path]:
+    """All shards of a split GGUF, first (the one llama.cpp loads) first."""
+    match = SHARD_NAME.match(path.name)
+    if not match or int(match["count"]) != count:
+        raise BadModelFile(
+            f"{path.name} is one of {count} parts of a split GGUF, but its name does not say "
+            "which (llama.cpp expects NAME-00001-of-0000N.gguf).",
+            "Keep the shards' original names.",
+        )
+    shards = [
+        path.with_name(f"{match['prefix']}-{i:05d}-of-{count:05d}.gguf")
+        for i in range(1, count + 1)
+    ]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise BadModelFile(
+            f"The split model {shards[0].name} is missing {', '.join(missing)}.",
+            "Download every part into the same folder.",
+        )
+    return shards
+
+
+def read_split_contents(path: str | Path) -> SplitContents:
+    """The header of a GGUF model; for a split model (any shard given), of all its shards."""
+    path = Path(path)
+    contents = read_contents(path)
+    count = contents.metadata.get("split.count", 1)
+    if not isinstance(count, int) or count <= 1:
+        return SplitContents(path, [path], contents)
+    shards = shard_paths(path, count)
+    if path != shards[0]:
+        contents = read_contents(shards[0])
+    for shard in shards[1:]:
+        contents.tensors.extend(read_contents(shard).tensors)
+    return SplitContents(shards[0], shards, contents)

@@ -20,13 +20,13 @@ import torch
 from gguf import MODEL_TENSOR as T
 from gguf import TENSOR_NAMES, GGMLQuantizationType
 
-from converters.archs.metadata import rope_scaling, rope_theta
-from converters.archs.spec import (
+from converters.archs.rope import rope_parameters
+from converters.archs.spec import ArchSpec
+from converters.archs.tensors import (
     GLOBAL_TENSORS,
     PERMUTE_K,
     PERMUTE_Q,
     SPLIT_KV_B,
-    ArchSpec,
     split_layer_name,
 )
 from converters.core.errors import BadModelFile
@@ -180,7 +180,7 @@ def _plan_fused_experts(ckpt, name, bid, proj) -> list[PlannedTensor]:
 
 def _plan_rope_freqs(config: dict) -> list[PlannedTensor]:
     """Llama 3.1+ "llama3" rope scaling travels as a rope_freqs tensor (llama.py generate_extra_tensors)."""
-    if str(rope_scaling(config).get("rope_type", "")).lower() != "llama3":
+    if str(rope_parameters(config)["rope_type"]).lower() != "llama3":
         return []
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     return [
@@ -242,8 +242,8 @@ def permute_for_llama_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def llama3_rope_factors(config: dict) -> torch.Tensor:
-    params = rope_scaling(config)
-    base = rope_theta(config) or 10000.0
+    params = rope_parameters(config)
+    base = params["rope_theta"] or 10000.0
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     factor = params.get("factor", 8.0)

@@ -19,14 +19,14 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, Keys
 
 from converters.archs.spec import ArchSpec
-from converters.facts.card_metadata import CardFacts, hub_url, read_card
 from converters.core.errors import Cancelled
-from converters.formats.gguf_plan import PlannedTensor, tensor_pieces
-from converters.formats.gguf_tokenizer import add_tokenizer
-from converters.formats.hf_reader import HFCheckpoint
+from converters.facts.card_metadata import CardFacts, hub_url, read_card
 from converters.facts.model_card import OPENNESS_KEY
 from converters.facts.openness import openness_json
+from converters.formats.gguf_plan import PlannedTensor, tensor_pieces
 from converters.formats.gguf_quant import encode, nbytes, one_torch_thread_per_worker
+from converters.formats.gguf_tokenizer import add_tokenizer
+from converters.formats.hf_reader import HFCheckpoint
 
 Progress = Callable[[float, str], None]  # (fraction done 0..1, what is happening)
 RECIPE_KEY = "itamae.quant_recipe"  # which Itamae recipe made the file (inspect shows it)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from converters import archs
 from converters.core.errors import BadModelFile, ItamaeError
 from converters.core.json_files import read_model_json
 
@@ -107,7 +108,8 @@ class HFCheckpoint:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.config = _load_config(self.folder)
+        self.raw_config = _load_config(self.folder)  # as published, for copying it on
+        self.config = archs.normalise_config(self.raw_config)  # as every reader sees it
         self.files = _shard_files(self.folder)
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, list[int]]] = {}

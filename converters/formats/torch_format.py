@@ -33,14 +33,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from converters import archs
 from converters.core.errors import BadModelFile, Cancelled, ItamaeError, OutputExists
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_quant import INT4_GROUP, int4_group_size, quantize_int4_groups, quantize_int8_rows
+from converters.formats.torch_quant import (
+    INT4_GROUP,
+    int4_group_size,
+    quantize_int4_groups,
+    quantize_int8_rows,
+)
 
 FORMAT = "itamae-torch"
 FORMAT_VERSION = 1
 MANIFEST = "itamae_torch.json"
-RECIPES = ("bf16", "int8", "int4")
+EXPERT_SCHEMES = ("bf16", "int8", "int4")  # the recipes' names for them: conversion/recipes.py
 ALIGN = 64  # bytes: every part of an expert row starts on a cache line, views stay aligned
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -60,25 +66,10 @@ DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
-# One routed expert's weight in a hub checkpoint, per-expert spelling:
-#   Mixtral: block_sparse_moe.experts.{e}.w1 (gate) / w3 (up) / w2 (down)
-#   Qwen-MoE, OLMoE, DeepSeek: mlp.experts.{e}.gate_proj / up_proj / down_proj
-EXPERT_RE = re.compile(
-    r"^model\.layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(\d+)\."
-    r"(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$"
-)
-# transformers 5's fused spelling: experts.gate_up_proj [E, 2I, H], experts.down_proj [E, H, I]
-FUSED_RE = re.compile(
-    r"^model\.layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(gate_up_proj|down_proj)$"
-)
-PROJ = {
-    "w1": "gate",
-    "w3": "up",
-    "w2": "down",
-    "gate_proj": "gate",
-    "up_proj": "up",
-    "down_proj": "down",
-}
+# How the known families spell one routed expert's weight (the architecture registry's
+# tables): per expert, `model.layers.{bid}.{block}.experts.{e}.{proj}.weight`, and
+# transformers 5's fused `experts.gate_up_proj` [E, 2I, H] / `experts.down_proj` [E, H, I].
+EXPERT_RE, FUSED_RE, PROJ = archs.expert_tensor_names()
 
 
 # ---- the expert row layout ---------------------------------------------------------------
@@ -240,9 +231,9 @@ def convert_to_torch(
     called after each tensor or expert; `cancel` is checked as often and stops the
     conversion with `Cancelled`, leaving nothing at `dest`.
     """
-    if quant not in RECIPES:
+    if quant not in EXPERT_SCHEMES:
         raise ItamaeError(
-            f"Unknown torch-format recipe {quant!r}.", f"Choose one of: {', '.join(RECIPES)}."
+            f"Unknown expert scheme {quant!r}.", f"Choose one of: {', '.join(EXPERT_SCHEMES)}."
         )
     rest_scheme = rest or ("bf16" if quant == "bf16" else "int8")
     if rest_scheme not in ("bf16", "int8"):
@@ -366,7 +357,8 @@ class TorchFormat:
         self.folder = Path(folder)
         try:
             self.manifest = json.loads((self.folder / MANIFEST).read_text())
-            self.config = json.loads((self.folder / "config.json").read_text())
+            config = json.loads((self.folder / "config.json").read_text())
+            self.config = archs.normalise_config(config)
         except (OSError, json.JSONDecodeError) as e:
             raise BadModelFile(f"{self.folder} is not a readable torch-format model ({e}).",
                                "Convert the model again with `itamae convert --format torch`.") from e  # fmt: skip

@@ -1,6 +1,6 @@
 """The llama.cpp backend: any GGUF llama.cpp can run, behind engine.types.Backend.
 
-`load(path, **options)` reads the GGUF header, plans memory (engine.memory_plan: GPU
+`load(path, **options)` reads the GGUF header, plans memory (memory_plan.py: GPU
 layers, experts kept in CPU RAM, context), then opens the model through llama-cpp-python's
 low-level binding (native.py) with that plan. `stream()` renders chat messages with the
 model's own template through engine.chat_template.render_chat (the prompt builder the
@@ -26,15 +26,16 @@ import psutil
 
 from converters.core.errors import ContextTooLong, ItamaeError
 from engine.chat_template import render_chat
-from engine.memory_plan import Hardware, MemoryPlan, plan_memory
+from engine.text_stream import TextAssembler
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
 
-from .devices import detect_hardware, gpu_offload_supported
+from .devices import Hardware, detect_hardware, gpu_offload_supported
 from .expert_usage import ExpertCounter
 from .gguf_layout import GGUFHeader, read_gguf
+from .memory_plan import plan_memory
 from .native import DecodeAborted, LoadOptions, NativeModel
+from .placement import MemoryPlan
 from .sampling import SamplerChain
-from .text import TextAssembler
 
 logger = logging.getLogger("itamae.llamacpp")
 
@@ -66,7 +67,7 @@ def load(path: str | Path, **options) -> LlamaCppBackend:
     cache_type: KV cache type, "f16" (default), "f32", "q8_0", ...
     experts_per_token: override the model's top-k (llama.cpp fixes it at load time)
     check_memory: refuse with NotEnoughMemory when the plan does not fit (default True)
-    hardware: an engine.memory_plan.Hardware to plan for instead of this machine's
+    hardware: an engine.llamacpp.devices.Hardware to plan for instead of this machine's
     on_plan: called with the MemoryPlan before the weights are loaded (to show it)
     record_experts: fill Stats.expert_counts (slower decoding while on; see expert_usage.py)
     Unknown options (another engine's) are ignored and listed in info.extra["ignored_options"].

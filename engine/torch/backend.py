@@ -30,6 +30,7 @@ import torch
 
 from converters.core.errors import ItamaeError
 from converters.core.model_info import ModelInfo
+from converters.facts.inspection import inspect
 from converters.formats.torch_format import is_torch_format
 from engine.types import Event, GenerationRequest
 
@@ -111,31 +112,18 @@ class TorchBackend:
         self._lock = threading.Lock()
 
     def _info(self, path: Path, weights) -> ModelInfo:
-        a, m = self.args, self.model
-        n_moe = len(m.moe_layers)
-        row_params = 0  # parameters of one routed expert
-        if m.cache is not None:
-            layout = m.cache.slow.layout(0)[0]
-            inter = layout.get("gate_up", layout.get("gate_up.q"))[2][0] // 2
-            row_params = 3 * inter * a.hidden_size
-        expert_params = row_params * a.n_experts * n_moe
-        dense = weights.rest_param_count(a.num_hidden_layers)
-        fmt = "torch" if is_torch_format(path) else "hf"
-        files = sorted(path.glob("*.safetensors"))
-        quant = weights.fmt.recipe if fmt == "torch" else str(weights.dtype).replace("torch.", "")
-        return ModelInfo(
-            path=path, format=fmt, arch=a.model_type, name=path.name,
-            total_params=dense + expert_params,
-            active_params=dense + row_params * a.experts_per_token * n_moe,
-            n_layers=a.num_hidden_layers, n_experts=a.n_experts,
-            experts_per_token=a.experts_per_token,
-            n_shared_experts=int(getattr(a, "n_shared_experts", 0) or 0), n_moe_layers=n_moe,
-            context_length=self.generator.context_length, vocab_size=a.vocab_size, quant=quant,
-            size_bytes=sum(f.stat().st_size for f in files), files=[f.name for f in files],
-            extra={"engine": "torch", "device": str(m.device), "dtype": str(m.dtype),
-                   "ignored_options": self.ignored,
-                   "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0},
-        )  # fmt: skip
+        """What inspect says of the folder (the one HF/torch-format ModelInfo builder), with
+        what only the running engine knows: its context, its compute dtype, its cache."""
+        m = self.model
+        info = inspect(path)
+        info.name = path.name
+        info.context_length = self.generator.context_length
+        if info.format == "hf":
+            info.quant = str(weights.dtype).replace("torch.", "")
+        info.extra = {"engine": "torch", "device": str(m.device), "dtype": str(m.dtype),
+                      "ignored_options": self.ignored,
+                      "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0}  # fmt: skip
+        return info
 
     def stream(
         self, req: GenerationRequest, cancel: threading.Event | None = None

@@ -1,18 +1,17 @@
 """Model configuration read from HF `config.json`, keeping Hugging Face's own field names.
 
 Following mlx-lm's `ModelArgs.from_dict`: a dataclass names the fields an architecture
-uses, `from_dict` keeps those and ignores the rest. RoPE settings are normalised here from
-both spellings found in published configs: transformers 5's `rope_parameters` dict and the
-older top-level `rope_theta` + `rope_scaling` (see transformers/modeling_rope_utils.py,
-`standardize_rope_params`).
+uses, `from_dict` keeps those and ignores the rest. RoPE settings come normalised from the
+architecture registry (converters/archs/rope.py reads both spellings published configs use).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
 
+from converters import archs
+from converters.archs.rope import rope_parameters
 from converters.core.errors import BadModelFile
 
 
@@ -36,9 +35,9 @@ class RopeParams:
 
     @classmethod
     def from_config(cls, config: dict, default_theta: float = 10000.0) -> RopeParams:
-        params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-        rope_type = params.get("rope_type", params.get("type", "default")) or "default"
-        theta = params.get("rope_theta", config.get("rope_theta")) or default_theta
+        params = rope_parameters(config)
+        rope_type = params["rope_type"]
+        theta = params["rope_theta"] or default_theta
         original = params.get("original_max_position_embeddings") or config.get(
             "original_max_position_embeddings"
         )
@@ -76,25 +75,11 @@ class BaseArgs:
 
     # transformers' default rope_theta for the architecture when config.json omits it
     default_theta = 10000.0
-    # other spellings of a field (transformers 5 writes Qwen3-MoE's num_experts as num_local_experts)
-    aliases: ClassVar[dict] = {}
 
     @classmethod
     def from_dict(cls, config: dict) -> BaseArgs:
-        names = {f.name for f in dataclasses.fields(cls)} - {"rope"}
-        config = dict(config)
-        for alias, field_name in cls.aliases.items():
-            if field_name not in config and alias in config:
-                config[field_name] = config[alias]
-        # None is kept: it can mean something (DeepSeek-V2-Lite's q_lora_rank: null)
-        kept = {k: v for k, v in config.items() if k in names}
         try:
-            args = cls(**kept, rope=RopeParams.from_config(config, cls.default_theta))
-            if args.num_key_value_heads is None:
-                args.num_key_value_heads = args.num_attention_heads
-            if args.head_dim is None:
-                args.head_dim = args.hidden_size // args.num_attention_heads
-            args.__post_init_args__(config)
+            args = cls._from_dict(config)
         except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
             # config.json comes from a stranger: a wrong type or an impossible value is a
             # damaged file, not a crash
@@ -102,6 +87,27 @@ class BaseArgs:
                 f"config.json does not fit {cls.__name__}: {type(e).__name__}: {e}.",
                 "Re-download config.json, or check that it belongs to this model.",
             ) from e
+        return args
+
+    @classmethod
+    def _from_dict(cls, config: dict) -> BaseArgs:
+        names = {f.name for f in dataclasses.fields(cls)} - {"rope"}
+        config = dict(archs.normalise_config(config))
+        # The registry knows which field a family's checkpoints name the expert count in
+        # (transformers 5 saves Qwen3-MoE's num_experts as num_local_experts): fill the
+        # field this dataclass uses, by its HF name.
+        spec = archs.spec_for_config(config)
+        count_field = next((f for f in spec.expert_count_fields if f in names), None)
+        if count_field and spec.n_experts(config):
+            config[count_field] = spec.n_experts(config)
+        # None is kept: it can mean something (DeepSeek-V2-Lite's q_lora_rank: null)
+        kept = {k: v for k, v in config.items() if k in names}
+        args = cls(**kept, rope=RopeParams.from_config(config, cls.default_theta))
+        if args.num_key_value_heads is None:
+            args.num_key_value_heads = args.num_attention_heads
+        if args.head_dim is None:
+            args.head_dim = args.hidden_size // args.num_attention_heads
+        args.__post_init_args__(config)
         return args
 
     def __post_init_args__(self, config: dict) -> None:

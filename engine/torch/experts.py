@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import FUSED_RE, TorchFormat, expert_layout, expert_views, pack_expert
+from converters.formats.torch_format import (
+    FUSED_RE,
+    TorchFormat,
+    expert_layout,
+    expert_views,
+    pack_expert,
+)
 from converters.formats.torch_quant import int4_group_size
 
 from .layers import ACTIVATIONS, Int4Linear, Int8Linear, Linear

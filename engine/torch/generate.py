@@ -17,10 +17,11 @@ from collections.abc import Iterator
 import torch
 
 from converters.core.errors import ContextTooLong, ItamaeError
+from engine.text_stream import TextAssembler
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
 
 from .sampling import Sampler
-from .text import ModelText, TextStream
+from .text import ModelText
 
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory
 
@@ -105,7 +106,7 @@ class Generator:
         prefill_s = time.perf_counter() - started
         stats.prefill_tps = ran / prefill_s if prefill_s > 0 else 0.0
         params = req.sampling
-        sampler, out = Sampler(params), TextStream(self.text, params.stop)
+        sampler, out = Sampler(params), TextAssembler(params.stop, self.text.stream())
         completion: list[int] = []
         budget = min(params.max_tokens, self.context_length - len(prompt))
         finish, first_at = "length", None
@@ -132,7 +133,7 @@ class Generator:
             logits = self._forward([token])
         if logits is None:
             finish = "cancelled"
-        tail = out.flush()
+        tail = out.finish()
         if tail:
             yield TokenEvent(tail, None)
         self._finish_stats(stats, completion, first_at, usage0, counters0)

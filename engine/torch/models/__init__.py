@@ -1,21 +1,30 @@
-"""One file per architecture, named by the HF `model_type`; found by name (mlx-lm style)."""
+"""One file per architecture, named by the HF `model_type`; found by name (mlx-lm style).
+
+Which family a model_type (or an alias such as `kimi_k2`) belongs to is the architecture
+registry's answer (converters/archs); this package only says whether the torch engine has
+a model file for that family.
+"""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
+from converters import archs
 from converters.core.errors import UnsupportedArchitecture
 
-SUPPORTED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "llama")
-ALIASES = {"mistral": "llama", "kimi_k2": "deepseek_v3"}  # same computation, other names
+
+def runs() -> list[str]:
+    """The families the torch engine runs natively."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__))
 
 
 def model_class(model_type: str):
-    name = ALIASES.get(model_type, model_type)
-    if name not in SUPPORTED:
+    family = archs.spec_for(model_type).model_type  # unknown types: the registry's message
+    if family not in runs():
         raise UnsupportedArchitecture(
-            f"The torch engine does not run {model_type or 'this'} models "
-            f"(it runs {', '.join(SUPPORTED)}).",
-            "Convert the model to GGUF and use the llama.cpp engine (--engine llamacpp).",
+            f"The torch engine does not run {model_type} models yet (it runs {', '.join(runs())}).",
+            "Convert the model to GGUF (`itamae convert SRC -o OUT.gguf`) and run that file "
+            "with the llama.cpp engine (--engine llamacpp).",
         )
-    return importlib.import_module(f"engine.torch.models.{name}").Model
+    return importlib.import_module(f"{__name__}.{family}").Model

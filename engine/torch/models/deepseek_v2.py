@@ -37,7 +37,6 @@ class ModelArgs(BaseArgs):
     qk_nope_head_dim: int = 128
     qk_rope_head_dim: int = 64
     v_head_dim: int = 128
-    aliases = {"num_local_experts": "n_routed_experts", "num_experts": "n_routed_experts"}
 
     def is_moe_layer(self, layer: int) -> bool:
         return (

@@ -27,7 +27,6 @@ class ModelArgs(BaseArgs):
     mlp_only_layers: list[int] = field(default_factory=list)
     use_sliding_window: bool = False
     qkv_bias: bool = True
-    aliases = {"num_local_experts": "num_experts"}
 
     def __post_init_args__(self, config: dict) -> None:
         if not self.use_sliding_window:

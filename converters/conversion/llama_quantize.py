@@ -12,8 +12,8 @@ import ctypes
 import os
 from pathlib import Path
 
-from converters.core.errors import ItamaeError
 from converters.conversion.recipes import Recipe
+from converters.core.errors import ItamaeError
 
 # llama.cpp processes a tensor in slabs of rows up to this size (its default is 8 GiB);
 # 1 GiB keeps the quantizer's memory bounded on small machines at no measurable cost.

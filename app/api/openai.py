@@ -7,8 +7,8 @@ tools built on it work unchanged. The same router serves `itamae serve` (headles
 and the app's own server beside the UI.
 
 Every request goes through the shared `ModelManager`, which runs one generation at a
-time and serves waiting requests in arrival order (app/api_stream.py runs one request;
-app/api_schema.py validates bodies).
+time and serves waiting requests in arrival order (app/api/stream.py runs one request;
+app/api/schema.py validates bodies).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from app.api_schema import APIError, chat_request, completion_request, model_name, stream_flags
-from app.api_stream import ChatShape, TextShape, respond
+from app.api.schema import APIError, chat_request, completion_request, model_name, stream_flags
+from app.api.stream import ChatShape, TextShape, respond
 from app.library import passes_through
 from app.model_manager import ModelManager
 from converters.core.errors import ItamaeError
@@ -96,7 +96,12 @@ def create_router(
     past `max_queue` requests waiting for the model, new ones get 429."""
     router = APIRouter(route_class=_route_class(api_key))
 
-    async def run(request, backend, body, req, shape) -> Response:
+    async def run(request: Request, to_request, shape) -> Response:
+        """One generation: the body read, the model found, the body turned into a
+        request by `to_request` (which knows the model's expert count), then answered."""
+        body = await _json_body(request)
+        backend = _backend_for(manager, model_name(body))
+        req = to_request(body, backend.info.n_experts)
         stream, include_usage = stream_flags(body)
         await _fit_to_context(backend, req)
         if manager.queue_length >= max_queue:
@@ -124,17 +129,11 @@ def create_router(
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
-        req = chat_request(body, backend.info.n_experts)
-        return await run(request, backend, body, req, ChatShape())
+        return await run(request, chat_request, ChatShape())
 
     @router.post("/v1/completions")
     async def completions(request: Request):
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
-        req = completion_request(body, backend.info.n_experts)
-        return await run(request, backend, body, req, TextShape())
+        return await run(request, completion_request, TextShape())
 
     @router.post("/tokenize")
     async def tokenize(request: Request):
@@ -157,7 +156,7 @@ def create_router(
 
 def served_model_id(manager: ModelManager, backend: Backend) -> str:
     """The id clients pass as `model`: the model's name, else its file or folder name."""
-    source = manager.status.get("source") or str(backend.info.path)
+    source = manager.status.source or str(backend.info.path)
     if not passes_through(source) or source == "demo":
         return source  # a library name (`itamae models`), the one the model was loaded by
     name = getattr(backend.info, "name", "")
@@ -183,10 +182,10 @@ def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
     backend = manager.backend
     if backend is None:
         status = manager.status
-        if status["state"] == "loading":
+        if status.state == "loading":
             raise APIError(
                 503,
-                f"The model {status['source']} is still loading; try again shortly.",
+                f"The model {status.source} is still loading; try again shortly.",
                 type="server_error",
                 code="model_loading",
             )
@@ -198,7 +197,7 @@ def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
             code="model_not_loaded",
         )
     served = served_model_id(manager, backend)
-    if requested is not None and requested not in (served, manager.status.get("source")):
+    if requested is not None and requested not in (served, manager.status.source):
         raise APIError(
             404,
             f"The model {requested!r} does not exist here; this server serves {served!r}.",

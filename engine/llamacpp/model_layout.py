@@ -1,6 +1,6 @@
 """What a model needs in memory, wherever it is put: weights per transformer block (routed
 experts apart from the rest, as llama.cpp's `--cpu-moe` splits them) and the KV cache per
-token, MLA included. engine.memory_plan decides where it goes.
+token, MLA included. engine/llamacpp/memory_plan.py decides where it goes.
 
 KV cache sizes follow llama.cpp (src/llama-kv-cache.cpp, src/llama-hparams.cpp): per block,
 `n_head_kv * (key_length + value_length)` elements per token; MLA models (DeepSeek-V2/V3

@@ -4,48 +4,18 @@ Pure functions from the store's messages to Gradio's Chatbot "messages" format
 (https://www.gradio.app/docs/gradio/chatbot), so the chat tab stays thin and this
 part is tested without a browser.
 
-Reasoning models write their thoughts between <think> and </think> before the
-answer. Qwen3 emits both tags; DeepSeek-R1's chat template puts "<think>\\n" in the
-prompt, so its output starts inside the block and only the closing tag appears.
-Both become a collapsible "thinking" message (Gradio's `metadata.title`) above the
-answer, open with a spinner while the model is still thinking.
+A reply's reasoning (app/chat_reply.py's `split_reasoning`: Qwen3's <think> block, or
+DeepSeek-R1's that only closes) becomes a collapsible "thinking" message (Gradio's
+`metadata.title`) above the answer, open with a spinner while the model still thinks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.chat_reply import split_reasoning
 from app.i18n import Translator
 from app.store import StoredMessage
-from engine.types import Message
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-
-
-@dataclass
-class ReplyParts:
-    thinking: str | None  # None: the reply has no reasoning block
-    answer: str
-    thinking_done: bool = True
-
-
-def split_reasoning(text: str) -> ReplyParts:
-    stripped = text.lstrip()
-    close = text.find(THINK_CLOSE)
-    if stripped.startswith(THINK_OPEN):
-        body = stripped[len(THINK_OPEN) :]
-        end = body.find(THINK_CLOSE)
-        if end == -1:
-            return ReplyParts(body.strip(), "", thinking_done=False)
-        return ReplyParts(body[:end].strip(), body[end + len(THINK_CLOSE) :].lstrip())
-    if close != -1 and THINK_OPEN not in text[:close]:
-        # R1 style: the opening tag was part of the prompt.
-        return ReplyParts(text[:close].strip(), text[close + len(THINK_CLOSE) :].lstrip())
-    if stripped and THINK_OPEN.startswith(stripped):
-        # The first characters of "<think>" have streamed in; show nothing yet.
-        return ReplyParts(None, "")
-    return ReplyParts(None, text)
 
 
 def stats_line(stats: dict | None, finish_reason: str | None, tr: Translator) -> str:
@@ -122,17 +92,3 @@ def _reply_messages(m: StoredMessage, tr: Translator, live: bool) -> list[dict]:
     if note:
         out.append({"role": "assistant", "content": f'<span class="reply-stats">{note}</span>'})
     return out
-
-
-def history_for_model(stored: list[StoredMessage], system_prompt: str) -> list[Message]:
-    """The conversation as the model should see it: replies without their reasoning
-    (Qwen3's and R1's templates drop earlier thoughts too), failed replies left out."""
-    messages = [Message("system", system_prompt)] if system_prompt.strip() else []
-    for m in stored:
-        if m.role == "assistant":
-            if m.finish_reason == "error" or not m.content.strip():
-                continue
-            messages.append(Message("assistant", split_reasoning(m.content).answer))
-        elif m.role == "user":
-            messages.append(Message("user", m.content))
-    return messages

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.api_schema import APIError
+from app.api.schema import APIError
 from app.model_manager import ModelManager, NoModelLoaded
 from converters.core.errors import ContextTooLong
 from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent

@@ -1,0 +1,151 @@
+"""The chat tab's side panel: the experts-per-token knob and the expert usage of the
+last reply, the system prompt with its presets, and the sampling parameters.
+
+Sampling defaults come from Settings (app/settings.py); "0" and "-1" mean the model's or
+the engine's own choice, as the sliders' info lines say.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.context import AppContext
+from app.i18n import Translator
+from app.ui import expert_heatmap
+from app.ui.labels import Key, Labels
+
+BUILTIN_PRESETS = ("assistant", "concise", "translator", "reasoning")
+
+
+def preset_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
+    builtin = [(tr(f"preset.{name}.name"), f"builtin:{name}") for name in BUILTIN_PRESETS]
+    saved = [(name, f"saved:{name}") for name in sorted(ctx.settings.load().system_presets)]
+    return builtin + saved
+
+
+def preset_text(ctx: AppContext, preset: str | None, tr: Translator) -> str | None:
+    if not preset:
+        return None
+    kind, _, name = preset.partition(":")
+    if kind == "builtin":
+        return tr(f"preset.{name}.prompt")
+    return ctx.settings.load().system_presets.get(name)
+
+
+class ChatControls:
+    def __init__(self, ctx: AppContext, labels: Labels):
+        self.ctx = ctx
+        with gr.Column(scale=1, min_width=280, elem_id="chat-settings"):
+            with labels(gr.Accordion, label=Key("chat.experts"), open=True, elem_id="experts"):
+                self._build_experts(labels)
+            with labels(gr.Accordion, label=Key("chat.system"), open=True):
+                self._build_system(labels)
+            with labels(gr.Accordion, label=Key("chat.sampling"), open=False, elem_id="sampling"):
+                self._build_sampling(labels)
+
+    def _build_experts(self, labels: Labels) -> None:
+        self.experts_per_token = labels(
+            gr.Slider,
+            0,
+            16,
+            0,
+            step=1,
+            label=Key("chat.experts_per_token"),
+            info=Key("chat.experts_info"),
+            elem_id="experts-per-token",
+        )
+        self.heatmap = gr.HTML(expert_heatmap.render(None, labels.tr), elem_id="expert-heatmap")
+
+    def _build_system(self, labels: Labels) -> None:
+        self.preset = labels(
+            gr.Dropdown,
+            label=Key("chat.preset"),
+            choices=preset_choices(self.ctx, labels.tr),
+            value=None,
+            elem_id="preset",
+        )
+        self.system_prompt = labels(
+            gr.Textbox,
+            label=Key("chat.system_prompt"),
+            placeholder=Key("chat.system_placeholder"),
+            lines=3,
+            max_lines=10,
+            elem_id="system-prompt",
+        )
+        with gr.Row(equal_height=True):
+            self.preset_name = labels.bare_textbox(Key("chat.preset_name"), scale=3)
+            self.save_preset = labels(gr.Button, value=Key("chat.save_preset"), size="sm", scale=1)
+
+    def _build_sampling(self, labels: Labels) -> None:
+        defaults = self.ctx.settings.load().sampling
+        self.temperature = labels(
+            gr.Slider, 0, 2, defaults.temperature, step=0.05, label=Key("chat.temperature")
+        )
+        self.top_p = labels(gr.Slider, 0.05, 1, defaults.top_p, step=0.01, label=Key("chat.top_p"))
+        self.top_k = labels(
+            gr.Slider,
+            0,
+            200,
+            defaults.top_k,
+            step=1,
+            label=Key("chat.top_k"),
+            info=Key("chat.zero_off"),
+        )
+        self.min_p = labels(gr.Slider, 0, 0.5, defaults.min_p, step=0.01, label=Key("chat.min_p"))
+        self.repeat_penalty = labels(
+            gr.Slider, 1, 2, defaults.repeat_penalty, step=0.01, label=Key("chat.repeat_penalty")
+        )
+        self.max_tokens = labels(
+            gr.Slider,
+            16,
+            8192,
+            defaults.max_tokens,
+            step=16,
+            label=Key("chat.max_tokens"),
+            elem_id="max-tokens",
+        )
+        self.seed = labels(
+            gr.Number, value=-1, precision=0, label=Key("chat.seed"), info=Key("chat.seed_info")
+        )
+
+    @property
+    def params(self) -> list:
+        """The inputs every generation reads, in `ChatParams` order (app/chat_reply.py)."""
+        return [
+            self.system_prompt,
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.min_p,
+            self.repeat_penalty,
+            self.max_tokens,
+            self.seed,
+            self.experts_per_token,
+        ]
+
+    # -- presets ---------------------------------------------------------------------
+
+    def wire(self, lang: gr.State) -> None:
+        self.preset.input(
+            self.on_preset, [self.preset, lang], [self.system_prompt], show_progress="hidden"
+        )
+        self.save_preset.click(
+            self.on_save_preset,
+            [self.preset_name, self.system_prompt, lang],
+            [self.preset, self.preset_name],
+        )
+
+    def on_preset(self, preset: str | None, lang: str):
+        text = preset_text(self.ctx, preset, Translator(lang))
+        return gr.skip() if text is None else text
+
+    def on_save_preset(self, name: str, text: str, lang: str):
+        tr = Translator(lang)
+        name = name.strip()
+        if not name or not text.strip():
+            gr.Warning(tr("chat.preset_needs_name"))
+            return gr.skip(), gr.skip()
+        settings = self.ctx.settings.load()
+        self.ctx.settings.update(system_presets={**settings.system_presets, name: text})
+        gr.Info(tr("chat.preset_saved", name=name))
+        return gr.update(choices=preset_choices(self.ctx, tr), value=f"saved:{name}"), ""

@@ -1,0 +1,87 @@
+"""Tensor-name tables the families share: Hugging Face spellings -> GGUF tensor kinds.
+
+References: llama.cpp's own converter as vendored in llama-cpp-python 0.3.36
+(`convert_hf_to_gguf.py` and `conversion/{llama,qwen,olmo,deepseek,base}.py`) and the
+gguf package's constants (`MODEL_ARCH`, `MODEL_TENSOR`, `TENSOR_NAMES`, `Keys`), which
+are used here instead of retyped strings. Each family module picks the tables it uses.
+
+Names are matched after the layer number and the expert number are abstracted:
+`model.layers.3.mlp.experts.7.up_proj.weight` is looked up as
+`layers.{bid}.mlp.experts.{xid}.up_proj.weight`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gguf import MODEL_TENSOR as T
+
+# How a source tensor is changed on its way into the GGUF file.
+PERMUTE_Q = "permute_q"  # llama.cpp's Llama rope expects q/k rows interleaved per head
+PERMUTE_K = "permute_k"
+SPLIT_KV_B = "split_kv_b"  # DeepSeek MLA: kv_b_proj -> attn_k_b (transposed) + attn_v_b
+
+
+def _linear(prefix: str, kind: T, bias: bool = True) -> dict[str, tuple[T, str]]:
+    names = {f"{prefix}.weight": (kind, ".weight")}
+    if bias:
+        names[f"{prefix}.bias"] = (kind, ".bias")
+    return names
+
+
+# Spellings shared by every Llama-like checkpoint (Llama, Mixtral, Qwen, OLMoE, DeepSeek).
+GLOBAL_TENSORS = {
+    "model.embed_tokens.weight": (T.TOKEN_EMBD, ".weight"),
+    "model.norm.weight": (T.OUTPUT_NORM, ".weight"),
+    "lm_head.weight": (T.OUTPUT, ".weight"),
+}
+ATTENTION = {
+    **_linear("self_attn.q_proj", T.ATTN_Q),
+    **_linear("self_attn.k_proj", T.ATTN_K),
+    **_linear("self_attn.v_proj", T.ATTN_V),
+    **_linear("self_attn.o_proj", T.ATTN_OUT),
+    "input_layernorm.weight": (T.ATTN_NORM, ".weight"),
+    "post_attention_layernorm.weight": (T.FFN_NORM, ".weight"),
+}
+QK_NORM = {
+    "self_attn.q_norm.weight": (T.ATTN_Q_NORM, ".weight"),  # Qwen3-MoE (per head), OLMoE (whole)
+    "self_attn.k_norm.weight": (T.ATTN_K_NORM, ".weight"),
+}
+DENSE_FFN = {
+    "mlp.gate_proj.weight": (T.FFN_GATE, ".weight"),
+    "mlp.up_proj.weight": (T.FFN_UP, ".weight"),
+    "mlp.down_proj.weight": (T.FFN_DOWN, ".weight"),
+}
+MLA = {
+    "self_attn.q_proj.weight": (T.ATTN_Q, ".weight"),  # DeepSeek-V2-Lite: no q LoRA
+    "self_attn.q_a_proj.weight": (T.ATTN_Q_A, ".weight"),
+    "self_attn.q_a_layernorm.weight": (T.ATTN_Q_A_NORM, ".weight"),
+    "self_attn.q_b_proj.weight": (T.ATTN_Q_B, ".weight"),
+    "self_attn.kv_a_proj_with_mqa.weight": (T.ATTN_KV_A_MQA, ".weight"),
+    "self_attn.kv_a_layernorm.weight": (T.ATTN_KV_A_NORM, ".weight"),
+    "self_attn.o_proj.weight": (T.ATTN_OUT, ".weight"),
+    "input_layernorm.weight": (T.ATTN_NORM, ".weight"),
+    "post_attention_layernorm.weight": (T.FFN_NORM, ".weight"),
+}
+QWEN_EXPERTS = {  # Qwen-MoE, OLMoE, DeepSeek: mlp.experts.{xid}.*
+    "gate_proj": T.FFN_GATE_EXP,
+    "up_proj": T.FFN_UP_EXP,
+    "down_proj": T.FFN_DOWN_EXP,
+}
+MIXTRAL_EXPERTS = {  # Mixtral: block_sparse_moe.experts.{xid}.w1/w3/w2
+    "w1": T.FFN_GATE_EXP,
+    "w3": T.FFN_UP_EXP,
+    "w2": T.FFN_DOWN_EXP,
+}
+
+
+QWEN_MOE_LAYER = {**ATTENTION, "mlp.gate.weight": (T.FFN_GATE_INP, ".weight")}
+
+LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def split_layer_name(name: str) -> tuple[int | None, str]:
+    """`model.layers.3.self_attn.q_proj.weight` -> (3, "self_attn.q_proj.weight")."""
+    if match := LAYER_NAME.match(name):
+        return int(match.group(1)), match.group(2)
+    return None, name
