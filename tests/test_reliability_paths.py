@@ -6,8 +6,8 @@ Where a name from outside becomes a path or an action on one:
 - the Models tab's delete (app/library.delete): only under the models folder, after
   resolving `..` and symlinks; a link inside the folder to something outside is refused,
   and a model folder holding links to outside files loses the links, not their targets;
-- the Models tab's download (app/library.download + local_name): a repository id becomes
-  one folder directly inside the models folder, or is refused.
+- the Models tab's download (app/library.download, downloads.parse_spec): a repository id
+  becomes one folder directly inside the Hugging Face cache, or is refused.
 tests/test_ui_library.py already checks an absolute outside path and "../../etc"; these
 add `..` inside a path, symlinks, the folder itself, and the API.
 """
@@ -94,7 +94,7 @@ def test_downloaded_repositories_land_directly_inside_the_hf_cache(tmp_path):
         assert folder.parent == cache and folder.name.startswith("models--"), repo_id
     for bad in ("../x", "a/../../b", "..\\../x", "/etc/passwd", "a/b/c", "..", "owner/..", "~/x/.."):
         progress = library.DownloadProgress()
-        library.download(bad, tmp_path, progress)
+        library.download(bad, progress)
         assert progress.finished and "not a hub repository id" in progress.error, bad
     assert not cache.exists()
 

@@ -69,7 +69,7 @@ def test_download_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
     progress = library.DownloadProgress()
-    library.download("Qwen/Qwen3-30B-A3B", tmp_path / "models", progress)
+    library.download("Qwen/Qwen3-30B-A3B", progress)
     assert progress.finished and progress.error == "offline"
     html = download_html(progress, "Qwen/Qwen3-30B-A3B", Translator("en"))
     assert "offline" in html and "add it with its path" in html
@@ -79,7 +79,7 @@ def test_download_when_the_hub_cannot_be_reached(tmp_path, monkeypatch):
 def test_download_refuses_what_is_not_a_repo_id(tmp_path):
     for bad in ("", "no-slash", "../../etc", "a/b/c"):
         progress = library.DownloadProgress()
-        library.download(bad, tmp_path, progress)
+        library.download(bad, progress)
         assert progress.finished and "not a hub repository id" in progress.error
 
 

@@ -44,6 +44,9 @@ __all__ = [
     "find",
     "human_bytes",
     "inspect_model",
+    "is_model",
+    "load",
+    "model_source",
     "passes_through",
     "resolve",
     "scan",
@@ -230,11 +233,12 @@ def _delete_from_hf_cache(entry: LibraryEntry) -> str:
     return "deleted"
 
 
-def download(repo_id: str, models_dir: Path, progress: DownloadProgress) -> None:
-    """The Models tab's download (run in a thread): into the Hugging Face cache now;
-    `models_dir` is no longer written (kept until the tab passes a quant)."""
-    pull_reporting(repo_id, progress)
+def download(spec: str, progress: DownloadProgress) -> None:
+    """The Models tab's download of `org/name[:QUANT]` into the Hugging Face cache, in a
+    thread: `progress` says how far it is and what went wrong."""
+    pull_reporting(spec, progress)
 
 
-def _is_model(path: Path) -> bool:
+def is_model(path: Path) -> bool:
+    """A model folder or GGUF (by content), or a folder holding some: what Add accepts."""
     return bool(places.added_models([str(path)]))

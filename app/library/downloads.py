@@ -217,7 +217,7 @@ def pull(
     return model
 
 
-def _is_network_error(error: BaseException) -> bool:
+def is_network_error(error: BaseException) -> bool:
     """True when the hub could not be reached at all (offline mode, DNS, refused, timeout)."""
 
     seen = error
@@ -243,6 +243,6 @@ def pull_reporting(spec: str, progress: DownloadProgress, **options) -> None:
     except ItamaeError as e:
         progress.error = str(e)
     except Exception as e:  # the thread must report, not die silently
-        progress.error = "offline" if _is_network_error(e) else f"{type(e).__name__}: {e}"
+        progress.error = "offline" if is_network_error(e) else f"{type(e).__name__}: {e}"
     finally:
         progress.finished = True
