@@ -31,7 +31,14 @@ GGUF_REPO = "itamae-test/Demo-GGUF"
 
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory):
-    build = tmp_path_factory.mktemp("quants")
+    return build_repos(tmp_path_factory.mktemp("quants"))
+
+
+def build_repos(build: Path) -> list[Repo]:
+    """Hub repositories of real files: the demo's GGUF quants (Q8_0, Q4_0, an F16 split
+    set, a projector) with its card; its safetensors beside pickled and other copies; one
+    announcing 50 TB; a dense model."""
+    build.mkdir(parents=True, exist_ok=True)
     convert(DEMO_HF, build / "Demo-Q4_0.gguf", "Q4_0")
     convert(DEMO_HF, build / "Demo-F16.gguf", "F16")
     shards = split_gguf(build / "Demo-F16.gguf", build / "Demo-F16.gguf.split", shards=2)

@@ -37,6 +37,7 @@ DELETABLE = ("itamae", "hf-cache")
 
 __all__ = [
     "DownloadProgress",
+    "entry",
     "LibraryEntry",
     "Machine",
     "delete",

@@ -51,7 +51,14 @@ def scan_library(ctx: AppContext) -> list[library.LibraryEntry]:
 
 
 def find_entry(ctx: AppContext, key: str) -> library.LibraryEntry | None:
-    return next((e for e in scan_library(ctx) if e.key == key), None)
+    """The entry a row's key (its path) names: the places are listed (fast) and only this
+    model is inspected, so a click does not wait for every model's headers."""
+    settings = ctx.settings.load()
+    found = library.find(
+        ctx.settings.models_dir(settings), settings.added_paths, ctx.manager.status.source
+    )
+    match = next((f for f in found if str(f.path) == key), None)
+    return library.entry(match) if match else None
 
 
 def library_row(entry: library.LibraryEntry, tr: Translator, loaded: str | None) -> list:
