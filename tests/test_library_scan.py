@@ -146,3 +146,16 @@ def test_serve_answers_under_the_library_name(planted, monkeypatch):
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["model"] == name
+
+
+def test_other_tools_models_are_never_deleted(planted):
+    before = snapshot(planted.home)
+    entries = {e.name: e for e in _scan(planted)}
+    for name, tool in (("itamae-demo:q8_0", "ollama rm"), ("someone/tiny:latest", "ollama rm")):
+        with pytest.raises(ItamaeError, match=tool):
+            library.delete(entries[name], planted.models_dir)
+    lm = entries["lmstudio-community/Itamae-Demo-GGUF/itamae-demo-Q8_0.gguf"]
+    with pytest.raises(ItamaeError, match="LM Studio"):
+        library.delete(lm, planted.models_dir)
+    assert library.delete(entries["added-demo.gguf"], planted.models_dir) == "forgotten"
+    assert snapshot(planted.home) == before

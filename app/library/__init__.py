@@ -73,11 +73,6 @@ class LibraryEntry:
         return str(self.path)
 
     @property
-    def location(self) -> str:
-        # the older spelling the Models tab still reads
-        return self.source
-
-    @property
     def bundled(self) -> bool:
         return DEMO_DIR.resolve() in (self.path.resolve(), *self.path.resolve().parents)
 
@@ -190,8 +185,14 @@ def delete(entry: LibraryEntry, models_dir: Path) -> str:
     """Remove a model; returns what was done ("deleted" | "forgotten")."""
     if entry.bundled:
         raise ItamaeError("The demo model ships with Itamae and cannot be deleted.", "")
+    if entry.source in ("lmstudio", "ollama"):
+        tool = "LM Studio" if entry.source == "lmstudio" else "Ollama"
+        raise ItamaeError(
+            f"{entry.name} is {tool}'s; Itamae reads {tool}'s folder but never changes it.",
+            f"Remove it in {tool} ({'its My Models page' if tool == 'LM Studio' else '`ollama rm`'}).",
+        )
     if entry.source not in DELETABLE:
-        return "forgotten"  # another tool's or the person's own files: never removed
+        return "forgotten"  # the person's own files: only dropped from the list
     if entry.source == "itamae":
         target = entry.path.resolve()
         root = models_dir.resolve()

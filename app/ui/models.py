@@ -278,7 +278,7 @@ class ModelsTab:
         except ItamaeError as e:
             gr.Warning(str(e))
             return hidden, gr.skip(), gr.skip(), gr.skip()
-        if what == "forgotten" or entry.location == "added":
+        if what == "forgotten":
             settings = self.ctx.settings.load()
             self.ctx.settings.update(added_paths=[p for p in settings.added_paths if p != key])
         gr.Info(tr(f"models.{what}", name=entry.name))
