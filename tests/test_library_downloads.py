@@ -27,6 +27,7 @@ from tests.planted_machine import DEMO_GGUF, DEMO_HF, sha256_file, split_gguf
 from tests.serve_process import REPO, itamae_command
 
 GGUF_REPO = "itamae-test/Demo-GGUF"
+CARD = b"---\nlicense: apache-2.0\n---\n# Demo GGUF\n"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def build_repos(build: Path) -> list[Repo]:
             for i, shard in enumerate(shards)
         ],
         RepoFile("mmproj-Demo-F16.gguf", DEMO_GGUF.read_bytes()[:1000]),
-        RepoFile("README.md", b"---\nlicense: apache-2.0\n---\n# Demo GGUF\n"),
+        RepoFile("README.md", CARD),
         RepoFile(".gitattributes", b"*.gguf filter=lfs\n"),
     ]
     safetensors_files = files_from(DEMO_HF) + [
@@ -106,7 +107,7 @@ def test_one_quant_of_several_and_nothing_else(hub, tmp_path):
     assert _fetched(hub) == {"Demo-Q4_0.gguf", "README.md"}
     served = hub.repos[GGUF_REPO].files[1]
     assert sha256_file(path) == served.sha256
-    total = len(served.data) + len(b"---\nlicense: apache-2.0\n---\n# Demo GGUF\n")
+    total = len(served.data) + len(CARD)
     assert progress.total_bytes == total and seen[-1] == (total, total)
     done = [d for d, _ in seen]
     assert done == sorted(done) and done.count(total) == 1  # never past it, reached once
@@ -258,3 +259,36 @@ def test_hub_search_filters_and_sorts(hub):
     assert "itamae-test/Dense" not in [r.repo_id for r in moe]
     assert {r.repo_id for r in moe} == {"itamae-test/Demo", GGUF_REPO}
     assert not hub.sent  # searching lists; it downloads nothing
+
+
+def test_pull_lists_quants_with_size_and_fit(hub, tmp_path):
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+    }
+    listed = subprocess.run(
+        itamae_command("pull", GGUF_REPO, "--list", "--json"),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["quant"]: r for r in json.loads(listed.stdout)["quants"]}
+    assert set(rows) == {"Q4_0", "Q8_0", "F16", "mmproj-F16"}
+    assert rows["Q8_0"]["size_bytes"] == DEMO_GGUF.stat().st_size + len(CARD)
+    assert rows["F16"]["fit"] in ("fits on GPU", "fits in RAM", "experts in RAM")
+    asked = subprocess.run(
+        itamae_command("pull", GGUF_REPO),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert asked.returncode == 2 and "several quants" in asked.stderr and "Q4_0" in asked.stderr
+    assert not (tmp_path / "cache").exists()
