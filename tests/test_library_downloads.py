@@ -16,7 +16,8 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants as hub_constants
 
-from app.library import downloads, hub_search
+from app import library
+from app.library import Machine, downloads, hub_search
 from app.library.fit import hub_fit
 from app.library.progress import DownloadProgress
 from converters.conversion.convert import convert
@@ -292,3 +293,22 @@ def test_pull_lists_quants_with_size_and_fit(hub, tmp_path):
     )
     assert asked.returncode == 2 and "several quants" in asked.stderr and "Q4_0" in asked.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_deleting_one_quant_keeps_the_others(hub, tmp_path):
+    cache = tmp_path / "hub"
+    q4, _ = _pull(f"{GGUF_REPO}:Q4_0", hub, cache)
+    f16, _ = _pull(f"{GGUF_REPO}:F16", hub, cache)
+    machine = Machine(tmp_path, {"HF_HUB_CACHE": str(cache)}, ollama_system_store=None)
+    entries = {e.name: e for e in library.scan(tmp_path / "models", [], machine=machine)}
+    q4_entry = entries[f"{GGUF_REPO}/Demo-Q4_0.gguf"]
+    blob = q4.resolve()
+    assert library.delete(q4_entry, tmp_path / "models") == "deleted"
+    assert not q4.exists() and not q4.is_symlink() and not blob.exists()
+    assert sha256_file(f16) == hub.repos[GGUF_REPO].files[2].sha256  # the F16 set stays
+    (repo,) = huggingface_hub.scan_cache_dir(cache).repos
+    assert {f.file_name for rev in repo.revisions for f in rev.files} == {
+        "Demo-F16-00001-of-00002.gguf",
+        "Demo-F16-00002-of-00002.gguf",
+        "README.md",
+    }
