@@ -34,7 +34,7 @@ def test_scan_lists_each_model_once_with_what_inspect_knows(models_dir, hf_check
     )
     by_name = {e.name: e for e in entries if not e.bundled}
     assert set(by_name) == {"tiny-mixtral", "qwen3_moe"}
-    assert by_name["qwen3_moe"].location == "added"  # listed once, though also loaded
+    assert by_name["qwen3_moe"].source == "added"  # listed once, though also loaded
     mixtral = by_name["tiny-mixtral"].info
     assert (mixtral.arch, mixtral.format) == ("mixtral", "hf")
     assert mixtral.n_experts >= 8 and 0 < mixtral.active_params < mixtral.total_params
