@@ -92,7 +92,16 @@ def test_downloaded_repositories_land_directly_inside_the_hf_cache(tmp_path):
     for repo_id in ("Qwen/Qwen3-30B-A3B", "owner/x.y", "a/b-c"):
         folder = storage_folder(cache, parse_spec(repo_id)[0])
         assert folder.parent == cache and folder.name.startswith("models--"), repo_id
-    for bad in ("../x", "a/../../b", "..\\../x", "/etc/passwd", "a/b/c", "..", "owner/..", "~/x/.."):
+    for bad in (
+        "../x",
+        "a/../../b",
+        "..\\../x",
+        "/etc/passwd",
+        "a/b/c",
+        "..",
+        "owner/..",
+        "~/x/..",
+    ):
         progress = library.DownloadProgress()
         library.download(bad, progress)
         assert progress.finished and "not a hub repository id" in progress.error, bad
