@@ -74,7 +74,7 @@ def _backend(manager, requested) -> object:
         raise bad_param("model", "'model' is required: a name listed by GET /api/tags.")
     backend = backend_for(manager, None)
     served = served_model_id(manager, backend)
-    if requested not in (served, _name(served), manager.status.get("source")):
+    if requested not in (served, _name(served), manager.status.source):
         raise APIError(404, f"model '{requested}' not found", param="model")
     return backend
 
