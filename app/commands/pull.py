@@ -42,10 +42,10 @@ def _list(spec: str, as_json: bool) -> int:
     return 0
 
 
-def _bar(progress, as_json: bool):
+def _bar(progress, as_json: bool, total: int):
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, disable=as_json, file=sys.stderr)
+    bar = tqdm(total=total, unit="B", unit_scale=True, disable=as_json, file=sys.stderr)
     shown = [0]
 
     def update(p) -> None:
@@ -71,7 +71,7 @@ def run(args) -> int:
     if not args.json:
         print(f"itamae: {repo_id}:{choice.label}, {choice.size / 1e9:.2f} GB: {fit.verdict}")
     progress = DownloadProgress()
-    bar = _bar(progress, args.json)
+    bar = _bar(progress, args.json, choice.size)
     try:
         path = pull(args.spec, progress)
     finally:
