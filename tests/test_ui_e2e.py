@@ -443,7 +443,7 @@ def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
             .map(r => r.textContent).find(t => t.includes('qwen3_moe-Q8_0.gguf'))"""
         page.wait_for_function(find_row)
         row = page.evaluate(find_row)
-        assert "models folder" in row and "qwen3_moe" in row and "Q8_0" in row.upper(), row
+        assert "Itamae" in row and "qwen3_moe" in row and "Q8_0" in row.upper(), row
         # Select it: what it is, the llama.cpp memory plan; then load it and chat with it.
         page.locator("#library").get_by_text("qwen3_moe-Q8_0.gguf", exact=True).click()
         page.wait_for_function(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.i18n import CATALOG_DIR, LANGUAGES, Translator, catalog, pick_language
+from app.library import SOURCES
 from app.model_manager import ModelStatus
 from app.store import StoredMessage
 from app.ui import expert_heatmap
@@ -113,8 +114,8 @@ def test_every_key_the_code_uses_is_in_the_catalog():
     assert used, "no keys found: the pattern no longer matches the code"
     assert used <= keys, sorted(used - keys)
     # keys built with f-strings: each family is complete
-    for location in ("demo", "models", "hf-cache", "added", "loaded"):
-        assert f"models.where.{location}" in keys
+    for source in SOURCES:
+        assert f"models.where.{source}" in keys
     from app.ui.chat_controls import BUILTIN_PRESETS
     from app.ui.library_view import COLUMNS
 

@@ -27,6 +27,7 @@ from fastapi.routing import APIRoute
 from app.api.fields import chat_request, completion_request
 from app.api.schema import APIError, model_name, stream_flags
 from app.api.stream import ChatShape, TextShape, respond
+from app.library import passes_through
 from app.model_manager import ModelManager
 from converters.core.errors import ItamaeError
 from engine.types import Backend, GenerationRequest
@@ -167,8 +168,8 @@ async def admit(manager: ModelManager, backend: Backend, req: GenerationRequest,
 def served_model_id(manager: ModelManager, backend: Backend) -> str:
     """The id clients pass as `model`: the model's name, else its file or folder name."""
     source = manager.status.source or str(backend.info.path)
-    if source == "demo":  # the bundled model, as the person asked for it (--model demo)
-        return "demo"
+    if not passes_through(source) or source == "demo":
+        return source  # a library name (`itamae models`), the one the model was loaded by
     name = getattr(backend.info, "name", "")
     if name:
         return name
