@@ -43,6 +43,13 @@ class GenerationRequest:
     prompt: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     experts_per_token: int | None = None  # None = the model's own top-k
+    # given to the chat template as `enable_thinking` (Qwen3, DeepSeek V3.1 and llama.cpp's
+    # server use that name); None leaves the template's default
+    enable_thinking: bool | None = None
+
+    def template_options(self) -> dict:
+        """What the chat template is given beside the messages."""
+        return {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
 
 
 @dataclass

@@ -164,10 +164,11 @@ class LlamaCppBackend:
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
         if req.messages is not None:
-            return self.native.tokenize(self.render(req.messages), add_special=False)
+            text = self.render(req.messages, **req.template_options())
+            return self.native.tokenize(text, add_special=False)
         return self.native.tokenize(req.prompt or "", add_special=True)
 
-    def render(self, messages) -> str:
+    def render(self, messages, **options) -> str:
         """The chat prompt text, from the GGUF's own tokenizer.chat_template."""
         as_dicts = [m if isinstance(m, dict) else asdict(m) for m in messages]
         return render_chat(
@@ -176,6 +177,7 @@ class LlamaCppBackend:
             add_generation_prompt=True,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
+            **options,
         )
 
     def stream(

@@ -37,7 +37,8 @@ class Generator:
     def prompt_ids(self, req: GenerationRequest) -> list[int]:
         if req.messages:
             messages = [{"role": m.role, "content": m.content} for m in req.messages]
-            ids = self.text.encode(self.text.chat_prompt(messages), add_special_tokens=False)
+            prompt = self.text.chat_prompt(messages, **req.template_options())
+            ids = self.text.encode(prompt, add_special_tokens=False)
         elif req.prompt is not None:
             ids = self.text.encode(req.prompt)
         else:
