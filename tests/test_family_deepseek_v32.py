@@ -8,10 +8,14 @@ what a fresh engine computes from the whole conversation."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 
 import engine
+from app.cli import main
 from engine.types import GenerationRequest, Message, SamplingParams
 from tests.fixtures.reference import reference_model, reference_tokenizer
 from tests.test_torch_parity import (
@@ -130,3 +134,48 @@ def test_three_turn_chat_equals_the_recomputed_conversation(folder):
             messages.append({"role": "assistant", "content": text})
     finally:
         chat.close()
+
+
+def test_inspect_json_is_exact(folder, capsys):
+    state = reference_model(folder).state_dict()  # transformers skips the MTP layer too
+    total = sum(t.numel() for t in state.values())
+    routed = sum(t.numel() for n, t in state.items() if ".experts." in n)
+    with safe_open(folder / "model.safetensors", "pt") as f:  # as published, MTP layer aside
+        n_tensors = sum(not k.startswith("model.layers.3.") for k in f.keys())
+    assert main(["inspect", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == {
+        "path": str(folder),
+        "format": "hf",
+        "arch": ARCH,
+        "name": "itamae-tiny-deepseek_v32",
+        "total_params": total,
+        "active_params": total - routed + routed * 4 // 16,
+        "n_layers": 3,
+        "n_experts": 16,
+        "experts_per_token": 4,
+        "n_shared_experts": 1,
+        "n_moe_layers": 2,
+        "context_length": 163840,
+        "vocab_size": 1024,
+        "dtypes": {"F32": n_tensors},
+        "quant": "f32",
+        "bits_per_weight": dict.fromkeys(
+            ("experts", "shared", "attention", "embeddings", "other"), 32.0
+        ),
+        "size_bytes": (folder / "model.safetensors").stat().st_size,
+        "license": "apache-2.0",
+        "files": ["model.safetensors"],
+        "extra": {},
+        "is_moe": True,
+    }
+
+
+def test_gguf_conversion_is_refused_with_a_way_forward(folder, tmp_path):
+    from converters.conversion.convert import convert
+    from converters.core.errors import UnsupportedArchitecture
+
+    with pytest.raises(UnsupportedArchitecture, match="deepseek32") as err:
+        convert(folder, tmp_path / "v32.gguf", "F32")
+    assert "torch" in err.value.hint
+    assert not (tmp_path / "v32.gguf").exists()
