@@ -4,19 +4,34 @@ the indexer's choice decides the attention: logits on a 32-token prefill and 16 
 steps within 1e-4, greedy generation identical, expert counts equal to transformers'
 routers, and the same numbers with the indexer switched off differ (the check can fail);
 a three-turn chat, each turn reusing the cached latent and indexer keys of the last, gives
-what a fresh engine computes from the whole conversation."""
+what a fresh engine computes from the whole conversation. The GGUF Itamae writes has the
+tensor names, shapes and `deepseek32.*` keys of llama.cpp's own converter's file (run with
+--no-mtp, see converters/archs/deepseek_v32.py) and its F32 logits in llama.cpp match
+transformers within 1e-4 on 32 tokens, greedy identical. `itamae inspect --json` is exact.
+
+Not in tests/fixtures/checkpoints.ARCHS: the shared llama.cpp reference (reference_pair)
+runs llama.cpp's converter without the BOS shim and with the MTP layer, which llama.cpp then
+cannot load here (the fixture's MTP embedding keeps the tiny vocabulary)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+from gguf import GGUFReader
 from safetensors import safe_open
 
 import engine
 from app.cli import main
+from converters.conversion.convert import convert
+from converters.facts.inspection import inspect
 from engine.types import GenerationRequest, Message, SamplingParams
+from tests.convert_helpers import PROMPT, llama_cpp_logits, relative_error, transformers_logits
+from tests.fixtures.checkpoints import REPO
+from tests.fixtures.llamacpp_reference import llama_cpp_source, with_recognized_vocabulary
 from tests.fixtures.reference import reference_model, reference_tokenizer
 from tests.test_torch_parity import (
     DECODE,
@@ -171,11 +186,56 @@ def test_inspect_json_is_exact(folder, capsys):
     }
 
 
-def test_gguf_conversion_is_refused_with_a_way_forward(folder, tmp_path):
-    from converters.conversion.convert import convert
-    from converters.core.errors import UnsupportedArchitecture
+@pytest.fixture(scope="module")
+def llamacpp_pair(folder, tmp_path_factory):
+    """(the fixture with GPT-2's vocabulary, llama.cpp's own GGUF of it with --no-mtp)."""
+    root = tmp_path_factory.mktemp("v32_llamacpp")
+    src = with_recognized_vocabulary(folder, root / "checkpoint")
+    theirs = root / "llamacpp.gguf"
+    script = llama_cpp_source() / "convert_hf_to_gguf.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.fixtures.llamacpp_convert_bos_shim",
+            str(script),
+            str(src),
+            "--outfile",
+            str(theirs),
+            "--outtype",
+            "f32",
+            "--no-mtp",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return src, theirs
 
-    with pytest.raises(UnsupportedArchitecture, match="deepseek32") as err:
-        convert(folder, tmp_path / "v32.gguf", "F32")
-    assert "torch" in err.value.hint
-    assert not (tmp_path / "v32.gguf").exists()
+
+def test_gguf_is_what_llama_cpps_converter_writes(llamacpp_pair, tmp_path):
+    src, theirs = llamacpp_pair
+    ours = tmp_path / "itamae.gguf"
+    convert(src, ours, "F32")
+    a, b = GGUFReader(ours), GGUFReader(theirs)
+    assert {t.name: tuple(t.shape) for t in a.tensors} == {
+        t.name: tuple(t.shape) for t in b.tensors
+    }
+    assert any(t.name == "blk.1.indexer.attn_q_b.weight" for t in a.tensors)
+    arch_keys = {k for k in b.fields if k.startswith("deepseek32.")}
+    assert {k for k in a.fields if k.startswith("deepseek32.")} == arch_keys
+    for key in arch_keys:
+        assert a.fields[key].contents() == b.fields[key].contents(), key
+    assert a.fields["general.architecture"].contents() == "deepseek32"
+    assert inspect(ours).arch == ARCH
+
+
+def test_gguf_logits_in_llama_cpp_match_transformers(llamacpp_pair, tmp_path):
+    src, _ = llamacpp_pair
+    ours = tmp_path / "itamae.gguf"
+    convert(src, ours, "F32")
+    assert len(PROMPT) > load_model(src).args.index_topk
+    got, want = llama_cpp_logits(ours, PROMPT), transformers_logits(src, PROMPT)
+    assert relative_error(got, want) < TOL
+    assert (got.argmax(-1) == want.argmax(-1)).all()
