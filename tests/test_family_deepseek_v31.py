@@ -13,7 +13,13 @@ import engine
 from engine.chat_template import render_chat
 from engine.tool_calls.deepseek import parse_tool_calls
 from engine.types import GenerationRequest, Message
-from tests.fixtures.deepseek_tokenizer import BOS, EOS, V31_TEMPLATE, write_deepseek_v31_tokenizer
+from tests.fixtures.deepseek_tokenizer import (
+    BOS,
+    EOS,
+    V31_TEMPLATE,
+    V32_TEMPLATE,
+    write_deepseek_v31_tokenizer,
+)
 
 TEMPLATE = V31_TEMPLATE.read_text(encoding="utf-8")
 
@@ -70,13 +76,15 @@ def hf_tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _hf_ids(tok, messages, **kw) -> list[int]:
-    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, **kw)
+def _hf_ids(tok, messages, template=TEMPLATE, **kw) -> list[int]:
+    out = tok.apply_chat_template(
+        messages, chat_template=template, tokenize=True, add_generation_prompt=True, **kw
+    )
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def _our_ids(tok, messages, **kw) -> list[int]:
-    text = render_chat(TEMPLATE, messages, bos_token=BOS, eos_token=EOS, **kw)
+def _our_ids(tok, messages, template=TEMPLATE, **kw) -> list[int]:
+    text = render_chat(template, messages, bos_token=BOS, eos_token=EOS, **kw)
     return tok.encode(text, add_special_tokens=False)
 
 
@@ -98,6 +106,18 @@ def test_renders_like_transformers(hf_tokenizer, messages, options):
     opening = hf_tokenizer.decode(expected[-2:])
     thinking = options.get("thinking", options.get("enable_thinking", False))
     assert opening == ("<｜Assistant｜><think>" if thinking else "<think></think>")
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: str(o) or "default")
+@pytest.mark.parametrize("messages", [CHAT, TOOL_CHAT], ids=["chat", "tools"])
+def test_v32_template_renders_like_transformers(hf_tokenizer, messages, options):
+    # DeepSeek-V3.2's template: the same tokens, tools described in the system prompt
+    template = V32_TEMPLATE.read_text(encoding="utf-8")
+    kw = dict(options, tools=TOOLS) if messages is TOOL_CHAT else options
+    expected = _hf_ids(hf_tokenizer, messages, template, **kw)
+    assert _our_ids(hf_tokenizer, messages, template, **kw) == expected
+    if messages is TOOL_CHAT:
+        assert "fish_price" in hf_tokenizer.decode(expected)
 
 
 @pytest.mark.parametrize("arguments", [CALL_ARGS, '{"fish": "マグロ", "grams": 200}'])
