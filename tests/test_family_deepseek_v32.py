@@ -239,3 +239,23 @@ def test_gguf_logits_in_llama_cpp_match_transformers(llamacpp_pair, tmp_path):
     got, want = llama_cpp_logits(ours, PROMPT), transformers_logits(src, PROMPT)
     assert relative_error(got, want) < TOL
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_memory_plan_counts_the_indexer_key_cache(llamacpp_pair, tmp_path):
+    from engine.llamacpp.backend import load
+
+    ours = tmp_path / "itamae.gguf"
+    convert(llamacpp_pair[0], ours, "F32")
+    backend = load(ours, n_ctx=512, threads=2)
+    try:
+        # llama.cpp logs the main (MLA latent) cache, then the indexer key cache
+        sizes = [
+            float(x.split("size =")[1].split("MiB")[0])
+            for x in backend.native.load_log
+            if "llama_kv_cache: size =" in x
+        ]
+        assert len(sizes) == 2
+        assert backend.plan.kv_bytes / 2**20 == pytest.approx(sum(sizes), abs=0.012)
+        assert backend.plan.layout.indexer_key_length == 64
+    finally:
+        backend.close()
