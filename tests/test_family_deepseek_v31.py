@@ -1,7 +1,8 @@
 """DeepSeek-V3.1's chat template (llama.cpp's copy of the published one): our renderer gives
 transformers' `apply_chat_template` token ids in both thinking modes and with tools, the
 request's thinking switch reaches the template through both local backends' prompt
-builders, and a tool call the template writes parses back to the same call."""
+builders, and a tool call the template writes parses back to the same call. The same for
+DeepSeek-V3.2's template (its DSML tool calls)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 import engine
 from engine.chat_template import render_chat
-from engine.tool_calls.deepseek import parse_tool_calls
+from engine.tool_calls.deepseek import parse_dsml_tool_calls, parse_tool_calls
 from engine.types import GenerationRequest, Message
 from tests.fixtures.deepseek_tokenizer import (
     BOS,
@@ -141,6 +142,24 @@ def test_rendered_tool_call_parses_back(arguments):
 
 def test_reply_without_calls_is_content():
     assert parse_tool_calls("Today the tuna.<｜end▁of▁sentence｜>") == ("Today the tuna.", [])
+    assert parse_dsml_tool_calls("Today.<｜end▁of▁sentence｜>") == ("Today.", [])
+
+
+def test_v32_rendered_tool_calls_parse_back():
+    # V3.2 writes calls in DSML: strings as text, other values as JSON
+    args = {"fish": "マグロ", "grams": 200, "cuts": ["sashimi", "nigiri"], "fresh": True}
+    calls = [
+        {"type": "function", "function": {"name": "fish_price", "arguments": args}},
+        {"type": "function", "function": {"name": "fish_price", "arguments": {"fish": "鯛"}}},
+    ]
+    history = [
+        TOOL_CHAT[0],
+        {"role": "assistant", "content": "Checking the market.", "tool_calls": calls},
+    ]
+    template = V32_TEMPLATE.read_text(encoding="utf-8")
+    text = render_chat(template, history, add_generation_prompt=False, bos_token=BOS)
+    reply = text.split("<｜Assistant｜></think>", 1)[1]  # what the model wrote
+    assert parse_dsml_tool_calls(reply) == ("Checking the market.", calls)
 
 
 @pytest.mark.parametrize("thinking", [None, True, False])
