@@ -1,7 +1,7 @@
 """DeepSeek-V3.1's chat template (llama.cpp's copy of the published one): our renderer gives
 transformers' `apply_chat_template` token ids in both thinking modes and with tools, the
-request's thinking switch reaches the template through both local backends' prompt
-builders, and a tool call the template writes parses back to the same call. The same for
+request's thinking switch reaches the template through the torch engine's prompt builder
+and the remote backend's request body, and a tool call the template writes parses back to the same call. The same for
 DeepSeek-V3.2's template (its DSML tool calls)."""
 
 from __future__ import annotations
