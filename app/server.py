@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.api.anthropic import anthropic_router
+from app.api.ollama import ollama_router
 from app.api.openai import create_router
 from app.context import AppContext
 from app.ui.page import ASSETS, build_ui, css, theme
@@ -30,6 +32,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="Itamae", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(ctx.manager, api_key=api_key))
+    app.include_router(ollama_router(ctx.manager, api_key=api_key))
+    app.include_router(anthropic_router(ctx.manager, api_key=api_key))
 
     @app.get("/health")
     async def health():

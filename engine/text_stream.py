@@ -90,15 +90,17 @@ class StopStrings:
     def __init__(self, stops: list[str] | None):
         self.stops = [s for s in (stops or []) if s]
         self._pending = ""
+        self.matched: str | None = None  # the stop string the stream was cut at
 
     def push(self, text: str) -> tuple[str, bool]:
         """(text safe to emit now, whether a stop string was reached)."""
         if not self.stops:
             return text, False
         self._pending += text
-        hits = [i for i in (self._pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for s in self.stops if (i := self._pending.find(s)) >= 0]
         if hits:
-            out, self._pending = self._pending[: min(hits)], ""
+            at, self.matched = min(hits)
+            out, self._pending = self._pending[:at], ""
             return out, True
         hold = self._partial_match_length()
         cut = len(self._pending) - hold
@@ -128,6 +130,11 @@ class TextAssembler:
         self._pieces = pieces if pieces is not None else Utf8Stream()
         self._stops = StopStrings(stops)
         self.stopped = False  # a stop string was reached: nothing more is shown
+
+    @property
+    def stop_string(self) -> str | None:
+        """The stop string that ended the text (None if none did)."""
+        return self._stops.matched
 
     def push(self, piece) -> str:
         if self.stopped:

@@ -84,3 +84,15 @@ def test_a_folder_without_config_has_no_family(tmp_path):
     (folder / "config.json").unlink()
     found = detect(folder)
     assert (found.format, found.engine, found.family) == ("unknown", "torch", "")
+
+
+def test_a_fifo_is_not_opened(tmp_path):
+    """A named pipe in a scanned folder must not block the scan (opening it would wait for a
+    writer forever)."""
+    import os
+
+    from converters.formats.detect import source_format
+
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    assert source_format(fifo) == "unknown"

@@ -6,14 +6,17 @@ DeepSeek-V3.2's template (its DSML tool calls)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
 import engine
 from engine.chat_template import render_chat
-from engine.tool_calls.deepseek import parse_dsml_tool_calls, parse_tool_calls
-from engine.types import GenerationRequest, Message
+from engine.tool_calls import format_for
+from engine.tool_calls.deepseek_dsml import DeepSeekDSML
+from engine.tool_calls.formats import DeepSeek
+from engine.types import GenerationRequest, Message, ToolCall
 from tests.fixtures.deepseek_tokenizer import (
     BOS,
     EOS,
@@ -121,9 +124,13 @@ def test_v32_template_renders_like_transformers(hf_tokenizer, messages, options)
         assert "fish_price" in hf_tokenizer.decode(expected)
 
 
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
 @pytest.mark.parametrize("arguments", [CALL_ARGS, '{"fish": "マグロ", "grams": 200}'])
 def test_rendered_tool_call_parses_back(arguments):
-    # arguments as a mapping (transformers) or as OpenAI's JSON text: both come back a mapping
+    # arguments as a mapping (transformers) or as OpenAI's JSON text: both come back the same
     call = {"type": "function", "function": {"name": "fish_price", "arguments": arguments}}
     second = {"type": "function", "function": {"name": "fish_price", "arguments": {"fish": "鯛"}}}
     history = [
@@ -132,17 +139,12 @@ def test_rendered_tool_call_parses_back(arguments):
     ]
     text = render_chat(TEMPLATE, history, add_generation_prompt=False, bos_token=BOS)
     reply = text.split("<｜Assistant｜><think></think>", 1)[1]  # what the model wrote
-    content, calls = parse_tool_calls(reply)
-    assert content == "Checking the market."
-    assert calls == [
-        {"type": "function", "function": {"name": "fish_price", "arguments": CALL_ARGS}},
-        {"type": "function", "function": {"name": "fish_price", "arguments": {"fish": "鯛"}}},
-    ]
-
-
-def test_reply_without_calls_is_content():
-    assert parse_tool_calls("Today the tuna.<｜end▁of▁sentence｜>") == ("Today the tuna.", [])
-    assert parse_dsml_tool_calls("Today.<｜end▁of▁sentence｜>") == ("Today.", [])
+    fmt, native = format_for(TEMPLATE)  # the tools module's parser for this template
+    assert isinstance(fmt, DeepSeek) and native
+    assert fmt.parse(reply, TOOLS) == (
+        "Checking the market.",
+        [ToolCall("fish_price", _json(CALL_ARGS)), ToolCall("fish_price", _json({"fish": "鯛"}))],
+    )
 
 
 def test_v32_rendered_tool_calls_parse_back():
@@ -159,7 +161,13 @@ def test_v32_rendered_tool_calls_parse_back():
     template = V32_TEMPLATE.read_text(encoding="utf-8")
     text = render_chat(template, history, add_generation_prompt=False, bos_token=BOS)
     reply = text.split("<｜Assistant｜></think>", 1)[1]  # what the model wrote
-    assert parse_dsml_tool_calls(reply) == ("Checking the market.", calls)
+    fmt = DeepSeekDSML()
+    assert fmt.detect(template) and not fmt.detect(TEMPLATE)
+    assert fmt.parse(reply, TOOLS) == (
+        "Checking the market.",
+        [ToolCall("fish_price", _json(args)), ToolCall("fish_price", _json({"fish": "鯛"}))],
+    )
+    assert fmt.parse("Today the tuna.", TOOLS) == ("Today the tuna.", [])
 
 
 @pytest.mark.parametrize("thinking", [None, True, False])

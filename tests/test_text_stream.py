@@ -184,3 +184,15 @@ def test_a_stop_string_over_several_tokens_is_never_shown_in_part():
     pieces, tail, stopped = streamed(tokenizer, ids, [stop])
     assert stopped and "".join(pieces) == "ab 寿司を" and tail == ""
     assert not any("食" in p for p in pieces)
+
+
+def test_the_stream_names_the_stop_string_it_was_cut_at():
+    """The earliest stop in the text wins, whichever is listed first (Anthropic's
+    stop_sequence and the API's stop reporting read it)."""
+    stream = TextAssembler(["END", "\n\n"])
+    text = (
+        "".join(stream.push(p.encode()) for p in ["Hi", " there", "\n", "\nEND"]) + stream.finish()
+    )
+    assert (text, stream.stop_string) == ("Hi there", "\n\n")
+    plain = TextAssembler(["END"])
+    assert plain.push(b"no stop") + plain.finish() == "no stop" and plain.stop_string is None

@@ -72,10 +72,9 @@ class ModelText:
         """A fresh incremental decoder for one reply (special tokens skipped, as `decode`)."""
         return TokenizerStream(self.tokenizer)
 
-    def chat_prompt(self, messages: list[dict], **options) -> str:
-        """`options`: the request's template options (GenerationRequest.template_options)."""
+    def chat_prompt(self, messages: list[dict]) -> str:
         return render_chat(self.chat_template, messages, add_generation_prompt=True,
-                           bos_token=self.bos_token, eos_token=self.eos_token, **options)  # fmt: skip
+                           bos_token=self.bos_token, eos_token=self.eos_token)  # fmt: skip
 
 
 def _read_json(path: Path) -> dict:

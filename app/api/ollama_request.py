@@ -1,0 +1,139 @@
+"""Ollama request bodies as engine requests: `options`, `format`, `think`, messages with
+tool calls (Ollama's docs/api.md), each unknown field or option refused with a 400.
+"""
+
+from __future__ import annotations
+
+import json
+
+from app.api.fields import chat_logprobs
+from app.api.schema import bad_param, chat_messages, sampling_params
+from engine.types import OutputConstraint, SamplingParams
+
+OPTIONS = {
+    "num_predict",
+    "num_ctx",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "repeat_last_n",
+}
+CHAT_FIELDS = {
+    "model",
+    "messages",
+    "tools",
+    "format",
+    "options",
+    "stream",
+    "keep_alive",
+    "think",
+    "logprobs",
+    "top_logprobs",
+}
+GENERATE_FIELDS = {
+    "logprobs",
+    "top_logprobs",
+    "model",
+    "prompt",
+    "system",
+    "format",
+    "options",
+    "stream",
+    "keep_alive",
+    "think",
+    "raw",
+}
+REPEAT_LAST_N = 64  # the window both engines' penalties use
+
+
+def refuse_unknown(body: dict, known: set[str], where: str = "") -> None:
+    for key in body:
+        if key not in known:
+            raise bad_param(where + key, f"The field '{where}{key}' is not supported here.")
+
+
+def sampling(body: dict) -> SamplingParams:
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise bad_param("options", "'options' must be an object.")
+    refuse_unknown(options, OPTIONS, "options.")
+    if options.get("repeat_last_n", REPEAT_LAST_N) != REPEAT_LAST_N:
+        raise bad_param(
+            "options.repeat_last_n", f"Only repeat_last_n={REPEAT_LAST_N} is supported."
+        )
+    # the OpenAI validator checks ranges and types, under the same names
+    openai_body = {
+        k: v for k, v in options.items() if k not in ("num_predict", "num_ctx", "repeat_last_n")
+    }
+    openai_body.setdefault("temperature", 0.8)  # Ollama's default
+    predict = options.get("num_predict")
+    if predict is not None and predict not in (-1, -2):
+        openai_body["max_tokens"] = predict
+    sampling = sampling_params(openai_body)
+    sampling.logprobs = chat_logprobs(body)  # Ollama's fields are OpenAI's chat ones
+    return sampling
+
+
+def output_format(body: dict) -> OutputConstraint | None:
+    fmt = body.get("format")
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        return OutputConstraint(json_schema={"type": "object"})
+    if isinstance(fmt, dict):
+        return OutputConstraint(json_schema=fmt)
+    raise bad_param("format", "'format' must be \"json\" or a JSON schema.")
+
+
+def messages(raw) -> list:
+    if not isinstance(raw, list):
+        raise bad_param("messages", "'messages' must be a list.")
+    converted = []
+    for message in raw:
+        if not isinstance(message, dict):
+            raise bad_param("messages", "Each message must be an object.")
+        if message.get("images"):
+            raise bad_param("messages", "Images are not supported.")
+        entry = {k: v for k, v in message.items() if k in ("role", "content")}
+        calls = message.get("tool_calls")
+        if calls:
+            entry["tool_calls"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": json.dumps(c["function"].get("arguments", {})),
+                    },
+                }
+                for c in calls
+            ]
+        if message.get("tool_name"):
+            entry["name"] = message["tool_name"]
+        converted.append(entry)
+    return chat_messages({"messages": converted})
+
+
+def think_flag(think) -> bool | None:
+    """Ollama's `think`: true, false, or a level ("low", "medium", "high": thinking on)."""
+    if think is None or isinstance(think, bool):
+        return think
+    if think in ("low", "medium", "high"):
+        return True
+    raise bad_param("think", "'think' must be true, false, low, medium or high.")
+
+
+def check_num_ctx(body: dict, backend) -> None:
+    num_ctx = (body.get("options") or {}).get("num_ctx")
+    context = backend.info.context_length
+    if num_ctx is not None and context and num_ctx > context:
+        raise bad_param(
+            "options.num_ctx",
+            f"This model was loaded with a {context}-token context; num_ctx {num_ctx} is "
+            "larger. Load it with a longer context in Itamae.",
+        )
