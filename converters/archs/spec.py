@@ -45,11 +45,14 @@ class ArchSpec:
     chat_format: str = ""  # the publisher's chat-template convention: "chatml", "llama3", ...
     expert_count_fields: tuple[str, ...] = EXPERT_COUNT_FIELDS
     experts_per_token_fields: tuple[str, ...] = EXPERTS_PER_TOKEN_FIELDS
+    # llama.cpp's arch string where the gguf package has no MODEL_ARCH for it yet (gguf
+    # 0.19.0 lacks "deepseek32"); `gguf_arch` then names the arch its tensor kinds follow
+    gguf_arch_name: str = ""
 
     @property
     def arch_name(self) -> str:
         """The GGUF `general.architecture` string."""
-        return MODEL_ARCH_NAMES[self.gguf_arch]
+        return self.gguf_arch_name or MODEL_ARCH_NAMES[self.gguf_arch]
 
     @property
     def names(self) -> tuple[str, ...]:

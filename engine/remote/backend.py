@@ -188,6 +188,9 @@ class RemoteBackend:
         body.update(_sampling_fields(req.sampling))
         if req.experts_per_token is not None:
             body["experts_per_token"] = req.experts_per_token  # read by another Itamae
+        if chat and req.enable_thinking is not None:
+            # llama.cpp's server (and vLLM) hand these to the model's chat template
+            body["chat_template_kwargs"] = {"enable_thinking": req.enable_thinking}
         return body
 
 
