@@ -53,7 +53,7 @@ WRITTEN = {
         ["<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>"],
         'get_weather\n```json\n{"city": "東京", "days": 3}',
     ),
-    "kimi_k2": (
+    "kimi": (
         ["<|tool_calls_section_begin|>", "<|tool_call_begin|>", "<|tool_call_argument_begin|>"],
         'get_weather:0<|tool_call_argument_begin|>{"city": "東京", "days": 3}',
     ),
@@ -179,7 +179,7 @@ def _use_template(backend, template: str) -> None:
 FAMILY_TEMPLATES = {
     "harmony": "openai-gpt-oss-120b.jinja",
     "deepseek": "deepseek-ai-DeepSeek-V3.1.jinja",
-    "kimi_k2": "moonshotai-Kimi-K2.jinja",
+    "kimi": "moonshotai-Kimi-K2.jinja",
     "glm45": "GLM-4.6.jinja",
     "minimax_m2": "MiniMax-M2.jinja",
 }

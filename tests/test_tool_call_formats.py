@@ -49,7 +49,7 @@ TEMPLATES = {
     "meta-llama-Llama-3.1-8B-Instruct.jinja": "llama3",
     "meta-llama-Llama-3.3-70B-Instruct.jinja": "llama3",
     "MiniMax-M2.jinja": "minimax_m2",
-    "moonshotai-Kimi-K2.jinja": "kimi_k2",
+    "moonshotai-Kimi-K2.jinja": "kimi",
 }
 
 

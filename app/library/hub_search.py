@@ -14,41 +14,13 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import HfApi
 
+from converters import archs
+
 from .downloads import list_files
 from .fit import Fit, hub_fit
 from .hub_files import Choice, choices
 
 FORMATS = ("gguf", "safetensors")
-# HF model_type and llama.cpp architecture names of the MoE families, for results the hub
-# does not tag `moe` (until the architecture registry answers this itself)
-MOE_ARCHS = {
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "qwen3_next",
-    "olmoe",
-    "deepseek_v2",
-    "deepseek_v3",
-    "kimi_k2",
-    "dbrx",
-    "granitemoe",
-    "jamba",
-    "gpt_oss",
-    "glm4_moe",
-    "ernie4_5_moe",
-    "dots1",
-    "hunyuan_v1_moe",
-    "llama4",
-    "minimax_m2",
-    "qwen2moe",
-    "qwen3moe",
-    "deepseek2",
-    "gpt-oss",
-    "glm4moe",
-    "ernie4_5-moe",
-    "bailingmoe",
-    "hunyuan-moe",
-}
 EXPAND = ["downloads", "likes", "tags", "config", "gguf", "safetensors", "usedStorage"]
 
 
@@ -81,7 +53,7 @@ def _result(info) -> HubModel:
         likes=info.likes or 0,
         arch=arch,
         formats=[f for f in FORMATS if f in tags],
-        is_moe="moe" in tags or arch.lower() in MOE_ARCHS,
+        is_moe="moe" in tags or archs.is_moe_name(arch),
         parameters=int(parameters or 0),
         repo_bytes=int(info.used_storage or 0),
     )

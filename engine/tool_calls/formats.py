@@ -230,7 +230,7 @@ class KimiK2(ToolFormat):
     """Kimi-K2: <|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX
     <|tool_call_argument_begin|>{...}<|tool_call_end|><|tool_calls_section_end|>."""
 
-    name = "kimi_k2"
+    name = "kimi"
     markers = ("<|tool_calls_section_begin|>",)
     starts = ("<|tool_calls_section_begin|>",)
     _call = re.compile(
