@@ -30,3 +30,10 @@ def test_anthropic_metadata_is_refused():
     body = {"model": "demo", "max_tokens": 8, "messages": [], "metadata": {"user_id": "u"}}
     with pytest.raises(APIError, match="metadata"):
         anthropic._request(body)
+
+
+def test_anthropic_thinking_budget_is_refused_not_ignored():
+    """The engines cannot cap reasoning apart from max_tokens; a budget is named in a 400."""
+    with pytest.raises(APIError, match="thinking.budget_tokens"):
+        anthropic._thinking({"thinking": {"type": "enabled", "budget_tokens": 1024}})
+    assert anthropic._thinking({"thinking": {"type": "enabled"}}) is True

@@ -208,14 +208,16 @@ def _output_format(body: dict) -> OutputConstraint | None:
 
 def _thinking(body: dict) -> bool:
     """Whether the reply shows reasoning as thinking blocks: thinking enabled or adaptive
-    (the model reasons or not as its template makes it; a budget is not enforced apart
-    from max_tokens), not disabled or display "omitted"."""
+    (the model reasons or not as its template makes it), not disabled or display "omitted".
+    A thinking budget apart from max_tokens is not something the engines can enforce, so
+    budget_tokens is refused rather than ignored."""
     thinking = body.get("thinking")
     if thinking is None:
         return False
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind not in ("enabled", "adaptive", "disabled"):
         raise bad_param("thinking", "'thinking' type is enabled, adaptive or disabled.")
+    refuse_unknown(thinking, {"type", "display"}, "thinking.")
     return kind != "disabled" and thinking.get("display") != "omitted"
 
 
