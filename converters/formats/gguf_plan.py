@@ -23,10 +23,14 @@ from gguf import TENSOR_NAMES, GGMLQuantizationType
 from converters.archs.rope import rope_parameters
 from converters.archs.spec import ArchSpec
 from converters.archs.tensors import (
+    ADD_ONE,
     GLOBAL_TENSORS,
+    NEG_EXP,
     PERMUTE_K,
     PERMUTE_Q,
     SPLIT_KV_B,
+    SPLIT_QKVZ,
+    SQUEEZE,
     split_layer_name,
 )
 from converters.core.errors import BadModelFile
@@ -35,6 +39,7 @@ from converters.formats.hf_reader import HFCheckpoint
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
 K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"
 FUSED_GATE, FUSED_UP = "fused_gate", "fused_up"  # halves of transformers 5's gate_up_proj
+QKVZ_QKV, QKVZ_Z = "qkvz_qkv", "qkvz_z"  # the two parts of a Gated DeltaNet in_proj_qkvz
 
 
 @dataclass
@@ -105,6 +110,10 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
 def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
     shape = tuple(ckpt.shape(name))
     transform = spec.transforms.get(rest, "")
+    if transform == SQUEEZE:
+        shape = tuple(n for n in shape if n != 1)
+    if transform == SPLIT_QKVZ:
+        return _plan_qkvz(ckpt.config, name, bid, shape)
     if transform != SPLIT_KV_B:
         return [PlannedTensor(gguf_name(kind, bid, suffix), kind, bid, shape, (name,), transform)]
     config = ckpt.config
@@ -127,6 +136,44 @@ def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
             gguf_name(T.ATTN_V_B, bid, suffix), T.ATTN_V_B, bid, (heads, v_dim, lora), (name,), V_B
         ),
     ]
+
+
+def _qkvz_dims(config: dict) -> tuple[int, int, int]:
+    """(key heads, q/k rows per key head, v/z rows per key head) of a Gated DeltaNet."""
+    k_heads = int(config["linear_num_key_heads"])
+    v_per_k = int(config["linear_num_value_heads"]) // k_heads
+    return (
+        k_heads,
+        int(config["linear_key_head_dim"]),
+        v_per_k * int(config["linear_value_head_dim"]),
+    )
+
+
+def _plan_qkvz(config, name, bid, shape) -> list[PlannedTensor]:
+    """in_proj_qkvz stores [q, k, v, z] rows per key head; llama.cpp wants all q, then all
+    k, then all v (attn_qkv) and the z rows apart (attn_gate), as Qwen3NextModel writes."""
+    k_heads, qk, vz = _qkvz_dims(config)
+    if len(shape) != 2 or shape[0] != k_heads * (2 * qk + 2 * vz):
+        raise BadModelFile(
+            f"{name} has shape {list(shape)}, expected [{k_heads * (2 * qk + 2 * vz)}, hidden] "
+            "from the linear attention's head counts in config.json.",
+            "The checkpoint does not match its config.json.",
+        )
+    qkv, z = (k_heads * (2 * qk + vz), shape[1]), (k_heads * vz, shape[1])
+    return [
+        PlannedTensor(
+            gguf_name(T.ATTN_QKV, bid, ".weight"), T.ATTN_QKV, bid, qkv, (name,), QKVZ_QKV
+        ),
+        PlannedTensor(gguf_name(T.ATTN_GATE, bid, ".weight"), T.ATTN_GATE, bid, z, (name,), QKVZ_Z),
+    ]
+
+
+def split_qkvz(data: torch.Tensor, config: dict, part: str) -> torch.Tensor:
+    k_heads, qk, vz = _qkvz_dims(config)
+    q, k, v, z = data.view(k_heads, 2 * qk + 2 * vz, -1).split([qk, qk, vz, vz], dim=1)
+    if part == QKVZ_Z:
+        return z.reshape(-1, data.shape[-1])
+    return torch.cat([t.reshape(-1, data.shape[-1]) for t in (q, k, v)])
 
 
 def _plan_experts(ckpt, spec, experts) -> list[PlannedTensor]:
@@ -203,7 +250,7 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
     if not config.get("tie_word_embeddings"):
         needed.append((T.OUTPUT, None))
     for bid in range(int(config["num_hidden_layers"])):
-        needed += [(T.ATTN_NORM, bid), (T.FFN_NORM, bid), (T.ATTN_OUT, bid)]
+        needed += [(kind, bid) for kind in spec.required_layer_kinds(config, bid)]
         if spec.is_moe_layer(config, bid):
             needed += [
                 (T.FFN_GATE_INP, bid),
@@ -221,7 +268,7 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
             "The download is incomplete or the config.json belongs to another model.",
         )
     expected = {T.TOKEN_EMBD: (vocab, hidden), T.OUTPUT: (vocab, hidden), T.OUTPUT_NORM: (hidden,)}
-    expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,)})
+    expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,), T.ATTN_POST_NORM: (hidden,)})
     for p in planned:
         if p.kind in expected and p.shape != expected[p.kind]:
             raise BadModelFile(
@@ -276,4 +323,12 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
         elif p.transform in (FUSED_GATE, FUSED_UP):
             rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
             data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
+        elif p.transform in (QKVZ_QKV, QKVZ_Z):
+            data = split_qkvz(data, config, p.transform)
+        elif p.transform == ADD_ONE:
+            data = data.float() + 1.0
+        elif p.transform == NEG_EXP:
+            data = -torch.exp(data.float())
+        elif p.transform == SQUEEZE:
+            data = data.reshape(p.shape)
         yield data.contiguous()
