@@ -24,6 +24,7 @@ SPLIT_KV_B = "split_kv_b"  # DeepSeek MLA: kv_b_proj -> attn_k_b (transposed) + 
 ADD_ONE = "add_one"  # zero-centred RMSNorm weight w (scale 1 + w) -> llama.cpp's plain scale
 NEG_EXP = "neg_exp"  # A_log -> A = -exp(A_log), the decay rate llama.cpp reads
 SQUEEZE = "squeeze"  # depthwise conv1d weight [C, 1, K] -> [C, K]
+V_REORDER = "tile_v:"  # + "v_rows" | "rows" | "heads" | "columns": Qwen3.5's value-head order
 SPLIT_QKVZ = "split_qkvz"  # per-key-head [q, k, v, z] rows -> attn_qkv [q|k|v] + attn_gate [z]
 
 
@@ -95,6 +96,15 @@ GATED_DELTANET = {
     "linear_attn.A_log": (T.SSM_A, ""),
     "linear_attn.norm.weight": (T.SSM_NORM, ".weight"),
     "linear_attn.out_proj.weight": (T.SSM_OUT, ".weight"),
+}
+
+# Qwen3.5's Gated DeltaNet: the same with separate projections (llama.cpp's tensor_mapping)
+GATED_DELTANET_SPLIT = {
+    **{k: v for k, v in GATED_DELTANET.items() if "in_proj" not in k},
+    "linear_attn.in_proj_qkv.weight": (T.ATTN_QKV, ".weight"),
+    "linear_attn.in_proj_z.weight": (T.ATTN_GATE, ".weight"),
+    "linear_attn.in_proj_b.weight": (T.SSM_BETA, ".weight"),
+    "linear_attn.in_proj_a.weight": (T.SSM_ALPHA, ".weight"),
 }
 
 QWEN_MOE_LAYER = {**ATTENTION, "mlp.gate.weight": (T.FFN_GATE_INP, ".weight")}

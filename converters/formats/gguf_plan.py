@@ -31,15 +31,22 @@ from converters.archs.tensors import (
     SPLIT_KV_B,
     SPLIT_QKVZ,
     SQUEEZE,
+    V_REORDER,
     split_layer_name,
 )
 from converters.core.errors import BadModelFile
+from converters.formats.gguf_linear_attention import (
+    QKVZ_QKV,
+    QKVZ_Z,
+    qkvz_shapes,
+    split_qkvz,
+    v_reordered,
+)
 from converters.formats.hf_reader import HFCheckpoint
 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
 K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"
 FUSED_GATE, FUSED_UP = "fused_gate", "fused_up"  # halves of transformers 5's gate_up_proj
-QKVZ_QKV, QKVZ_Z = "qkvz_qkv", "qkvz_z"  # the two parts of a Gated DeltaNet in_proj_qkvz
 
 
 @dataclass
@@ -110,7 +117,7 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
 def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
     shape = tuple(ckpt.shape(name))
     transform = spec.transforms.get(rest, "")
-    if transform == SQUEEZE:
+    if SQUEEZE in transform.split("+"):
         shape = tuple(n for n in shape if n != 1)
     if transform == SPLIT_QKVZ:
         return _plan_qkvz(ckpt.config, name, bid, shape)
@@ -138,42 +145,16 @@ def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
     ]
 
 
-def _qkvz_dims(config: dict) -> tuple[int, int, int]:
-    """(key heads, q/k rows per key head, v/z rows per key head) of a Gated DeltaNet."""
-    k_heads = int(config["linear_num_key_heads"])
-    v_per_k = int(config["linear_num_value_heads"]) // k_heads
-    return (
-        k_heads,
-        int(config["linear_key_head_dim"]),
-        v_per_k * int(config["linear_value_head_dim"]),
-    )
-
-
 def _plan_qkvz(config, name, bid, shape) -> list[PlannedTensor]:
     """in_proj_qkvz stores [q, k, v, z] rows per key head; llama.cpp wants all q, then all
     k, then all v (attn_qkv) and the z rows apart (attn_gate), as Qwen3NextModel writes."""
-    k_heads, qk, vz = _qkvz_dims(config)
-    if len(shape) != 2 or shape[0] != k_heads * (2 * qk + 2 * vz):
-        raise BadModelFile(
-            f"{name} has shape {list(shape)}, expected [{k_heads * (2 * qk + 2 * vz)}, hidden] "
-            "from the linear attention's head counts in config.json.",
-            "The checkpoint does not match its config.json.",
-        )
-    qkv, z = (k_heads * (2 * qk + vz), shape[1]), (k_heads * vz, shape[1])
+    qkv, z = qkvz_shapes(config, name, shape)
     return [
         PlannedTensor(
             gguf_name(T.ATTN_QKV, bid, ".weight"), T.ATTN_QKV, bid, qkv, (name,), QKVZ_QKV
         ),
         PlannedTensor(gguf_name(T.ATTN_GATE, bid, ".weight"), T.ATTN_GATE, bid, z, (name,), QKVZ_Z),
     ]
-
-
-def split_qkvz(data: torch.Tensor, config: dict, part: str) -> torch.Tensor:
-    k_heads, qk, vz = _qkvz_dims(config)
-    q, k, v, z = data.view(k_heads, 2 * qk + 2 * vz, -1).split([qk, qk, vz, vz], dim=1)
-    if part == QKVZ_Z:
-        return z.reshape(-1, data.shape[-1])
-    return torch.cat([t.reshape(-1, data.shape[-1]) for t in (q, k, v)])
 
 
 def _plan_experts(ckpt, spec, experts) -> list[PlannedTensor]:
@@ -303,6 +284,20 @@ def llama3_rope_factors(config: dict) -> torch.Tensor:
     return torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), out)
 
 
+def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Tensor:
+    """The "+"-joined transforms of one tensor, in order (e.g. "squeeze+tile_v:v_rows")."""
+    for step in filter(None, p.transform.split("+")):
+        if step == ADD_ONE:
+            data = data.float() + 1.0
+        elif step == NEG_EXP:
+            data = -torch.exp(data.float())
+        elif step == SQUEEZE:
+            data = data.reshape(p.shape)
+        elif step.startswith(V_REORDER):
+            data = v_reordered(data, config, step.removeprefix(V_REORDER))
+    return data
+
+
 def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
     """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
     config = ckpt.config
@@ -325,10 +320,6 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
             data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
         elif p.transform in (QKVZ_QKV, QKVZ_Z):
             data = split_qkvz(data, config, p.transform)
-        elif p.transform == ADD_ONE:
-            data = data.float() + 1.0
-        elif p.transform == NEG_EXP:
-            data = -torch.exp(data.float())
-        elif p.transform == SQUEEZE:
-            data = data.reshape(p.shape)
+        else:
+            data = _elementwise(data, p, config)
         yield data.contiguous()
