@@ -5,7 +5,11 @@ token, MLA included. engine/llamacpp/memory_plan.py decides where it goes.
 KV cache sizes follow llama.cpp (src/llama-kv-cache.cpp, src/llama-hparams.cpp): per block,
 `n_head_kv * (key_length + value_length)` elements per token; MLA models (DeepSeek-V2/V3
 GGUFs with `attention.key_length_mla`) cache one latent of `kv_lora_rank + qk_rope_head_dim`
-(written as key_length with one KV head) and no V (`has_v = !is_mla`).
+(written as key_length with one KV head) and no V (`has_v = !is_mla`). Linear-attention
+and state-space layers (`attention.recurrent_layers`) keep no KV cache but a fixed recurrent
+state per sequence, in F32 whatever the KV cache type (src/llama-memory-recurrent.cpp;
+sizes from llama_hparams::n_embd_r and n_embd_s): (conv_kernel - 1) * (inner_size +
+2 * group_count * state_size) conv inputs and state_size * inner_size state values.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class ModelLayout:
     n_experts: int = 0
     experts_per_token: int = 0
     ffn_width: int = 0  # widest FFN activation per token (dense FFN or top-k experts)
+    state_bytes: list[int] = field(default_factory=list)  # per block: recurrent state, fixed
 
     @property
     def n_layers(self) -> int:
@@ -80,6 +85,15 @@ class ModelLayout:
         if self.mla:
             return heads * self.key_length * per_element
         return heads * (self.key_length + self.value_length) * per_element
+
+    def block_cache_bytes(self, block: int, n_ctx: int, cache_type: str = "f16") -> int:
+        """What block `block` keeps for a context of n_ctx: KV or recurrent state."""
+        state = self.state_bytes[block] if block < len(self.state_bytes) else 0
+        return int(self.kv_bytes_per_token(block, cache_type) * n_ctx) + state
+
+    @property
+    def recurrent_state_bytes(self) -> int:
+        return sum(self.state_bytes)
 
     def kv_cache_bytes(self, n_ctx: int, cache_type: str = "f16") -> int:
         return int(

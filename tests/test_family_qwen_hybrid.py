@@ -1,8 +1,11 @@
-"""Qwen3-Next (Gated DeltaNet + gated attention + MoE) against references nobody here wrote.
+"""Qwen3-Next and Qwen3.5-MoE (Gated DeltaNet + gated attention + MoE) against references
+nobody here wrote.
 
 - Itamae's GGUF against the file llama.cpp's own converter writes from the same checkpoint
   (with --no-mtp, which a transformers-saved checkpoint needs there and Itamae does not):
-  tensor names, shapes and data, metadata keys.
+  tensor names, shapes and data, metadata keys and values. llama.cpp's converter only takes
+  a vocabulary it knows: GPT-2's for Qwen3-Next, Qwen3.5's own (transformers picks the
+  family's tokenizer class by model_type, whose pre-tokenizer GPT-2's hash does not match).
 - llama.cpp's F32 logits on Itamae's GGUF within 1e-4 of transformers fp32, greedy tokens equal.
 - The torch engine within 1e-4 of transformers fp32 on a 32-token prefill and 16 decode
   steps (chunked delta rule, then the recurrent form), expert counts equal to transformers'
@@ -42,20 +45,30 @@ from tests.test_torch_parity import (
 )
 
 llama_cpp = pytest.importorskip("llama_cpp")
-ARCH = "qwen3_next"
+FAMILIES = ("qwen3_next", "qwen3_5_moe")
+VOCAB = {"qwen3_next": "gpt-2", "qwen3_5_moe": "qwen35"}
 LLAMA_CPP_PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens
 
 
 @pytest.fixture(scope="module")
-def ours_f32(hf_checkpoint, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("qwen3_next") / "f32.gguf"
-    convert(hf_checkpoint(ARCH), dest, "F32")
-    return dest
+def converted_f32(hf_checkpoint, tmp_path_factory):
+    made = {}
+
+    def make(arch):
+        if arch not in made:
+            made[arch] = tmp_path_factory.mktemp(arch) / "f32.gguf"
+            convert(hf_checkpoint(arch), made[arch], "F32")
+        return made[arch]
+
+    return make
 
 
 @pytest.mark.slow  # llama.cpp's converter: ~20 s the first time, then cached
-def test_gguf_equals_llama_cpp_converters(hf_checkpoint, tmp_path):
-    folder, theirs = reference_pair(hf_checkpoint(ARCH), "f32", flags=("--no-mtp",))
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_gguf_equals_llama_cpp_converters(arch, hf_checkpoint, tmp_path):
+    folder, theirs = reference_pair(
+        hf_checkpoint(arch), "f32", flags=("--no-mtp",), vocab=VOCAB[arch]
+    )
     ours = tmp_path / "itamae.gguf"
     convert(folder, ours, "F32")
     a, b = GGUFReader(ours), GGUFReader(theirs)
@@ -65,20 +78,24 @@ def test_gguf_equals_llama_cpp_converters(hf_checkpoint, tmp_path):
         assert list(mine[name].shape) == list(t.shape), name
         assert np.array_equal(mine[name].data, t.data), name
 
+    prefix = str(a.fields["general.architecture"].contents()) + "."
+
     def arch_keys(reader):
-        return {k for k in reader.fields if k.startswith("qwen3next.")}
+        return {k for k in reader.fields if k.startswith(prefix)}
 
+    interval = prefix + "full_attention_interval"
     # Itamae also writes the vocabulary size, as for every family
-    assert arch_keys(b) == arch_keys(a) - {"qwen3next.vocab_size"}
-    for key in arch_keys(b) - {"qwen3next.full_attention_interval"}:
+    assert arch_keys(b) == arch_keys(a) - {prefix + "vocab_size"}
+    for key in arch_keys(b) - {interval}:
         assert a.fields[key].contents() == b.fields[key].contents(), key
-    # llama.cpp reads the config through transformers, which consumes the interval into
-    # layer_types, and then writes its default 4; its loader reads recurrent_layers first.
-    assert a.fields["qwen3next.full_attention_interval"].contents() == 2
+    # llama.cpp reads the config through transformers, which may consume the interval into
+    # layer_types and leave llama.cpp its default 4; its loader reads recurrent_layers first.
+    assert a.fields[interval].contents() == 2
 
 
-def test_llama_cpp_logits_and_greedy_match_transformers(hf_checkpoint, ours_f32):
-    folder = hf_checkpoint(ARCH)
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_llama_cpp_logits_and_greedy_match_transformers(arch, hf_checkpoint, converted_f32):
+    folder, ours_f32 = hf_checkpoint(arch), converted_f32(arch)
     got, want = llama_cpp_logits(ours_f32), transformers_logits(folder)
     assert relative_error(got, want) <= 1e-4
     ids = [0] + list(range(40, 50))
@@ -107,8 +124,9 @@ def test_llama_cpp_logits_and_greedy_match_transformers(hf_checkpoint, ours_f32)
     assert tokens == expected.tolist()
 
 
-def test_torch_engine_matches_transformers_fp32(hf_checkpoint):
-    folder = hf_checkpoint(ARCH)
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_torch_engine_matches_transformers_fp32(arch, hf_checkpoint):
+    folder = hf_checkpoint(arch)
     ref = reference_model(folder)
     ids = prompt_ids(folder)
     model = load_model(folder)
@@ -122,8 +140,9 @@ def test_torch_engine_matches_transformers_fp32(hf_checkpoint):
     assert int(model.usage.counts.sum()) == (PREFILL + DECODE) * 2 * 4
 
 
-def test_torch_greedy_generation_identical(hf_checkpoint):
-    folder = hf_checkpoint(ARCH)
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_torch_greedy_generation_identical(arch, hf_checkpoint):
+    folder = hf_checkpoint(arch)
     ref, tok = reference_model(folder), reference_tokenizer(folder)
     prompt = "板前は寿司を握る。 The chef"
     ids = tok(prompt, return_tensors="pt").input_ids
@@ -139,10 +158,11 @@ def test_torch_greedy_generation_identical(hf_checkpoint):
     assert final.token_ids == expected
 
 
-def test_three_turn_chat_reuses_state_exactly(hf_checkpoint):
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_three_turn_chat_reuses_state_exactly(arch, hf_checkpoint):
     """Each turn's prompt extends the last one; the generator resumes from the state
     checkpoint at the previous turn's end and must give the logits of a fresh run."""
-    backend = load_torch(hf_checkpoint(ARCH))
+    backend = load_torch(hf_checkpoint(arch))
     gen, model = backend.generator, backend.generator.model
     messages: list[Message] = []
     for turn, text in enumerate(("Hello there.", "板前は何を切る?", "And the rice?")):
@@ -162,12 +182,14 @@ def test_three_turn_chat_reuses_state_exactly(hf_checkpoint):
         messages.append(Message("assistant", reply))
 
 
-def test_inspect_json_counts(hf_checkpoint, capsys, ours_f32):
-    folder = hf_checkpoint(ARCH)
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_inspect_json_counts(arch, hf_checkpoint, capsys, converted_f32):
+    """Counts of the language model (a vision tower is not part of the chat model)."""
+    folder = hf_checkpoint(arch)
     state = reference_model(folder).state_dict()
     total = sum(t.numel() for t in state.values())
     routed = sum(t.numel() for n, t in state.items() if ".experts." in n)
-    for path in (folder, ours_f32):
+    for path in (folder, converted_f32(arch)):
         assert main(["inspect", str(path), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert (info["n_experts"], info["experts_per_token"], info["n_shared_experts"]) == (8, 2, 1)
@@ -178,3 +200,29 @@ def test_inspect_json_counts(hf_checkpoint, capsys, ours_f32):
         )
         assert info["total_params"] == total
         assert info["active_params"] == total - routed + routed * 2 // 8
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_memory_plan_is_what_llama_cpp_allocates(arch, converted_f32):
+    """KV for the attention layers only, the F32 conv + recurrent state of the linear ones."""
+    from engine.llamacpp.backend import load as load_llamacpp
+
+    backend = load_llamacpp(converted_f32(arch), n_ctx=512, threads=2)
+    try:
+        log = backend.native.load_log
+        plan = backend.plan
+    finally:
+        backend.close()
+
+    def mib(line: str, label: str) -> float:
+        return float(line.split(label)[1].split("MiB")[0].strip(" =:"))
+
+    kv = next(x for x in log if "llama_kv_cache: size =" in x)
+    assert plan.kv_bytes / 2**20 == pytest.approx(mib(kv, "size"), abs=0.006)
+    assert "2 layers" in kv  # the two full-attention layers of four
+    state = next(x for x in log if "llama_memory_recurrent: size =" in x)
+    r, s = mib(state, "R (f32)"), mib(state, "S (f32)")
+    assert plan.state_bytes / 2**20 == pytest.approx(r + s, abs=0.01)
+    assert plan.state_bytes == 2 * 4 * (3 * (128 + 2 * 2 * 32) + 32 * 128)  # n_embd_r + n_embd_s
+    compute = [x for x in log if "compute buffer size =" in x]
+    assert compute and plan.compute_bytes / 2**20 >= sum(mib(x, "size") for x in compute)
