@@ -23,13 +23,25 @@ from gguf import TENSOR_NAMES, GGMLQuantizationType
 from converters.archs.rope import rope_parameters
 from converters.archs.spec import ArchSpec
 from converters.archs.tensors import (
+    ADD_ONE,
     GLOBAL_TENSORS,
+    NEG_EXP,
     PERMUTE_K,
     PERMUTE_Q,
     SPLIT_KV_B,
+    SPLIT_QKVZ,
+    SQUEEZE,
+    V_REORDER,
     split_layer_name,
 )
 from converters.core.errors import BadModelFile
+from converters.formats.gguf_linear_attention import (
+    QKVZ_QKV,
+    QKVZ_Z,
+    qkvz_shapes,
+    split_qkvz,
+    v_reordered,
+)
 from converters.formats.hf_reader import HFCheckpoint
 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
@@ -105,6 +117,10 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
 def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
     shape = tuple(ckpt.shape(name))
     transform = spec.transforms.get(rest, "")
+    if SQUEEZE in transform.split("+"):
+        shape = tuple(n for n in shape if n != 1)
+    if transform == SPLIT_QKVZ:
+        return _plan_qkvz(ckpt.config, name, bid, shape)
     if transform != SPLIT_KV_B:
         return [PlannedTensor(gguf_name(kind, bid, suffix), kind, bid, shape, (name,), transform)]
     config = ckpt.config
@@ -126,6 +142,18 @@ def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
         PlannedTensor(
             gguf_name(T.ATTN_V_B, bid, suffix), T.ATTN_V_B, bid, (heads, v_dim, lora), (name,), V_B
         ),
+    ]
+
+
+def _plan_qkvz(config, name, bid, shape) -> list[PlannedTensor]:
+    """in_proj_qkvz stores [q, k, v, z] rows per key head; llama.cpp wants all q, then all
+    k, then all v (attn_qkv) and the z rows apart (attn_gate), as Qwen3NextModel writes."""
+    qkv, z = qkvz_shapes(config, name, shape)
+    return [
+        PlannedTensor(
+            gguf_name(T.ATTN_QKV, bid, ".weight"), T.ATTN_QKV, bid, qkv, (name,), QKVZ_QKV
+        ),
+        PlannedTensor(gguf_name(T.ATTN_GATE, bid, ".weight"), T.ATTN_GATE, bid, z, (name,), QKVZ_Z),
     ]
 
 
@@ -203,7 +231,7 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
     if not config.get("tie_word_embeddings"):
         needed.append((T.OUTPUT, None))
     for bid in range(int(config["num_hidden_layers"])):
-        needed += [(T.ATTN_NORM, bid), (T.FFN_NORM, bid), (T.ATTN_OUT, bid)]
+        needed += [(kind, bid) for kind in spec.required_layer_kinds(config, bid)]
         if spec.is_moe_layer(config, bid):
             needed += [
                 (T.FFN_GATE_INP, bid),
@@ -221,7 +249,7 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
             "The download is incomplete or the config.json belongs to another model.",
         )
     expected = {T.TOKEN_EMBD: (vocab, hidden), T.OUTPUT: (vocab, hidden), T.OUTPUT_NORM: (hidden,)}
-    expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,)})
+    expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,), T.ATTN_POST_NORM: (hidden,)})
     for p in planned:
         if p.kind in expected and p.shape != expected[p.kind]:
             raise BadModelFile(
@@ -256,6 +284,20 @@ def llama3_rope_factors(config: dict) -> torch.Tensor:
     return torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), out)
 
 
+def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Tensor:
+    """The "+"-joined transforms of one tensor, in order (e.g. "squeeze+tile_v:v_rows")."""
+    for step in filter(None, p.transform.split("+")):
+        if step == ADD_ONE:
+            data = data.float() + 1.0
+        elif step == NEG_EXP:
+            data = -torch.exp(data.float())
+        elif step == SQUEEZE:
+            data = data.reshape(p.shape)
+        elif step.startswith(V_REORDER):
+            data = v_reordered(data, config, step.removeprefix(V_REORDER))
+    return data
+
+
 def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
     """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
     config = ckpt.config
@@ -276,4 +318,8 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
         elif p.transform in (FUSED_GATE, FUSED_UP):
             rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
             data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
+        elif p.transform in (QKVZ_QKV, QKVZ_Z):
+            data = split_qkvz(data, config, p.transform)
+        else:
+            data = _elementwise(data, p, config)
         yield data.contiguous()

@@ -113,6 +113,7 @@ class HFCheckpoint:
         self.files = _shard_files(self.folder)
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, list[int]]] = {}
+        self._stored: dict[str, str] = {}  # the language model's name -> the file's
         for file in self.files:
             self._index_file(file)
         self.fp8_block = _fp8_block(self.config)
@@ -120,9 +121,11 @@ class HFCheckpoint:
     def _index_file(self, file: Path) -> None:
         try:
             with safe_open(file, "pt") as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
-                    self._where[name] = file
+                for stored in f.keys():
+                    if (name := archs.text_model_name(stored)) is None:
+                        continue  # vision tower, MTP head: not the chat model
+                    sl = f.get_slice(stored)
+                    self._where[name], self._stored[name] = file, stored
                     self._meta[name] = (sl.get_dtype(), list(sl.get_shape()))
         except Exception as e:  # safetensors raises its own SafetensorError and OSError
             raise BadModelFile(
@@ -135,7 +138,8 @@ class HFCheckpoint:
         return str(self.config.get("model_type", ""))
 
     def tensor_names(self) -> list[str]:
-        """Names as the checkpoint spells them; FP8 scale tensors are folded into their weights."""
+        """The language model's tensors, named as a text-only checkpoint spells them
+        (archs.text_model_name); FP8 scale tensors are folded into their weights."""
         return [n for n in self._meta if not n.endswith(SCALE_SUFFIX)]
 
     def __contains__(self, name: str) -> bool:
@@ -162,7 +166,7 @@ class HFCheckpoint:
             )
         try:
             with safe_open(self._where[name], "pt") as f:
-                return f.get_tensor(name)
+                return f.get_tensor(self._stored[name])
         except Exception as e:
             raise BadModelFile(
                 f"Could not read tensor {name!r} from {self._where[name].name} ({e}).",
