@@ -12,6 +12,8 @@ Routing references (transformers 5 modeling files, and the models' own code):
   `norm_topk_prob`, then x routed_scaling_factor (DeepseekV3TopkRouter).
 Compute (gpt-fast's MoE, made sparse): tokens are sorted by expert, each selected expert
 runs once on its group, results are scattered back weighted. Never a loop over all experts.
+Decode (one token) runs the K chosen experts through one compiled kernel where there is one
+(compiled.py), gathering them from the expert cache's slots.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compiled import FusedExperts
 from .layers import GatedMLP, Linear
 from .placement import ExpertCache
 
@@ -125,6 +128,7 @@ class MoEBlock:
     shared: GatedMLP | None = None
     shared_gate: Linear | None = None  # Qwen2-MoE
     experts_per_token: int | None = None  # run-time override
+    fused: FusedExperts | None = None  # decode's compiled kernel (compiled.py), None: plain
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -144,12 +148,48 @@ class MoEBlock:
     def _one_token(self, flat, weights, experts) -> torch.Tensor:
         """Decode: K experts on one token, summed in expert order as the grouped path does."""
         pairs = sorted(zip(experts.tolist(), weights.tolist(), strict=True))
-        self.usage.record(self.layer, [e for e, _ in pairs], [1] * len(pairs))
+        chosen = [e for e, _ in pairs]
+        self.usage.record(self.layer, chosen, [1] * len(pairs))
+        if self.fused is not None:
+            out = self._fused(flat, chosen, [w for _, w in pairs])
+            if out is not None:
+                return out
         out = None
         for expert, weight in pairs:
             y = self.cache.run(self.layer, expert, flat) * weight  # [1, H]
             out = y if out is None else out + y
         return out.to(flat.dtype)
+
+    def _fused(self, flat, experts: list[int], weights: list[float]) -> torch.Tensor | None:
+        """The compiled kernel over the chosen experts: slots of the fast tier by slot index,
+        the rest where they live by expert index; per-expert rows are the same bits either
+        way, and the weighted sum runs over them in expert order whatever their tier."""
+        slots = [self.cache.locate(self.layer, e, 1) for e in experts]
+        at_fast = [i for i, s in enumerate(slots) if s is not None]
+        at_slow = [i for i, s in enumerate(slots) if s is None]
+        y = None
+        if at_fast:
+            idx = torch.tensor([slots[i] for i in at_fast])
+            y = self.fused(flat, self.cache.fast_views(self.layer), idx)  # [K_fast, H]
+        if at_slow and (y is not None or not at_fast):
+            views, idx = self.cache.slow.stacked(self.layer, [experts[i] for i in at_slow])
+            y_slow = self.fused(flat.to(idx.device), views, idx)
+            if y_slow is None or not at_fast:
+                y = y_slow
+            else:
+                y = torch.empty(len(experts), y.shape[1]).index_copy_(
+                    0, torch.tensor(at_fast), y
+                ).index_copy_(0, torch.tensor(at_slow), y_slow.to(y.device))  # fmt: skip
+        if y is None:  # the compiled kernel failed: the plain path, uses already counted
+            y = torch.cat([self._plain(e, s, flat) for e, s in zip(experts, slots, strict=True)])
+        w = torch.tensor(weights, dtype=torch.float32, device=y.device)
+        return (y.float() * w[:, None]).sum(0, keepdim=True).to(flat.dtype)  # [1, H]
+
+    def _plain(self, expert: int, slot: int | None, flat) -> torch.Tensor:
+        if slot is not None:
+            return self.cache.ffn(slot, self.layer)(flat).float()
+        ffn = self.cache.slow.ffn(self.layer, self.cache.slow.row(self.layer, expert))
+        return ffn(flat.to(ffn.row.device)).float().to(flat.device)
 
     def _grouped(self, flat, weights, experts) -> torch.Tensor:
         """Prefill: tokens sorted by expert, each active expert runs once on its group."""
