@@ -160,30 +160,40 @@ class MoEBlock:
             out = y if out is None else out + y
         return out.to(flat.dtype)
 
-    def _fused(self, flat, experts: list[int], weights: list[float]) -> torch.Tensor | None:
+    def _fused(self, flat, experts: list[int], weights: list[float]) -> torch.Tensor:
         """The compiled kernel over the chosen experts: slots of the fast tier by slot index,
-        the rest where they live by expert index; per-expert rows are the same bits either
-        way, and the weighted sum runs over them in expert order whatever their tier."""
-        slots = [self.cache.locate(self.layer, e, 1) for e in experts]
-        at_fast = [i for i, s in enumerate(slots) if s is not None]
-        at_slow = [i for i, s in enumerate(slots) if s is None]
-        y = None
-        if at_fast:
-            idx = torch.tensor([slots[i] for i in at_fast])
-            y = self.fused(flat, self.cache.fast_views(self.layer), idx)  # [K_fast, H]
-        if at_slow and (y is not None or not at_fast):
-            views, idx = self.cache.slow.stacked(self.layer, [experts[i] for i in at_slow])
-            y_slow = self.fused(flat.to(idx.device), views, idx)
-            if y_slow is None or not at_fast:
-                y = y_slow
-            else:
-                y = torch.empty(len(experts), y.shape[1]).index_copy_(
-                    0, torch.tensor(at_fast), y
-                ).index_copy_(0, torch.tensor(at_slow), y_slow.to(y.device))  # fmt: skip
-        if y is None:  # the compiled kernel failed: the plain path, uses already counted
-            y = torch.cat([self._plain(e, s, flat) for e, s in zip(experts, slots, strict=True)])
+        the rest where they live by expert index. Each expert's row of outputs is the same
+        bits either way, and the weighted sum runs over them in expert order whatever their
+        tier, so the budget does not change the result."""
+        y = torch.empty(len(experts), flat.shape[-1], device=flat.device)  # [K, H] float32
+        slots: list[int | None] = []
+        pending: list[int] = []  # positions whose slot holds their expert, not yet computed
+        for e in experts:
+            victim = self.cache.would_evict(self.layer, e)
+            if victim is not None and any(slots[i] == victim for i in pending):
+                self._fill(flat, experts, slots, pending, y)  # before its slot is reused
+                pending = []
+            slots.append(self.cache.locate(self.layer, e, 1))
+            if slots[-1] is not None:
+                pending.append(len(slots) - 1)
+        self._fill(flat, experts, slots, pending, y)
+        self._fill(flat, experts, slots, [i for i, s in enumerate(slots) if s is None], y)
         w = torch.tensor(weights, dtype=torch.float32, device=y.device)
-        return (y.float() * w[:, None]).sum(0, keepdim=True).to(flat.dtype)  # [1, H]
+        return (y * w[:, None]).sum(0, keepdim=True).to(flat.dtype)  # [1, H]
+
+    def _fill(self, flat, experts, slots, positions: list[int], y: torch.Tensor) -> None:
+        """y[positions] = those experts' outputs, all from the fast tier or all from the slow."""
+        if not positions:
+            return
+        if slots[positions[0]] is not None:
+            views = self.cache.fast_views(self.layer)
+            idx = torch.tensor([slots[i] for i in positions])
+        else:
+            views, idx = self.cache.slow.stacked(self.layer, [experts[i] for i in positions])
+        out = self.fused(flat.to(idx.device), views, idx)
+        if out is None:  # the compiled kernel failed: the plain path (uses already counted)
+            out = torch.cat([self._plain(experts[i], slots[i], flat) for i in positions])
+        y[positions] = out.to(y.device)
 
     def _plain(self, expert: int, slot: int | None, flat) -> torch.Tensor:
         if slot is not None:

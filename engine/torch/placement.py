@@ -155,20 +155,21 @@ class ExpertCache:
             slot = self._move(key)
             self.ffn(slot, key[0]).prepare(dtype)
 
-    def _evict_one(self) -> None:
+    def _victim(self) -> tuple[int, int]:
+        """The expert an eviction would remove now."""
         if self.policy == "lru":
-            key = next(iter(self.slot_of))
-        else:
-            key = min(self.slot_of, key=lambda k: self.uses.get(k, 0))
-        self.free.append(self.slot_of.pop(key))
+            return next(iter(self.slot_of))
+        return min(self.slot_of, key=lambda k: self.uses.get(k, 0))
+
+    def _evict_one(self) -> None:
+        self.free.append(self.slot_of.pop(self._victim()))
 
     def _admit(self, key) -> bool:
         """Make room for `key` if the policy lets it in."""
         if self.n_slots == 0 or self.policy == "static":
             return False
         if self.policy == "frequency" and not self.free:
-            victim = min(self.slot_of, key=lambda k: self.uses.get(k, 0))
-            if self.uses.get(victim, 0) >= self.uses[key]:
+            if self.uses.get(self._victim(), 0) >= self.uses[key]:
                 return False
         if not self.free:
             self._evict_one()
@@ -199,6 +200,12 @@ class ExpertCache:
         if not self.slow.is_view():
             self.counters.bytes_moved += nbytes  # read out of the checkpoint
         return None
+
+    def would_evict(self, layer: int, expert: int) -> int | None:
+        """The slot a miss on (layer, expert) could take from another expert now, if any."""
+        if (layer, expert) in self.slot_of or self.free or not self.slot_of:
+            return None
+        return None if self.policy == "static" else self.slot_of[self._victim()]
 
     def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
         slot = self.locate(layer, expert, x.shape[0])
