@@ -113,7 +113,10 @@ def test_no_compiler_falls_back_to_the_plain_kernels(int8_model, tmp_path):
     env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"),
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # fmt: skip
     runs = {}
-    for label, extra_env, flags in (("broken", env, []), ("plain", os.environ, ["--compile", "off"])):
+    for label, extra_env, flags in (
+        ("broken", env, []),
+        ("plain", os.environ, ["--compile", "off"]),
+    ):
         out = subprocess.run(
             [sys.executable, "-m", "app.cli", "generate", "--model", str(int8_model),
              "--engine", "torch", "--prompt", PROMPT, "--max-tokens", "6", "--json", *flags],

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import FUSED_RE, TorchFormat, expert_layout, expert_views, pack_expert
+from converters.formats.torch_format import (
+    FUSED_RE,
+    TorchFormat,
+    expert_layout,
+    expert_views,
+    pack_expert,
+)
 from converters.formats.torch_quant import int4_group_size
 
 from .layers import ACTIVATIONS, Int4Linear, Int8Linear, Linear
@@ -138,9 +144,9 @@ class CheckpointExperts(SlowTier):
         prefix = self.prefixes[layer]
         fused = f"{prefix}.gate_up_proj"
         if fused in self.ckpt and FUSED_RE.match(fused):
-            gate_up = self.ckpt.get(fused)[e]
+            gate_up = self.ckpt.get_row(fused, e)  # one expert's slice, not the stack
             inter = gate_up.shape[0] // 2
-            return gate_up[:inter], gate_up[inter:], self.ckpt.get(f"{prefix}.down_proj")[e]
+            return gate_up[:inter], gate_up[inter:], self.ckpt.get_row(f"{prefix}.down_proj", e)
         return tuple(self.ckpt.get(f"{prefix}.{e}.{n}.weight") for n in self.names)
 
     def row(self, layer: int, expert: int) -> torch.Tensor:

@@ -102,7 +102,9 @@ class ExpertCache:
         n_experts = sum(self.slow.n_experts(layer) for layer in range(self.n_layers))
         self.n_slots = min(self.budget_bytes // self.row_bytes, n_experts)
         # pages are touched only when a slot is first written, so an unused budget costs nothing
-        self.buffer = torch.empty(self.n_slots, self.row_bytes, dtype=torch.uint8, device=self.device)
+        self.buffer = torch.empty(
+            self.n_slots, self.row_bytes, dtype=torch.uint8, device=self.device
+        )
         self.slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()  # LRU order
         self.free = list(range(self.n_slots - 1, -1, -1))  # popped from the end: slot 0 first
         self.ffns: list[ExpertFFN | None] = [None] * self.n_slots
@@ -168,9 +170,9 @@ class ExpertCache:
         """Make room for `key` if the policy lets it in."""
         if self.n_slots == 0 or self.policy == "static":
             return False
-        if self.policy == "frequency" and not self.free:
-            if self.uses.get(self._victim(), 0) >= self.uses[key]:
-                return False
+        frequency_full = self.policy == "frequency" and not self.free
+        if frequency_full and self.uses.get(self._victim(), 0) >= self.uses[key]:
+            return False
         if not self.free:
             self._evict_one()
         return True
