@@ -51,7 +51,7 @@ def test_compiled_and_plain_decode_give_the_same_tokens(hf_checkpoint, int8_mode
     folder = int8_model if source == "torch_int8" else hf_checkpoint("qwen2_moe")
     options = {"engine": "torch", "expert_budget": budget, "dtype": "float32"}
     plain, plain_info = _tokens(engine.load(folder, compile=False, **options))
-    compiled, info = _tokens(engine.load(folder, **options))
+    compiled, info = _tokens(engine.load(folder, compile=True, **options))
     assert not plain_info["compiled_experts"]
     assert info["compiled_experts"] and info["compile_s"] > 0
     assert compiled == plain
@@ -81,7 +81,7 @@ def test_every_expert_count_runs_compiled_in_bf16(int8_model):
 
 
 def test_an_experts_rows_are_the_same_bits_from_a_slot_and_from_the_file(int8_model):
-    model = load_model(int8_model, torch.bfloat16, expert_budget=1.0)
+    model = load_model(int8_model, torch.bfloat16, expert_budget=1.0, compile=True)
     cache, fused = model.cache, model.fused
     x = torch.randn(model.args.hidden_size).bfloat16()
     experts = [1, 4, 6]
@@ -99,6 +99,7 @@ def test_an_experts_rows_are_the_same_bits_from_a_slot_and_from_the_file(int8_mo
 def test_switches():
     assert compile_wanted("auto") and compile_wanted(True) and compile_wanted("on")
     assert not compile_wanted(False) and not compile_wanted("off")
+    assert not compile_wanted("auto", 192 * 1024) and compile_wanted("on", 192 * 1024)
     os.environ["ITAMAE_COMPILE"] = "0"
     try:
         assert not compile_wanted("auto") and not compile_wanted(True)

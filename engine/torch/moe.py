@@ -151,9 +151,7 @@ class MoEBlock:
         chosen = [e for e, _ in pairs]
         self.usage.record(self.layer, chosen, [1] * len(pairs))
         if self.fused is not None:
-            out = self._fused(flat, chosen, [w for _, w in pairs])
-            if out is not None:
-                return out
+            return self._fused(flat, chosen, [w for _, w in pairs])
         out = None
         for expert, weight in pairs:
             y = self.cache.run(self.layer, expert, flat) * weight  # [1, H]
@@ -165,26 +163,31 @@ class MoEBlock:
         the rest where they live by expert index. Each expert's row of outputs is the same
         bits either way, and the weighted sum runs over them in expert order whatever their
         tier, so the budget does not change the result."""
-        y = torch.empty(len(experts), flat.shape[-1], device=flat.device)  # [K, H] float32
         slots: list[int | None] = []
-        pending: list[int] = []  # positions whose slot holds their expert, not yet computed
+        done: list[tuple[list[int], torch.Tensor]] = []  # (positions, their outputs)
+        open_batch: list[int] = []  # positions whose slot holds their expert, not yet run
         for e in experts:
             victim = self.cache.would_evict(self.layer, e)
-            if victim is not None and any(slots[i] == victim for i in pending):
-                self._fill(flat, experts, slots, pending, y)  # before its slot is reused
-                pending = []
+            if victim is not None and any(slots[i] == victim for i in open_batch):
+                done.append((open_batch, self._batch(flat, experts, slots, open_batch)))
+                open_batch = []  # run before a later miss reuses one of their slots
             slots.append(self.cache.locate(self.layer, e, 1))
             if slots[-1] is not None:
-                pending.append(len(slots) - 1)
-        self._fill(flat, experts, slots, pending, y)
-        self._fill(flat, experts, slots, [i for i, s in enumerate(slots) if s is None], y)
+                open_batch.append(len(slots) - 1)
+        for positions in (open_batch, [i for i, s in enumerate(slots) if s is None]):
+            if positions:
+                done.append((positions, self._batch(flat, experts, slots, positions)))
+        if len(done) == 1:  # the usual case: every expert from one tier, in expert order
+            y = done[0][1]
+        else:
+            y = torch.empty(len(experts), flat.shape[-1], device=flat.device)  # [K, H]
+            for positions, out in done:
+                y[positions] = out.to(y.device)
         w = torch.tensor(weights, dtype=torch.float32, device=y.device)
-        return (y * w[:, None]).sum(0, keepdim=True).to(flat.dtype)  # [1, H]
+        return (w @ y).to(flat.dtype)[None]  # [1, H]
 
-    def _fill(self, flat, experts, slots, positions: list[int], y: torch.Tensor) -> None:
-        """y[positions] = those experts' outputs, all from the fast tier or all from the slow."""
-        if not positions:
-            return
+    def _batch(self, flat, experts, slots, positions: list[int]) -> torch.Tensor:
+        """[len(positions), H] float32 outputs of those experts, all in one tier."""
         if slots[positions[0]] is not None:
             views = self.cache.fast_views(self.layer)
             idx = torch.tensor([slots[i] for i in positions])
@@ -193,7 +196,7 @@ class MoEBlock:
         out = self.fused(flat.to(idx.device), views, idx)
         if out is None:  # the compiled kernel failed: the plain path (uses already counted)
             out = torch.cat([self._plain(experts[i], slots[i], flat) for i in positions])
-        y[positions] = out.to(y.device)
+        return out
 
     def _plain(self, expert: int, slot: int | None, flat) -> torch.Tensor:
         if slot is not None:

@@ -166,7 +166,7 @@ class DecoderModel:
     def _compile_experts(self, wanted: bool | str) -> tuple[FusedExperts | None, float]:
         """The compiled decode kernel, compiled now (at load) on zero rows; (None, 0) where
         it does not apply or compiling failed (then the per-expert kernels run)."""
-        if not compile_wanted(wanted) or self.cache is None:
+        if self.cache is None or not compile_wanted(wanted, self.cache.row_bytes):
             return None, 0.0
         slow = self.cache.slow
         fused = FusedExperts.for_scheme(slow.scheme, self.args.hidden_act, self.device)
