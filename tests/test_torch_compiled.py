@@ -115,7 +115,7 @@ def test_no_compiler_falls_back_to_the_plain_kernels(int8_model, tmp_path):
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # fmt: skip
     runs = {}
     for label, extra_env, flags in (
-        ("broken", env, []),
+        ("broken", env, ["--compile", "on"]),
         ("plain", os.environ, ["--compile", "off"]),
     ):
         out = subprocess.run(
