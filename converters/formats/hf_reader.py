@@ -5,7 +5,10 @@ and FP8 block-scaled weights as DeepSeek-V3/R1 and Qwen3-FP8 publish them: a
 `float8_e4m3fn` weight with a float32 `<name>_scale_inv` holding one scale per
 `weight_block_size` block (128x128), edge blocks partial. Those are dequantized here
 (`weight * scale_inv` per block, on the CPU) so nothing downstream sees FP8.
-Only safetensors is read; pickled `.bin` checkpoints are refused.
+Only safetensors is read; pickled `.bin` checkpoints are refused. Each file is opened
+once and kept open (3,000 tensors read one by one, as measured for issue 17: 9.3 s
+reopening, 0.05 s kept open), and one expert of a fused [E, ...] expert tensor is read as
+a slice (`get_row`), not the whole stack (8.7 ms against 0.13 ms for one expert there).
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class HFCheckpoint:
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, list[int]]] = {}
         self._stored: dict[str, str] = {}  # the language model's name -> the file's
+        self._handles: dict[Path, object] = {}  # file -> open safe_open handle (see _file)
         for file in self.files:
             self._index_file(file)
         self.fp8_block = _fp8_block(self.config)
@@ -158,15 +162,26 @@ class HFCheckpoint:
     def is_fp8(self, name: str) -> bool:
         return self.dtype_name(name) in FP8_DTYPES
 
-    def _raw(self, name: str) -> torch.Tensor:
+    def _file(self, name: str):
+        """The open safetensors handle of the file holding `name`: each file is opened once
+        (its header parsed once) and then serves every tensor in it."""
         if name not in self._where:
             raise BadModelFile(
                 f"Tensor {name!r} is missing from {self.folder}.",
                 "The checkpoint is incomplete or not the architecture its config names.",
             )
+        path = self._where[name]
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, "pt")
+        return self._handles[path]
+
+    def _raw(self, name: str, index: int | None = None) -> torch.Tensor:
+        """The stored tensor, or only its `index`-th slice along the first dimension."""
         try:
-            with safe_open(self._where[name], "pt") as f:
-                return f.get_tensor(self._stored[name])
+            f, stored = self._file(name), self._stored[name]
+            return f.get_tensor(stored) if index is None else f.get_slice(stored)[index]
+        except BadModelFile:
+            raise
         except Exception as e:
             raise BadModelFile(
                 f"Could not read tensor {name!r} from {self._where[name].name} ({e}).",
@@ -175,7 +190,19 @@ class HFCheckpoint:
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor; FP8 weights come back dequantized (float32 unless `dtype` says otherwise)."""
-        tensor = self._raw(name)
+        return self._dequantized(name, None, dtype)
+
+    def get_row(self, name: str, index: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """tensor[index] without reading the rest: one expert of a fused [E, ...] layout
+        (transformers 5's experts.gate_up_proj / down_proj, gpt-oss)."""
+        shape = self.shape(name)
+        if not shape or not 0 <= index < shape[0]:
+            raise BadModelFile(f"{name!r} has shape {shape}; it has no row {index}.",
+                               "The checkpoint does not match its config.json.")  # fmt: skip
+        return self._dequantized(name, index, dtype)
+
+    def _dequantized(self, name: str, index: int | None, dtype) -> torch.Tensor:
+        tensor = self._raw(name, index)
         if self.is_fp8(name):
             scale_name = name + SCALE_SUFFIX
             if scale_name not in self._meta:
@@ -183,7 +210,7 @@ class HFCheckpoint:
                     f"FP8 tensor {name!r} has no {scale_name!r} to dequantize it with.",
                     "The checkpoint is incomplete: re-download it.",
                 )
-            tensor = dequantize_fp8_blocks(tensor, self._raw(scale_name), self.fp8_block)
+            tensor = dequantize_fp8_blocks(tensor, self._raw(scale_name, index), self.fp8_block)
         return tensor.to(dtype) if dtype is not None else tensor
 
     def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:

@@ -203,9 +203,9 @@ def _find_experts(ckpt: HFCheckpoint, n_layers: int) -> dict[int, dict]:
 
 def _expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
     if "fused" in info:
-        gate_up = ckpt.get(info["fused"]["gate_up_proj"])[e]
+        gate_up = ckpt.get_row(info["fused"]["gate_up_proj"], e)  # one expert, not all E
         inter = gate_up.shape[0] // 2
-        return gate_up[:inter], gate_up[inter:], ckpt.get(info["fused"]["down_proj"])[e]
+        return gate_up[:inter], gate_up[inter:], ckpt.get_row(info["fused"]["down_proj"], e)
     names = info["names"]
     return (ckpt.get(names[(e, "gate")]), ckpt.get(names[(e, "up")]), ckpt.get(names[(e, "down")]))
 
