@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import engine
-from converters.formats.torch_format import convert_to_torch
+from converters.formats.torch_writer import convert_to_torch
 from engine.torch.compiled import FusedExperts, compile_wanted
 from engine.types import FinalEvent, GenerationRequest, SamplingParams
 from tests.test_torch_parity import load_model, prompt_ids, run_ours

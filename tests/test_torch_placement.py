@@ -14,7 +14,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from converters.formats.torch_format import convert_to_torch
+from converters.formats.torch_writer import convert_to_torch
 from tests.fixtures.reference import reference_model
 from tests.test_torch_parity import RouterCounts, load_model, prompt_ids, run_ours, run_reference
 

@@ -24,19 +24,14 @@ import torch.nn.functional as F
 
 from converters.core.errors import BadModelFile, Cancelled, OutputExists
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import (
-    MANIFEST,
-    TorchFormat,
-    convert_to_torch,
-    expert_views,
-    pack_expert,
-)
+from converters.formats.torch_format import MANIFEST, TorchFormat, expert_views, pack_expert
 from converters.formats.torch_quant import (
     dequantize_int4_groups,
     dequantize_int8_rows,
     quantize_int4_groups,
     quantize_int8_rows,
 )
+from converters.formats.torch_writer import convert_to_torch
 from engine.torch.cpu_kernels import int8_kernel_available
 from engine.torch.layers import Int4Linear, Int8Linear
 from tests.fixtures.checkpoints import ARCHS, fixture_path

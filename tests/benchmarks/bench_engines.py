@@ -58,7 +58,7 @@ POLICIES = ("lru", "frequency", "static")
 
 def prepare(workdir: Path) -> dict[str, Path]:
     from converters.conversion.convert import convert
-    from converters.formats.torch_format import convert_to_torch
+    from converters.formats.torch_writer import convert_to_torch
 
     src = build_checkpoint(workdir / "synthetic-qwen3-moe-1b")
     files = {"hf": src}
@@ -302,7 +302,7 @@ def expert_cache_tables(files, t: int, workdir: Path) -> dict:
         )
     demo = REPO / "assets" / "demo" / "hf"
     if (demo / "config.json").is_file():
-        from converters.formats.torch_format import convert_to_torch
+        from converters.formats.torch_writer import convert_to_torch
 
         demo_torch = workdir / "demo-torch-int8"
         if not demo_torch.is_dir():
