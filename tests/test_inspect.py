@@ -23,6 +23,7 @@ EXPECTED = {  # arch: (routed experts, per token, shared experts, MoE layers of 
     "deepseek_v2": (8, 2, 2, 2),
     "deepseek_v3": (16, 4, 1, 2),
     "llama": (0, 0, 0, 0),
+    "glm4_moe": (16, 4, 1, 2),
 }
 
 
@@ -64,7 +65,9 @@ def test_hf_folder_counts_match_transformers(arch, hf_checkpoint):
     assert info.size_bytes == sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-@pytest.mark.parametrize("arch", ("mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3", "llama"))
+@pytest.mark.parametrize(
+    "arch", ("mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3", "llama", "glm4_moe")
+)
 def test_gguf_file_describes_the_same_model(arch, hf_checkpoint, gguf_of):
     hf = inspect(hf_checkpoint(arch))
     info = inspect(gguf_of(arch))

@@ -20,7 +20,16 @@ from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams,
 llama_cpp = pytest.importorskip("llama_cpp")
 convert_module = pytest.importorskip("converters.conversion.convert")
 
-ARCHS = ("qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v2", "deepseek_v3", "mixtral", "llama")
+ARCHS = (
+    "qwen3_moe",
+    "qwen2_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "mixtral",
+    "llama",
+    "glm4_moe",
+)
 CHAT = [Message("system", "You are terse."), Message("user", "Hello! こんにちは、元気ですか?")]
 
 

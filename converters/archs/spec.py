@@ -45,6 +45,11 @@ class ArchSpec:
     chat_format: str = ""  # the publisher's chat-template convention: "chatml", "llama3", ...
     expert_count_fields: tuple[str, ...] = EXPERT_COUNT_FIELDS
     experts_per_token_fields: tuple[str, ...] = EXPERTS_PER_TOKEN_FIELDS
+    # Are the next-token-prediction layers (model.layers.{>= num_hidden_layers}) carried into
+    # the GGUF as llama.cpp's nextn blocks (GLM-4.5), or left out (DeepSeek-V3)?
+    gguf_keeps_nextn: bool = False
+    # GGUF special-token kind -> token text, as llama.cpp's converter sets them for the family
+    special_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def arch_name(self) -> str:
@@ -76,6 +81,10 @@ class ArchSpec:
             return False
         step = int(config.get("decoder_sparse_step") or config.get("moe_layer_freq") or 1)
         return (bid + 1) % step == 0 if "decoder_sparse_step" in config else bid % step == 0
+
+    def nextn_layers(self, config: dict) -> int:
+        """How many next-token-prediction layers the GGUF carries after the decoder layers."""
+        return int(config.get("num_nextn_predict_layers") or 0) if self.gguf_keeps_nextn else 0
 
     def expert_parts(self) -> dict[str, str]:
         """Per-expert projection name -> "gate" | "up" | "down" (the torch format's parts)."""

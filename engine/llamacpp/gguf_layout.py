@@ -119,6 +119,9 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
     n_embd = int(key("embedding_length"))
     heads = _per_block(key("attention.head_count"), n_layers)
     kv_heads = _per_block(key("attention.head_count_kv", heads), n_layers)
+    # next-token-prediction blocks (GLM's nextn) are loaded but get no KV cache in a chat
+    trunk = n_layers - int(key("nextn_predict_layers", 0) or 0)
+    kv_heads = [h if b < trunk else 0 for b, h in enumerate(kv_heads)]
     n_head = max(heads) if heads else 0
     head_dim = n_embd // n_head if n_head else 0
     n_experts = int(key("expert_count", 0) or 0)
