@@ -41,9 +41,11 @@ PARITY = {
     "deepseek_v3": {},
     "llama": {},
     "glm4_moe": {"added_tokens": GLM_SPECIALS},
+    "minimax_m2": {},
+    "minimax_m2_fp8": {},
 }
 # Families whose GGUF must carry llama.cpp's own metadata keys, not just its tensor names
-SAME_KEYS = ("glm4_moe",)
+SAME_KEYS = ("glm4_moe", "minimax_m2", "minimax_m2_fp8")
 # Keys only Itamae writes, and keys about the source file llama.cpp's converter adds
 OWN_KEYS = {"itamae.openness", "itamae.quant_recipe"}
 PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens

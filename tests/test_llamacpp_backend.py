@@ -29,6 +29,7 @@ ARCHS = (
     "mixtral",
     "llama",
     "glm4_moe",
+    "minimax_m2",
 )
 CHAT = [Message("system", "You are terse."), Message("user", "Hello! こんにちは、元気ですか?")]
 

@@ -47,12 +47,7 @@ def glm4_moe_metadata(config: dict) -> list[tuple[str, object]]:
 
     nextn = int(config.get("num_nextn_predict_layers") or 0)
     blocks = int(config["num_hidden_layers"]) + nextn
-    # llama.cpp's GLM converter writes no vocab_size (the token list says it)
-    meta = [
-        (k, v)
-        for k, v in common_metadata({**config, "num_hidden_layers": blocks}, ARCH)
-        if k != key(LLM.VOCAB_SIZE)
-    ]
+    meta = common_metadata({**config, "num_hidden_layers": blocks}, ARCH, with_vocab_size=False)
     meta += moe_metadata(config, ARCH, expert_count(config))
     meta += [
         (key(ROPE.DIMENSION_COUNT), rotary_dim(config)),
