@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.convert_helpers import PROMPT, converted_files
+from tests.convert_helpers import PROMPT, converted_files, yarn_betas
 from tests.fixtures.reference import reference_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-FAMILIES = ("glm4_moe", "minimax_m2", "minimax_m2_fp8")
+FAMILIES = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "kimi_k2")
 STEPS = 16
 
 converted = converted_files()
@@ -27,6 +27,7 @@ def llama_cpp_greedy(path, tokens: list[int], n: int) -> list[int]:
         type_k=llama_cpp.GGML_TYPE_F32,
         type_v=llama_cpp.GGML_TYPE_F32,
         verbose=False,
+        **yarn_betas(path),  # as Itamae's llama.cpp engine passes them
     )
     try:
         out: list[int] = []

@@ -25,6 +25,7 @@ EXPECTED = {  # arch: (routed experts, per token, shared experts, MoE layers of 
     "llama": (0, 0, 0, 0),
     "glm4_moe": (16, 4, 1, 2),
     "minimax_m2": (16, 4, 0, 3),
+    "kimi_k2": (384, 8, 1, 2),
 }
 
 

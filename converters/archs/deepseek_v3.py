@@ -17,6 +17,6 @@ SPEC = replace(
     deepseek_v2.SPEC,
     model_type="deepseek_v3",
     metadata=deepseek_v2.deepseek_metadata(default_scoring="sigmoid", default_topk="noaux_tc"),
-    aliases=("kimi_k2",),
+    aliases=("kimi_k2", "kimi_k25"),  # kimi_k25: Kimi-K2.5, the language model in text_config
     recognise_gguf=deepseek_v2.routes_with_sigmoid,
 )
