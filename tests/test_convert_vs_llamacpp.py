@@ -31,6 +31,10 @@ llama_cpp = pytest.importorskip("llama_cpp")
 #                then loads only at V2-Lite's layer count, and it applies V3's group rule to
 #                V2's group_limited_greedy routing; Itamae's file is checked against
 #                transformers in test_convert_gguf instead.
+#   glm4_moe_lite  llama.cpp's converter writes the gating function only when config.json
+#                names scoring_func (transformers does not save it) and llama.cpp then
+#                routes with softmax; Itamae always writes sigmoid (test_convert_gguf checks
+#                its file on the fixture, which names none, against transformers)
 # GLM's converter looks these up in the vocabulary (conversion/base.py `_set_vocab_glm`)
 GLM_SPECIALS = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 PARITY = {
@@ -43,9 +47,10 @@ PARITY = {
     "glm4_moe": {"added_tokens": GLM_SPECIALS},
     "minimax_m2": {},
     "minimax_m2_fp8": {},
+    "glm4_moe_lite": {"added_tokens": GLM_SPECIALS, "scoring_func": "sigmoid"},
 }
 # Families whose GGUF must carry llama.cpp's own metadata keys, not just its tensor names
-SAME_KEYS = ("glm4_moe", "minimax_m2", "minimax_m2_fp8")
+SAME_KEYS = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "glm4_moe_lite")
 # Keys only Itamae writes, and keys about the source file llama.cpp's converter adds
 OWN_KEYS = {"itamae.openness", "itamae.quant_recipe"}
 PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens

@@ -12,7 +12,7 @@ from tests.fixtures.reference import reference_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-FAMILIES = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "kimi_k2")
+FAMILIES = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "kimi_k2", "glm4_moe_lite")
 STEPS = 16
 
 converted = converted_files()

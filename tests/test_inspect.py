@@ -26,6 +26,7 @@ EXPECTED = {  # arch: (routed experts, per token, shared experts, MoE layers of 
     "glm4_moe": (16, 4, 1, 2),
     "minimax_m2": (16, 4, 0, 3),
     "kimi_k2": (384, 8, 1, 2),
+    "glm4_moe_lite": (16, 4, 1, 2),
 }
 
 
@@ -69,7 +70,16 @@ def test_hf_folder_counts_match_transformers(arch, hf_checkpoint):
 
 @pytest.mark.parametrize(
     "arch",
-    ("mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3", "llama", "glm4_moe", "minimax_m2"),
+    (
+        "mixtral",
+        "qwen2_moe",
+        "deepseek_v2",
+        "deepseek_v3",
+        "llama",
+        "glm4_moe",
+        "minimax_m2",
+        "glm4_moe_lite",
+    ),
 )
 def test_gguf_file_describes_the_same_model(arch, hf_checkpoint, gguf_of):
     hf = inspect(hf_checkpoint(arch))

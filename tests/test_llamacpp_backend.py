@@ -32,6 +32,7 @@ ARCHS = (
     "glm4_moe",
     "minimax_m2",
     "kimi_k2",
+    "glm4_moe_lite",
 )
 CHAT = [Message("system", "You are terse."), Message("user", "Hello! こんにちは、元気ですか?")]
 
@@ -137,7 +138,9 @@ def test_planned_kv_cache_is_what_llama_cpp_allocates(arch, backend_for):
     line = next(x for x in backend.native.load_log if "llama_kv_cache: size =" in x)
     mib = float(line.split("size =")[1].split("MiB")[0])
     assert backend.plan.kv_bytes / 2**20 == pytest.approx(mib, abs=0.006)
-    assert backend.plan.layout.mla == arch.startswith(("deepseek", "kimi"))  # MLA families
+    assert backend.plan.layout.mla == arch.startswith(
+        ("deepseek", "kimi", "glm4_moe_lite")
+    )  # MLA families
     # the scratch estimate may be generous, never short of what llama.cpp reserved
     compute = [x for x in backend.native.load_log if "compute buffer size =" in x]
     reserved = sum(float(x.split("size =")[1].split("MiB")[0]) for x in compute)
