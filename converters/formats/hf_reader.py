@@ -103,8 +103,17 @@ def _shard_files(folder: Path) -> list[Path]:
     raise BadModelFile(f"{folder} has no *.safetensors weights.", "Finish or redo the download.")
 
 
+# Where a vision-language release (Kimi-K2.5) keeps its language model's tensors, beside
+# the vision tower's; the text model's tensors are read under their names without it.
+LANGUAGE_MODEL_PREFIX = "language_model."
+
+
 class HFCheckpoint:
-    """A checkpoint folder; tensors are read lazily (memory-mapped) and one at a time."""
+    """A checkpoint folder; tensors are read lazily (memory-mapped) and one at a time.
+
+    For a release whose config nests the language model in `text_config`, the checkpoint is
+    that language model: `language_model.model.layers.0...` reads as `model.layers.0...` and
+    the other tensors (vision tower, projector) are left out."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -113,6 +122,8 @@ class HFCheckpoint:
         self.files = _shard_files(self.folder)
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, list[int]]] = {}
+        self._stored: dict[str, str] = {}  # name as read -> name in the file, where they differ
+        self._prefix = LANGUAGE_MODEL_PREFIX if "text_model_type" in self.config else ""
         for file in self.files:
             self._index_file(file)
         self.fp8_block = _fp8_block(self.config)
@@ -120,10 +131,15 @@ class HFCheckpoint:
     def _index_file(self, file: Path) -> None:
         try:
             with safe_open(file, "pt") as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
+                for stored in f.keys():
+                    if not stored.startswith(self._prefix):
+                        continue  # a vision tower or projector beside the language model
+                    name = stored.removeprefix(self._prefix)
+                    sl = f.get_slice(stored)
                     self._where[name] = file
                     self._meta[name] = (sl.get_dtype(), list(sl.get_shape()))
+                    if name != stored:
+                        self._stored[name] = stored
         except Exception as e:  # safetensors raises its own SafetensorError and OSError
             raise BadModelFile(
                 f"{file.name} is not a readable safetensors file ({e}).",
@@ -162,7 +178,7 @@ class HFCheckpoint:
             )
         try:
             with safe_open(self._where[name], "pt") as f:
-                return f.get_tensor(name)
+                return f.get_tensor(self._stored.get(name, name))
         except Exception as e:
             raise BadModelFile(
                 f"Could not read tensor {name!r} from {self._where[name].name} ({e}).",
