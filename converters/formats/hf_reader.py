@@ -123,28 +123,33 @@ class HFCheckpoint:
         self._where: dict[str, Path] = {}
         self._meta: dict[str, tuple[str, list[int]]] = {}
         self._stored: dict[str, str] = {}  # name as read -> name in the file, where they differ
-        self._prefix = LANGUAGE_MODEL_PREFIX if "text_model_type" in self.config else ""
         for file in self.files:
             self._index_file(file)
+        if "text_model_type" in self.config and any(
+            n.startswith(LANGUAGE_MODEL_PREFIX) for n in self._meta
+        ):
+            self._keep_language_model()
         self.fp8_block = _fp8_block(self.config)
 
     def _index_file(self, file: Path) -> None:
         try:
             with safe_open(file, "pt") as f:
-                for stored in f.keys():
-                    if not stored.startswith(self._prefix):
-                        continue  # a vision tower or projector beside the language model
-                    name = stored.removeprefix(self._prefix)
-                    sl = f.get_slice(stored)
+                for name in f.keys():
+                    sl = f.get_slice(name)
                     self._where[name] = file
                     self._meta[name] = (sl.get_dtype(), list(sl.get_shape()))
-                    if name != stored:
-                        self._stored[name] = stored
         except Exception as e:  # safetensors raises its own SafetensorError and OSError
             raise BadModelFile(
                 f"{file.name} is not a readable safetensors file ({e}).",
                 "It is truncated or corrupted: re-download it.",
             ) from e
+
+    def _keep_language_model(self) -> None:
+        """Read `language_model.*` without the prefix; the vision tower and projector go."""
+        kept = [n for n in self._meta if n.startswith(LANGUAGE_MODEL_PREFIX)]
+        self._stored = {n.removeprefix(LANGUAGE_MODEL_PREFIX): n for n in kept}
+        self._where = {name: self._where[stored] for name, stored in self._stored.items()}
+        self._meta = {name: self._meta[stored] for name, stored in self._stored.items()}
 
     @property
     def model_type(self) -> str:
