@@ -15,7 +15,19 @@ llama_cpp = pytest.importorskip("llama_cpp")
 PROMPT = [0] + list(range(40, 71))  # bos then 31 ordinary tokens: 32 in all
 
 
-def llama_cpp_logits(path, tokens=PROMPT) -> np.ndarray:
+def yarn_betas(path) -> dict[str, float]:
+    """The file's YaRN beta_fast/beta_slow as llama.cpp context parameters, as Itamae's
+    llama.cpp engine passes them (llama.cpp's deepseek2 loader does not read them)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    arch = fields["general.architecture"].contents()
+    names = ("yarn_beta_fast", "yarn_beta_slow")
+    keys = {name: f"{arch}.rope.scaling.{name}" for name in names}
+    return {name: float(fields[key].contents()) for name, key in keys.items() if key in fields}
+
+
+def llama_cpp_logits(path, tokens=PROMPT, file_betas: bool = True) -> np.ndarray:
     llm = llama_cpp.Llama(
         str(path),
         n_ctx=64,
@@ -24,6 +36,7 @@ def llama_cpp_logits(path, tokens=PROMPT) -> np.ndarray:
         type_k=llama_cpp.GGML_TYPE_F32,
         type_v=llama_cpp.GGML_TYPE_F32,
         verbose=False,
+        **(yarn_betas(path) if file_betas else {}),
     )
     try:
         llm.eval(tokens)

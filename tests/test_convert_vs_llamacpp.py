@@ -31,6 +31,12 @@ llama_cpp = pytest.importorskip("llama_cpp")
 #                then loads only at V2-Lite's layer count, and it applies V3's group rule to
 #                V2's group_limited_greedy routing; Itamae's file is checked against
 #                transformers in test_convert_gguf instead.
+#   glm4_moe_lite  llama.cpp's converter writes the gating function only when config.json
+#                names scoring_func (transformers does not save it) and llama.cpp then
+#                routes with softmax; Itamae always writes sigmoid (test_convert_gguf checks
+#                its file on the fixture, which names none, against transformers)
+# GLM's converter looks these up in the vocabulary (conversion/base.py `_set_vocab_glm`)
+GLM_SPECIALS = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 PARITY = {
     "mixtral": {},
     "qwen2_moe": {},
@@ -38,7 +44,15 @@ PARITY = {
     "olmoe": {"rms_norm_eps": 1e-5},
     "deepseek_v3": {},
     "llama": {},
+    "glm4_moe": {"added_tokens": GLM_SPECIALS},
+    "minimax_m2": {},
+    "minimax_m2_fp8": {},
+    "glm4_moe_lite": {"added_tokens": GLM_SPECIALS, "scoring_func": "sigmoid"},
 }
+# Families whose GGUF must carry llama.cpp's own metadata keys, not just its tensor names
+SAME_KEYS = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "glm4_moe_lite")
+# Keys only Itamae writes, and keys about the source file llama.cpp's converter adds
+OWN_KEYS = {"itamae.openness", "itamae.quant_recipe"}
 PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens
 
 
@@ -56,6 +70,23 @@ def test_same_logits_as_llama_cpp_converter(arch, hf_checkpoint, tmp_path):
 
     got, want = llama_cpp_logits(ours, PROMPT), llama_cpp_logits(theirs, PROMPT)
     assert relative_error(got, want) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", SAME_KEYS)
+def test_same_shapes_and_metadata_keys_as_llama_cpp_converter(arch, hf_checkpoint, tmp_path):
+    folder, theirs = reference_pair(hf_checkpoint(arch), "f32", **PARITY[arch])
+    ours = tmp_path / "itamae.gguf"
+    convert(folder, ours, "F32")
+    ours_reader, theirs_reader = GGUFReader(ours), GGUFReader(theirs)
+    shapes = {t.name: tuple(t.shape) for t in ours_reader.tensors}
+    assert shapes == {t.name: tuple(t.shape) for t in theirs_reader.tensors}
+    assert set(ours_reader.fields) - OWN_KEYS == set(theirs_reader.fields)
+    prefix = ours_reader.fields["general.architecture"].contents() + "."
+    for key, field in theirs_reader.fields.items():
+        if key.startswith(prefix) or key.startswith("tokenizer.ggml.") and key.endswith("_id"):
+            want, got = field.contents(), ours_reader.fields[key].contents()
+            assert got == pytest.approx(want, rel=1e-6), key
 
 
 def test_pre_tokenizer_is_recognised_from_the_split_regex():

@@ -25,6 +25,10 @@ EXPECTED = {  # arch: (routed experts, per token, shared experts, MoE layers of 
     "llama": (0, 0, 0, 0),
     "qwen3_next": (8, 2, 1, 4),  # of 4 layers
     "qwen3_5_moe": (8, 2, 1, 4),  # of 4 layers
+    "glm4_moe": (16, 4, 1, 2),
+    "minimax_m2": (16, 4, 0, 3),
+    "kimi_k2": (384, 8, 1, 2),
+    "glm4_moe_lite": (16, 4, 1, 2),
 }
 
 
@@ -66,7 +70,19 @@ def test_hf_folder_counts_match_transformers(arch, hf_checkpoint):
     assert info.size_bytes == sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-@pytest.mark.parametrize("arch", ("mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3", "llama"))
+@pytest.mark.parametrize(
+    "arch",
+    (
+        "mixtral",
+        "qwen2_moe",
+        "deepseek_v2",
+        "deepseek_v3",
+        "llama",
+        "glm4_moe",
+        "minimax_m2",
+        "glm4_moe_lite",
+    ),
+)
 def test_gguf_file_describes_the_same_model(arch, hf_checkpoint, gguf_of):
     hf = inspect(hf_checkpoint(arch))
     info = inspect(gguf_of(arch))

@@ -16,11 +16,24 @@ from engine.chat_template import render_chat
 from engine.llamacpp.backend import LlamaCppBackend, load
 from engine.llamacpp.native import DecodeAborted
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
+from tests.convert_helpers import yarn_betas
 
 llama_cpp = pytest.importorskip("llama_cpp")
 convert_module = pytest.importorskip("converters.conversion.convert")
 
-ARCHS = ("qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v2", "deepseek_v3", "mixtral", "llama")
+ARCHS = (
+    "qwen3_moe",
+    "qwen2_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "mixtral",
+    "llama",
+    "glm4_moe",
+    "minimax_m2",
+    "kimi_k2",
+    "glm4_moe_lite",
+)
 CHAT = [Message("system", "You are terse."), Message("user", "Hello! こんにちは、元気ですか?")]
 
 
@@ -66,8 +79,11 @@ def run(backend, req, cancel=None):
 
 
 def reference_greedy(path, prompt_tokens, n):
-    """What llama-cpp-python's high-level Llama generates greedily from the same tokens."""
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, flash_attn=True, verbose=False)
+    """What llama-cpp-python's high-level Llama generates greedily from the same tokens
+    (given the file's YaRN betas, which llama.cpp's deepseek2 loader does not read)."""
+    llm = llama_cpp.Llama(
+        str(path), n_ctx=512, n_threads=2, flash_attn=True, verbose=False, **yarn_betas(path)
+    )
     try:
         out = []
         for token in llm.generate(prompt_tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
@@ -122,7 +138,9 @@ def test_planned_kv_cache_is_what_llama_cpp_allocates(arch, backend_for):
     line = next(x for x in backend.native.load_log if "llama_kv_cache: size =" in x)
     mib = float(line.split("size =")[1].split("MiB")[0])
     assert backend.plan.kv_bytes / 2**20 == pytest.approx(mib, abs=0.006)
-    assert backend.plan.layout.mla == arch.startswith("deepseek")
+    assert backend.plan.layout.mla == arch.startswith(
+        ("deepseek", "kimi", "glm4_moe_lite")
+    )  # MLA families
     # the scratch estimate may be generous, never short of what llama.cpp reserved
     compute = [x for x in backend.native.load_log if "compute buffer size =" in x]
     reserved = sum(float(x.split("size =")[1].split("MiB")[0]) for x in compute)

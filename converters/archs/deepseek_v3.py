@@ -17,6 +17,10 @@ SPEC = replace(
     deepseek_v2.SPEC,
     model_type="deepseek_v3",
     metadata=deepseek_v2.deepseek_metadata(default_scoring="sigmoid", default_topk="noaux_tc"),
-    aliases=("kimi_k2",),
-    recognise_gguf=deepseek_v2.routes_with_sigmoid,
+    aliases=("kimi_k2", "kimi_k25"),  # kimi_k25: Kimi-K2.5, the language model in text_config
+    # GLM-4.7-Flash is deepseek2 with sigmoid routing too; its GGUF carries nextn blocks
+    recognise_gguf=lambda metadata: (
+        deepseek_v2.routes_with_sigmoid(metadata)
+        and not metadata.get("deepseek2.nextn_predict_layers")
+    ),
 )

@@ -25,8 +25,12 @@ def expert_count(config: dict) -> int:
     return int(next((config[k] for k in EXPERT_COUNT_FIELDS if config.get(k)), 0))
 
 
-def common_metadata(config: dict, arch: str) -> list[tuple[str, object]]:
-    """What llama.cpp's TextModel.set_gguf_parameters writes for every text model."""
+def common_metadata(
+    config: dict, arch: str, with_vocab_size: bool = True
+) -> list[tuple[str, object]]:
+    """What llama.cpp's TextModel.set_gguf_parameters writes for every text model
+    (`with_vocab_size=False` for the families whose converter leaves {arch}.vocab_size out:
+    the token list says it)."""
 
     def key(template: str) -> str:
         return template.format(arch=arch)
@@ -42,8 +46,9 @@ def common_metadata(config: dict, arch: str) -> list[tuple[str, object]]:
             int(config.get("num_key_value_heads") or config["num_attention_heads"]),
         ),
         (key(ATTN.LAYERNORM_RMS_EPS), float(config.get("rms_norm_eps") or 1e-6)),
-        (key(LLM.VOCAB_SIZE), int(config["vocab_size"])),
     ]
+    if with_vocab_size:
+        meta.append((key(LLM.VOCAB_SIZE), int(config["vocab_size"])))
     if (theta := rope_parameters(config)["rope_theta"]) is not None:
         meta.append((key(ROPE.FREQ_BASE), theta))
     meta += _rope_scaling_metadata(rope_parameters(config), key)

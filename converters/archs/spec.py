@@ -64,6 +64,11 @@ class ArchSpec:
     layer_types: Callable[[dict], list[str]] = _all_full_attention
     # The GGUF kinds besides the FFN's that every layer `bid` of a checkpoint must have.
     required_layer_kinds: Callable[[dict, int], tuple[T, ...]] = _standard_layer
+    # Are the next-token-prediction layers (model.layers.{>= num_hidden_layers}) carried into
+    # the GGUF as llama.cpp's nextn blocks (GLM-4.5), or left out (DeepSeek-V3)?
+    gguf_keeps_nextn: bool = False
+    # GGUF special-token kind -> token text, as llama.cpp's converter sets them for the family
+    special_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def arch_name(self) -> str:
@@ -95,6 +100,10 @@ class ArchSpec:
             return False
         step = int(config.get("decoder_sparse_step") or config.get("moe_layer_freq") or 1)
         return (bid + 1) % step == 0 if "decoder_sparse_step" in config else bid % step == 0
+
+    def nextn_layers(self, config: dict) -> int:
+        """How many next-token-prediction layers the GGUF carries after the decoder layers."""
+        return int(config.get("num_nextn_predict_layers") or 0) if self.gguf_keeps_nextn else 0
 
     def expert_parts(self) -> dict[str, str]:
         """Per-expert projection name -> "gate" | "up" | "down" (the torch format's parts)."""

@@ -69,6 +69,14 @@ MLA = {
     "input_layernorm.weight": (T.ATTN_NORM, ".weight"),
     "post_attention_layernorm.weight": (T.FFN_NORM, ".weight"),
 }
+NEXTN = {  # GLM-4.5's multi-token-prediction layer, beside a full decoder layer's tensors
+    "eh_proj.weight": (T.NEXTN_EH_PROJ, ".weight"),
+    "embed_tokens.weight": (T.NEXTN_EMBED_TOKENS, ".weight"),
+    "enorm.weight": (T.NEXTN_ENORM, ".weight"),
+    "hnorm.weight": (T.NEXTN_HNORM, ".weight"),
+    "shared_head.head.weight": (T.NEXTN_SHARED_HEAD_HEAD, ".weight"),
+    "shared_head.norm.weight": (T.NEXTN_SHARED_HEAD_NORM, ".weight"),
+}
 QWEN_EXPERTS = {  # Qwen-MoE, OLMoE, DeepSeek: mlp.experts.{xid}.*
     "gate_proj": T.FFN_GATE_EXP,
     "up_proj": T.FFN_UP_EXP,

@@ -46,12 +46,15 @@ def _gguf_info(split: SplitContents) -> ModelInfo:
     def field(key: str, default=0):
         return metadata.get(f"{arch}.{key}", default) or default
 
+    # llama.cpp counts next-token-prediction blocks (GLM's nextn) in block_count; they do
+    # not run in chat, so layers and parameters are the trunk's, as for a HF folder
+    n_layers = int(field("block_count")) - int(field("nextn_predict_layers"))
     info = ModelInfo(
         path=path,
         format="gguf",
         arch=archs.family_from_gguf(metadata),
         name=str(metadata.get("general.name", path.stem)),
-        n_layers=int(field("block_count")),
+        n_layers=n_layers,
         n_experts=int(field("expert_count")),
         experts_per_token=int(field("expert_used_count")),
         n_shared_experts=int(field("expert_shared_count")),
@@ -63,7 +66,7 @@ def _gguf_info(split: SplitContents) -> ModelInfo:
         size_bytes=sum(p.stat().st_size for p in split.files),
         files=[p.name for p in split.files],
     )
-    tensors = contents.tensors
+    tensors = [t for t in contents.tensors if _block(t.name) < n_layers]
     if info.n_shared_experts == 0 and any(t.name.endswith("ffn_up_shexp.weight") for t in tensors):
         info.n_shared_experts = 1  # Qwen-MoE: one shared expert, no count key
     groups = [(gguf_group(t.name), int(t.n_elements), int(t.n_bytes), t.type.name) for t in tensors]
@@ -77,6 +80,12 @@ def _gguf_info(split: SplitContents) -> ModelInfo:
     info.quant = str(metadata.get(RECIPE_KEY) or quant_name(file_type, tensors))
     info.extra = {"gguf_arch": arch, "file_type": file_type}
     return info
+
+
+def _block(name: str) -> int:
+    """blk.{N}.* -> N; -1 for tensors outside the blocks."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "blk" and parts[1].isdigit() else -1
 
 
 def quant_name(file_type, tensors) -> str:

@@ -5,8 +5,9 @@ Reading the plan's data (`tensor_pieces`) is streaming: one source tensor at a t
 stacked expert tensor `[n_experts, out, in]` one expert at a time (each expert is a
 contiguous slice of the stacked tensor in ggml's layout, so it can be encoded and written
 on its own). Layouts follow llama.cpp's converter (conversion/llama.py `permute`,
-conversion/deepseek.py `kv_b_proj` split). DeepSeek-V3's multi-token-prediction layers
-(`model.layers.{n >= num_hidden_layers}`) are skipped, as llama.cpp does.
+conversion/deepseek.py `kv_b_proj` split). Multi-token-prediction layers
+(`model.layers.{n >= num_hidden_layers}`) are skipped (DeepSeek-V3) or carried as nextn
+blocks (GLM-4.5), as llama.cpp's converter does for each family (`ArchSpec.gguf_keeps_nextn`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def gguf_name(kind: T, bid: int | None, suffix: str) -> str:
 
 def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
     config = ckpt.config
-    n_layers = int(config["num_hidden_layers"])
+    n_layers = int(config["num_hidden_layers"]) + spec.nextn_layers(config)
     planned: list[PlannedTensor] = []
     experts: dict[tuple[int, str], dict[int, str]] = {}
     unknown: list[str] = []
@@ -85,7 +86,7 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
     for name in ckpt.tensor_names():
         bid, rest = split_layer_name(name)
         if IGNORED.search(name) or (bid is not None and bid >= n_layers):
-            continue  # buffers, and DeepSeek's MTP layers beyond num_hidden_layers
+            continue  # buffers, and MTP layers the family's GGUF does not carry
         m = expert_name.match(rest) if bid is not None and spec.expert_prefix else None
         if m and m.group(2) in spec.expert_projections:
             experts.setdefault((bid, m.group(2)), {})[int(m.group(1))] = name
@@ -230,8 +231,13 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
     needed = [(T.TOKEN_EMBD, None), (T.OUTPUT_NORM, None)]
     if not config.get("tie_word_embeddings"):
         needed.append((T.OUTPUT, None))
+    # the norm before the FFN: ffn_norm, or post_attention_norm where llama.cpp names it so (GLM)
+    ffn_norm = spec.layer_tensors.get("post_attention_layernorm.weight", (T.FFN_NORM,))[0]
     for bid in range(int(config["num_hidden_layers"])):
-        needed += [(kind, bid) for kind in spec.required_layer_kinds(config, bid)]
+        needed += [
+            (ffn_norm if k == T.FFN_NORM else k, bid)
+            for k in spec.required_layer_kinds(config, bid)
+        ]
         if spec.is_moe_layer(config, bid):
             needed += [
                 (T.FFN_GATE_INP, bid),
@@ -250,6 +256,7 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
         )
     expected = {T.TOKEN_EMBD: (vocab, hidden), T.OUTPUT: (vocab, hidden), T.OUTPUT_NORM: (hidden,)}
     expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,), T.ATTN_POST_NORM: (hidden,)})
+    expected[ffn_norm] = (hidden,)
     for p in planned:
         if p.kind in expected and p.shape != expected[p.kind]:
             raise BadModelFile(

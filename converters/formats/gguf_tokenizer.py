@@ -240,7 +240,12 @@ def _tokens(model: dict, tokenizer: dict, vocab_size: int) -> tuple[list[str], l
     return tokens, [int(t) for t in types]
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> Vocabulary:
+def add_tokenizer(
+    writer: gguf.GGUFWriter, folder: Path, vocab_size: int, named: dict[str, str] | None = None
+) -> Vocabulary:
+    """`named`: special token kind ("eot", "eom", ...) -> the token's text, for families whose
+    llama.cpp converter names them (ArchSpec.special_tokens); set where the vocabulary has
+    the token and the tokenizer's own files did not already say."""
     vocab = read_vocabulary(folder, vocab_size)
     writer.add_tokenizer_model(vocab.model)
     if vocab.pre:
@@ -260,5 +265,9 @@ def add_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> Voc
         special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=vocab_size)
     finally:
         vocab_logger.setLevel(level)
+    ids = {token: i for i, token in enumerate(vocab.tokens)}
+    for kind, token in (named or {}).items():
+        if token in ids:
+            special._set_special_token(kind, ids[token])  # gguf-py's own rule: first one wins
     special.add_to_gguf(writer, quiet=True)
     return vocab

@@ -106,8 +106,17 @@ def _shard_files(folder: Path) -> list[Path]:
     raise BadModelFile(f"{folder} has no *.safetensors weights.", "Finish or redo the download.")
 
 
+# Where a vision-language release (Kimi-K2.5) keeps its language model's tensors, beside
+# the vision tower's; the text model's tensors are read under their names without it.
+LANGUAGE_MODEL_PREFIX = "language_model."
+
+
 class HFCheckpoint:
-    """A checkpoint folder; tensors are read lazily (memory-mapped) and one at a time."""
+    """A checkpoint folder; tensors are read lazily (memory-mapped) and one at a time.
+
+    For a release whose config nests the language model in `text_config`, the checkpoint is
+    that language model: `language_model.model.layers.0...` reads as `model.layers.0...` and
+    the other tensors (vision tower, projector) are left out."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -120,6 +129,10 @@ class HFCheckpoint:
         self._handles: dict[Path, object] = {}  # file -> open safe_open handle (see _file)
         for file in self.files:
             self._index_file(file)
+        if "text_model_type" in self.config and any(
+            n.startswith(LANGUAGE_MODEL_PREFIX) for n in self._meta
+        ):
+            self._keep_language_model()
         self.fp8_block = _fp8_block(self.config)
 
     def _index_file(self, file: Path) -> None:
@@ -136,6 +149,15 @@ class HFCheckpoint:
                 f"{file.name} is not a readable safetensors file ({e}).",
                 "It is truncated or corrupted: re-download it.",
             ) from e
+
+    def _keep_language_model(self) -> None:
+        """Read `language_model.*` without the prefix; the vision tower and projector go."""
+        kept = [n for n in self._meta if n.startswith(LANGUAGE_MODEL_PREFIX)]
+        stored = self._stored
+        self._stored = {n.removeprefix(LANGUAGE_MODEL_PREFIX): stored.get(n, n) for n in kept}
+        prefixed = {name: LANGUAGE_MODEL_PREFIX + name for name in self._stored}
+        self._where = {name: self._where[old] for name, old in prefixed.items()}
+        self._meta = {name: self._meta[old] for name, old in prefixed.items()}
 
     @property
     def model_type(self) -> str:
@@ -178,7 +200,7 @@ class HFCheckpoint:
     def _raw(self, name: str, index: int | None = None) -> torch.Tensor:
         """The stored tensor, or only its `index`-th slice along the first dimension."""
         try:
-            f, stored = self._file(name), self._stored[name]
+            f, stored = self._file(name), self._stored.get(name, name)
             return f.get_tensor(stored) if index is None else f.get_slice(stored)[index]
         except BadModelFile:
             raise

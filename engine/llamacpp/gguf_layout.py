@@ -123,6 +123,9 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
     recurrent = list(recurrent) if isinstance(recurrent, list) else []
     recurrent = [bool(r) for r in (recurrent + [False] * n_layers)[:n_layers]]
     kv_heads = [0 if r else h for h, r in zip(kv_heads, recurrent, strict=False)]
+    # next-token-prediction blocks (GLM's nextn) are loaded but get no KV cache in a chat
+    trunk = n_layers - int(key("nextn_predict_layers", 0) or 0)
+    kv_heads = [h if b < trunk else 0 for b, h in enumerate(kv_heads)]
     n_head = max(heads) if heads else 0
     head_dim = n_embd // n_head if n_head else 0
     n_experts = int(key("expert_count", 0) or 0)

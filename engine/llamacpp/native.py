@@ -100,10 +100,30 @@ class NativeModel:
         params.type_k = params.type_v = CACHE_TYPES[o.cache_type]
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.no_perf = True
+        for name, value in self._yarn_betas().items():
+            setattr(params, name, value)
         if o.eval_callback is not None:
             params.cb_eval = o.eval_callback
             params.cb_eval_user_data = None
         return params
+
+    def _yarn_betas(self) -> dict[str, float]:
+        """The file's YaRN beta_fast/beta_slow as context parameters. llama.cpp's loader reads
+        them for a few architectures only (not deepseek2: Kimi-K2's published 1/1 would run
+        as 32/1, about 2e-2 off in logits), so they are passed for every file carrying them."""
+        arch = self.metadata_value("general.architecture")
+        betas = {}
+        for name in ("yarn_beta_fast", "yarn_beta_slow"):
+            value = self.metadata_value(f"{arch}.rope.scaling.{name}")
+            if value is not None:
+                betas[name] = float(value)
+        return betas
+
+    def metadata_value(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp prints it (None when the file lacks the key)."""
+        buffer = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_model_meta_val_str(self.model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode("utf-8", "replace") if n >= 0 else None
 
     # -- placement report ------------------------------------------------------------------
 
