@@ -62,7 +62,7 @@ WRITTEN = {
         "get_weather\n<arg_key>city</arg_key>\n<arg_value>東京</arg_value>\n"
         "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
     ),
-    "minimax_m2": (
+    "minimax": (
         ["<minimax:tool_call>", "</minimax:tool_call>"],
         '<invoke name="get_weather">\n<parameter name="city">東京</parameter>\n'
         '<parameter name="days">3</parameter>\n</invoke>\n</minimax:tool_call>',
@@ -135,7 +135,7 @@ def test_llamacpp_grammar_accepts_the_written_call_and_ends(family, choice, demo
         llama_cpp.llama_sampler_free(sampler)
 
 
-@pytest.mark.parametrize("family", ["glm45", "minimax_m2"])
+@pytest.mark.parametrize("family", ["glm45", "minimax"])
 def test_xml_forms_force_string_enums_and_refuse_what_bare_text_cannot_hold(family, demo_vocab):
     unit = _tool("get_weather", {"unit": {"type": "string", "enum": ["celsius", "kelvin"]}})
     request = GenerationRequest(
@@ -181,7 +181,7 @@ FAMILY_TEMPLATES = {
     "deepseek": "deepseek-ai-DeepSeek-V3.1.jinja",
     "kimi": "moonshotai-Kimi-K2.jinja",
     "glm45": "GLM-4.6.jinja",
-    "minimax_m2": "MiniMax-M2.jinja",
+    "minimax": "MiniMax-M2.jinja",
 }
 SMALL_TOOLS = [
     _tool("get_time", {"zone": {"type": "string", "maxLength": 6}}),

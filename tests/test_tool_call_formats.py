@@ -48,7 +48,7 @@ TEMPLATES = {
     "GLM-4.6.jinja": "glm45",
     "meta-llama-Llama-3.1-8B-Instruct.jinja": "llama3",
     "meta-llama-Llama-3.3-70B-Instruct.jinja": "llama3",
-    "MiniMax-M2.jinja": "minimax_m2",
+    "MiniMax-M2.jinja": "minimax",
     "moonshotai-Kimi-K2.jinja": "kimi",
 }
 

@@ -347,7 +347,7 @@ class MiniMaxM2(ToolFormat):
     """MiniMax-M2: <minimax:tool_call>\\n<invoke name="NAME"><parameter name="k">v</parameter>
     ...</invoke>\\n</minimax:tool_call>."""
 
-    name = "minimax_m2"
+    name = "minimax"
     markers = ("<minimax:tool_call>",)
     starts = ("<minimax:tool_call>",)
     _param = re.compile(r'<parameter name="([^"]+)">(.*?)</parameter>', re.S)
