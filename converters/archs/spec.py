@@ -45,6 +45,9 @@ class ArchSpec:
     chat_format: str = ""  # the publisher's chat-template convention: "chatml", "llama3", ...
     expert_count_fields: tuple[str, ...] = EXPERT_COUNT_FIELDS
     experts_per_token_fields: tuple[str, ...] = EXPERTS_PER_TOKEN_FIELDS
+    # Fused experts' gate_up rows: gate rows then up rows (transformers 5), or interleaved
+    # (gpt-oss: even rows gate, odd rows up, and transformers holds them [E, in, out]).
+    gate_up_interleaved: bool = False
 
     @property
     def arch_name(self) -> str:

@@ -182,6 +182,19 @@ class HFCheckpoint:
             tensor = dequantize_fp8_blocks(tensor, self._raw(scale_name), self.fp8_block)
         return tensor.to(dtype) if dtype is not None else tensor
 
+    def get_expert(self, name: str, index: int) -> torch.Tensor:
+        """Row `index` of a stacked tensor ([E, ...] -> [...]), read without the others."""
+        if name not in self._where or self.is_fp8(name):
+            return self.get(name)[index]  # (a missing name gets get()'s message)
+        try:
+            with safe_open(self._where[name], "pt") as f:
+                return f.get_slice(name)[index]
+        except Exception as e:
+            raise BadModelFile(
+                f"Could not read tensor {name!r} from {self._where[name].name} ({e}).",
+                "The file is truncated or corrupted: re-download it.",
+            ) from e
+
     def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensor_names():
             yield name, self.get(name, dtype)
