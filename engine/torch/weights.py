@@ -16,9 +16,8 @@ import torch
 
 from converters.core.errors import BadModelFile
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
-
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
+from converters.formats.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
 
 from .experts import CheckpointExperts, MappedExperts, SlowTier
 from .layers import Int8Linear, Linear
