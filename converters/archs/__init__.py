@@ -117,3 +117,15 @@ def expert_tensor_names() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
     )
     fused = re.compile(rf"^model\.layers\.(\d+)\.({block})\.experts\.(gate_up_proj|down_proj)$")
     return per_expert, fused, parts
+
+
+@cache
+def packed_expert_tensor_name() -> re.Pattern:
+    """Experts published as MXFP4 blocks (gpt-oss): `model.layers.{bid}.{block}.experts.`
+    `{gate_up,down}_proj_{blocks,scales,bias}` (groups: bid, block, the tensor's last part)."""
+    fused = expert_tensor_names()[1].pattern
+    return re.compile(
+        fused.replace(
+            "(gate_up_proj|down_proj)$", "((?:gate_up|down)_proj_(?:blocks|scales|bias))$"
+        )
+    )
