@@ -213,3 +213,49 @@ def test_inspect_counts_mxfp4_as_published(folder, gguf_of, capsys):
     assert gguf["arch"] == ARCH
     assert (gguf["total_params"], gguf["active_params"]) == (total, info.active_params)
     assert (gguf["n_experts"], gguf["experts_per_token"], gguf["n_moe_layers"]) == (8, 4, 3)
+
+
+HARMONY_CHATS = [
+    ([{"role": "user", "content": "寿司を一つ。"}], {}),
+    (
+        [
+            {"role": "system", "content": "You are the chef's assistant."},
+            {"role": "user", "content": "What is fresh today?"},
+            {
+                "role": "assistant",
+                "thinking": "PRIVATE-ANALYSIS the tuna came this morning",
+                "content": "The tuna. 今日はマグロです。",
+            },
+            {"role": "user", "content": "Then tuna, please."},
+        ],
+        {"reasoning_effort": "high"},
+    ),
+    (
+        [
+            {"role": "developer", "content": "Answer in one word."},
+            {"role": "user", "content": "Salmon or tuna?"},
+        ],
+        {"reasoning_effort": "low"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "options"), HARMONY_CHATS)
+def test_harmony_template_renders_as_transformers(folder, messages, options):
+    """OpenAI's own template (system/developer messages, reasoning_effort, an earlier turn's
+    analysis) through Itamae's sandbox gives transformers' token ids; the earlier turn's
+    analysis is not fed back, as the template says."""
+    from engine.chat_template import render_chat
+
+    tok = reference_tokenizer(folder)
+    want = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **options)
+    template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    got = render_chat(template, messages, add_generation_prompt=True, **options)
+    assert (
+        tok(got, add_special_tokens=False).input_ids
+        == tok(want, add_special_tokens=False).input_ids
+    )
+    assert got == want
+    assert "PRIVATE-ANALYSIS" not in got
+    assert got.endswith("<|start|>assistant")
+    assert f"Reasoning: {options.get('reasoning_effort', 'medium')}" in got
