@@ -259,3 +259,26 @@ def test_harmony_template_renders_as_transformers(folder, messages, options):
     assert "PRIVATE-ANALYSIS" not in got
     assert got.endswith("<|start|>assistant")
     assert f"Reasoning: {options.get('reasoning_effort', 'medium')}" in got
+
+
+def test_engines_keep_harmonys_channel_tokens_in_the_reply(folder, gguf_of, hf_checkpoint):
+    """Harmony's reply structure survives detokenization in both engines (it says which
+    part is reasoning); other families' special tokens are still dropped."""
+    from engine.torch.text import ModelText
+
+    tok = reference_tokenizer(folder)
+    reply = (
+        "<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant<|channel|>final<|message|>Hi"
+    )
+    ids = tok(reply, add_special_tokens=False).input_ids
+    assert ModelText(folder, json.loads((folder / "config.json").read_text())).decode(ids) == reply
+    qwen = hf_checkpoint("qwen3_moe")
+    im_end = reference_tokenizer(qwen).convert_tokens_to_ids("<|im_end|>")
+    assert ModelText(qwen, json.loads((qwen / "config.json").read_text())).decode([im_end]) == ""
+    backend = engine.load(gguf_of("Q8_0"), engine="llamacpp")
+    try:
+        assert backend.keep_special
+        pieces = b"".join(backend.native.piece(t, backend.keep_special) for t in ids)
+        assert pieces.decode() == reply
+    finally:
+        backend.close()

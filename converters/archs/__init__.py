@@ -88,6 +88,13 @@ def normalise_config(config: dict) -> dict:
     return merged
 
 
+def reply_has_markers(model_type: str) -> bool:
+    """Whether replies of this family carry special tokens that structure them (Harmony's
+    channels), which engines must then not strip when they turn tokens into text."""
+    spec = find(model_type)
+    return bool(spec and spec.reply_has_markers)
+
+
 def family_from_gguf(metadata: dict) -> str:
     """The HF model_type of a GGUF header (llama.cpp's arch name when no family claims it)."""
     arch = str(metadata.get("general.architecture", ""))

@@ -25,6 +25,12 @@ EXPERTS_PER_TOKEN_FIELDS = ("num_experts_per_tok",)
 EXPERT_PARTS = {T.FFN_GATE_EXP: "gate", T.FFN_UP_EXP: "up", T.FFN_DOWN_EXP: "down"}
 
 
+# Chat formats whose replies are structured by special tokens the reader must see: Harmony
+# (gpt-oss) opens each message with <|channel|>NAME<|message|> and closes it with <|end|>,
+# the analysis channel being the reasoning. Engines keep those tokens in the reply text.
+MARKED_REPLY_FORMATS = frozenset({"harmony"})
+
+
 def _always(metadata: dict) -> bool:
     return True
 
@@ -79,6 +85,10 @@ class ArchSpec:
             return False
         step = int(config.get("decoder_sparse_step") or config.get("moe_layer_freq") or 1)
         return (bid + 1) % step == 0 if "decoder_sparse_step" in config else bid % step == 0
+
+    @property
+    def reply_has_markers(self) -> bool:
+        return self.chat_format in MARKED_REPLY_FORMATS
 
     def expert_parts(self) -> dict[str, str]:
         """Per-expert projection name -> "gate" | "up" | "down" (the torch format's parts)."""

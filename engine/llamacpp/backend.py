@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from converters import archs
 from converters.core.errors import ContextTooLong, ItamaeError
 from engine.chat_template import render_chat
 from engine.memory_plan import Hardware, MemoryPlan, plan_memory
@@ -149,6 +150,8 @@ class LlamaCppBackend:
             ),
         )
         self.chat_template = self.native.chat_template()
+        # Harmony's channel tokens stay in the reply text (they mark the reasoning)
+        self.keep_special = archs.reply_has_markers(self.info.arch)
         self.bos_token, self.eos_token = self.native.special_tokens()
         self.info.extra.update(
             memory_plan=plan.to_json(), expert_placement=self.expert_placement_report()
@@ -295,7 +298,7 @@ class LlamaCppBackend:
                     finish = "stop"
                     break
                 completion.append(token)
-                yield TokenEvent(text.push(self.native.piece(token)), token)
+                yield TokenEvent(text.push(self.native.piece(token, self.keep_special)), token)
                 if text.stopped:
                     finish = "stop"
                     break
