@@ -23,14 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from converters.core.errors import Cancelled, OutputExists
+from converters.formats.expert_rows import expert_views, pack_expert
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import (
-    MANIFEST,
-    TorchFormat,
-    convert_to_torch,
-    expert_views,
-    pack_expert,
-)
+from converters.formats.torch_format import MANIFEST, TorchFormat, convert_to_torch
 from converters.formats.torch_quant import (
     dequantize_int4_groups,
     dequantize_int8_rows,

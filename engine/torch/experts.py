@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from converters.formats.expert_rows import expert_layout, expert_views, pack_expert
 from converters.formats.hf_reader import HFCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, mxfp4_expert
-from converters.formats.torch_format import (
-    FUSED_RE,
-    TorchFormat,
-    expert_layout,
-    expert_views,
-    pack_expert,
-)
+from converters.formats.torch_format import FUSED_RE, TorchFormat
 from converters.formats.torch_quant import int4_group_size
 
 from .layers import Int4Linear, Int8Linear, Linear, gated_activation
