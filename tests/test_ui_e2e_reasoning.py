@@ -37,9 +37,10 @@ def test_analysis_channel_shows_as_a_collapsed_reasoning_block(tmp_path, thinkin
     try:
         page = new_page(browser, "en-US", outside)
         open_app(page, url)
-        send(page, "What is good today?")
+        seen = send(page, "What is good today?")
+        assert any(s.startswith("Thinking…") for s in seen), seen  # open while it streams
         reply = page.locator(BOT_ROWS).first
-        thought = reply.locator("button", has_text="Thought")
+        thought = reply.locator(".thought-group .title", has_text="Thought")
         thought.wait_for(timeout=10_000)
         shot(page, "harmony-01-collapsed")
         text = reply.inner_text()

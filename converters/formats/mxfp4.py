@@ -60,11 +60,16 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
 
 def to_ggml_blocks(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """Published [..., rows, G, 16] + [..., rows, G] -> ggml's block_mxfp4 bytes
-    [..., rows, G * 17]: scale byte, then value j | value j+16 << 4 for j < 16."""
-    codes = nibbles(blocks)  # [..., rows, G, 32]
-    packed = codes[..., :BLOCK_BYTES] | (codes[..., BLOCK_BYTES:] << 4)
-    out = torch.cat((scales[..., None], packed), dim=-1)  # [..., rows, G, 17]
-    return out.flatten(-2).contiguous()
+    [..., rows, G * 17]: the scale byte, then value j | value j+16 << 4 for j < 16.
+
+    Value k sits in source byte k // 2 (low nibble if k is even), so ggml's byte 2i takes
+    the low nibbles of source bytes i and 8 + i, and byte 2i + 1 their high nibbles."""
+    first, second = blocks[..., :8], blocks[..., 8:]  # values 0-15 and 16-31
+    out = torch.empty(*blocks.shape[:-1], 1 + BLOCK_BYTES, dtype=torch.uint8)
+    out[..., 0] = scales
+    out[..., 1::2] = (first & 0x0F) | (second << 4)
+    out[..., 2::2] = (first >> 4) | (second & 0xF0)
+    return out.flatten(-2)
 
 
 def mxfp4_expert(ckpt, prefix: str, e: int):
