@@ -1,6 +1,7 @@
 """Writing the next reply of a conversation: the bookkeeping around it (the person's
-message saved, the conversation made and titled, an old reply dropped to regenerate, an
-edited message), the conversation as the model sees it, then the reply itself: ask the
+message saved with its files, the conversation made and titled, the path rewound to
+regenerate a reply, an edit forked as a new branch), the conversation as the model sees
+it (the path shown, nothing of the other branches), then the reply itself: ask the
 shared model, stream its text, and save it while it grows. No Gradio here; the chat tab
 (app/ui/chat.py) turns these updates into screens.
 
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from app.attachments import Attachment, message_with_attachments, split_attachments
 from app.i18n import Translator
 from app.model_manager import ModelManager
 from app.store import ConversationStore, StoredMessage, StoreError
@@ -147,43 +149,50 @@ def send_message(
     conversation_id: str | None,
     text: str,
     system_prompt: str,
+    attachments: list[Attachment] | tuple = (),
 ) -> str:
-    """Save the person's message; returns its conversation's id. Without an open
-    conversation (or when it was deleted meanwhile, in another tab) a new one is made,
-    titled from the message; an open one takes the system prompt shown now. Either way the
-    conversation records the model that will answer."""
+    """Save the person's message (with the files attached to it, app/attachments.py);
+    returns its conversation's id. Without an open conversation (or when it was deleted
+    meanwhile, in another tab) a new one is made, titled from the message (or the first
+    file); an open one takes the system prompt shown now. Either way the conversation
+    records the model that will answer."""
     if conversation_id is None or store.get(conversation_id) is None:
-        conversation_id = store.create(text, system_prompt).id
+        title = text if text.strip() or not attachments else attachments[0].name
+        conversation_id = store.create(title, system_prompt).id
     else:
         store.set_system_prompt(conversation_id, system_prompt)
     store.set_model(conversation_id, manager.status.message)
-    store.append(conversation_id, "user", text, "stop")
+    content = message_with_attachments(text, list(attachments))
+    store.append(conversation_id, "user", content, "stop")
     return conversation_id
 
 
-def drop_last_reply(store: ConversationStore, conversation_id: str | None) -> bool:
-    """Before regenerating: remove the last reply and what came after it. False when the
-    conversation has nothing to answer again (none open, or no messages)."""
+def rewind_last_reply(store: ConversationStore, conversation_id: str | None) -> bool:
+    """Before regenerating: show the path up to the message the last reply answered, so
+    the next reply becomes its alternative (the old reply, and what followed it, stay in
+    the tree). False when the conversation has nothing to answer again."""
     stored = store.messages(conversation_id) if conversation_id else []
     if not stored:
         return False
     last_reply = next((m for m in reversed(stored) if m.role == "assistant"), None)
     if last_reply is not None:
-        store.truncate(conversation_id, last_reply.position)
+        store.rewind(conversation_id, last_reply.parent_id)
     return True
 
 
-def edit_message(store: ConversationStore, conversation_id: str, position: int, text: str) -> bool:
-    """The person changed their message at `position`: keep the new text, drop everything
-    after it (the replies answered the old one). False, changing nothing, when `position`
-    is not one of the person's messages."""
+def edit_message(
+    store: ConversationStore, conversation_id: str, position: int, text: str
+) -> int | None:
+    """The person changed their message at `position`: the new text becomes a new branch
+    there, with the files the message had (the old version and its replies stay a step
+    away). Returns the new message's id; None, changing nothing, when `position` is not
+    one of the person's messages."""
     stored = store.messages(conversation_id)
     target = next((m for m in stored if m.position == position), None)
     if target is None or target.role != "user":
-        return False
-    store.update(target.id, text, "stop")
-    store.truncate(conversation_id, position + 1)
-    return True
+        return None
+    _, files = split_attachments(target.content)
+    return store.fork(target.id, message_with_attachments(text, files)).id
 
 
 def history_for_model(stored: list[StoredMessage], system_prompt: str) -> list[Message]:

@@ -23,7 +23,18 @@ from converters.core.errors import ItamaeError
 
 # Subcommands in the order `itamae --help` lists them. A module that is missing (a
 # feature not built yet) is left out rather than breaking the others.
-COMMANDS = ("serve", "convert", "inspect", "generate", "bench", "eval", "shortcut")
+COMMANDS = (
+    "serve",
+    "chat",
+    "models",
+    "pull",
+    "convert",
+    "inspect",
+    "generate",
+    "bench",
+    "eval",
+    "shortcut",
+)
 
 
 def _command_modules():

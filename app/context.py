@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.model_manager import ModelManager
+from app.model_settings import ModelSettings
 from app.settings import AppPaths, SettingsFile
 from app.store import ConversationStore
 
@@ -16,8 +17,11 @@ class AppContext:
     settings: SettingsFile
     paths: AppPaths
     api_base: str = ""  # where the OpenAI-compatible API answers, shown in Settings
+    model_settings: ModelSettings | None = None  # sampling per model (AppContext.create)
 
     @classmethod
     def create(cls, manager: ModelManager, paths: AppPaths | None = None) -> AppContext:
         paths = (paths or AppPaths.default()).ensure()
-        return cls(manager, ConversationStore(paths.database), SettingsFile(paths), paths)
+        store = ConversationStore(paths.database)
+        model_settings = ModelSettings(paths.model_settings_file)
+        return cls(manager, store, SettingsFile(paths), paths, model_settings=model_settings)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import engine
+from app import library
 from converters.core.errors import ItamaeError
 from engine.types import Backend, Event, FinalEvent, GenerationRequest, Stats
 
@@ -120,7 +120,7 @@ class ModelManager:
     """Holds at most one loaded Backend and serialises generations on it fairly;
     `status` says where loading stands (a `ModelStatus`)."""
 
-    def __init__(self, loader: Callable[..., Backend] = engine.load):
+    def __init__(self, loader: Callable[..., Backend] = library.load):
         self._loader = loader
         self._state_lock = threading.Lock()
         self._model_lock = FairLock()

@@ -19,8 +19,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.api.anthropic import anthropic_router
+from app.api.ollama import ollama_router
 from app.api.openai import create_router
 from app.context import AppContext
+from app.ui.header import PAGE_JS
 from app.ui.page import ASSETS, build_ui, css, theme
 
 # Gradio would otherwise report usage to its servers; Itamae talks to nobody.
@@ -30,6 +33,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="Itamae", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(ctx.manager, api_key=api_key))
+    app.include_router(ollama_router(ctx.manager, api_key=api_key))
+    app.include_router(anthropic_router(ctx.manager, api_key=api_key))
 
     @app.get("/health")
     async def health():
@@ -45,6 +50,7 @@ def create_app(ctx: AppContext, api_key: str | None = None) -> FastAPI:
         path="/",
         theme=theme(),
         css=css(),
+        js=PAGE_JS,
         favicon_path=str(ASSETS / "icon.png"),
         allowed_paths=[str(ASSETS)],
         footer_links=[],

@@ -45,6 +45,10 @@ class AppPaths:
         return self.data_dir / "settings.json"
 
     @property
+    def model_settings_file(self) -> Path:
+        return self.data_dir / "model_settings.json"
+
+    @property
     def default_models_dir(self) -> Path:
         return self.data_dir / "models"
 
@@ -87,6 +91,22 @@ class Settings:
         return cls(**values)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text`: a temporary file beside it, fsync, rename, so a crash
+    leaves the old file or the new one, never half of either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class SettingsFile:
     """settings.json under the data dir; every save replaces the file atomically."""
 
@@ -107,20 +127,9 @@ class SettingsFile:
             ) from e
 
     def save(self, settings: Settings) -> None:
-        path = self.paths.settings_file
         text = json.dumps(asdict(settings), ensure_ascii=False, indent=2)
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(self.paths.settings_file, text)
 
     def update(self, **changes) -> Settings:
         """Load, change the named fields, save; returns the new settings."""

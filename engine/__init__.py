@@ -1,6 +1,6 @@
 """Everything that turns tokens into tokens: backends behind one small interface."""
 
-from .loader import load
+from .loader import Detected, detect, load
 from .types import (
     Backend,
     FinalEvent,
@@ -13,11 +13,13 @@ from .types import (
 
 __all__ = [
     "Backend",
+    "Detected",
     "FinalEvent",
     "GenerationRequest",
     "Message",
     "SamplingParams",
     "Stats",
     "TokenEvent",
+    "detect",
     "load",
 ]

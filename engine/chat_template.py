@@ -4,7 +4,11 @@ Templates come from model files (tokenizer_config.json, GGUF `tokenizer.chat_tem
 so they are untrusted: they run in jinja2's ImmutableSandboxedEnvironment, which refuses
 attribute access to Python internals and mutation of the objects passed in. The globals
 follow Hugging Face's `apply_chat_template` (transformers/utils/chat_template_utils.py),
-so templates written for it render the same text here.
+so templates written for it render the same text here: the same filters and globals
+(`tojson` keeping non-ASCII text, `raise_exception`, `strftime_now`, `dict`, a
+`namespace` that refuses underscore names), `{% break %}`/`{% continue %}`
+(jinja2.ext.loopcontrols) and the `{% generation %}` block, which renders its body (HF
+uses it to mark assistant tokens for training masks; nothing here needs the marks).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from functools import lru_cache
 
 import jinja2
 import jinja2.ext
+from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from converters.core.errors import ItamaeError
@@ -39,31 +44,53 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-class GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}`: transformers marks the assistant's part with
-    it (its AssistantTracker, for training masks); the text inside renders as it is."""
+class _GenerationBlock(jinja2.ext.Extension):
+    """`{% generation %}...{% endgeneration %}`: the body, rendered as it is."""
 
     tags = {"generation"}
 
-    def parse(self, parser):
+    def parse(self, parser) -> nodes.Node:
         lineno = next(parser.stream).lineno
         body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+        return nodes.Scope(body).set_lineno(lineno)
 
-    def _render(self, caller):
-        return caller()
+
+class _Namespace(jinja2.utils.Namespace):
+    """jinja's namespace(), refusing underscore names (no way to CPython internals)."""
+
+    def __init__(*args, **kwargs):  # jinja's own signature trick: namespace(self=...) works
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _Namespace._check_name(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _Namespace._check_name(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check_name(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"A template may not store {name!r}.")
+
+
+def _dict(*args, **kwargs) -> dict:
+    return dict(*args, **kwargs)
 
 
 @lru_cache(maxsize=32)
 def _compile(template: str) -> jinja2.Template:
-    # the extensions transformers' apply_chat_template enables: {% generation %} and
-    # {% break %} / {% continue %}
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[_GenerationBlock, jinja2.ext.loopcontrols],
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["dict"] = _dict
+    env.globals["namespace"] = _Namespace
     try:
         return env.from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as e:

@@ -10,7 +10,7 @@ tokenizer's BOS, as llama.cpp's perplexity tool does. Every position is compared
 engine/quality_metrics.py for the definitions); per MoE layer, so is the set of experts
 each token was routed to. A GGUF runs in llama.cpp and its routing is read from
 llama.cpp's own graph; a folder runs in the torch engine and its routing is read from
-the engine's routers (engine/scoring*.py), so mixed pairs (a GGUF against its Hugging
+the engine's routers (engine/<backend>/scorer.py), so mixed pairs (a GGUF against its Hugging
 Face source) are compared too.
 """
 
@@ -26,9 +26,12 @@ from importlib import resources
 from pathlib import Path
 
 from converters.core.errors import Cancelled, ItamaeError
+from converters.facts.inspection import inspect
+from converters.formats.detect import is_gguf_file
 
 from .quality_metrics import Totals, compare_logits
-from .scoring import Scorer, bos_prefix, open_scorer
+from .scoring import bos_prefix, open_scorer
+from .types import Scorer
 
 DEFAULT_WINDOW = 512  # llama-perplexity's default context; long enough for routing to settle
 MIN_WINDOW_TOKENS = 8  # a shorter tail adds noise, not evidence
@@ -45,7 +48,7 @@ def default_calibration_text() -> str:
 def report_path(model: str | Path) -> Path:
     """`demo-Q4_0.gguf` -> `demo-Q4_0.quality.json`; a folder `m-int4` -> `m-int4.quality.json`."""
     model = Path(model)
-    if model.is_file() and model.suffix == ".gguf":
+    if is_gguf_file(model):
         return model.with_name(model.stem + REPORT_SUFFIX)
     return model.with_name(model.name + REPORT_SUFFIX)
 
@@ -77,8 +80,6 @@ def _size(path: Path) -> int:
 
 def _describe(path: Path) -> dict:
     """What `itamae inspect` says of a model's quantization: recipe and bits per weight."""
-    from converters.facts.inspection import inspect
-
     try:
         info = inspect(path)
     except ItamaeError:

@@ -2,69 +2,40 @@
 
 The quality report (engine/evaluate.py) compares two models position by position, which
 the chat `Backend` interface cannot give (it samples; it does not hand out logits). A
-scorer is the small interface that can:
+scorer (engine.types.Scorer) is the small interface that can:
 
     scorer.tokenize(text, add_special) -> [int]
     scorer.score(tokens) -> Scored(logits [T, V], routing {layer: experts [T, K]})
 
-Two implementations, chosen by the model's format as `engine.load` chooses a backend:
-a GGUF runs in llama.cpp (engine/scoring_llamacpp.py: logits of every position, and the
-experts llama.cpp routed each token to, read from its graph through the `cb_eval`
-callback); a Hugging Face folder or an Itamae torch-format folder runs in the native
-torch engine (engine/scoring_torch.py, routing read from its routers).
+Each local backend has its own, found as `engine.load` finds a backend: the loader's
+`detect` names the engine, and engine/<engine>/scorer.py opens it. A GGUF runs in llama.cpp
+(engine/llamacpp/scorer.py: logits of every position, and the experts llama.cpp routed each
+token to, read from its graph through the `cb_eval` callback); a Hugging Face folder or an
+Itamae torch-format folder runs in the native torch engine (engine/torch/scorer.py, routing
+read from its routers).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
+from converters.core.errors import ItamaeError
 
-
-@dataclass
-class Scored:
-    logits: np.ndarray  # [T, V] float32, position t predicts token t+1
-    # MoE layer index (0-based over all layers) -> experts chosen per token [T, K] int
-    routing: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-class Scorer(Protocol):
-    name: str  # "llama.cpp" | "torch"
-    compute: str  # how it computes, in words (dtype, cache), for the report
-    vocab_size: int
-    context_length: int
-    moe_layers: list[int]  # layer indices whose routing `score` reports ([] for a dense model)
-    routing_note: str  # why routing is not reported although the model routes, or ""
-
-    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
-
-    def score(self, tokens: list[int]) -> Scored: ...
-
-    def close(self) -> None: ...
+from .loader import detect
+from .types import Scorer
 
 
 def open_scorer(path: str | Path, window: int, threads: int = 0) -> Scorer:
-    """A scorer for a .gguf file (llama.cpp) or a model folder (torch engine)."""
-    from .loader import resolve_source
-
-    engine = "llamacpp" if str(path).endswith(".gguf") else "auto"
-    source = resolve_source(path, engine)
-    if isinstance(source, str):
-        from converters.core.errors import ItamaeError
-
+    """A scorer for a GGUF file (llama.cpp) or a model folder (torch engine)."""
+    found = detect(path)
+    if found.engine == "remote":
         raise ItamaeError(
             "A remote model cannot be evaluated: its server does not return every position's logits.",
             "Evaluate a local copy (a .gguf file or a model folder).",
         )
-    if source.is_file() and source.suffix == ".gguf":
-        from .scoring_llamacpp import LlamaCppScorer
-
-        return LlamaCppScorer(source, window, threads)
-    from .scoring_torch import TorchScorer
-
-    return TorchScorer(source, threads)
+    module = importlib.import_module(f"engine.{found.engine}.scorer")
+    return module.open_scorer(found.location, window, threads)
 
 
 def bos_prefix(scorer: Scorer) -> list[int]:

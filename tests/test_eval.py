@@ -90,7 +90,7 @@ def test_llamacpp_routing_is_transformers_routing(hf_checkpoint, tmp_path, text,
     """The experts read from llama.cpp's graph are the ones transformers' router picks
     (softmax top-k for Qwen3-MoE; sigmoid + bias + group-limited top-k for DeepSeek-V3)."""
     from converters.conversion.convert import convert
-    from engine.scoring_llamacpp import LlamaCppScorer
+    from engine.llamacpp.scorer import LlamaCppScorer
 
     gguf = tmp_path / f"{arch}.gguf"
     convert(hf_checkpoint(arch), gguf, "F32")

@@ -24,13 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 URL_LINE = re.compile(r"Itamae is running at (http://127\.0\.0\.1:\d+)\s+\(ready in ([\d.]+) s")
 
 
-def start_app(home: Path, *args: str) -> tuple[subprocess.Popen, str, float]:
+def start_app(
+    home: Path, *args: str, env: dict | None = None
+) -> tuple[subprocess.Popen, str, float]:
     env = {
         **os.environ,
         "ITAMAE_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(home / "hf"),
         "PYTHONPATH": str(REPO),
+        **(env or {}),
     }
     home.mkdir(parents=True, exist_ok=True)
     # stderr to a file: a pipe nobody reads would block the server once it fills up

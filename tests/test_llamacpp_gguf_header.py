@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from converters.core.errors import BadModelFile
 from converters.formats.gguf_header import read_contents
 from engine.llamacpp import logs
+from engine.llamacpp.devices import Hardware
 from engine.llamacpp.gguf_layout import read_gguf
-from engine.memory_plan import Hardware, plan_memory
+from engine.llamacpp.memory_plan import plan_memory
 from tests.llamacpp_synthetic import find_vocab_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -167,7 +168,7 @@ def test_fuzzed_headers_parse_or_fail_cleanly(tmp_path, data):
 def test_plan_command_prints_the_plan_or_the_refusal(converted, capsys):
     import json
 
-    from engine.memory_plan import main
+    from engine.llamacpp.memory_plan import main
 
     assert main([str(converted), "--ram-gb", "8", "--vram-gb", "4", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

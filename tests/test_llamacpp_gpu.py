@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 
 from engine.llamacpp.backend import load
-from engine.llamacpp.devices import detect_hardware
-from engine.memory_plan import GpuMemory, Hardware, place
+from engine.llamacpp.devices import GpuMemory, Hardware, detect_hardware
+from engine.llamacpp.placement import place
 from engine.types import GenerationRequest, Message, SamplingParams
 
 llama_cpp = pytest.importorskip("llama_cpp")

@@ -12,18 +12,10 @@ import re
 import pytest
 
 from converters.core.errors import NotEnoughMemory
-from engine.memory_plan import (
-    GIB,
-    QUANT_LADDER,
-    RAM_RESERVE_BYTES,
-    BlockWeights,
-    Hardware,
-    ModelLayout,
-    compute_buffer_bytes,
-    place,
-    plan_memory,
-    smaller_quant_that_fits,
-)
+from engine.llamacpp.devices import GIB, Hardware
+from engine.llamacpp.memory_plan import QUANT_LADDER, plan_memory, smaller_quant_that_fits
+from engine.llamacpp.model_layout import BlockWeights, ModelLayout
+from engine.llamacpp.placement import RAM_RESERVE_BYTES, compute_buffer_bytes, place
 
 Q4_K_M = dict(QUANT_LADDER)["Q4_K_M"]
 Q8_0 = dict(QUANT_LADDER)["Q8_0"]

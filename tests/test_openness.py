@@ -386,3 +386,16 @@ def test_itamae_convert_carries_the_card(hf_checkpoint, tmp_path):
     assert card["license"]["value"] == "apache-2.0" or "apache" in str(card["license"]).lower()
     assert card["license"]["source"].startswith("GGUF itamae.openness, from the source model's")
     assert "README.md" in card["carried_sources"]
+
+
+def test_bsd_3_clause_with_the_older_non_endorsement_wording_is_recognised():
+    """Older BSD-3 texts (pypdf's) word the third clause "The name of the author may not be
+    used to endorse..."; without that clause the text is BSD-2."""
+    head = (
+        "Redistribution and use in source and binary forms, with or without modification, "
+        "are permitted provided that the following conditions are met:\n"
+        "* Redistributions of source code must retain the above copyright notice.\n"
+    )
+    third = "* The name of the author may not be used to endorse or promote products derived.\n"
+    assert normalize(identify_text(head + third)) == "bsd-3-clause"
+    assert normalize(identify_text(head)) == "bsd-2-clause"

@@ -6,8 +6,8 @@ Where a name from outside becomes a path or an action on one:
 - the Models tab's delete (app/library.delete): only under the models folder, after
   resolving `..` and symlinks; a link inside the folder to something outside is refused,
   and a model folder holding links to outside files loses the links, not their targets;
-- the Models tab's download (app/library.download + local_name): a repository id becomes
-  one folder directly inside the models folder, or is refused.
+- the Models tab's download (app/library.download, downloads.parse_spec): a repository id
+  becomes one folder directly inside the Hugging Face cache, or is refused.
 tests/test_ui_library.py already checks an absolute outside path and "../../etc"; these
 add `..` inside a path, symlinks, the folder itself, and the API.
 """
@@ -15,15 +15,18 @@ add `..` inside a path, symlinks, the folder itself, and the API.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app import library
+from app.library.downloads import parse_spec, storage_folder
 from converters.core.errors import ItamaeError
 from tests.serve_process import ServeProcess
 
 pytest.importorskip("llama_cpp")
+EMPTY_HOME = library.Machine(Path("/nonexistent-home"), {}, ollama_system_store=None)
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def test_delete_refuses_dot_dot_paths_and_the_folder_itself(layout):
         models / ".",
         models / "tiny" / "..",
     ):
-        entry = library.LibraryEntry(path, "models", "hostile")
+        entry = library.LibraryEntry(path, "itamae", "hostile")
         with pytest.raises(ItamaeError, match="not inside the models folder"):
             library.delete(entry, models)
     assert _intact(outside) and (models / "tiny" / "config.json").is_file()
@@ -65,12 +68,12 @@ def test_delete_refuses_a_symlink_to_outside_listed_in_the_models_folder(layout)
     models, outside = layout
     (models / "linked-model").symlink_to(outside / "precious-model", target_is_directory=True)
     (models / "linked.gguf").symlink_to(outside / "notes.txt")
-    entries = {e.name: e for e in library.scan(models, [], include_hf_cache=False)}
-    assert entries["linked-model"].location == "models"  # the scan lists it like any model
+    entries = {e.name: e for e in library.scan(models, [], machine=EMPTY_HOME)}
+    assert entries["linked-model"].source == "itamae"  # the scan lists it like any model
     with pytest.raises(ItamaeError, match="not inside the models folder"):
         library.delete(entries["linked-model"], models)
     with pytest.raises(ItamaeError, match="not inside the models folder"):
-        library.delete(library.LibraryEntry(models / "linked.gguf", "models", "x"), models)
+        library.delete(library.LibraryEntry(models / "linked.gguf", "itamae", "x"), models)
     assert _intact(outside)
 
 
@@ -78,22 +81,31 @@ def test_deleting_a_model_removes_links_inside_it_not_their_targets(layout):
     models, outside = layout
     (models / "tiny" / "extra.safetensors").symlink_to(outside / "notes.txt")
     (models / "tiny" / "more").symlink_to(outside / "precious-model", target_is_directory=True)
-    (entry,) = [e for e in library.scan(models, [], include_hf_cache=False) if e.name == "tiny"]
+    (entry,) = [e for e in library.scan(models, [], machine=EMPTY_HOME) if e.name == "tiny"]
     assert library.delete(entry, models) == "deleted"
     assert not (models / "tiny").exists()
     assert _intact(outside)
 
 
-def test_downloaded_repositories_land_directly_inside_the_models_folder(tmp_path):
-    models = tmp_path / "models"
-    for repo_id in ("Qwen/Qwen3-30B-A3B", "/etc", "owner/..", "./.", "~/x", "a/b\\..\\c"):
-        dest = models / library.local_name(repo_id)
-        assert dest.parent == models and dest.name not in ("", ".", ".."), repo_id
-    for bad in ("../x", "a/../../b", "..\\../x", "/etc/passwd", "a/b/c", ".."):
+def test_downloaded_repositories_land_directly_inside_the_hf_cache(tmp_path):
+    cache = tmp_path / "hub"
+    for repo_id in ("Qwen/Qwen3-30B-A3B", "owner/x.y", "a/b-c"):
+        folder = storage_folder(cache, parse_spec(repo_id)[0])
+        assert folder.parent == cache and folder.name.startswith("models--"), repo_id
+    for bad in (
+        "../x",
+        "a/../../b",
+        "..\\../x",
+        "/etc/passwd",
+        "a/b/c",
+        "..",
+        "owner/..",
+        "~/x/..",
+    ):
         progress = library.DownloadProgress()
-        library.download(bad, models, progress)
+        library.download(bad, progress)
         assert progress.finished and "not a hub repository id" in progress.error, bad
-    assert not models.exists() or not any(models.iterdir())
+    assert not cache.exists()
 
 
 # -- the API ------------------------------------------------------------------------------

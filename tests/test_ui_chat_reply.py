@@ -10,12 +10,13 @@ import threading
 
 import pytest
 
+from app.attachments import Attachment, split_attachments
 from app.chat_reply import (
     ChatParams,
-    drop_last_reply,
     edit_message,
     history_for_model,
     model_unavailable,
+    rewind_last_reply,
     send_message,
     split_reasoning,
     stream_reply,
@@ -130,22 +131,25 @@ def test_sending_saves_the_message_in_a_titled_conversation(manager, store):
     assert again != conv and [m.content for m in store.messages(again)] == ["Again"]
 
 
-def test_regenerating_drops_the_last_reply_and_what_followed(store):
+def test_regenerating_rewinds_past_the_last_reply_and_keeps_it(store):
     conv = conversation(store, "Q1")
     store.append(conv, "assistant", "A1", "stop")
     store.append(conv, "user", "Q2", "stop")
     store.append(conv, "assistant", "A2", "stop")
     store.append(conv, "user", "Q3", "stop")  # an edit whose reply never came
-    assert drop_last_reply(store, conv)
+    assert rewind_last_reply(store, conv)
     assert [m.content for m in store.messages(conv)] == ["Q1", "A1", "Q2"]
+    store.append(conv, "assistant", "A2 again", "stop")  # the regenerated reply
+    path = store.messages(conv)
+    assert [store.switch(i)[-1].content for i in path[-1].alternatives] == ["Q3", "A2 again"]
     only_question = conversation(store, "Q")
-    assert drop_last_reply(store, only_question)  # nothing to drop, still one to answer
+    assert rewind_last_reply(store, only_question)  # nothing to drop, still one to answer
     assert [m.content for m in store.messages(only_question)] == ["Q"]
-    assert not drop_last_reply(store, None)
-    assert not drop_last_reply(store, store.create("empty").id)
+    assert not rewind_last_reply(store, None)
+    assert not rewind_last_reply(store, store.create("empty").id)
 
 
-def test_editing_keeps_the_new_text_and_drops_what_followed(store):
+def test_editing_forks_with_the_new_text_and_keeps_the_old_branch(store):
     conv = conversation(store, "Q1")
     store.append(conv, "assistant", "A1", "stop")
     store.append(conv, "user", "Q2", "stop")
@@ -160,6 +164,8 @@ def test_editing_keeps_the_new_text_and_drops_what_followed(store):
         ("A1", "stop"),
         ("Q2, better", "stop"),
     ]
+    old = store.switch(stored[-1].alternatives[0])
+    assert [m.content for m in old] == ["Q1", "A1", "Q2", "A2"]
 
 
 # -- what the model sees -------------------------------------------------------------
@@ -222,3 +228,17 @@ def test_history_for_model_drops_reasoning_and_failures(store):
         ("user", "Q2"),
         ("user", "Q3"),
     ]
+
+
+def test_attached_files_go_with_the_message_and_stay_through_an_edit(store):
+    manager = ModelManager()
+    files = [Attachment("notes.md", "# 寿司飯\n米2合", 9)]
+    conv = send_message(store, manager, None, "Summarise.", "", files)
+    (question,) = store.messages(conv)
+    assert question.content.startswith('<attachment name="notes.md" tokens="9">\n# 寿司飯')
+    assert history_for_model(store.messages(conv), "")[0].content == question.content
+    untitled = send_message(store, manager, None, "", "", files)  # only a file
+    assert store.get(untitled).title == "notes.md"
+    edit_message(store, conv, 0, "Translate it.")
+    text, kept = split_attachments(store.messages(conv)[0].content)
+    assert (text, kept) == ("Translate it.", files)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from app.model_settings import ModelSettings, model_key
+from app.store import ConversationStore
 from tests.test_launcher import start_app, stop
 
 pytestmark = pytest.mark.browser
@@ -40,11 +42,13 @@ if not Path(CHROMIUM).exists():
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 
-def seed_settings(home: Path, max_tokens: int) -> None:
-    # Greedy decoding, so every run of the test sees the same replies.
+def seed_settings(home: Path, max_tokens: int, model: Path | str) -> None:
+    # Greedy decoding, so every run of the test sees the same replies; saved for the
+    # model too, since its own generation_config.json would apply before the app's.
     home.mkdir(parents=True, exist_ok=True)
-    settings = {"sampling": {"temperature": 0.0, "max_tokens": max_tokens, "repeat_penalty": 1.0}}
-    (home / "settings.json").write_text(json.dumps(settings))
+    sampling = {"temperature": 0.0, "max_tokens": max_tokens, "repeat_penalty": 1.0}
+    (home / "settings.json").write_text(json.dumps({"sampling": sampling}))
+    ModelSettings(home / "model_settings.json").save(model_key(model), **sampling)
 
 
 def set_max_tokens(page, n: int) -> None:
@@ -135,7 +139,7 @@ def shot(page, name: str) -> None:
 def test_chat_in_english_and_japanese_stop_reload_and_switch_language(tmp_path, model, browser):
     home = tmp_path / "home"
     # Long enough that even a fast CPU takes a second, so the page shows the reply grow.
-    seed_settings(home, max_tokens=400)
+    seed_settings(home, max_tokens=400, model=model)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     try:
@@ -228,7 +232,7 @@ def test_chat_in_english_and_japanese_stop_reload_and_switch_language(tmp_path, 
 
 def test_two_tabs_keep_their_own_conversations(tmp_path, model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=24)
+    seed_settings(home, max_tokens=24, model=model)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     try:
@@ -268,7 +272,7 @@ def test_two_tabs_keep_their_own_conversations(tmp_path, model, browser):
 
 def test_kill_9_while_a_reply_streams_keeps_the_conversation(tmp_path, model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=24)
+    seed_settings(home, max_tokens=24, model=model)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     try:
@@ -312,7 +316,7 @@ def test_kill_9_while_a_reply_streams_keeps_the_conversation(tmp_path, model, br
 
 def test_regenerate_and_the_experts_per_token_knob(tmp_path, model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=24)
+    seed_settings(home, max_tokens=24, model=model)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     db = home / "conversations.sqlite3"
@@ -367,14 +371,17 @@ def test_regenerate_and_the_experts_per_token_knob(tmp_path, model, browser):
         shot(page, "12-one-expert-per-token")
     finally:
         assert stop(proc) == 0
-    rows = sqlite3.connect(db).execute("SELECT role, finish_reason FROM messages ORDER BY position")
-    assert rows.fetchall() == [("user", "stop"), ("assistant", "length")]
+    store = ConversationStore(db)
+    (conv,) = store.conversations()
+    shown = store.messages(conv.id)
+    assert [(m.role, m.finish_reason) for m in shown] == [("user", "stop"), ("assistant", "length")]
+    assert len(shown[1].alternatives) == 3  # each regenerate added a reply, none was lost
     assert outside == []
 
 
 def test_edit_a_sent_message_and_resend(tmp_path, model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=24)
+    seed_settings(home, max_tokens=24, model=model)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     try:
@@ -382,7 +389,7 @@ def test_edit_a_sent_message_and_resend(tmp_path, model, browser):
         open_app(page, url)
         send(page, "A first try.")
         send(page, "A follow-up.")
-        # Edit the first message: everything after it is replaced by a new reply.
+        # Edit the first message: the conversation forks there and shows the new branch.
         page.locator('#chatbot button[aria-label="Edit"]').first.click()
         page.fill("#chatbot textarea", "A better first question.")
         page.click('#chatbot button[aria-label="Submit"]')
@@ -396,18 +403,19 @@ def test_edit_a_sent_message_and_resend(tmp_path, model, browser):
         shot(page, "11-edited")
     finally:
         assert stop(proc) == 0
-    rows = sqlite3.connect(home / "conversations.sqlite3").execute(
-        "SELECT role, content FROM messages ORDER BY position"
-    )
-    messages = rows.fetchall()
-    assert [m[0] for m in messages] == ["user", "assistant"]
-    assert messages[0][1] == "A better first question."
+    store = ConversationStore(home / "conversations.sqlite3")
+    (conv,) = store.conversations()
+    messages = store.messages(conv.id)  # the path shown: the edit and its new reply
+    assert [m.role for m in messages] == ["user", "assistant"]
+    assert messages[0].content == "A better first question."
+    store.switch(messages[0].alternatives[0])  # the original branch is still there, whole
+    assert [m.content for m in store.messages(conv.id)][::2] == ["A first try.", "A follow-up."]
     assert outside == []
 
 
 def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=24)
+    seed_settings(home, max_tokens=24, model=model)
     proc, url, _ = start_app(home, "--model", str(model))
     outside: list[str] = []
     try:
@@ -435,7 +443,7 @@ def test_convert_tab_result_appears_in_the_models_tab(tmp_path, model, browser):
             .map(r => r.textContent).find(t => t.includes('qwen3_moe-Q8_0.gguf'))"""
         page.wait_for_function(find_row)
         row = page.evaluate(find_row)
-        assert "models folder" in row and "qwen3_moe" in row and "Q8_0" in row.upper(), row
+        assert "Itamae" in row and "qwen3_moe" in row and "Q8_0" in row.upper(), row
         # Select it: what it is, the llama.cpp memory plan; then load it and chat with it.
         page.locator("#library").get_by_text("qwen3_moe-Q8_0.gguf", exact=True).click()
         page.wait_for_function(
@@ -471,7 +479,7 @@ def test_first_launch_chats_with_the_bundled_demo(tmp_path, browser):
     if startup_model(None, "") != "demo":
         pytest.skip("the bundled demo model is not in this checkout yet")
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=48)
+    seed_settings(home, max_tokens=48, model="demo")
     proc, url, _ = start_app(home)  # no --model, nothing configured
     outside: list[str] = []
     try:

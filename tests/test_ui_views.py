@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.i18n import CATALOG_DIR, LANGUAGES, Translator, catalog, pick_language
+from app.library import SOURCES
 from app.model_manager import ModelStatus
 from app.store import StoredMessage
 from app.ui import expert_heatmap
@@ -67,9 +68,11 @@ def test_heatmap_draws_one_cell_per_layer_and_expert():
     svg = expert_heatmap.render(counts, Translator("en"))
     assert svg.count("<rect") == 12
     assert "3 MoE layers × 4 experts" in svg
-    # the busiest expert of a layer is drawn darkest, an unused one in the lightest colour
-    assert 'fill="#312e81"><title>layer 1, expert 0: 4 tokens (100%)' in svg
-    assert 'fill="#eef2ff"><title>layer 1, expert 1: 0 tokens (0%)' in svg
+    # the busiest expert of a layer is drawn solid, an unused one faintest (the accent over
+    # the page's background, so light and dark mode show the same picture)
+    assert 'fill-opacity="1.0"><title>layer 1, expert 0: 4 tokens (100%)' in svg
+    assert 'fill-opacity="0.06"><title>layer 1, expert 1: 0 tokens (0%)' in svg
+    assert svg.count('fill-opacity="1.0"><title>layer 2,') == 4  # evenly shared: all alike
     assert "heatmap-empty" in expert_heatmap.render(None, Translator("en"))
 
 
@@ -111,8 +114,8 @@ def test_every_key_the_code_uses_is_in_the_catalog():
     assert used, "no keys found: the pattern no longer matches the code"
     assert used <= keys, sorted(used - keys)
     # keys built with f-strings: each family is complete
-    for location in ("demo", "models", "hf-cache", "added", "loaded"):
-        assert f"models.where.{location}" in keys
+    for source in SOURCES:
+        assert f"models.where.{source}" in keys
     from app.ui.chat_controls import BUILTIN_PRESETS
     from app.ui.library_view import COLUMNS
 

@@ -24,8 +24,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from app.api.schema import APIError, chat_request, completion_request, model_name, stream_flags
+from app.api.fields import chat_request, completion_request
+from app.api.schema import APIError, model_name, stream_flags
 from app.api.stream import ChatShape, TextShape, respond
+from app.library import passes_through
 from app.model_manager import ModelManager
 from converters.core.errors import ItamaeError
 from engine.types import Backend, GenerationRequest
@@ -43,8 +45,9 @@ MAX_BODY_BYTES = 32 * 2**20
 DEFAULT_MAX_QUEUE = 64
 
 
-def _route_class(api_key: str | None) -> type[APIRoute]:
-    """Routes that check the bearer token and answer APIError as OpenAI-style JSON.
+def route_class(api_key: str | None, error_body=APIError.body) -> type[APIRoute]:
+    """Routes that check the API key and answer APIError as JSON (OpenAI's shape, or the
+    one `error_body(error)` makes for the Ollama and Anthropic surfaces).
 
     Done in the route rather than with app-level exception handlers or middleware so
     the router behaves the same in whichever app includes it (headless or beside Gradio).
@@ -62,13 +65,13 @@ def _route_class(api_key: str | None) -> type[APIRoute]:
                     return await handler(request)
                 except APIError as e:
                     headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-                    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+                    return JSONResponse(error_body(e), status_code=e.status, headers=headers)
                 except Exception as e:  # a bug: answer it in the API's own shape, keep serving
                     log.exception("API request failed")
                     error = APIError(
                         500, f"Internal error: {type(e).__name__}: {e}", type="server_error"
                     )
-                    return JSONResponse(error.body(), status_code=500)
+                    return JSONResponse(error_body(error), status_code=500)
 
             return handle
 
@@ -76,13 +79,17 @@ def _route_class(api_key: str | None) -> type[APIRoute]:
 
 
 def _check_bearer(request: Request, expected: bytes) -> None:
+    """One rule for all three surfaces: `Authorization: Bearer <key>` (OpenAI, Ollama)
+    or Anthropic's `x-api-key: <key>`."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = request.headers.get("x-api-key", "")
     # compare_digest: the time taken must not tell how much of a guessed key was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    if not hmac.compare_digest(token.strip().encode(), expected):
         raise APIError(
             401,
-            "Missing or wrong API key. Send 'Authorization: Bearer <key>' with the key "
-            "this server was started with (--api-key).",
+            "Missing or wrong API key. Send 'Authorization: Bearer <key>' (or 'x-api-key: "
+            "<key>') with the key this server was started with (--api-key).",
             type="authentication_error",
             code="invalid_api_key",
         )
@@ -93,24 +100,16 @@ def create_router(
 ) -> APIRouter:
     """The /v1 routes over `manager`. With `api_key`, every route needs that bearer token;
     past `max_queue` requests waiting for the model, new ones get 429."""
-    router = APIRouter(route_class=_route_class(api_key))
+    router = APIRouter(route_class=route_class(api_key))
 
     async def run(request: Request, to_request, shape) -> Response:
         """One generation: the body read, the model found, the body turned into a
         request by `to_request` (which knows the model's expert count), then answered."""
-        body = await _json_body(request)
-        backend = _backend_for(manager, model_name(body))
+        body = await json_body(request)
+        backend = backend_for(manager, model_name(body))
         req = to_request(body, backend.info.n_experts)
         stream, include_usage = stream_flags(body)
-        await _fit_to_context(backend, req)
-        if manager.queue_length >= max_queue:
-            raise APIError(
-                429,
-                f"{manager.queue_length} requests are already waiting for the model; "
-                "try again later.",
-                type="rate_limit_error",
-                code="queue_full",
-            )
+        await admit(manager, backend, req, max_queue)
         model = served_model_id(manager, backend)
         return await respond(
             request, manager, req, shape, model=model, stream=stream, include_usage=include_usage
@@ -124,7 +123,7 @@ def create_router(
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str):
-        return _model_card(manager, _backend_for(manager, model_id))
+        return _model_card(manager, backend_for(manager, model_id))
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -138,16 +137,29 @@ def create_router(
     async def tokenize(request: Request):
         # vLLM's and llama.cpp's servers have this beside /v1 (one reads "prompt", the
         # other "content"); the remote backend uses it to count tokens.
-        body = await _json_body(request)
+        body = await json_body(request)
         text = body.get("prompt", body.get("content"))
         if not isinstance(text, str):
             raise APIError(400, "'prompt' must be a string.", param="prompt", code="invalid_value")
-        backend = _backend_for(manager, body.get("model") or None)
+        backend = backend_for(manager, body.get("model") or None)
         tokens = await asyncio.to_thread(backend.tokenize, text)
         context = backend.info.context_length or None
         return {"tokens": tokens, "count": len(tokens), "max_model_len": context}
 
     return router
+
+
+async def admit(manager: ModelManager, backend: Backend, req: GenerationRequest, max_queue: int):
+    """The checks every surface makes before a request waits for the model."""
+    await check_request(backend, req)
+    await fit_to_context(backend, req)
+    if manager.queue_length >= max_queue:
+        raise APIError(
+            429,
+            f"{manager.queue_length} requests are already waiting for the model; try again later.",
+            type="rate_limit_error",
+            code="queue_full",
+        )
 
 
 # -- the loaded model ------------------------------------------------------------------
@@ -156,8 +168,8 @@ def create_router(
 def served_model_id(manager: ModelManager, backend: Backend) -> str:
     """The id clients pass as `model`: the model's name, else its file or folder name."""
     source = manager.status.source or str(backend.info.path)
-    if source == "demo":  # the bundled model, as the person asked for it (--model demo)
-        return "demo"
+    if not passes_through(source) or source == "demo":
+        return source  # a library name (`itamae models`), the one the model was loaded by
     name = getattr(backend.info, "name", "")
     if name:
         return name
@@ -171,13 +183,17 @@ def _model_card(manager: ModelManager, backend: Backend) -> dict:
         "object": "model",
         "created": 0,
         "owned_by": "itamae",
+        # Anthropic's model object, for its SDK's models.list()
+        "type": "model",
+        "display_name": served_model_id(manager, backend),
+        "created_at": "1970-01-01T00:00:00Z",
         # Beyond OpenAI's fields, for clients that size prompts (as vLLM's max_model_len).
         "max_model_len": info.context_length or None,
         "arch": info.arch,
     }
 
 
-def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
+def backend_for(manager: ModelManager, requested: str | None) -> Backend:
     backend = manager.backend
     if backend is None:
         status = manager.status
@@ -206,7 +222,7 @@ def _backend_for(manager: ModelManager, requested: str | None) -> Backend:
     return backend
 
 
-async def _json_body(request: Request) -> dict:
+async def json_body(request: Request) -> dict:
     raw = await _read_limited(request, MAX_BODY_BYTES)
     try:
         body = json.loads(raw)
@@ -261,7 +277,26 @@ def _count_prompt(backend: Backend, req: GenerationRequest) -> tuple[int, bool]:
     return sum(len(backend.tokenize(m.content)) - specials for m in req.messages), False
 
 
-async def _fit_to_context(backend: Backend, req: GenerationRequest) -> None:
+async def check_request(backend: Backend, req: GenerationRequest) -> None:
+    """A 400 for what the backend cannot do for this request (a schema it cannot enforce,
+    a tool choice its template cannot force), before the request waits for the model."""
+    check = getattr(backend, "check_request", None)
+    if check is None:
+        if req.tools or req.constraint or req.sampling.logprobs is not None:
+            raise APIError(
+                400,
+                "This backend does not support tools, response_format or logprobs.",
+                code="unsupported_value",
+            )
+        return
+    try:
+        await asyncio.to_thread(check, req)
+    except ItamaeError as e:
+        param = "response_format" if req.constraint is not None else "tool_choice"
+        raise APIError(400, str(e), param=param, code="unsupported_value") from e
+
+
+async def fit_to_context(backend: Backend, req: GenerationRequest) -> None:
     """Refuse a prompt the context cannot hold; default max_tokens to what is left."""
     context = backend.info.context_length
     # In a worker thread: a long prompt takes a while to tokenize, a remote one a request.

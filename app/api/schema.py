@@ -10,13 +10,20 @@ names the offending parameter, so a client sees what to fix.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
-from engine.types import GenerationRequest, Message, SamplingParams
+from engine.types import GenerationRequest, Message, SamplingParams, ToolCall
 
 # Roles a chat template knows. OpenAI's newer "developer" role is the system prompt.
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 _MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 
@@ -52,6 +59,19 @@ class APIError(Exception):
 
 def bad_param(param: str, message: str) -> APIError:
     return APIError(400, message, param=param, code="invalid_value")
+
+
+def refuse_unknown(body: dict, known: set[str], where: str = "") -> None:
+    """A field this server does not implement is refused by name, never ignored (the same
+    rule on the OpenAI, Ollama and Anthropic surfaces; `where` prefixes nested fields)."""
+    for name in body:
+        if name not in known:
+            raise APIError(
+                400,
+                f"The field '{where}{name}' is not supported by this server.",
+                param=where + name,
+                code="unsupported_parameter",
+            )
 
 
 def _number(body: dict, name: str, default, low, high, *, integer=False, low_open=False):
@@ -91,14 +111,6 @@ def sampling_params(body: dict) -> SamplingParams:
     n = _number(body, "n", 1, 1, None, integer=True)
     if n != 1:
         raise APIError(400, "Only n=1 is supported.", param="n", code="unsupported_value")
-    for name in ("presence_penalty", "frequency_penalty"):
-        # Accepted for compatibility (clients send 0 by default); the local samplers
-        # have repeat_penalty instead.
-        _number(body, name, 0.0, -2.0, 2.0)
-    if body.get("logprobs") not in (None, False, 0):
-        raise APIError(
-            400, "logprobs are not supported.", param="logprobs", code="unsupported_value"
-        )
     # Seeds are 64-bit wherever they end up (torch.manual_seed, llama.cpp's sampler).
     seed = _number(body, "seed", None, -(2**63), 2**64 - 1, integer=True)
     return SamplingParams(
@@ -107,6 +119,8 @@ def sampling_params(body: dict) -> SamplingParams:
         top_k=_number(body, "top_k", 0, 0, None, integer=True),
         min_p=float(_number(body, "min_p", 0.0, 0.0, 1.0)),
         repeat_penalty=float(_number(body, "repeat_penalty", 1.0, 0.0, None, low_open=True)),
+        presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
+        frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
         seed=seed,
         max_tokens=max_tokens if max_tokens is not None else 0,  # 0: filled in by the caller
         stop=_stop(body),
@@ -167,7 +181,40 @@ def chat_messages(body: dict) -> list[Message]:
                 f"messages[{i}].role",
                 f"messages[{i}].role must be one of {sorted(_ROLES)}, got {message.get('role')!r}.",
             )
-        out.append(Message(role, _content_text(message.get("content"), i)))
+        content = _content_text(message.get("content"), i)
+        calls = _tool_calls(message.get("tool_calls"), i) if role == "assistant" else []
+        out.append(
+            Message(
+                role,
+                content,
+                tool_calls=calls,
+                tool_call_id=str(message.get("tool_call_id") or ""),
+                name=str(message.get("name") or "") if role == "tool" else "",
+            )
+        )
+    return out
+
+
+def _tool_calls(raw, index: int) -> list[ToolCall]:
+    """An assistant history turn's tool_calls."""
+    if raw is None:
+        return []
+    param = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list):
+        raise bad_param(param, f"'{param}' must be a list.")
+    out = []
+    for call in raw:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_param(param, "Each tool call needs function.name and function.arguments.")
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        try:
+            json.loads(arguments)
+        except json.JSONDecodeError as e:
+            raise bad_param(param, f"A tool call's arguments are not JSON: {e}.") from e
+        out.append(ToolCall(function["name"], arguments, str(call.get("id", ""))))
     return out
 
 

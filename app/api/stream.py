@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.api import openai_out as out
 from app.api.schema import APIError
 from app.model_manager import ModelManager, NoModelLoaded
 from converters.core.errors import ContextTooLong
@@ -35,11 +36,11 @@ from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent
 _DISCONNECT_POLL_S = 0.25
 
 
-class _ClientGone(Exception):
+class ClientGone(Exception):
     pass
 
 
-class _EventPump:
+class EventPump:
     """Runs `manager.stream(req)` in a thread of its own and hands events to the loop."""
 
     _END = object()
@@ -74,7 +75,7 @@ class _EventPump:
             except TimeoutError:
                 if await request.is_disconnected():
                     self.cancel.set()
-                    raise _ClientGone() from None
+                    raise ClientGone() from None
                 continue
             return None if item is self._END else item
 
@@ -90,17 +91,18 @@ async def respond(
     include_usage: bool,
 ) -> Response:
     """Queue `req` on the manager and answer with its result, whole or as SSE chunks."""
-    pump = _EventPump(manager, req)
+    pump = EventPump(manager, req)
     ident = f"{shape.id_prefix}-{uuid.uuid4().hex}"
     created = int(time.time())
     try:
         # Wait for the first event before answering, so an error (a failed model, a
         # prompt the backend refuses) still gets a proper status code.
         first = await pump.next(request)
-    except _ClientGone:
+    except ClientGone:
         return Response(status_code=499)
-    if isinstance(first, FinalEvent) and _failure(first) is not None:
-        raise _failure(first)
+    if isinstance(first, FinalEvent) and failure(first) is not None:
+        raise failure(first)
+    shape = shape.for_request(req)
     if not stream:
         return await _whole_response(request, pump, first, shape, ident, created, model)
     chunks = _sse(pump, first, shape, ident, created, model, include_usage)
@@ -109,7 +111,7 @@ async def respond(
     )
 
 
-def _failure(final: FinalEvent) -> APIError | None:
+def failure(final: FinalEvent) -> APIError | None:
     """The error to answer for a final event that is not a normal end, else None."""
     if final.finish_reason in ("stop", "length"):
         return None
@@ -138,18 +140,21 @@ def _failure(final: FinalEvent) -> APIError | None:
 
 async def _whole_response(request, pump, first, shape, ident, created, model) -> Response:
     pieces: list[str] = []
+    logprobs = [] if shape.logprobs else None
     event = first
     try:
         while not isinstance(event, FinalEvent):
             if event is None:
                 raise APIError(500, "The backend ended without a final event.", type="server_error")
             pieces.append(event.text)
+            if logprobs is not None and event.logprob is not None:
+                logprobs.append(event.logprob)
             event = await pump.next(request)
-    except _ClientGone:
+    except ClientGone:
         return Response(status_code=499)
-    if _failure(event) is not None:
-        raise _failure(event)
-    choice = shape.whole_choice("".join(pieces), event.finish_reason)
+    if failure(event) is not None:
+        raise failure(event)
+    choice = shape.whole_choice("".join(pieces), event.finish_reason, event, logprobs)
     return JSONResponse(
         {
             "id": ident,
@@ -180,16 +185,21 @@ async def _sse(pump, first, shape, ident, created, model, include_usage) -> Asyn
             yield chunk([shape.chunk_choice(shape.opening_delta, None)])
         event = first
         while isinstance(event, TokenEvent):
-            if event.text:
-                yield chunk([shape.chunk_choice(shape.text_delta(event.text), None)])
+            # with tools offered, the reply is held until it is known to be a call or not
+            if (event.text or event.logprob is not None) and not shape.tools:
+                lp = shape.chunk_logprobs([event.logprob] if event.logprob else [])
+                yield chunk([shape.chunk_choice(shape.text_delta(event.text), None, lp)])
             event = await pump.next()
         if event is None:
             event = FinalEvent("error", Stats(), error="The backend ended without a final event.")
-        failure = _failure(event)
-        if failure is not None:  # the client's own stream stays in OpenAI's error shape
-            yield f"data: {json.dumps(failure.body())}\n\n"
+        error = failure(event)
+        if error is not None:  # the client's own stream stays in OpenAI's error shape
+            yield f"data: {json.dumps(error.body())}\n\n"
         else:
-            yield chunk([shape.chunk_choice(shape.closing_delta, event.finish_reason)])
+            for delta in shape.held_deltas(event):
+                yield chunk([shape.chunk_choice(delta, None)])
+            finish = "tool_calls" if event.tool_calls else event.finish_reason
+            yield chunk([shape.chunk_choice(shape.closing_delta, finish)])
             if include_usage:
                 yield chunk([], usage=_usage(event.stats), timings=_timings(event.stats))
         yield "data: [DONE]\n\n"
@@ -216,7 +226,21 @@ def _timings(stats: Stats) -> dict:
     }
 
 
-class ChatShape:
+class _Shape:
+    logprobs = False  # the request asked for logprobs
+    tools = False  # the request offered tools
+
+    def for_request(self, req: GenerationRequest):
+        shaped = type(self)()
+        shaped.logprobs = req.sampling.logprobs is not None
+        shaped.tools = bool(req.tools)
+        return shaped
+
+    def held_deltas(self, final: FinalEvent) -> list:
+        return []
+
+
+class ChatShape(_Shape):
     """chat.completion objects: the text sits in message / delta."""
 
     id_prefix = "chatcmpl"
@@ -229,21 +253,37 @@ class ChatShape:
     def text_delta(text: str) -> dict:
         return {"content": text}
 
-    @staticmethod
-    def chunk_choice(delta: dict, finish_reason: str | None) -> dict:
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk_logprobs(self, entries) -> dict | None:
+        return out.chat_logprobs(entries) if self.logprobs else None
 
     @staticmethod
-    def whole_choice(text: str, finish_reason: str) -> dict:
+    def chunk_choice(delta: dict, finish_reason: str | None, logprobs=None) -> dict:
+        return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def held_deltas(self, final: FinalEvent) -> list:
+        """With tools offered: the reply's text, then its calls, once the reply is whole."""
+        if not self.tools:
+            return []
+        content = [{"content": final.content}] if final.content else []
+        return content + out.tool_call_deltas(final.tool_calls)
+
+    @staticmethod
+    def whole_choice(text: str, finish_reason: str, final=None, logprobs=None) -> dict:
+        message = {"role": "assistant", "content": text}
+        if final is not None and final.content is not None:  # tools were offered
+            message["content"] = final.content or None
+            if final.tool_calls:
+                message["tool_calls"] = out.tool_call_objects(final.tool_calls)
+                finish_reason = "tool_calls"
         return {
             "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "message": message,
+            "logprobs": out.chat_logprobs(logprobs),
             "finish_reason": finish_reason,
         }
 
 
-class TextShape:
+class TextShape(_Shape):
     """text_completion objects: the text sits in choices[].text, chunks and whole alike."""
 
     id_prefix = "cmpl"
@@ -256,8 +296,13 @@ class TextShape:
     def text_delta(text: str) -> str:
         return text
 
-    @staticmethod
-    def chunk_choice(text: str, finish_reason: str | None) -> dict:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def chunk_logprobs(self, entries) -> dict | None:
+        return out.completion_logprobs(entries) if self.logprobs else None
 
-    whole_choice = chunk_choice
+    @staticmethod
+    def chunk_choice(text: str, finish_reason: str | None, logprobs=None) -> dict:
+        return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    @staticmethod
+    def whole_choice(text: str, finish_reason: str, final=None, logprobs=None) -> dict:
+        return TextShape.chunk_choice(text, finish_reason, out.completion_logprobs(logprobs))

@@ -43,11 +43,11 @@ def prompt_of(backend, n_tokens: int) -> str:
 
 
 def run(args) -> int:
-    import engine
+    from app import library
     from engine.types import FinalEvent, GenerationRequest, SamplingParams
 
     started = time.perf_counter()
-    backend = engine.load(args.model, engine=args.engine, **load_options(args))
+    backend = library.load(args.model, engine=args.engine, **load_options(args))
     load_s = time.perf_counter() - started
     prompt = prompt_of(backend, args.prompt_tokens)
     request = GenerationRequest(

@@ -67,14 +67,16 @@ def _print_table(report: dict) -> None:
 
 
 def run(args) -> int:
+    from app.library import model_source
     from engine.evaluate import evaluate, save_report
     from engine.loader import resolve_source
 
     if args.window < 16:
         raise ItamaeError(f"--window {args.window} is too small.", "Use at least 16 tokens.")
     text = _read_text(args.text) if args.text else None
-    model = resolve_source(args.model, "llamacpp" if args.model.endswith(".gguf") else "auto")
-    reference = resolve_source(args.reference)
+    # a library name becomes its path; the scorer reads the format from the content
+    model = resolve_source(model_source(args.model))
+    reference = resolve_source(model_source(args.reference))
     report = evaluate(
         model,
         reference,

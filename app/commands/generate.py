@@ -12,7 +12,9 @@ import sys
 
 def add_engine_options(p) -> None:
     """Options shared by generate and bench: which engine and how to place the model."""
-    p.add_argument("--model", required=True, help="a model folder, a .gguf file, or 'demo'")
+    p.add_argument(
+        "--model", required=True, help="a name from `itamae models`, a folder, a .gguf, or 'demo'"
+    )
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp", "remote"])
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--context-length", type=int, help="positions the KV cache may hold")
@@ -88,10 +90,10 @@ def build_request(args):
 
 
 def run(args) -> int:
-    import engine
+    from app import library
     from engine.types import FinalEvent
 
-    backend = engine.load(args.model, engine=args.engine, **load_options(args))
+    backend = library.load(args.model, engine=args.engine, **load_options(args))
     pieces, final = [], None
     try:
         for event in backend.stream(build_request(args)):

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
         help="what a model is: arch, experts, parameters, size, license",
         description="Describe a Hugging Face model folder or a GGUF file from its headers.",
     )
-    p.add_argument("path", help="a model folder, a .gguf file, or 'demo'")
+    p.add_argument("path", help="a name from `itamae models`, a model folder, a .gguf, or 'demo'")
     p.add_argument("--json", action="store_true", help="print ModelInfo as JSON")
 
 
@@ -20,10 +20,11 @@ def _billions(n: int) -> str:
 
 
 def run(args) -> int:
+    from app.library import model_source
     from converters.facts.inspection import inspect
     from engine.loader import resolve_source
 
-    info = inspect(resolve_source(args.path))  # "demo" names the bundled model
+    info = inspect(resolve_source(model_source(args.path)))  # a library name, "demo", a path
     if args.json:
         print(json.dumps(info.to_json()))
         return 0

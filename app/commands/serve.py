@@ -78,10 +78,14 @@ def build_app(manager, api_key: str | None = None, cors_origins: list[str] | Non
     from fastapi import FastAPI
 
     from app import __version__
+    from app.api.anthropic import anthropic_router
+    from app.api.ollama import ollama_router
     from app.api.openai import create_router
 
     app = FastAPI(title="Itamae API", version=__version__, docs_url=None, redoc_url=None)
     app.include_router(create_router(manager, api_key=api_key))
+    app.include_router(ollama_router(manager, api_key=api_key))
+    app.include_router(anthropic_router(manager, api_key=api_key))
 
     @app.get("/health")
     async def health():

@@ -1,8 +1,8 @@
 """The chat tab's side panel: the experts-per-token knob and the expert usage of the
 last reply, the system prompt with its presets, and the sampling parameters.
 
-Sampling defaults come from Settings (app/settings.py); "0" and "-1" mean the model's or
-the engine's own choice, as the sliders' info lines say.
+Sampling follows the loaded model (app/ui/chat_sampling.py); "0" and "-1" mean the
+model's or the engine's own choice, as the sliders' info lines say.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import gradio as gr
 from app.context import AppContext
 from app.i18n import Translator
 from app.ui import expert_heatmap
+from app.ui.chat_sampling import SamplingPanel
 from app.ui.labels import Key, Labels
 
 BUILTIN_PRESETS = ("assistant", "concise", "translator", "reasoning")
@@ -77,33 +78,7 @@ class ChatControls:
             self.save_preset = labels(gr.Button, value=Key("chat.save_preset"), size="sm", scale=1)
 
     def _build_sampling(self, labels: Labels) -> None:
-        defaults = self.ctx.settings.load().sampling
-        self.temperature = labels(
-            gr.Slider, 0, 2, defaults.temperature, step=0.05, label=Key("chat.temperature")
-        )
-        self.top_p = labels(gr.Slider, 0.05, 1, defaults.top_p, step=0.01, label=Key("chat.top_p"))
-        self.top_k = labels(
-            gr.Slider,
-            0,
-            200,
-            defaults.top_k,
-            step=1,
-            label=Key("chat.top_k"),
-            info=Key("chat.zero_off"),
-        )
-        self.min_p = labels(gr.Slider, 0, 0.5, defaults.min_p, step=0.01, label=Key("chat.min_p"))
-        self.repeat_penalty = labels(
-            gr.Slider, 1, 2, defaults.repeat_penalty, step=0.01, label=Key("chat.repeat_penalty")
-        )
-        self.max_tokens = labels(
-            gr.Slider,
-            16,
-            8192,
-            defaults.max_tokens,
-            step=16,
-            label=Key("chat.max_tokens"),
-            elem_id="max-tokens",
-        )
+        self.sampling = SamplingPanel(self.ctx, labels)
         self.seed = labels(
             gr.Number, value=-1, precision=0, label=Key("chat.seed"), info=Key("chat.seed_info")
         )
@@ -111,21 +86,12 @@ class ChatControls:
     @property
     def params(self) -> list:
         """The inputs every generation reads, in `ChatParams` order (app/chat_reply.py)."""
-        return [
-            self.system_prompt,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.min_p,
-            self.repeat_penalty,
-            self.max_tokens,
-            self.seed,
-            self.experts_per_token,
-        ]
+        return [self.system_prompt, *self.sampling.sliders, self.seed, self.experts_per_token]
 
     # -- presets ---------------------------------------------------------------------
 
     def wire(self, lang: gr.State) -> None:
+        self.sampling.wire(lang)
         self.preset.input(
             self.on_preset, [self.preset, lang], [self.system_prompt], show_progress="hidden"
         )

@@ -1,4 +1,5 @@
-"""How stored messages look in the chat: reasoning blocks, reply stats, interruptions.
+"""How stored messages look in the chat: reasoning blocks, reply stats, interruptions,
+a reply's place among its alternatives, attached files as chips.
 
 Pure functions from the store's messages to Gradio's Chatbot "messages" format
 (https://www.gradio.app/docs/gradio/chatbot), so the chat tab stays thin and this
@@ -11,8 +12,11 @@ DeepSeek-R1's that only closes) becomes a collapsible "thinking" message (Gradio
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from html import escape
 
+from app.attachments import split_attachments
 from app.chat_reply import split_reasoning
 from app.i18n import Translator
 from app.store import StoredMessage
@@ -53,7 +57,7 @@ def to_chatbot(stored: list[StoredMessage], tr: Translator, streaming: bool = Fa
     for index, m in enumerate(stored):
         live = streaming and index == len(stored) - 1
         if m.role == "user":
-            add({"role": "user", "content": m.content}, m.position)
+            add({"role": "user", "content": user_content(m.content, tr)}, m.position)
         elif m.role == "assistant":
             for message in _reply_messages(m, tr, live):
                 add(message, m.position)
@@ -89,6 +93,29 @@ def _reply_messages(m: StoredMessage, tr: Translator, live: bool) -> list[dict]:
         note = tr("chat.interrupted")
     else:
         note = stats_line(m.stats, m.finish_reason, tr)
+    if len(m.alternatives) > 1:  # which of the regenerated replies this is
+        branch = f"{m.alternatives.index(m.id) + 1} / {len(m.alternatives)}"
+        note = f"{branch} · {note}" if note else branch
     if note:
         out.append({"role": "assistant", "content": f'<span class="reply-stats">{note}</span>'})
     return out
+
+
+_CHIPS = re.compile(r'^(?:<span class="attachment-chip">.*?</span></span>\s*)+', re.S)
+
+
+def user_content(content: str, tr: Translator) -> str:
+    """A person's message as shown: a chip per attached file (name and tokens), then
+    what they typed. The files' text is in the store and the prompt, not on screen."""
+    text, files = split_attachments(content)
+    chips = "".join(
+        f'<span class="attachment-chip">📎 {escape(a.name)} '
+        f'<span class="tokens">{escape(tr("chat.attachment_tokens", n=a.tokens))}</span></span>'
+        for a in files
+    )
+    return f"{chips}\n\n{text}" if chips else text
+
+
+def typed_text(shown: str) -> str:
+    """What the person typed, from a shown message (an edit box holds the chips too)."""
+    return _CHIPS.sub("", shown).strip()

@@ -1,4 +1,5 @@
-"""The conversation sidebar: new, open, search, rename, delete, export.
+"""The conversation sidebar: new, open, search (the first hits shown with the match
+marked), import (app/conversation_import.py), rename, delete, export.
 
 Conversations live in the SQLite store (app/store.py); which one a browser tab has
 open is that tab's own `ChatSession` in gr.State, so two tabs never write into each
@@ -12,14 +13,20 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import gradio as gr
 
+from app.attachments import Attachment
 from app.context import AppContext
+from app.conversation_import import import_file
 from app.i18n import Translator
-from app.store import export_json, export_markdown
+from app.store import export_json, export_markdown, snippet_html
 from app.ui.labels import Key, Labels
+from converters.core.errors import ItamaeError
+
+SEARCH_HITS_SHOWN = 8  # snippets under the search box; the list itself has every match
 
 
 @dataclass
@@ -28,6 +35,8 @@ class ChatSession:
 
     conversation_id: str | None = None
     cancel: threading.Event | None = field(default=None, repr=False)
+    branch_id: int | None = None  # the message whose alternatives "‹ 2 / 3 ›" steps through
+    attachments: list[Attachment] = field(default_factory=list)  # for the next message
 
     def stop(self) -> None:
         if self.cancel is not None:
@@ -43,6 +52,38 @@ def list_update(ctx: AppContext, session: ChatSession, query: str = "") -> dict:
     ids = {cid for _, cid in choices}
     value = session.conversation_id if session.conversation_id in ids else None
     return gr.update(choices=choices, value=value)
+
+
+def search_hits_html(ctx: AppContext, query: str) -> str:
+    """The first hits of a search: the conversation's title and the marked snippet (the
+    marked title alone when the title matched)."""
+    if not query.strip():
+        return ""
+    titles = {c.id: c.title for c in ctx.store.conversations()}
+    rows = []
+    for hit in ctx.store.search(query, limit=SEARCH_HITS_SHOWN):
+        if hit.message_id is None:
+            rows.append(f'<div class="search-hit"><b>{snippet_html(hit.snippet)}</b></div>')
+        else:
+            title = escape(titles.get(hit.conversation_id, "…"))
+            rows.append(
+                f'<div class="search-hit"><b>{title}</b><div>{snippet_html(hit.snippet)}</div></div>'
+            )
+    return "".join(rows)
+
+
+def import_files(ctx: AppContext, files: list | None, tr: Translator) -> list[str]:
+    """Import each file; returns the new conversations' ids (a warning for each failure)."""
+    ids = []
+    for file in files or []:
+        path = Path(getattr(file, "name", file))
+        try:
+            ids += [c.id for c in import_file(ctx.store, path)]
+        except ItamaeError as e:
+            gr.Warning(tr("sidebar.import_failed", name=path.name, message=str(e)))
+    if ids:
+        gr.Info(tr("sidebar.imported", n=len(ids)))
+    return ids
 
 
 def export_file(ctx: AppContext, session: ChatSession, lang: str, kind: str):
@@ -88,8 +129,17 @@ class ConversationsSidebar:
                 size="md",
             )
             self.search = labels.bare_textbox(Key("sidebar.search"), elem_id="conversation-search")
+            self.search_hits = gr.HTML("", elem_id="search-hits")
             self.conversations = gr.Radio(
                 choices=[], show_label=False, container=False, elem_id="conversation-list"
+            )
+            self.import_button = labels(
+                gr.UploadButton,
+                label=Key("sidebar.import"),
+                file_count="multiple",
+                file_types=[".json"],
+                size="sm",
+                elem_id="import",
             )
             with labels(gr.Accordion, label=Key("sidebar.manage"), open=False, elem_id="manage"):
                 self._build_manage(labels)
@@ -131,7 +181,14 @@ class ConversationsSidebar:
         self._open = open_conversation
         opened = [*open_outputs, self.title, self.conversations]
         self.search.change(
-            self.on_search, [self.search, session], [self.conversations], show_progress="hidden"
+            self.on_search,
+            [self.search, session],
+            [self.conversations, self.search_hits],
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        self.import_button.upload(
+            self.on_import, [self.import_button, session, lang, self.search], opened
         )
         self.conversations.input(
             self.on_pick,
@@ -151,7 +208,16 @@ class ConversationsSidebar:
         self.export_json.click(self.on_export_json, [session, lang], [self.export_file])
 
     def on_search(self, query: str, session: ChatSession):
-        return self.listing(session, query)
+        return self.listing(session, query), search_hits_html(self.ctx, query)
+
+    def on_import(self, files: list | None, session: ChatSession, lang: str, query: str):
+        """Import the files and open the first conversation they held."""
+        ids = import_files(self.ctx, files, Translator(lang))
+        if not ids:
+            return (gr.skip(),) * (len(self._open(session, session.conversation_id, lang)) + 2)
+        session.stop()
+        title = self.ctx.store.get(ids[0]).title
+        return (*self._open(session, ids[0], lang), title, self.listing(session, query))
 
     def on_pick(self, conversation_id: str | None, session: ChatSession, lang: str):
         conv = self.ctx.store.get(conversation_id) if conversation_id else None

@@ -41,7 +41,7 @@ def source_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
     entries = scan_library(ctx)
     # Only Hugging Face folders convert (a GGUF is already converted).
     return [
-        (f"{e.name} ({tr(f'models.where.{e.location}')})", e.key)
+        (f"{e.name} ({tr(f'models.where.{e.source}')})", e.key)
         for e in entries
         if e.path.is_dir() and (e.info is None or e.info.format == "hf")
     ]

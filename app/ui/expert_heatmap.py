@@ -19,12 +19,14 @@ LEFT = 46  # room for "L12" row labels
 TOP = 22  # room for expert numbers
 
 
-def _color(share: float) -> str:
-    # From the page background to the accent colour (indigo), light to dark.
-    share = max(0.0, min(1.0, share))
-    low, high = (238, 242, 255), (49, 46, 129)
-    r, g, b = (round(lo + (hi - lo) * share) for lo, hi in zip(low, high, strict=True))
-    return f"#{r:02x}{g:02x}{b:02x}"
+ACCENT = "#6366f1"  # indigo-500: reads on white and on the dark theme's slate alike
+FLOOR = 0.06  # an expert no token chose still shows as a faint cell
+
+
+def _opacity(share: float) -> float:
+    # The accent over the page's own background, from nearly clear to solid: the same
+    # picture in light and dark mode, where fixed light-to-dark colours would invert.
+    return round(FLOOR + (1 - FLOOR) * max(0.0, min(1.0, share)), 3)
 
 
 def render(expert_counts: list[list[int]] | None, tr: Translator) -> str:
@@ -50,10 +52,11 @@ def render(expert_counts: list[list[int]] | None, tr: Translator) -> str:
             title = escape(
                 tr("heatmap.cell", layer=layer, expert=e, count=count, pct=f"{share:.0%}")
             )
-            fill = _color(share / peak if peak else 0)
+            opacity = _opacity(share / peak if peak else 0)
             shapes.append(
                 f'<rect x="{LEFT + e * cell_w}" y="{y}" width="{cell_w - 1}" '
-                f'height="{cell_h - 1}" rx="2" fill="{fill}"><title>{title}</title></rect>'
+                f'height="{cell_h - 1}" rx="2" fill="{ACCENT}" fill-opacity="{opacity}">'
+                f"<title>{title}</title></rect>"
             )
     caption = escape(tr("heatmap.caption", layers=len(expert_counts), experts=n_experts))
     return (

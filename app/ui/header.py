@@ -1,9 +1,13 @@
 """The page header: the model's state (loading with elapsed time, ready with what it is,
-the error, or what to do with none) and the language switch.
+the error, or what to do with none), the language switch and the dark-mode toggle.
 
 The state is polled from the model manager (a `ModelStatus`) while the page is open;
-when it changes, the experts-per-token slider takes the new model's range and the
-models table redraws the "loaded" mark.
+when it changes, the experts-per-token slider takes the new model's range, the sampling
+sliders the new model's settings, and the models table redraws the "loaded" mark.
+
+PAGE_JS runs once the page is up (mount_gradio_app's `js`): Esc stops a reply,
+Ctrl/Cmd+Shift+O opens a new chat (ChatGPT's shortcut), and the dark mode chosen with the
+toggle is kept by this browser (localStorage) over the system's, which Gradio applies.
 """
 
 from __future__ import annotations
@@ -17,10 +21,35 @@ import gradio as gr
 from app.context import AppContext
 from app.i18n import LANGUAGES, Translator
 from app.model_manager import ModelStatus
+from app.ui.chat_sampling import SamplingPanel
 from app.ui.library_view import human_count, library_update
 
 STATUS_POLL_S = 1.0  # how often the header asks the model manager how loading goes
 DEFAULT_EXPERTS_MAX = 16  # the slider's range before a model says its expert count
+PAGE_JS = """() => {
+  const apply = () => {
+    const saved = localStorage.getItem("itamae-dark");
+    if (saved === null) return;
+    const dark = saved === "1";
+    if (document.body.classList.contains("dark") !== dark) document.body.classList.toggle("dark", dark);
+  };
+  apply();
+  new MutationObserver(apply).observe(document.body, {attributes: true, attributeFilter: ["class"]});
+  const shown = (id) => { const el = document.getElementById(id); return el && el.offsetParent ? el : null; };
+  // Capture phase: the message box sees Esc first and would keep it to itself.
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && shown("stop")) { event.preventDefault(); shown("stop").click(); }
+    const mod = event.ctrlKey || event.metaKey;
+    if (mod && event.shiftKey && event.key.toLowerCase() === "o" && shown("new-chat")) {
+      event.preventDefault(); shown("new-chat").click();
+    }
+  }, true);
+}"""
+TOGGLE_DARK = """() => {
+  const dark = !document.body.classList.contains("dark");
+  document.body.classList.toggle("dark", dark);
+  localStorage.setItem("itamae-dark", dark ? "1" : "0");
+}"""
 
 
 def status_html(
@@ -114,19 +143,29 @@ class Header:
                 scale=0,
                 min_width=170,
             )
+            self.dark = gr.Button("◐", size="sm", elem_id="dark-toggle", scale=0, min_width=44)
+        self.dark.click(None, js=TOGGLE_DARK)
 
     def current(self, tr: Translator) -> str:
         """The status line now, in `tr`'s language."""
         return status_html(model_status(self.ctx), tr, model_line(self.ctx, tr))
 
-    def wire(self, lang: gr.State, experts_per_token: gr.Slider, library: gr.Dataframe) -> None:
-        """Poll the model's state; `experts_per_token` and `library` follow its changes."""
+    def wire(
+        self,
+        lang: gr.State,
+        experts_per_token: gr.Slider,
+        library: gr.Dataframe,
+        sampling: SamplingPanel,
+    ) -> None:
+        """Poll the model's state; `experts_per_token`, `library` and the `sampling`
+        sliders follow its changes."""
+        self.sampling = sampling
         timer = gr.Timer(STATUS_POLL_S)
         seen = gr.State(None)
         timer.tick(
             self.on_tick,
             [lang, seen],
-            [self.status, experts_per_token, seen, library],
+            [self.status, experts_per_token, seen, library, *sampling.outputs],
             show_progress="hidden",
         )
 
@@ -138,11 +177,13 @@ class Header:
         key = (status.state, status.source, status.engine)
         if seen and tuple(seen[0]) == key:
             elapsed = time.time() - seen[1] if status.state == "loading" else None
-            return status_html(status, tr, model_line(ctx, tr), elapsed), *(gr.skip(),) * 3
+            unchanged = (gr.skip(),) * (3 + len(self.sampling.outputs))
+            return status_html(status, tr, model_line(ctx, tr), elapsed), *unchanged
         html = status_html(status, tr, model_line(ctx, tr), 0.0)
         info = getattr(ctx.manager.backend, "info", None)
         k_max = (
             max(info.n_experts, 1) if info is not None and info.n_experts else DEFAULT_EXPERTS_MAX
         )
         slider = gr.update(maximum=k_max, value=0)
-        return html, slider, (key, time.time()), library_update(ctx, tr)
+        sampling = self.sampling.values(tr)  # a model now ready brings its own settings
+        return html, slider, (key, time.time()), library_update(ctx, tr), *sampling

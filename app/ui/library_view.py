@@ -2,22 +2,23 @@
 its automatic placement, and a download's progress.
 
 Shared by the models tab (app/ui/models.py) and the convert tab, which lists the same
-library as its sources. The facts come from `library.scan` (app/library.py, which asks
+library as its sources. The facts come from `library.scan` (app/library/, which asks
 converters' inspect) and app/model_facts.py; nothing here reads a model file itself.
 """
 
 from __future__ import annotations
 
 from html import escape
-from pathlib import Path
 
 import gradio as gr
 
 from app import library
 from app.context import AppContext
 from app.i18n import Translator
+from app.library.progress import human_bytes
 from app.model_facts import openness_markdown, quality_markdown
 from converters.core.errors import ItamaeError
+from converters.formats.detect import is_gguf_file
 
 # The last column is the path: shown (people like to know where a model is), and read
 # back when a row is selected.
@@ -42,13 +43,6 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def human_bytes(n: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def scan_library(ctx: AppContext) -> list[library.LibraryEntry]:
     settings = ctx.settings.load()
     return library.scan(
@@ -57,15 +51,22 @@ def scan_library(ctx: AppContext) -> list[library.LibraryEntry]:
 
 
 def find_entry(ctx: AppContext, key: str) -> library.LibraryEntry | None:
-    return next((e for e in scan_library(ctx) if e.key == key), None)
+    """The entry a row's key (its path) names: the places are listed (fast) and only this
+    model is inspected, so a click does not wait for every model's headers."""
+    settings = ctx.settings.load()
+    found = library.find(
+        ctx.settings.models_dir(settings), settings.added_paths, ctx.manager.status.source
+    )
+    match = next((f for f in found if str(f.path) == key), None)
+    return library.entry(match) if match else None
 
 
 def library_row(entry: library.LibraryEntry, tr: Translator, loaded: str | None) -> list:
     info = entry.info
-    name = entry.name + ("  ●" if loaded and Path(loaded).resolve() == entry.path.resolve() else "")
-    where = tr(f"models.where.{entry.location}")
+    name = entry.name + ("  ●" if loaded in (entry.name, str(entry.path)) else "")
+    where = tr(f"models.where.{entry.source}")
     if info is None:
-        size = human_bytes(library.size_on_disk(entry.path))
+        size = human_bytes(library.size_on_disk(entry.path, entry.files))
         problem = entry.problem or tr("models.not_inspected")
         return [name, where, problem, "", "", "", size, "", "", entry.key]
     params = f"{human_count(info.total_params)} / {human_count(info.active_params)}"
@@ -73,10 +74,10 @@ def library_row(entry: library.LibraryEntry, tr: Translator, loaded: str | None)
         name,
         where,
         info.arch,
-        _experts_cell(info, tr),
+        tr("models.projector") if entry.kind == "projector" else _experts_cell(info, tr),
         params,
         info.quant,
-        human_bytes(info.size_bytes or library.size_on_disk(entry.path)),
+        human_bytes(info.size_bytes or library.size_on_disk(entry.path, entry.files)),
         f"{info.context_length:,}" if info.context_length else "",
         info.license,
         entry.key,
@@ -138,10 +139,10 @@ def plan_markdown(
     entry: library.LibraryEntry | None, engine: str, options: dict, tr: Translator
 ) -> str:
     """The automatic placement, before loading: for a GGUF, llama.cpp's memory plan
-    (engine/memory_plan.py) for this machine, with the person's choices applied."""
+    (engine/llamacpp/memory_plan.py) for this machine, with the person's choices applied."""
     if entry is None:
         return ""
-    is_gguf = entry.path.is_file() and entry.path.suffix == ".gguf"
+    is_gguf = is_gguf_file(entry.path)
     if not is_gguf or engine == "torch":
         return tr("models.plan_torch")
     # Here, not at the top: the llama.cpp backend imports llama_cpp, which the UI
@@ -162,17 +163,23 @@ def plan_markdown(
 def download_html(progress: library.DownloadProgress | None, repo_id: str, tr: Translator) -> str:
     if progress is None:
         return ""
+    if progress.error == "cancelled":
+        return f'<div class="notice">{escape(tr("models.cancelled", repo=repo_id))}</div>'
     if progress.error:
         return f'<div class="notice error">{escape(_download_error(progress.error, repo_id, tr))}</div>'
     if progress.finished:
         return f'<div class="notice ok">{escape(tr("models.downloaded", repo=repo_id))}</div>'
     fraction = progress.fraction
     width = f"{fraction * 100:.0f}%" if fraction else "0%"
+    eta = progress.eta_s
     label = tr(
         "models.downloading",
         repo=repo_id,
+        quant=progress.label or "…",
         done=human_bytes(progress.done_bytes),
         total=human_bytes(progress.total_bytes) if progress.total_bytes else "?",
+        speed=human_bytes(progress.speed),
+        eta="?" if eta is None else f"{eta:.0f} s",
     )
     return (
         f'<div class="download"><div>{escape(label)}</div>'

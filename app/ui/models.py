@@ -1,5 +1,6 @@
 """The models tab: what is on this machine, what each model is, load and unload with
-an engine and a placement, download from the hub, delete.
+an engine and a placement, search the hub (only when asked), download one quant into the
+Hugging Face cache with progress and cancel, delete.
 
 How the library and a model's facts look is app/ui/library_view.py; this module builds
 the tab and answers its events.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from html import escape
 from pathlib import Path
 
 import gradio as gr
@@ -16,6 +18,9 @@ import gradio as gr
 from app import library
 from app.context import AppContext
 from app.i18n import Translator
+from app.library import hub_search
+from app.library.downloads import is_network_error, parse_spec
+from app.ui.hub_view import hub_headers, hub_rows, quant_choices
 from app.ui.labels import Key, Labels
 from app.ui.library_view import (
     COLUMNS,
@@ -51,6 +56,7 @@ class ModelsTab:
 
     def __init__(self, ctx: AppContext, labels: Labels):
         self.ctx = ctx
+        self._downloads: dict[str, library.DownloadProgress] = {}
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
                 self._build_library(labels)
@@ -71,13 +77,50 @@ class ModelsTab:
             self.refresh = labels(gr.Button, value=Key("models.refresh"), size="sm", scale=0)
             self.add_path = labels.bare_textbox(Key("models.add_placeholder"), scale=4)
             self.add = labels(gr.Button, value=Key("models.add"), size="sm", scale=0)
+        with labels(gr.Accordion, label=Key("models.hub_search"), open=False):
+            self._build_hub_search(labels)
         with labels(gr.Accordion, label=Key("models.download"), open=True):
             with gr.Row(equal_height=True):
                 self.repo_id = labels.bare_textbox(
                     Key("models.repo_placeholder"), scale=4, elem_id="repo-id"
                 )
                 self.download = labels(gr.Button, value=Key("models.download_button"), scale=1)
+                self.cancel_download = labels(
+                    gr.Button,
+                    value=Key("models.download_cancel"),
+                    scale=0,
+                    elem_id="download-cancel",
+                )
             self.download_status = gr.HTML("", elem_id="download-status")
+
+    def _build_hub_search(self, labels: Labels) -> None:
+        with gr.Row(equal_height=True):
+            self.hub_query = labels.bare_textbox(
+                Key("models.hub_placeholder"), scale=4, elem_id="hub-query"
+            )
+            formats = [(Key("models.hub_format.any"), ""), ("GGUF", "gguf")]
+            formats.append(("safetensors", "safetensors"))
+            self.hub_format = labels(
+                gr.Dropdown,
+                choices=formats,
+                value="",
+                label=Key("models.hub_format"),
+                scale=1,
+                elem_id="hub-format",
+            )
+            self.hub_moe = labels(
+                gr.Checkbox, label=Key("models.hub_moe"), scale=1, elem_id="hub-moe"
+            )
+            self.hub_search = labels(
+                gr.Button, value=Key("models.hub_search_button"), scale=0, elem_id="hub-search"
+            )
+        self.hub_status = gr.HTML("", elem_id="hub-status")
+        self.hub_results = gr.Dataframe(
+            headers=hub_headers(labels.tr), value=[], interactive=False, elem_id="hub-results"
+        )
+        self.hub_quants = labels(
+            gr.Dropdown, choices=[], label=Key("models.hub_quants"), elem_id="hub-quants"
+        )
 
     def _build_panel(self, labels: Labels) -> None:
         self.selected = labels(
@@ -161,6 +204,17 @@ class ModelsTab:
                 [self.download_status, self.library],
                 show_progress="hidden",
             )
+        self.cancel_download.click(self.on_cancel_download, [self.repo_id], None)
+        for trigger in (self.hub_search.click, self.hub_query.submit):
+            trigger(
+                self.on_hub_search,
+                [self.hub_query, self.hub_format, self.hub_moe, lang],
+                [self.hub_results, self.hub_status],
+            )
+        self.hub_results.select(
+            self.on_hub_pick, [lang], [self.hub_quants, self.repo_id, self.hub_status]
+        )
+        self.hub_quants.change(lambda spec: spec or gr.skip(), [self.hub_quants], [self.repo_id])
 
     def on_refresh(self, lang: str):
         return library_update(self.ctx, Translator(lang))
@@ -182,9 +236,14 @@ class ModelsTab:
         if not source:
             gr.Warning(tr("models.pick_first"))
             return gr.skip()
-        self.ctx.manager.load(source, engine, **load_options(*placement))
         entry = find_entry(self.ctx, source)
-        gr.Info(tr("models.loading_started", source=entry.name if entry else source))
+        if entry is not None and entry.kind == "projector":
+            gr.Warning(tr("models.projector_not_chat", name=entry.name))
+            return gr.skip()
+        # by its library name: the one the API and every command know it by
+        name = entry.name if entry else source
+        self.ctx.manager.load(name, engine, **load_options(*placement))
+        gr.Info(tr("models.loading_started", source=name))
         return gr.Tabs(selected="chat")
 
     def on_unload(self, lang: str):
@@ -194,7 +253,7 @@ class ModelsTab:
     def on_add(self, path_text: str, lang: str):
         tr = Translator(lang)
         path = Path(path_text.strip()).expanduser()
-        if not path_text.strip() or not library._is_model(path):
+        if not path_text.strip() or not library.is_model(path):
             gr.Warning(tr("models.not_a_model", path=str(path)))
             return gr.skip(), gr.skip()
         settings = self.ctx.settings.load()
@@ -212,29 +271,69 @@ class ModelsTab:
         hidden = gr.update(visible=False)
         if entry is None:
             return hidden, gr.skip(), gr.skip(), gr.skip()
-        if self.ctx.manager.status.source == key:
+        if self.ctx.manager.status.source in (key, entry.name):
             self.ctx.manager.unload()
         try:
             what = library.delete(entry, self.ctx.settings.models_dir())
         except ItamaeError as e:
             gr.Warning(str(e))
             return hidden, gr.skip(), gr.skip(), gr.skip()
-        if what == "forgotten" or entry.location == "added":
+        if what == "forgotten":
             settings = self.ctx.settings.load()
             self.ctx.settings.update(added_paths=[p for p in settings.added_paths if p != key])
         gr.Info(tr(f"models.{what}", name=entry.name))
         return hidden, library_update(self.ctx, tr), "", ""
 
-    def on_download(self, repo_id: str, lang: str):
+    def on_download(self, spec: str, lang: str):
         tr = Translator(lang)
+        spec = spec.strip()
         progress = library.DownloadProgress()
-        models_dir = self.ctx.settings.models_dir()
-        models_dir.mkdir(parents=True, exist_ok=True)
-        worker = threading.Thread(
-            target=library.download, args=(repo_id, models_dir, progress), daemon=True
-        )
+        # Downloads belong to the machine (its cache), not to one browser tab: any tab
+        # may cancel one, so they are kept here by what was asked for.
+        self._downloads[spec] = progress
+        worker = threading.Thread(target=library.download, args=(spec, progress), daemon=True)
         worker.start()
-        while not progress.finished:
-            yield download_html(progress, repo_id, tr), gr.skip()
-            time.sleep(DOWNLOAD_POLL_S)
-        yield download_html(progress, repo_id, tr), library_update(self.ctx, tr)
+        try:
+            while not progress.finished:
+                yield download_html(progress, spec, tr), gr.skip()
+                time.sleep(DOWNLOAD_POLL_S)
+        finally:
+            self._downloads.pop(spec, None)
+        yield download_html(progress, spec, tr), library_update(self.ctx, tr)
+
+    def on_cancel_download(self, spec: str):
+        progress = self._downloads.get(spec.strip())
+        if progress is not None:
+            progress.cancel.set()
+
+    def on_hub_search(self, query: str, fmt: str, moe_only: bool, lang: str):
+        """Only here does the tab reach the hub: the person pressed Search."""
+        tr = Translator(lang)
+        try:
+            found = hub_search.search(query, fmt=fmt or None, moe_only=moe_only)
+        except Exception as e:  # offline, a proxy, the hub down: said in the tab
+            return gr.skip(), download_html(_failed(e), query, tr)
+        status = (
+            ""
+            if found
+            else f'<div class="notice">{escape(tr("models.hub_none", query=query))}</div>'
+        )
+        return gr.update(value=hub_rows(found), headers=hub_headers(tr)), status
+
+    def on_hub_pick(self, evt: gr.SelectData, lang: str):
+        repo_id = evt.row_value[0] if evt.row_value else ""
+        if not repo_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            choices = quant_choices(repo_id, hub_search.quants(parse_spec(repo_id)[0]))
+        except Exception as e:
+            return gr.skip(), gr.skip(), download_html(_failed(e), repo_id, Translator(lang))
+        first = choices[0][1] if choices else repo_id
+        return gr.update(choices=choices, value=first), first, ""
+
+
+def _failed(error: Exception) -> library.DownloadProgress:
+    """A finished DownloadProgress carrying `error` the way a download reports it."""
+    progress = library.DownloadProgress(finished=True)
+    progress.error = "offline" if is_network_error(error) else str(error)
+    return progress

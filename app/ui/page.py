@@ -18,6 +18,7 @@ from app.context import AppContext
 from app.i18n import Translator, normalize, pick_language
 from app.ui.chat import ChatTab
 from app.ui.chat_controls import preset_choices
+from app.ui.chat_sampling import preset_choices as sampling_presets
 from app.ui.conversations import ChatSession, ConversationsSidebar
 from app.ui.convert import ConvertTab
 from app.ui.header import Header
@@ -79,7 +80,8 @@ class Page:
         self.models.wire(lang, self.tabs)
         self.convert.wire(lang, self.models.library)
         self.settings.wire(lang)
-        self.header.wire(lang, self.chat.controls.experts_per_token, self.models.library)
+        controls = self.chat.controls
+        self.header.wire(lang, controls.experts_per_token, self.models.library, controls.sampling)
         # A fresh look at the disk whenever a tab that lists models is opened (also, a
         # table filled while its tab was hidden is only drawn right when redrawn visible).
         hidden = {"show_progress": "hidden"}
@@ -112,6 +114,8 @@ class Page:
             *self.labels.components,
             *self.chat.open_outputs(self.session),
             self.chat.controls.preset,
+            self.chat.controls.sampling.preset,
+            *self.chat.controls.sampling.outputs,
             self.header.status,
             *self.models.translated_outputs,
             *self.convert.translated_outputs,
@@ -126,6 +130,8 @@ class Page:
             *self.labels.updates(code),
             *self.chat.open_conversation(session, session.conversation_id, code),
             gr.update(choices=preset_choices(self.ctx, tr)),
+            gr.update(choices=sampling_presets(self.ctx, tr)),
+            *self.chat.controls.sampling.values(tr),  # before a first message can be sent
             self.header.current(tr),
             *self.models.translated_values(tr),
             *self.convert.translated_values(tr),

@@ -136,3 +136,15 @@ def packed_expert_tensor_name() -> re.Pattern:
             "(gate_up_proj|down_proj)$", "((?:gate_up|down)_proj_(?:blocks|scales|bias))$"
         )
     )
+
+
+def is_moe_name(name: str) -> bool:
+    """Whether `name` (an HF model_type, an alias, or llama.cpp's arch name for a GGUF) is a
+    Mixture-of-Experts family Itamae knows. A GGUF arch name that a dense family shares
+    (Mixtral and Llama are both "llama") says nothing by itself and gives False."""
+    name = name.lower()
+    if (spec := find(name)) is not None:
+        return bool(spec.expert_prefix)
+    specs = [find(n) for n in known()]
+    claimed = [s for s in specs if s.arch_name == name]
+    return bool(claimed) and all(s.expert_prefix for s in claimed)

@@ -59,17 +59,18 @@ def expert_groups(config: dict, default_topk: str) -> tuple[int, int] | None:
     return n_group, topk_group
 
 
-def deepseek_metadata(default_scoring: str, default_topk: str):
+def deepseek_metadata(default_scoring: str, default_topk: str, arch: str = ""):
     """The metadata builder of a DeepSeek generation whose config may omit its routing
     (transformers does not save `scoring_func`; llama.cpp then falls back to softmax, which
-    is wrong for V3, so the gating key is always written)."""
-    return lambda config: _deepseek_metadata(config, default_scoring, default_topk)
+    is wrong for V3, so the gating key is always written). `arch`: the GGUF arch whose keys
+    these are ("deepseek2" unless given)."""
+    arch = arch or MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2]
+    return lambda config: _deepseek_metadata(config, default_scoring, default_topk, arch)
 
 
 def _deepseek_metadata(
-    config: dict, default_scoring: str, default_topk: str
+    config: dict, default_scoring: str, default_topk: str, arch: str
 ) -> list[tuple[str, object]]:
-    arch = MODEL_ARCH_NAMES[MODEL_ARCH.DEEPSEEK2]
 
     def key(template: str) -> str:
         return template.format(arch=arch)

@@ -54,11 +54,14 @@ class ArchSpec:
     # Fused experts' gate_up rows: gate rows then up rows (transformers 5), or interleaved
     # (gpt-oss: even rows gate, odd rows up, and transformers holds them [E, in, out]).
     gate_up_interleaved: bool = False
+    # llama.cpp's arch string where the gguf package has no MODEL_ARCH for it yet (gguf
+    # 0.19.0 lacks "deepseek32"); `gguf_arch` then names the arch its tensor kinds follow
+    gguf_arch_name: str = ""
 
     @property
     def arch_name(self) -> str:
         """The GGUF `general.architecture` string."""
-        return MODEL_ARCH_NAMES[self.gguf_arch]
+        return self.gguf_arch_name or MODEL_ARCH_NAMES[self.gguf_arch]
 
     @property
     def names(self) -> tuple[str, ...]:

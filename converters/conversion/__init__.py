@@ -1,1 +1,2 @@
-"""Turning one checkpoint into another: `convert(src, dest, recipe)` and the one recipe table."""
+"""Turning one checkpoint into another: `convert(src, dest, recipe)`, the one recipe table, and
+the second pass of the K-quant and MoE recipes through llama.cpp's own quantizer."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters import archs
+from converters.conversion.llama_quantize import quantize_with_llama_cpp, require_llama_cpp
 from converters.conversion.recipes import (
     Recipe,
     default_recipe,
@@ -34,6 +35,7 @@ from converters.formats.gguf_writer import (
     write_gguf,
 )
 from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.torch_format import convert_to_torch, is_torch_format
 
 METADATA_MARGIN = 64 << 20  # tokenizer, metadata and alignment: generous for a 256k vocabulary
 
@@ -69,8 +71,6 @@ def convert(
 def _convert_to_torch(src, dest, recipe, progress, cancel, force, started) -> ConvertResult:
     """The torch format (converters/torch_format.py), a folder; --force replaces only a
     folder that is itself a torch-format model, never an arbitrary folder."""
-    from converters.formats.torch_format import convert_to_torch, is_torch_format
-
     if dest.exists():
         if not force:
             raise OutputExists(f"{dest} already exists.", "Choose another name or pass --force.")
@@ -124,8 +124,6 @@ def convert_to_gguf(
         needed += needed // 2  # the quantized file beside the full-precision one
     check_disk(dest.parent, needed)
     if recipe.uses_llama_quantizer:
-        from converters.formats.llama_quantize import require_llama_cpp
-
         require_llama_cpp()  # before hours of writing, not after
 
     remove_stale_partials(dest)
@@ -135,8 +133,6 @@ def convert_to_gguf(
     try:
         write_gguf(ckpt, writer, planned, partial, _scaled(progress, stage), cancel)
         if recipe.uses_llama_quantizer:
-            from converters.formats.llama_quantize import quantize_with_llama_cpp
-
             if progress:
                 progress(stage, f"quantizing with llama.cpp ({recipe.name})")
             quantize_with_llama_cpp(partial, quantized, recipe)

@@ -83,7 +83,7 @@ GGUF_RECIPES = (
     _direct(Q.F32, LlamaFileType.ALL_F32, 32),
     _direct(Q.F16, LlamaFileType.MOSTLY_F16, 16),
     _direct(Q.BF16, LlamaFileType.MOSTLY_BF16, 16),
-    _direct(Q.Q8_0, LlamaFileType.MOSTLY_Q8_0, 8.5),
+    _direct(Q.Q8_0, LlamaFileType.MOSTLY_Q8_0, 8.51),  # 8.5, and F32 norms
     _kquant("Q6_K", LlamaFileType.MOSTLY_Q6_K, 6.57),
     _direct(Q.Q5_1, LlamaFileType.MOSTLY_Q5_1, 6),
     _kquant("Q5_K_M", LlamaFileType.MOSTLY_Q5_K_M, 5.70),

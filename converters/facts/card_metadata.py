@@ -12,10 +12,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from converters.facts.model_card import split_front_matter
 
 HUB = "https://huggingface.co/"
-FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 TITLE = re.compile(r"^#\s+(.+?)\s*$", re.MULTILINE)
 
 
@@ -51,14 +50,8 @@ def read_card(folder: str | Path, repo_id: str = "") -> CardFacts:
     downloaded from the hub; a card may also name one itself (`source`/`url`)."""
     readme = Path(folder) / "README.md"
     text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
-    meta: dict = {}
-    if match := FRONT_MATTER.match(text):
-        try:
-            loaded = yaml.safe_load(match.group(1))
-        except yaml.YAMLError:
-            loaded = None  # a malformed card is not a reason to refuse a model
-        meta = loaded if isinstance(loaded, dict) else {}
-    title = TITLE.search(text[match.end() :] if match else text)
+    meta, body, _, _ = split_front_matter(text)  # a malformed card gives no fields, no error
+    title = TITLE.search(body)
     source = repo_id and hub_url(repo_id) or str(meta.get("source") or meta.get("url") or "")
     return CardFacts(
         name=str(meta.get("model_name") or (title.group(1) if title else "")),

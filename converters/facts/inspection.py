@@ -23,7 +23,9 @@ from converters.facts.card_metadata import read_card
 from converters.facts.gguf_info import inspect_gguf
 from converters.facts.tensor_groups import hf_group, summarise_tensors
 from converters.formats.detect import source_format
+from converters.formats.hf_reader import SCALE_SUFFIX, HFCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
+from converters.formats.torch_format import MANIFEST, is_torch_format
 
 # bits per stored element of a safetensors dtype (an FP8 weight's block scales are added to it)
 SAFETENSORS_BITS = {
@@ -54,9 +56,6 @@ def inspect(path: str | Path) -> ModelInfo:
 
 
 def inspect_hf(folder: Path) -> ModelInfo:
-    from converters.formats.hf_reader import SCALE_SUFFIX, HFCheckpoint
-    from converters.formats.torch_format import is_torch_format
-
     if is_torch_format(folder):
         return _inspect_torch_format(folder)
     ckpt = HFCheckpoint(folder)
@@ -154,8 +153,6 @@ def _inspect_torch_format(folder: Path) -> ModelInfo:
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     info.files = [str(f.relative_to(folder)) for f in files]
     info.size_bytes = sum(f.stat().st_size for f in files)
-    from converters.formats.torch_format import MANIFEST
-
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     n_layers = info.n_layers
     tensors = []

@@ -161,7 +161,15 @@ TEXT_SIGNATURES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"Attribution-ShareAlike\s+4\.0", re.I), "cc-by-sa-4.0"),
     (re.compile(r"Attribution\s+4\.0\s+International", re.I), "cc-by-4.0"),
     (re.compile(r"Permission\s+is\s+hereby\s+granted,\s+free\s+of\s+charge", re.I), "mit"),
-    (re.compile(r"Redistribution\s+and\s+use.*Neither\s+the\s+name", re.I | re.S), "bsd-3-clause"),
+    # the third clause forbids using the authors' names to endorse; older texts word it "The
+    # name of the author may not be used to endorse" (pypdf's) rather than "Neither the name"
+    (
+        re.compile(
+            r"Redistribution\s+and\s+use.*(Neither\s+the\s+name|name\s+of\s+the\s+author\s+may\s+not\s+be\s+used\s+to\s+endorse)",
+            re.I | re.S,
+        ),
+        "bsd-3-clause",
+    ),
     (re.compile(r"Redistribution\s+and\s+use\s+in\s+source\s+and\s+binary", re.I), "bsd-2-clause"),
     (re.compile(r"This\s+is\s+free\s+and\s+unencumbered\s+software", re.I), "unlicense"),
 ]

@@ -27,8 +27,16 @@ from pathlib import Path
 import yaml
 
 from converters.core.errors import BadModelFile, ItamaeError
+from converters.formats.detect import is_gguf_file
+from converters.formats.gguf_header import read_contents
 
-FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+# The hub's own rule (huggingface_hub repocard.py REGEX_YAML_BLOCK, read as utf-8-sig): a
+# `---` line at the very top (after a byte-order mark or blank lines), YAML, a `---` line;
+# lines may end in \n, \r\n or \r, and the block may be empty.
+_EOL = r"(?:\r\n|\r|\n)"
+FRONT_MATTER = re.compile(
+    rf"\A\ufeff?\s*---[ \t]*{_EOL}(?:(.*?){_EOL})??---[ \t]*(?:{_EOL}|\Z)", re.DOTALL
+)
 README_NAMES = ("README.md", "README.MD", "readme.md", "README")
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING")
 MAX_TEXT_BYTES = 2 << 20  # model cards are tens of KB; a larger README is not read past 2 MiB
@@ -142,14 +150,15 @@ def hub_url(repo_or_url: str) -> str:
 
 
 def split_front_matter(readme: str) -> tuple[dict, str, int, str]:
-    """README text -> (front matter, body, lines before the body, error or "")."""
+    """README text -> (front matter, body, lines before the body, error or ""): the one
+    front-matter parser (card_metadata.py reads through it too)."""
     match = FRONT_MATTER.match(readme)
     if not match:
         return {}, readme, 0, ""
     body = readme[match.end() :]
-    offset = readme[: match.end()].count("\n")
+    offset = len(readme[: match.end()].splitlines())
     try:
-        loaded = yaml.safe_load(match.group(1))
+        loaded = yaml.safe_load(match.group(1) or "")
     except yaml.YAMLError as e:
         # A malformed card is not a reason to refuse a model; the card says what it could not read.
         return {}, body, offset, f"the YAML front matter does not parse ({e.__class__.__name__})"
@@ -193,34 +202,12 @@ def read_folder(folder: Path) -> ModelCard:
     return card
 
 
-def _field_value(field_):
-    """A GGUFReader field -> a Python str, number, or list of them."""
-    try:
-        value = field_.contents()
-    except UnicodeDecodeError:
-        return "(not valid UTF-8)"  # a hostile or damaged file: say so rather than fail
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
-
-
 def read_gguf_general(path: Path) -> dict[str, object]:
-    """The `general.*` key/value pairs of a GGUF file, and Itamae's carried openness card
-    (the tensors are not read)."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError) as e:
-        raise BadModelFile(
-            f"{path} is not a readable GGUF file ({e}).",
-            "Re-download or re-convert it; `itamae inspect` says what is in it.",
-        ) from e
-    return {
-        name: _field_value(f)
-        for name, f in reader.fields.items()
-        if name.startswith("general.") or name == OPENNESS_KEY
-    }
+    """The `general.*` key/value pairs of a GGUF file, and Itamae's carried openness card,
+    through the project's header reader (vocabularies skipped: 0.06 s for a 151,936-token
+    vocabulary where gguf-py's GGUFReader took 20 s); the tensors are not read."""
+    metadata = read_contents(path).metadata
+    return {k: v for k, v in metadata.items() if k.startswith("general.") or k == OPENNESS_KEY}
 
 
 def read_model_card(path: str | Path) -> ModelCard:
@@ -228,7 +215,7 @@ def read_model_card(path: str | Path) -> ModelCard:
     path = Path(path).expanduser()
     if path.is_dir():
         return read_folder(path)
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if path.is_file() and is_gguf_file(path):  # by content: Ollama's blobs have no suffix
         card = ModelCard(path=path, files=[path.name])
         card.gguf_general = read_gguf_general(path)
         return card

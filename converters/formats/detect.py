@@ -23,6 +23,8 @@ MAX_SAFETENSORS_HEADER = 100_000_000
 
 def is_gguf_file(path: str | Path) -> bool:
     path = Path(path)
+    if not path.is_file():  # a FIFO or device in a scanned folder would block the read
+        return False
     try:
         with path.open("rb") as f:
             return f.read(4) == GGUF_MAGIC
@@ -31,6 +33,8 @@ def is_gguf_file(path: str | Path) -> bool:
 
 
 def is_safetensors_file(path: str | Path) -> bool:
+    if not Path(path).is_file():
+        return False
     try:
         with Path(path).open("rb") as f:
             head = f.read(9)

@@ -23,6 +23,7 @@ from converters.core.errors import Cancelled
 from converters.facts.card_metadata import CardFacts, hub_url, read_card
 from converters.facts.model_card import OPENNESS_KEY
 from converters.facts.openness import openness_json
+from converters.facts.sampling_defaults import SAMPLING_KEYS
 from converters.formats.gguf_plan import PlannedTensor, tensor_pieces
 from converters.formats.gguf_quant import encode, nbytes, one_torch_thread_per_worker
 from converters.formats.gguf_tokenizer import add_tokenizer
@@ -60,17 +61,9 @@ def add_card_metadata(writer: gguf.GGUFWriter, card: CardFacts, fallback_name: s
         writer.add_array(g.LANGUAGES, card.languages)
 
 
-# generation_config.json field -> general.sampling.* key (gguf-py Metadata's mapping);
-# llama.cpp uses them as the model's default sampling settings.
-SAMPLING_KEYS = {
-    "temperature": Keys.General.SAMPLING_TEMP,
-    "top_k": Keys.General.SAMPLING_TOP_K,
-    "top_p": Keys.General.SAMPLING_TOP_P,
-    "min_p": Keys.General.SAMPLING_MIN_P,
-}
-
-
 def add_sampling_defaults(writer: gguf.GGUFWriter, folder: Path) -> None:
+    """generation_config.json's sampling fields as general.sampling.* (SAMPLING_KEYS);
+    llama.cpp uses them as the model's default sampling settings."""
     path = folder / "generation_config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,1 +1,3 @@
-"""The llama.cpp backend (GGUF files through llama-cpp-python); see backend.py."""
+"""The llama.cpp backend (GGUF files through llama-cpp-python): backend.py runs a chat,
+memory_plan.py (with placement.py, model_layout.py, devices.py) decides where the weights
+go before loading, scorer.py hands the quality report every position's logits."""

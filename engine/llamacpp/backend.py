@@ -1,6 +1,6 @@
 """The llama.cpp backend: any GGUF llama.cpp can run, behind engine.types.Backend.
 
-`load(path, **options)` reads the GGUF header, plans memory (engine.memory_plan: GPU
+`load(path, **options)` reads the GGUF header, plans memory (memory_plan.py: GPU
 layers, experts kept in CPU RAM, context), then opens the model through llama-cpp-python's
 low-level binding (native.py) with that plan. `stream()` renders chat messages with the
 model's own template through engine.chat_template.render_chat (the prompt builder the
@@ -19,23 +19,31 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import psutil
 
 from converters import archs
 from converters.core.errors import ContextTooLong, ItamaeError
-from engine.chat_template import render_chat
-from engine.memory_plan import Hardware, MemoryPlan, plan_memory
-from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
+from engine.prompting import PromptPlan, plan_prompt
+from engine.text_stream import TextAssembler
+from engine.types import (
+    Event,
+    FinalEvent,
+    GenerationRequest,
+    Message,
+    Stats,
+    TokenEvent,
+)
 
-from .devices import detect_hardware, gpu_offload_supported
+from . import grammar as gbnf
+from .devices import Hardware, detect_hardware, gpu_offload_supported
 from .expert_usage import ExpertCounter
 from .gguf_layout import GGUFHeader, read_gguf
+from .memory_plan import plan_memory
 from .native import DecodeAborted, LoadOptions, NativeModel
-from .sampling import SamplerChain
-from .text import TextAssembler
+from .placement import MemoryPlan
+from .sampling import SamplerChain, token_logprob
 
 logger = logging.getLogger("itamae.llamacpp")
 
@@ -67,7 +75,7 @@ def load(path: str | Path, **options) -> LlamaCppBackend:
     cache_type: KV cache type, "f16" (default), "f32", "q8_0", ...
     experts_per_token: override the model's top-k (llama.cpp fixes it at load time)
     check_memory: refuse with NotEnoughMemory when the plan does not fit (default True)
-    hardware: an engine.memory_plan.Hardware to plan for instead of this machine's
+    hardware: an engine.llamacpp.devices.Hardware to plan for instead of this machine's
     on_plan: called with the MemoryPlan before the weights are loaded (to show it)
     record_experts: fill Stats.expert_counts (slower decoding while on; see expert_usage.py)
     Unknown options (another engine's) are ignored and listed in info.extra["ignored_options"].
@@ -164,21 +172,38 @@ class LlamaCppBackend:
     def tokenize(self, text: str) -> list[int]:
         return self.native.tokenize(text, add_special=True)
 
-    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
-        if req.messages is not None:
-            return self.native.tokenize(self.render(req.messages), add_special=False)
-        return self.native.tokenize(req.prompt or "", add_special=True)
+    def prompt_plan(self, req: GenerationRequest) -> PromptPlan:
+        """The prompt text (the GGUF's own tokenizer.chat_template) and its constraint."""
+        return plan_prompt(self.chat_template, req, self.bos_token, self.eos_token)
+
+    def prompt_tokens(self, req: GenerationRequest, plan: PromptPlan | None = None) -> list[int]:
+        plan = plan or self.prompt_plan(req)
+        return self.native.tokenize(plan.text, add_special=req.messages is None)
 
     def render(self, messages) -> str:
-        """The chat prompt text, from the GGUF's own tokenizer.chat_template."""
-        as_dicts = [m if isinstance(m, dict) else asdict(m) for m in messages]
-        return render_chat(
-            self.chat_template,
-            as_dicts,
-            add_generation_prompt=True,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-        )
+        """The chat prompt text for [{"role", "content"}] dicts or Messages."""
+        as_messages = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        return self.prompt_plan(GenerationRequest(messages=as_messages)).text
+
+    def check_request(self, req: GenerationRequest) -> None:
+        """Raise ItamaeError for what this request asks and cannot be done (a tool choice
+        the template's format cannot force, a schema the grammar cannot enforce)."""
+        self._grammar(self.prompt_plan(req))
+
+    def _grammar(self, plan: PromptPlan) -> str | None:
+        if plan.constraint is None:
+            return None
+        return gbnf.grammar_for(plan.constraint, self.special_token_id)
+
+    def special_token_id(self, text: str) -> int | None:
+        """The id of `text` when the vocabulary holds it as one special token, else None."""
+        ids = self.native.tokenize(text, add_special=False, parse_special=True)
+        if (
+            len(ids) == 1
+            and self.native.piece(ids[0], special=True).decode(errors="replace") == text
+        ):
+            return ids[0]
+        return None
 
     def stream(
         self, req: GenerationRequest, cancel: threading.Event | None = None
@@ -218,7 +243,9 @@ class LlamaCppBackend:
     def _generate(self, req: GenerationRequest, cancel: threading.Event) -> Iterator[Event]:
         started = time.perf_counter()
         try:
-            prompt = self._checked_prompt(req)
+            plan = self.prompt_plan(req)
+            prompt = self._checked_prompt(req, plan)
+            grammar = self._grammar(plan)
         except ItamaeError as e:
             yield FinalEvent("error", Stats(), error=str(e))
             return
@@ -236,16 +263,16 @@ class LlamaCppBackend:
             return
         prefill_s = time.perf_counter() - started
         stats.prefill_tps = evaluated / prefill_s if evaluated else 0.0
-        yield from self._decode_loop(req, prompt, cancel, stats, started)
+        yield from self._decode_loop(req, plan, grammar, prompt, cancel, stats, started)
 
-    def _checked_prompt(self, req: GenerationRequest) -> list[int]:
+    def _checked_prompt(self, req: GenerationRequest, plan: PromptPlan) -> list[int]:
         if req.experts_per_token and req.experts_per_token != self.experts_per_token:
             raise ItamaeError(
                 f"This llama.cpp model was loaded with {self.experts_per_token} experts per "
                 f"token; llama.cpp fixes that number when the model loads.",
                 f"Load it again with experts_per_token={req.experts_per_token}.",
             )
-        prompt = self.prompt_tokens(req)
+        prompt = self.prompt_tokens(req, plan)
         if not prompt:
             raise ItamaeError("The prompt is empty.", "Type a message first.")
         if len(prompt) >= self.native.n_ctx:
@@ -277,12 +304,16 @@ class LlamaCppBackend:
             raise
         return len(prompt) - keep
 
-    def _decode_loop(self, req, prompt, cancel, stats: Stats, started: float):
+    def _decode_loop(self, req, plan, grammar, prompt, cancel, stats: Stats, started: float):
         params = req.sampling
         text = TextAssembler(params.stop)
         completion: list[int] = []
         finish, first_at, last_at, decodes = "length", None, 0.0, 0
-        with SamplerChain(params, self.native.n_vocab, prompt) as sampler:
+        if plan.prefix:
+            yield TokenEvent(plan.prefix, None)
+        native = self.native
+        chain = SamplerChain(params, native.n_vocab, prompt, grammar=grammar, vocab=native.vocab)
+        with chain as sampler:
             while len(completion) < params.max_tokens:
                 if cancel.is_set():
                     finish = "cancelled"
@@ -298,7 +329,10 @@ class LlamaCppBackend:
                     finish = "stop"
                     break
                 completion.append(token)
-                yield TokenEvent(text.push(self.native.piece(token, self.keep_special)), token)
+                logprob = None
+                if params.logprobs is not None:
+                    logprob = token_logprob(native, token, params.logprobs)
+                yield TokenEvent(text.push(native.piece(token, self.keep_special)), token, logprob)
                 if text.stopped:
                     finish = "stop"
                     break
@@ -328,7 +362,18 @@ class LlamaCppBackend:
             stats.ttft_s = first_at - started
             # between the first and the last draw: `decodes` forward passes and draws
             stats.decode_tps = decodes / (last_at - first_at) if decodes else 0.0
-        yield FinalEvent(finish, stats, prompt_token_ids=prompt, token_ids=completion)
+        raw = b"".join(self.native.piece(t, special=True) for t in completion)
+        content, calls = plan.read_reply(plan.prefix + raw.decode("utf-8", errors="replace"))
+        stop = text.stop_string
+        yield FinalEvent(
+            finish,
+            stats,
+            prompt_token_ids=prompt,
+            token_ids=completion,
+            tool_calls=calls,
+            content=content,
+            stop_sequence=stop,
+        )
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

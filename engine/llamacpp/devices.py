@@ -1,4 +1,5 @@
-"""What llama.cpp can run on here, and the tensor buffer overrides that place experts.
+"""What llama.cpp can run on here (free RAM, each GPU's free VRAM), and the tensor buffer
+overrides that place experts.
 
 llama-cpp-python's high-level `Llama` does not expose `tensor_buft_overrides`, and its
 binding declares the field as a bare pointer. This module builds the NULL-terminated
@@ -10,15 +11,42 @@ llama.cpp's `--cpu-moe` / `--n-cpu-moe N` do in common/arg.cpp.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import psutil
 
-from engine.memory_plan import GpuMemory, Hardware
-
+GIB = 1024**3
 # enum ggml_backend_dev_type (ggml-backend.h)
 DEVICE_CPU, DEVICE_GPU = 0, 1
+
+
+@dataclass
+class GpuMemory:
+    name: str
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass
+class Hardware:
+    """A snapshot of what memory is free. `gpu_offload` is False on a CPU-only build."""
+
+    ram_available_bytes: int
+    ram_total_bytes: int = 0
+    gpus: list[GpuMemory] = field(default_factory=list)
+    gpu_offload: bool = True
+
+    @property
+    def vram_free_bytes(self) -> int:
+        # llama.cpp's default split mode spreads blocks over every GPU, so free VRAM adds up.
+        return sum(g.free_bytes for g in self.gpus) if self.gpu_offload else 0
+
+    @classmethod
+    def of(cls, ram_gb: float, vram_gb: float = 0.0) -> Hardware:
+        """Synthetic hardware for planning ahead ("would this fit on 8 GB VRAM + 32 GB RAM?")."""
+        gpus = [GpuMemory("GPU", int(vram_gb * GIB), int(vram_gb * GIB))] if vram_gb else []
+        return cls(int(ram_gb * GIB), int(ram_gb * GIB), gpus, gpu_offload=bool(gpus))
 
 
 class TensorBufferOverride(ctypes.Structure):

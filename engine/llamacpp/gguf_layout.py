@@ -21,7 +21,7 @@ from converters.formats.gguf_header import (
     TensorEntry,
     read_split_contents,
 )
-from engine.model_layout import BlockWeights, ModelLayout
+from engine.llamacpp.model_layout import BlockWeights, ModelLayout
 
 EXPERT_TENSOR = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.")
@@ -142,6 +142,7 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         key_length=int(key("attention.key_length", head_dim) or head_dim),
         value_length=int(key("attention.value_length", head_dim) or head_dim),
         mla=f"{arch}.attention.key_length_mla" in metadata,
+        indexer_key_length=int(key("attention.indexer.key_length", 0) or 0),
         n_experts=n_experts,
         experts_per_token=experts_used,
         ffn_width=max(ffn, expert_ffn),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from converters.core.errors import BadModelFile, ItamaeError, UnsupportedArchitecture
 
@@ -202,6 +203,13 @@ class NativeModel:
         with self.lock:
             self._check_open()
             return llama_cpp.llama_sampler_sample(chain, self.ctx, -1)
+
+    def last_logits(self) -> np.ndarray:
+        """A copy of the last decoded position's logits, [n_vocab] float32."""
+        with self.lock:
+            self._check_open()
+            pointer = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+            return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
     def _check_open(self) -> None:
         if not self.ctx:

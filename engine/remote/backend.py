@@ -188,6 +188,9 @@ class RemoteBackend:
         body.update(_sampling_fields(req.sampling))
         if req.experts_per_token is not None:
             body["experts_per_token"] = req.experts_per_token  # read by another Itamae
+        if chat and req.enable_thinking is not None:
+            # llama.cpp's server (and vLLM) hand these to the model's chat template
+            body["chat_template_kwargs"] = {"enable_thinking": req.enable_thinking}
         return body
 
 
@@ -208,6 +211,11 @@ def _sampling_fields(sampling: SamplingParams) -> dict:
     fields["repetition_penalty"] = sampling.repeat_penalty  # vLLM, SGLang
     if sampling.top_k > 0:  # "off" is spelled 0 or -1 depending on the server; SGLang refuses 0
         fields["top_k"] = sampling.top_k
+    if sampling.presence_penalty or sampling.frequency_penalty:
+        fields["presence_penalty"] = sampling.presence_penalty
+        fields["frequency_penalty"] = sampling.frequency_penalty
+    if sampling.logit_bias:  # token ids of the remote model's own vocabulary
+        fields["logit_bias"] = {str(k): v for k, v in sampling.logit_bias.items()}
     return fields
 
 

@@ -9,6 +9,8 @@ inference code and llama.cpp run it: the cache keeps only the normalised latent 
 rotated shared key; kv_b_proj's key half is folded into the query and its value half applied
 after attention, so keys and values are never expanded per head.
 Softmax scale: head_dim^-0.5, times yarn mscale(all_dim)^2 for DeepSeek with YaRN.
+With a lightning indexer (DeepSeek-V3.2, engine/torch/sparse_attention.py) each query reads
+only the positions it chose: decode gathers them from the cache, prefill masks the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from .kv_cache import KVCache
 from .layers import Linear, rms_norm
 from .rope import Rotary
+from .sparse_attention import LightningIndexer, chosen_mask
 
 
 def causal_mask(q_len: int, start: int, window: int | None, device) -> torch.Tensor | None:
@@ -138,6 +141,7 @@ class MLAttention:
     q_a: Linear | None = None
     q_a_norm: torch.Tensor | None = None
     q_b: Linear | None = None
+    indexer: LightningIndexer | None = None  # DeepSeek Sparse Attention (V3.2)
 
     def __post_init__(self):
         kv_b = self.kv_b.view(self.n_heads, self.nope_dim + self.v_dim, -1)
@@ -146,26 +150,37 @@ class MLAttention:
 
     def __call__(self, x, cos, sin, cache: KVCache, start: int) -> torch.Tensor:
         b, t, _ = x.shape
-        q = (
-            self.q(x)
-            if self.q is not None
-            else self.q_b(rms_norm(self.q_a(x), self.q_a_norm, self.eps))
-        )
+        q_latent = None if self.q is not None else rms_norm(self.q_a(x), self.q_a_norm, self.eps)
+        q = self.q(x) if q_latent is None else self.q_b(q_latent)
         q = q.view(b, t, self.n_heads, self.nope_dim + self.rope_dim).transpose(1, 2)
         q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)  # [B, H, T, N|R]
         latent, k_rot = self.kv_a(x).split([self.kv_b.shape[1], self.rope_dim], dim=-1)
         latent = rms_norm(latent, self.kv_a_norm, self.eps)  # [B, T, L]
         q_rot = self.rotary.apply(q_rot, cos, sin)
         k_rot = self.rotary.apply(k_rot[:, None], cos, sin)[:, 0]  # [B, T, R], shared by heads
-        latent, k_rot = cache.update(self.layer, start, 1, latent, k_rot)  # [B, S, L|R]
-        q_latent = torch.einsum("bhtn,hnl->bhtl", q_nope, self.w_uk)
-        scores = torch.einsum("bhtl,bsl->bhts", q_latent, latent)
+        mask = causal_mask(t, start, None, x.device)
+        if self.indexer is None:
+            latent, k_rot = cache.update(self.layer, start, 1, latent, k_rot)  # [B, S, L|R]
+        else:  # sparse attention: the cache also keeps the indexer's keys
+            new_keys = self.indexer.keys(x, start)
+            latent, k_rot, keys = cache.update(self.layer, start, 1, latent, k_rot, new_keys)
+            chosen = self.indexer.select(x, q_latent, keys, start)  # [B, T, top_k] or None
+            if chosen is not None and t == 1:  # decode reads only the chosen positions
+                latent, k_rot = (_gather(z, chosen[:, 0]) for z in (latent, k_rot))
+            elif chosen is not None:
+                mask = chosen_mask(chosen, mask, latent.shape[1])
+        q_latent_heads = torch.einsum("bhtn,hnl->bhtl", q_nope, self.w_uk)
+        scores = torch.einsum("bhtl,bsl->bhts", q_latent_heads, latent)
         scores = scores + torch.einsum("bhtr,bsr->bhts", q_rot, k_rot)
         scores = scores.float() * self.scale
-        mask = causal_mask(t, start, None, x.device)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = scores.softmax(dim=-1).to(x.dtype)
         out_latent = torch.einsum("bhts,bsl->bhtl", probs, latent)
         out = torch.einsum("bhtl,hvl->bthv", out_latent, self.w_uv)  # [B, T, H, V]
         return self.o(out.reshape(b, t, -1))
+
+
+def _gather(cached: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """cached [B, S, X] at positions [B, K] -> [B, K, X]."""
+    return cached.gather(1, positions[:, :, None].expand(-1, -1, cached.shape[-1]))

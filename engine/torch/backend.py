@@ -32,6 +32,7 @@ from converters.core.errors import ItamaeError
 from converters.core.model_info import ModelInfo
 from converters.facts.inspection import inspect
 from converters.formats.torch_format import is_torch_format
+from engine.constrained import grammar_for
 from engine.types import Event, GenerationRequest
 
 from .generate import Generator
@@ -133,6 +134,17 @@ class TorchBackend:
 
     def tokenize(self, text: str) -> list[int]:
         return self.text.encode(text)
+
+    def prompt_tokens(self, req: GenerationRequest) -> list[int]:
+        """The very tokens stream(req) would run first (chat template, tools included)."""
+        return self.generator.encode(req, self.generator.prompt_plan(req))
+
+    def check_request(self, req: GenerationRequest) -> None:
+        """Raise ItamaeError for what this request asks and cannot be done (a tool choice
+        the template's format cannot force, a schema llguidance cannot enforce)."""
+        plan = self.generator.prompt_plan(req)
+        if plan.constraint is not None:
+            grammar_for(plan.constraint, self.generator.special_token_id)
 
     def close(self) -> None:
         self.model = None

@@ -78,6 +78,19 @@ class BaseArgs:
 
     @classmethod
     def from_dict(cls, config: dict) -> BaseArgs:
+        try:
+            args = cls._from_dict(config)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
+            # config.json comes from a stranger: a wrong type or an impossible value is a
+            # damaged file, not a crash
+            raise BadModelFile(
+                f"config.json does not fit {cls.__name__}: {type(e).__name__}: {e}.",
+                "Re-download config.json, or check that it belongs to this model.",
+            ) from e
+        return args
+
+    @classmethod
+    def _from_dict(cls, config: dict) -> BaseArgs:
         names = {f.name for f in dataclasses.fields(cls)} - {"rope"}
         config = dict(archs.normalise_config(config))
         # The registry knows which field a family's checkpoints name the expert count in
@@ -89,20 +102,12 @@ class BaseArgs:
             config[count_field] = spec.n_experts(config)
         # None is kept: it can mean something (DeepSeek-V2-Lite's q_lora_rank: null)
         kept = {k: v for k, v in config.items() if k in names}
-        try:
-            args = cls(**kept, rope=RopeParams.from_config(config, cls.default_theta))
-            if args.num_key_value_heads is None:
-                args.num_key_value_heads = args.num_attention_heads
-            if args.head_dim is None:
-                args.head_dim = args.hidden_size // args.num_attention_heads
-            args.__post_init_args__(config)
-        except (TypeError, ValueError, ZeroDivisionError, AttributeError, OverflowError) as e:
-            # config.json comes from a stranger: a wrong type or an impossible value is a
-            # damaged file, not a crash
-            raise BadModelFile(
-                f"config.json does not fit {cls.__name__}: {type(e).__name__}: {e}.",
-                "Re-download config.json, or check that it belongs to this model.",
-            ) from e
+        args = cls(**kept, rope=RopeParams.from_config(config, cls.default_theta))
+        if args.num_key_value_heads is None:
+            args.num_key_value_heads = args.num_attention_heads
+        if args.head_dim is None:
+            args.head_dim = args.hidden_size // args.num_attention_heads
+        args.__post_init_args__(config)
         return args
 
     def __post_init_args__(self, config: dict) -> None:

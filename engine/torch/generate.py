@@ -6,6 +6,9 @@ that grows by one turn only prefills the new turn. `cancel` is checked before ev
 pass, so a cancel takes effect within one token (or one prefill chunk).
 Stats per generation: TTFT, prefill and decode tokens/s, expert_counts[moe_layer][expert]
 for the tokens this request ran, and expert-cache hits, misses and bytes moved.
+The prompt comes from engine/prompting.py (tools, a forced answer's opening); a constraint
+(JSON schema) masks the logits through engine/constrained.py before the sampler runs, and
+the answer ends when its JSON is complete.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Iterator
 import torch
 
 from converters.core.errors import ContextTooLong, ItamaeError
+from engine.constrained import JsonConstraint, tokenizer_for
+from engine.prompting import PromptPlan, plan_prompt
+from engine.text_stream import TextAssembler
 from engine.types import Event, FinalEvent, GenerationRequest, Stats, TokenEvent
 
-from .sampling import Sampler
-from .text import ModelText, TextStream
+from .sampling import Sampler, token_logprob
+from .text import ModelText
 
 PREFILL_CHUNK = 512  # tokens per prefill forward pass: bounds activation memory
 
@@ -32,15 +38,21 @@ class Generator:
         self.kv = model.new_cache()
         self.cached_ids: list[int] = []  # the tokens whose keys/values are in self.kv
         self.cached_experts_per_token: int | None = None  # the routing those were made with
+        self._guide_tokenizer = None  # llguidance's view of the tokenizer, made on first use
 
-    def prompt_ids(self, req: GenerationRequest) -> list[int]:
+    def prompt_plan(self, req: GenerationRequest) -> PromptPlan:
+        t = self.text
+        return plan_prompt(t.chat_template, req, bos_token=t.bos_token, eos_token=t.eos_token)
+
+    def encode(self, req: GenerationRequest, plan: PromptPlan) -> list[int]:
+        """The prompt's tokens: a rendered chat without added BOS (the template writes
+        it), a raw prompt with it."""
         if req.messages:
-            messages = [{"role": m.role, "content": m.content} for m in req.messages]
-            ids = self.text.encode(self.text.chat_prompt(messages), add_special_tokens=False)
-        elif req.prompt is not None:
-            ids = self.text.encode(req.prompt)
-        else:
-            ids = []
+            return self.text.encode(plan.text, add_special_tokens=False)
+        return self.text.encode(plan.text) if req.prompt is not None else []
+
+    def prompt_ids(self, req: GenerationRequest, plan: PromptPlan | None = None) -> list[int]:
+        ids = self.encode(req, plan or self.prompt_plan(req))
         if not ids:
             raise ItamaeError("The prompt is empty.", "Type a message first.")
         if len(ids) >= self.context_length:
@@ -81,7 +93,8 @@ class Generator:
     ) -> Iterator[Event]:
         started = time.perf_counter()
         try:
-            prompt = self.prompt_ids(req)
+            plan = self.prompt_plan(req)
+            prompt = self.prompt_ids(req, plan)
             self.model.set_experts_per_token(req.experts_per_token)
         except ItamaeError as e:
             yield FinalEvent("error", Stats(), error=str(e))
@@ -91,7 +104,7 @@ class Generator:
         counters0 = cache.counters.snapshot() if cache else None
         stats = Stats(prompt_tokens=len(prompt))
         try:
-            yield from self._generate(req, prompt, cancel, stats, started, usage0, counters0)
+            yield from self._generate(req, plan, prompt, cancel, stats, started, usage0, counters0)
         except (ItamaeError, RuntimeError, MemoryError) as e:
             # a failed forward pass leaves the KV cache half written: start clean next time
             self.cached_ids.clear()
@@ -100,28 +113,54 @@ class Generator:
                 "error", stats, error=f"Generation failed: {e}", prompt_token_ids=prompt
             )
 
-    def _generate(self, req, prompt, cancel, stats, started, usage0, counters0) -> Iterator[Event]:
+    def _guide(self, plan: PromptPlan, n_logits: int) -> JsonConstraint | None:
+        if plan.constraint is None:
+            return None
+        if self._guide_tokenizer is None:
+            tokenizer = self.text.tokenizer.to_str()
+            self._guide_tokenizer = tokenizer_for(tokenizer, n_logits, self.text.eos_ids)
+        return JsonConstraint(self._guide_tokenizer, plan.constraint, self.special_token_id)
+
+    def special_token_id(self, text: str) -> int | None:
+        """The id of `text` as one added (special) token of the vocabulary, else None."""
+        added = self.text.tokenizer.get_added_tokens_decoder()
+        return next((i for i, t in added.items() if t.content == text), None)
+
+    def _piece(self, token: int) -> bytes:
+        # a token that holds part of a UTF-8 character decodes to U+FFFD here
+        return self.text.tokenizer.decode([token], skip_special_tokens=False).encode()
+
+    def _generate(self, req, plan, prompt, cancel, stats, started, usage0, counters0):
         logits, ran = self._prefill(prompt, cancel, req.experts_per_token)
         prefill_s = time.perf_counter() - started
         stats.prefill_tps = ran / prefill_s if prefill_s > 0 else 0.0
         params = req.sampling
-        sampler, out = Sampler(params), TextStream(self.text, params.stop)
+        sampler, out = Sampler(params), TextAssembler(params.stop, self.text.stream())
+        guide = self._guide(plan, logits.numel()) if logits is not None else None
         completion: list[int] = []
         budget = min(params.max_tokens, self.context_length - len(prompt))
         finish, first_at = "length", None
+        if plan.prefix:
+            yield TokenEvent(plan.prefix, None)
         while logits is not None:
-            token = sampler(logits, prompt + completion)
+            allowed = guide.allowed(logits.numel()) if guide is not None else None
+            token = sampler(logits, prompt + completion, allowed)
             if first_at is None:
                 first_at = time.perf_counter()
                 stats.ttft_s = first_at - started
             if token in self.text.eos_ids and not params.ignore_eos:
                 finish = "stop"
                 break
+            logprob = None
+            if params.logprobs is not None:
+                logprob = token_logprob(logits, token, params.logprobs, self._piece)
+            if guide is not None:
+                guide.accept(token)
             completion.append(token)
             piece = out.push(token)
-            if piece:
-                yield TokenEvent(piece, token)
-            if out.stopped:
+            if piece or logprob is not None:
+                yield TokenEvent(piece, token, logprob)
+            if out.stopped or (guide is not None and guide.finished):
                 finish = "stop"
                 break
             if len(completion) >= budget:
@@ -132,11 +171,22 @@ class Generator:
             logits = self._forward([token])
         if logits is None:
             finish = "cancelled"
-        tail = out.flush()
+        tail = out.finish()
         if tail:
             yield TokenEvent(tail, None)
         self._finish_stats(stats, completion, first_at, usage0, counters0)
-        yield FinalEvent(finish, stats, prompt_token_ids=prompt, token_ids=completion)
+        raw = plan.prefix + self.text.tokenizer.decode(completion, skip_special_tokens=False)
+        content, calls = plan.read_reply(raw)
+        stop = out.stop_string
+        yield FinalEvent(
+            finish,
+            stats,
+            prompt_token_ids=prompt,
+            token_ids=completion,
+            tool_calls=calls,
+            content=content,
+            stop_sequence=stop,
+        )
 
     def _finish_stats(self, stats: Stats, completion, first_at, usage0, counters0) -> None:
         stats.completion_tokens = len(completion)

@@ -1,17 +1,24 @@
-"""Next-token choice from logits: repeat penalty, temperature, top-k, top-p, min-p, seed.
+"""Next-token choice from logits, in llama.cpp's order, so both engines sample alike.
 
-Order and meaning follow llama.cpp's common sampler chain (penalties, then top-k, top-p,
-min-p on the tempered distribution); the repeat penalty is CTRL's (arXiv 1909.05858):
-positive logits divided, negative multiplied. Temperature 0 is greedy.
+The chain is the one engine/llamacpp/sampling.py builds from llama.cpp's own samplers
+(src/llama-sampler.cpp; common/sampling.cpp puts logit_bias first): an allowed-token
+mask (constrained decoding), logit_bias, penalties over the last 64 tokens (CTRL's
+repeat penalty, arXiv 1909.05858, then OpenAI's frequency and presence penalties),
+then top-k, top-p and min-p on the untempered distribution, temperature last, and a
+seeded draw. Temperature 0 is greedy after the penalties. With logits [2, 1, 0, -1],
+T=0.5 and top_p=0.9 this keeps three tokens, as llama.cpp does; tempering first would
+keep two.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
-from engine.types import SamplingParams
+from engine.types import SamplingParams, TokenLogprob
 
-REPEAT_WINDOW = 64  # tokens the repeat penalty looks back over, llama.cpp's default
+REPEAT_WINDOW = 64  # tokens the penalties look back over, llama.cpp's repeat_last_n default
 
 
 class Sampler:
@@ -19,32 +26,68 @@ class Sampler:
         self.p = params
         self.generator = torch.Generator()
         if params.seed is not None:
-            self.generator.manual_seed(int(params.seed))
+            self.generator.manual_seed(int(params.seed) & 0xFFFFFFFFFFFFFFFF)
         else:
             self.generator.seed()
 
-    def __call__(self, logits: torch.Tensor, context: list[int]) -> int:
-        """logits [V] float32 -> token id."""
+    def __call__(
+        self, logits: torch.Tensor, context: list[int], allowed: torch.Tensor | None = None
+    ) -> int:
+        """logits [V] -> token id. `allowed` [V] bool: the tokens a constraint permits."""
         p = self.p
         logits = logits.float().cpu().clone()  # a normal tensor, edited in place below
-        if p.repeat_penalty != 1.0 and context:
-            seen = torch.tensor(sorted(set(context[-REPEAT_WINDOW:])), dtype=torch.long)
-            values = logits[seen]
-            logits[seen] = torch.where(
-                values > 0, values / p.repeat_penalty, values * p.repeat_penalty
-            )
+        if allowed is not None:
+            logits.masked_fill_(~allowed, float("-inf"))
+        for token, bias in p.logit_bias.items():
+            if 0 <= token < logits.numel():
+                logits[token] += bias
+        self._penalize(logits, context[-REPEAT_WINDOW:])
         if p.temperature <= 0:
             return int(torch.argmax(logits))
-        logits = logits / p.temperature
+        logits = self._truncate(logits)
+        probs = torch.softmax(logits / p.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _penalize(self, logits: torch.Tensor, window: list[int]) -> None:
+        p = self.p
+        off = p.repeat_penalty == 1.0 and p.frequency_penalty == 0 and p.presence_penalty == 0
+        if off or not window:
+            return
+        counts = Counter(window)
+        seen = torch.tensor(list(counts), dtype=torch.long)
+        times = torch.tensor(list(counts.values()), dtype=torch.float32)
+        values = logits[seen]
+        values = torch.where(values <= 0, values * p.repeat_penalty, values / p.repeat_penalty)
+        logits[seen] = values - times * p.frequency_penalty - p.presence_penalty
+
+    def _truncate(self, logits: torch.Tensor) -> torch.Tensor:
+        """top-k, top-p, min-p, each keeping at least one token (llama.cpp's min_keep 1)."""
+        p = self.p
         if p.top_k and p.top_k > 0:
             kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
         if p.top_p < 1.0:
+            probs = torch.softmax(logits, dim=-1)
             sorted_probs, order = torch.sort(probs, descending=True)
             before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
             drop = order[before >= p.top_p]  # keep the smallest prefix reaching top_p
-            probs[drop] = 0.0
+            logits[drop] = float("-inf")
         if p.min_p > 0.0:
-            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=self.generator))
+            floor = logits.max() + torch.log(torch.tensor(p.min_p))
+            logits = logits.masked_fill(logits < floor, float("-inf"))
+        return logits
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int, piece) -> TokenLogprob:
+    """The model's own log-probability of `token` and of its `top` likeliest tokens.
+
+    `piece(id) -> bytes` gives a token's text."""
+    logprobs = torch.log_softmax(logits.float().cpu(), dim=-1)
+    alternatives = []
+    if top:
+        best = torch.topk(logprobs, min(top, logprobs.numel()))
+        alternatives = [
+            (i, piece(i), v)
+            for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+        ]
+    return TokenLogprob(token, piece(token), float(logprobs[token]), alternatives)

@@ -1,6 +1,6 @@
 """Text in and out: the model's tokenizer.json (through `tokenizers`), its chat template
-(rendered by engine/chat_template.py), end-of-sequence ids, and streaming detokenization
-that never splits a UTF-8 character or emits the start of a stop string early.
+(rendered by engine/chat_template.py), end-of-sequence ids, and the incremental decoder
+that engine/text_stream.py's TextAssembler streams replies through.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from converters import archs
 from converters.core.errors import BadModelFile
 from converters.core.json_files import read_model_json
 from engine.chat_template import render_chat
+from engine.text_stream import TokenizerStream
 
 
 def _token_text(value) -> str:
@@ -70,6 +71,10 @@ class ModelText:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=not self.keep_special)
 
+    def stream(self) -> TokenizerStream:
+        """A fresh incremental decoder for one reply (special tokens skipped, as `decode`)."""
+        return TokenizerStream(self.tokenizer)
+
     def chat_prompt(self, messages: list[dict]) -> str:
         return render_chat(self.chat_template, messages, add_generation_prompt=True,
                            bos_token=self.bos_token, eos_token=self.eos_token)  # fmt: skip
@@ -80,44 +85,3 @@ def _read_json(path: Path) -> dict:
         return {}
     data = read_model_json(path)
     return data if isinstance(data, dict) else {}
-
-
-class TextStream:
-    """Turns generated ids into text pieces, holding back what is not final yet."""
-
-    def __init__(self, text: ModelText, stop: list[str]):
-        self.text, self.stop = text, [s for s in stop if s]
-        self.ids: list[int] = []
-        self.emitted = ""  # text already handed out
-        self.stopped = False
-
-    def push(self, token_id: int) -> str:
-        """Add a token; return the new text that is safe to show (may be "")."""
-        self.ids.append(token_id)
-        full = self.text.decode(self.ids)
-        if full.endswith("\ufffd"):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        for s in self.stop:
-            at = full.find(s)
-            if at != -1:
-                self.stopped = True
-                return self._emit(full[:at])
-        hold = max((self._partial_stop(full, s) for s in self.stop), default=0)
-        return self._emit(full[: len(full) - hold])
-
-    def flush(self) -> str:
-        return "" if self.stopped else self._emit(self.text.decode(self.ids))
-
-    def _emit(self, upto: str) -> str:
-        if not upto.startswith(self.emitted) or len(upto) <= len(self.emitted):
-            return ""
-        piece, self.emitted = upto[len(self.emitted) :], upto
-        return piece
-
-    @staticmethod
-    def _partial_stop(full: str, stop: str) -> int:
-        """Length of the longest suffix of `full` that is a proper prefix of `stop`."""
-        for n in range(min(len(stop) - 1, len(full)), 0, -1):
-            if full.endswith(stop[:n]):
-                return n
-        return 0

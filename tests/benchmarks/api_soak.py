@@ -10,7 +10,8 @@ Not a test (it reports figures); run it by hand:
 Starts its own `itamae serve` unless --url names a running one. Each client loops until
 --seconds pass or --requests have been sent in all: one chat request, streaming with
 probability --stream-share; a streaming one hangs up after the first few chunks with
-probability --drop. Prints one JSON object: requests finished/dropped/failed (refused
+probability --drop. With --surfaces mixed the clients take turns over the OpenAI,
+Ollama (/api/chat, NDJSON) and Anthropic (/v1/messages) surfaces. Prints one JSON object: requests finished/dropped/failed (refused
 with 429/503 counted apart as "refused"), client-side time to first byte of content (p50,
 p95, max), whole-request latency (p50, p99), aggregate streamed chunks per second, and the
 server's resident memory before and after (a leak shows as growth across runs).
@@ -48,24 +49,59 @@ def _take_ticket(totals, lock) -> bool:
         return True
 
 
-def one_client(url, model, deadline, drop, max_tokens, seed, totals, lock, stream_share=1.0):
+SURFACES = ("openai", "ollama", "anthropic")
+
+
+def _request(surface: str, url: str, model: str, prompt: str, max_tokens: int, stream: bool):
+    """(URL, body) of one chat request on `surface`; `url` is the server's /v1 root."""
+    messages = [{"role": "user", "content": prompt}]
+    if surface == "ollama":
+        options = {"num_predict": max_tokens}
+        body = {"model": model, "messages": messages, "stream": stream, "options": options}
+        return url.removesuffix("/v1") + "/api/chat", body
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream}
+    return url + ("/messages" if surface == "anthropic" else "/chat/completions"), body
+
+
+def _reply_text(surface: str, reply: dict) -> str:
+    if surface == "ollama":
+        return reply["message"]["content"]
+    if surface == "anthropic":
+        return "".join(b.get("text", "") for b in reply["content"])
+    return reply["choices"][0]["message"].get("content") or ""
+
+
+def _chunk(surface: str, line: str) -> str | None:
+    """ "chunk", "error" or None (a line that carries no content) for one streamed line."""
+    if surface == "ollama":
+        if not line:
+            return None
+        data = json.loads(line)
+        return "error" if "error" in data else (None if data.get("done") else "chunk")
+    if not line.startswith("data:") or line == "data: [DONE]":
+        return None
+    if '"error"' in line:
+        return "error"
+    if surface == "anthropic":
+        return "chunk" if '"content_block_delta"' in line else None
+    return "chunk"
+
+
+def one_client(
+    url, model, deadline, drop, max_tokens, seed, totals, lock, stream_share=1.0, surface="openai"
+):
     rng = random.Random(seed)
     with httpx.Client(timeout=600) as http:
         while time.monotonic() < deadline and _take_ticket(totals, lock):
             stream = rng.random() < stream_share
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
-                "max_tokens": max_tokens,
-                "stream": stream,
-            }
+            path, body = _request(surface, url, model, rng.choice(PROMPTS), max_tokens, stream)
             hang_up_after = rng.randint(1, 4) if stream and rng.random() < drop else None
             started = time.monotonic()
             first = None
             chunks = 0
             outcome = "finished"
             try:
-                with http.stream("POST", url + "/chat/completions", json=body) as response:
+                with http.stream("POST", path, json=body) as response:
                     if response.status_code in (429, 503):  # a clean refusal, said as such
                         response.read()
                         outcome = "refused"
@@ -73,15 +109,15 @@ def one_client(url, model, deadline, drop, max_tokens, seed, totals, lock, strea
                         response.read()
                         outcome = "failed"
                     elif not stream:
-                        reply = json.loads(response.read())
-                        if not reply["choices"][0]["message"].get("content"):
+                        if not _reply_text(surface, json.loads(response.read())):
                             outcome = "failed"
                         first = time.monotonic() - started
                     else:
                         for line in response.iter_lines():
-                            if not line.startswith("data:") or line == "data: [DONE]":
+                            kind = _chunk(surface, line)
+                            if kind is None:
                                 continue
-                            if '"error"' in line:
+                            if kind == "error":
                                 outcome = "failed"
                                 break
                             chunks += 1
@@ -106,7 +142,9 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(values[int(q * (len(values) - 1))], 3) if values else None
 
 
-def soak(url, model, clients, seconds, drop, max_tokens, requests=None, stream_share=1.0) -> dict:
+def soak(
+    url, model, clients, seconds, drop, max_tokens, requests=None, stream_share=1.0, mixed=False
+) -> dict:
     totals = {"finished": 0, "dropped": 0, "refused": 0, "failed": 0, "streamed": 0,
               "whole": 0, "chunks": 0, "ttfb": [], "latency": [], "budget": requests}  # fmt: skip
     lock = threading.Lock()
@@ -116,6 +154,7 @@ def soak(url, model, clients, seconds, drop, max_tokens, requests=None, stream_s
         threading.Thread(
             target=one_client,
             args=(url, model, deadline, drop, max_tokens, seed, totals, lock, stream_share),
+            kwargs={"surface": SURFACES[seed % 3] if mixed else "openai"},
         )
         for seed in range(clients)
     ]
@@ -158,10 +197,13 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--requests", type=int, help="stop after this many requests in all")
     p.add_argument("--stream-share", type=float, default=1.0, help="share sent streaming")
+    p.add_argument("--surfaces", choices=["openai", "mixed"], default="openai")
     args = p.parse_args()
     if args.seconds is None:  # a request count bounds the run instead of a time
         args.seconds = 3600.0 if args.requests else 60.0
-    run = dict(requests=args.requests, stream_share=args.stream_share)
+    run = dict(
+        requests=args.requests, stream_share=args.stream_share, mixed=args.surfaces == "mixed"
+    )
     if args.url:
         model = httpx.get(args.url + "/models").json()["data"][0]["id"]
         result = soak(

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .scoring import Scored
+from engine.types import Scored
+
+from .backend import load
+from .moe import MoEBlock
 
 FLOAT32_LIMIT_BYTES = 4 << 30  # safetensors on disk; float32 may take twice that in RAM
 
@@ -40,13 +43,10 @@ class TorchScorer:
     routing_note = ""
 
     def __init__(self, path: Path, threads: int = 0):
-        from . import loader
-        from .torch.moe import MoEBlock
-
         options = {"dtype": self.pick_dtype(path), "device": "auto"}  # CUDA when torch sees one
         if threads:
             options["threads"] = threads
-        self.backend = loader.load(path, engine="torch", **options)
+        self.backend = load(path, **options)
         model = self.backend.model
         self.model = model
         dtype = str(model.dtype).replace("torch.", "")
@@ -84,3 +84,9 @@ class TorchScorer:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def open_scorer(path: Path, window: int, threads: int = 0) -> TorchScorer:
+    """engine.scoring.open_scorer's door into this backend. The window does not size
+    anything here: the engine's KV cache grows with the tokens it is given."""
+    return TorchScorer(path, threads)

@@ -1,11 +1,13 @@
 """What a model needs in memory, wherever it is put: weights per transformer block (routed
 experts apart from the rest, as llama.cpp's `--cpu-moe` splits them) and the KV cache per
-token, MLA included. engine.memory_plan decides where it goes.
+token, MLA included. engine/llamacpp/memory_plan.py decides where it goes.
 
 KV cache sizes follow llama.cpp (src/llama-kv-cache.cpp, src/llama-hparams.cpp): per block,
 `n_head_kv * (key_length + value_length)` elements per token; MLA models (DeepSeek-V2/V3
 GGUFs with `attention.key_length_mla`) cache one latent of `kv_lora_rank + qk_rope_head_dim`
-(written as key_length with one KV head) and no V (`has_v = !is_mla`).
+(written as key_length with one KV head) and no V (`has_v = !is_mla`). DeepSeek-V3.2's
+sparse attention adds one `attention.indexer.key_length` key per token and layer
+(src/llama-kv-cache-dsa.cpp: a second cache beside the main one).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class ModelLayout:
     key_length: int = 0  # cached K width per KV head (for MLA: kv_lora_rank + rope dims)
     value_length: int = 0
     mla: bool = False  # DeepSeek MLA: one latent per token, no separate V
+    # DeepSeek Sparse Attention: llama.cpp keeps a second cache of one indexer key per token
+    # and layer (llama_kv_cache_dsa), in the K cache's type
+    indexer_key_length: int = 0
     n_experts: int = 0
     experts_per_token: int = 0
     ffn_width: int = 0  # widest FFN activation per token (dense FFN or top-k experts)
@@ -78,7 +83,8 @@ class ModelLayout:
         heads = self.kv_heads[block] if block < len(self.kv_heads) else 0
         per_element = KV_TYPE_BYTES[cache_type]
         if self.mla:
-            return heads * self.key_length * per_element
+            indexer = self.indexer_key_length if heads else 0
+            return (heads * self.key_length + indexer) * per_element
         return heads * (self.key_length + self.value_length) * per_element
 
     def kv_cache_bytes(self, n_ctx: int, cache_type: str = "f16") -> int:

@@ -24,9 +24,9 @@ import llama_cpp
 import numpy as np
 
 from converters.core.errors import ItamaeError
+from engine.types import Scored
 
-from .llamacpp.native import LoadOptions, NativeModel
-from .scoring import Scored
+from .native import LoadOptions, NativeModel
 
 TOPK_TENSOR = b"ffn_moe_topk-"
 GGML_TYPE_I32 = 26  # enum ggml_type in ggml/include/ggml.h
@@ -186,3 +186,8 @@ class LlamaCppScorer:
 
     def close(self) -> None:
         self.native.close()
+
+
+def open_scorer(path: Path, window: int, threads: int = 0) -> LlamaCppScorer:
+    """engine.scoring.open_scorer's door into this backend (as backend.load is for chat)."""
+    return LlamaCppScorer(path, window, threads)

@@ -1,0 +1,224 @@
+"""One placement of a model's weights, KV cache and scratch buffers, and what it costs.
+
+A `MemoryPlan` is written in llama.cpp's own terms (`n_gpu_layers`, experts of the first N
+blocks kept in CPU RAM like `--n-cpu-moe`, `n_ctx`); `place()` prices one such choice from
+a `ModelLayout` (engine/llamacpp/model_layout.py) and a `Hardware` snapshot
+(engine/llamacpp/devices.py). Which placement to choose is engine/llamacpp/memory_plan.py's
+question; `describe()` prints the chosen one before anything is loaded.
+
+The placement rules follow llama.cpp (src/llama-model.cpp, common/arg.cpp):
+  - `n_gpu_layers = g` puts the LAST g blocks on the GPU; g = n_layers + 1 also puts the
+    output head there. The token embedding always stays in CPU RAM.
+  - the KV cache of a block lives where the block lives (`offload_kqv`).
+  - `--n-cpu-moe N` keeps the routed-expert tensors (`ffn_*_exps`) of blocks 0..N-1 in CPU
+    RAM while the rest of those blocks is on the GPU.
+  - KV cache bytes per token and block come from the layout (MLA included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .devices import GIB, Hardware
+from .model_layout import ModelLayout
+
+MIB = 1024**2
+
+# Room left for what the plan does not itemise: the CUDA context and cuBLAS workspaces on a
+# GPU (~300-500 MiB in practice), the Python process, UI and OS page tables in RAM.
+GPU_RESERVE_BYTES = 512 * MIB
+RAM_RESERVE_BYTES = 768 * MIB
+
+UBATCH = 512  # llama.cpp's default physical batch, which sizes the compute buffers
+
+# Nominal sustained bandwidths, only used to name the decode bottleneck and a rough upper
+# bound on tokens/s: a mid-range consumer GPU (RTX 4060 Ti: 288 GB/s) and dual-channel
+# DDR4/DDR5 as measured by STREAM on desktops (~40 GB/s).
+GPU_BANDWIDTH = 300e9
+RAM_BANDWIDTH = 40e9
+
+
+@dataclass
+class MemoryPlan:
+    """Where everything goes, in llama.cpp's terms, and what it costs."""
+
+    layout: ModelLayout
+    hardware: Hardware
+    n_ctx: int
+    gpu_layers: int  # llama.cpp n_gpu_layers: the last N blocks (+1: the output head)
+    cpu_moe_layers: int  # routed experts of blocks [0, N) stay in CPU RAM
+    gpu_bytes: int
+    ram_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    cache_type: str = "f16"
+    notes: list[str] = field(default_factory=list)
+    advice: str = ""  # what would fit instead, when this plan does not (the planner says)
+
+    @property
+    def fits(self) -> bool:
+        gpu_ok = self.gpu_bytes <= self.hardware.vram_free_bytes or self.gpu_bytes == 0
+        return gpu_ok and self.ram_bytes <= self.hardware.ram_available_bytes
+
+    def gpu_blocks(self) -> range:
+        n = self.layout.n_layers
+        return range(n - min(self.gpu_layers, n), n)
+
+    def output_on_gpu(self) -> bool:
+        return self.gpu_layers > self.layout.n_layers
+
+    def expert_override_patterns(self) -> list[str]:
+        """Tensor-name regexes for llama.cpp's tensor_buft_overrides (common/common.h)."""
+        exps = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+        if self.cpu_moe_layers <= 0 or not self.layout.n_experts:
+            return []
+        if self.cpu_moe_layers >= self.layout.n_layers:
+            return [exps]  # --cpu-moe
+        return [rf"blk\.{i}{exps}" for i in range(self.cpu_moe_layers)]  # --n-cpu-moe N
+
+    def bytes_read_per_token(self) -> tuple[float, float]:
+        """(GPU bytes, RAM bytes) read to decode one token: dense weights in full, routed
+        experts at top-k/E of their size, the embedding row is negligible."""
+        layout = self.layout
+        share = layout.experts_per_token / layout.n_experts if layout.n_experts else 1.0
+        on_gpu = set(self.gpu_blocks())
+        gpu = ram = 0.0
+        for i, block in enumerate(layout.blocks):
+            experts = block.expert_bytes * share
+            if i in on_gpu:
+                gpu += block.dense_bytes
+                if i < self.cpu_moe_layers:
+                    ram += experts
+                else:
+                    gpu += experts
+            else:
+                ram += block.dense_bytes + experts
+        if self.output_on_gpu():
+            gpu += layout.output_bytes
+        else:
+            ram += layout.output_bytes
+        return gpu, ram
+
+    def bottleneck(self) -> str:
+        gpu, ram = self.bytes_read_per_token()
+        gpu_s, ram_s = gpu / GPU_BANDWIDTH, ram / RAM_BANDWIDTH
+        rate = 1.0 / max(gpu_s + ram_s, 1e-9)
+        where = "CPU RAM bandwidth" if ram_s >= gpu_s else "GPU memory bandwidth"
+        return (
+            f"decode is bound by {where}: {size_text(ram)} read from RAM and "
+            f"{size_text(gpu)} from VRAM per token "
+            f"(at most ~{rate:.0f} tokens/s at nominal bandwidths)"
+        )
+
+    def describe(self) -> str:
+        layout, hw = self.layout, self.hardware
+        lines = [
+            f"Memory plan for {layout.name or layout.arch} ({layout.quant}, "
+            f"{size_text(layout.weight_bytes)} of weights, "
+            f"{layout.bits_per_weight:.2f} bits/weight)",
+            f"  context      {self.n_ctx} tokens, KV cache {size_text(self.kv_bytes)} "
+            f"({self.cache_type}{', MLA latent' if layout.mla else ''})",
+            f"  GPU          {size_text(self.gpu_bytes)} of {size_text(hw.vram_free_bytes)} free"
+            + ("" if hw.gpu_offload and hw.gpus else " (no GPU offload on this machine)"),
+            f"  CPU RAM      {size_text(self.ram_bytes)} of "
+            f"{size_text(hw.ram_available_bytes)} available",
+            f"  n_gpu_layers {self.gpu_layers} of {layout.n_layers + 1} (blocks + output head)",
+        ]
+        if layout.n_experts:
+            lines.append(
+                f"  experts      {self._expert_placement()}; "
+                f"{layout.experts_per_token} of {layout.n_experts} used per token"
+            )
+        lines.append(f"  bottleneck   {self.bottleneck()}")
+        lines += [f"  note         {note}" for note in self.notes]
+        if not self.fits:
+            lines.append(f"  DOES NOT FIT {self.advice}")
+        return "\n".join(lines)
+
+    def _expert_placement(self) -> str:
+        n, cpu_moe, gpu = self.layout.n_layers, self.cpu_moe_layers, set(self.gpu_blocks())
+        if not gpu:
+            return "all in CPU RAM"
+        in_ram = sorted(set(range(n)) - gpu | set(range(min(cpu_moe, n))))
+        if not in_ram:
+            return "all on the GPU"
+        if len(in_ram) == n:
+            return "all in CPU RAM (attention and dense weights on the GPU)"
+        return f"blocks 0-{in_ram[-1]} in CPU RAM, the rest on the GPU"
+
+    def to_json(self) -> dict:
+        gpu, ram = self.bytes_read_per_token()
+        return {
+            "model": self.layout.name,
+            "arch": self.layout.arch,
+            "quant": self.layout.quant,
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": self.gpu_layers,
+            "cpu_moe_layers": self.cpu_moe_layers,
+            "gpu_bytes": self.gpu_bytes,
+            "ram_bytes": self.ram_bytes,
+            "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
+            "fits": self.fits,
+            "bytes_per_token_gpu": int(gpu),
+            "bytes_per_token_ram": int(ram),
+            "bottleneck": self.bottleneck(),
+            "notes": list(self.notes),
+            "hardware": asdict(self.hardware),
+        }
+
+
+def size_text(n: float) -> str:
+    """Bytes as a person reads them: GiB, or MiB below one GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
+
+
+def compute_buffer_bytes(layout: ModelLayout) -> int:
+    """llama.cpp's scratch for one ubatch with flash attention: logits, the residual stream
+    and a few temporaries of width n_embd, the FFN activations. An estimate with margin: a
+    7B Llama gives ~180 MiB here where llama.cpp reports ~160 MiB."""
+    width = layout.n_vocab + 6 * layout.n_embd + 3 * layout.ffn_width
+    return 4 * UBATCH * width + 64 * MIB
+
+
+def place(
+    layout: ModelLayout,
+    hardware: Hardware,
+    n_ctx: int,
+    gpu_layers: int,
+    cpu_moe_layers: int,
+    cache_type: str = "f16",
+) -> MemoryPlan:
+    """Price one placement: bytes on the GPU and in RAM (including reserves)."""
+    n = layout.n_layers
+    gpu_layers = max(0, min(gpu_layers, n + 1)) if hardware.gpu_offload else 0
+    on_gpu = set(range(n - min(gpu_layers, n), n))
+    compute = compute_buffer_bytes(layout)
+    gpu = ram = 0
+    for i, block in enumerate(layout.blocks):
+        kv = int(layout.kv_bytes_per_token(i, cache_type) * n_ctx)
+        if i in on_gpu:
+            experts_in_ram = i < cpu_moe_layers
+            gpu += block.dense_bytes + kv + (0 if experts_in_ram else block.expert_bytes)
+            ram += block.expert_bytes if experts_in_ram else 0
+        else:
+            ram += block.dense_bytes + block.expert_bytes + kv
+    if gpu_layers > n:
+        gpu += layout.output_bytes
+    else:
+        ram += layout.output_bytes
+    ram += layout.input_bytes + compute + RAM_RESERVE_BYTES
+    if gpu_layers:
+        gpu += compute + GPU_RESERVE_BYTES
+    return MemoryPlan(
+        layout=layout,
+        hardware=hardware,
+        n_ctx=n_ctx,
+        gpu_layers=gpu_layers,
+        cpu_moe_layers=max(0, min(cpu_moe_layers, n)),
+        gpu_bytes=gpu,
+        ram_bytes=ram,
+        kv_bytes=layout.kv_cache_bytes(n_ctx, cache_type),
+        compute_bytes=compute,
+        cache_type=cache_type,
+    )

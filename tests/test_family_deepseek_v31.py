@@ -1,0 +1,203 @@
+"""DeepSeek-V3.1's chat template (llama.cpp's copy of the published one): our renderer gives
+transformers' `apply_chat_template` token ids in both thinking modes and with tools, the
+request's thinking switch reaches the template through the torch engine's prompt builder
+and the remote backend's request body, and a tool call the template writes parses back to the same call. The same for
+DeepSeek-V3.2's template (its DSML tool calls)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import engine
+from engine.chat_template import render_chat
+from engine.tool_calls import format_for
+from engine.tool_calls.deepseek_dsml import DeepSeekDSML
+from engine.tool_calls.formats import DeepSeek
+from engine.types import GenerationRequest, Message, ToolCall
+from tests.fixtures.deepseek_tokenizer import (
+    BOS,
+    EOS,
+    V31_TEMPLATE,
+    V32_TEMPLATE,
+    write_deepseek_v31_tokenizer,
+)
+
+TEMPLATE = V31_TEMPLATE.read_text(encoding="utf-8")
+
+CHAT = [
+    {"role": "system", "content": "You are a helpful sushi chef."},
+    {"role": "user", "content": "Hello! おすすめは何ですか？"},
+    # a reply given in thinking mode: the template keeps only what follows </think>
+    {"role": "assistant", "content": "Let me think.</think>Today the tuna is very good."},
+    {"role": "user", "content": "Then tuna, please."},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "fish_price",
+            "description": "Today's price of a fish at the market.",
+            "parameters": {
+                "type": "object",
+                "properties": {"fish": {"type": "string"}, "grams": {"type": "integer"}},
+                "required": ["fish"],
+            },
+        },
+    }
+]
+CALL_ARGS = {"fish": "マグロ", "grams": 200}
+TOOL_CHAT = [
+    {"role": "user", "content": "How much is 200 g of tuna?"},
+    {
+        "role": "assistant",
+        "content": "Checking the market.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "fish_price", "arguments": CALL_ARGS}},
+            {"type": "function", "function": {"name": "fish_price", "arguments": {"fish": "鯛"}}},
+        ],
+    },
+    {"role": "tool", "content": '{"yen": 1800}'},
+    {"role": "tool", "content": '{"yen": 900}'},
+    {"role": "assistant", "content": "200 g of tuna is 1800 yen."},
+    {"role": "user", "content": "And sea bream?"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("deepseek_v31_tokenizer")
+    write_deepseek_v31_tokenizer(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _hf_ids(tok, messages, template=TEMPLATE, **kw) -> list[int]:
+    out = tok.apply_chat_template(
+        messages, chat_template=template, tokenize=True, add_generation_prompt=True, **kw
+    )
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def _our_ids(tok, messages, template=TEMPLATE, **kw) -> list[int]:
+    text = render_chat(template, messages, bos_token=BOS, eos_token=EOS, **kw)
+    return tok.encode(text, add_special_tokens=False)
+
+
+OPTIONS = [
+    {},
+    {"thinking": False},
+    {"thinking": True},
+    {"enable_thinking": True},
+    {"enable_thinking": False},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: str(o) or "default")
+@pytest.mark.parametrize("messages", [CHAT, TOOL_CHAT], ids=["chat", "tools"])
+def test_renders_like_transformers(hf_tokenizer, messages, options):
+    kw = dict(options, tools=TOOLS) if messages is TOOL_CHAT else options
+    expected = _hf_ids(hf_tokenizer, messages, **kw)
+    assert _our_ids(hf_tokenizer, messages, **kw) == expected
+    opening = hf_tokenizer.decode(expected[-2:])
+    thinking = options.get("thinking", options.get("enable_thinking", False))
+    assert opening == ("<｜Assistant｜><think>" if thinking else "<think></think>")
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: str(o) or "default")
+@pytest.mark.parametrize("messages", [CHAT, TOOL_CHAT], ids=["chat", "tools"])
+def test_v32_template_renders_like_transformers(hf_tokenizer, messages, options):
+    # DeepSeek-V3.2's template: the same tokens, tools described in the system prompt
+    template = V32_TEMPLATE.read_text(encoding="utf-8")
+    kw = dict(options, tools=TOOLS) if messages is TOOL_CHAT else options
+    expected = _hf_ids(hf_tokenizer, messages, template, **kw)
+    assert _our_ids(hf_tokenizer, messages, template, **kw) == expected
+    if messages is TOOL_CHAT:
+        assert "fish_price" in hf_tokenizer.decode(expected)
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("arguments", [CALL_ARGS, '{"fish": "マグロ", "grams": 200}'])
+def test_rendered_tool_call_parses_back(arguments):
+    # arguments as a mapping (transformers) or as OpenAI's JSON text: both come back the same
+    call = {"type": "function", "function": {"name": "fish_price", "arguments": arguments}}
+    second = {"type": "function", "function": {"name": "fish_price", "arguments": {"fish": "鯛"}}}
+    history = [
+        TOOL_CHAT[0],
+        {"role": "assistant", "content": "Checking the market.", "tool_calls": [call, second]},
+    ]
+    text = render_chat(TEMPLATE, history, add_generation_prompt=False, bos_token=BOS)
+    reply = text.split("<｜Assistant｜><think></think>", 1)[1]  # what the model wrote
+    fmt, native = format_for(TEMPLATE)  # the tools module's parser for this template
+    assert isinstance(fmt, DeepSeek) and native
+    assert fmt.parse(reply, TOOLS) == (
+        "Checking the market.",
+        [ToolCall("fish_price", _json(CALL_ARGS)), ToolCall("fish_price", _json({"fish": "鯛"}))],
+    )
+
+
+def test_v32_rendered_tool_calls_parse_back():
+    # V3.2 writes calls in DSML: strings as text, other values as JSON
+    args = {"fish": "マグロ", "grams": 200, "cuts": ["sashimi", "nigiri"], "fresh": True}
+    calls = [
+        {"type": "function", "function": {"name": "fish_price", "arguments": args}},
+        {"type": "function", "function": {"name": "fish_price", "arguments": {"fish": "鯛"}}},
+    ]
+    history = [
+        TOOL_CHAT[0],
+        {"role": "assistant", "content": "Checking the market.", "tool_calls": calls},
+    ]
+    template = V32_TEMPLATE.read_text(encoding="utf-8")
+    text = render_chat(template, history, add_generation_prompt=False, bos_token=BOS)
+    reply = text.split("<｜Assistant｜></think>", 1)[1]  # what the model wrote
+    fmt = DeepSeekDSML()
+    assert fmt.detect(template) and not fmt.detect(TEMPLATE)
+    assert fmt.parse(reply, TOOLS) == (
+        "Checking the market.",
+        [ToolCall("fish_price", _json(args)), ToolCall("fish_price", _json({"fish": "鯛"}))],
+    )
+    assert fmt.parse("Today the tuna.", TOOLS) == ("Today the tuna.", [])
+
+
+@pytest.mark.parametrize("thinking", [None, True, False])
+def test_request_thinking_switch_reaches_the_template(
+    hf_checkpoint, tokenizer_dir, hf_tokenizer, tmp_path, thinking
+):
+    # the DeepSeek-V3 fixture (V3.1 has V3's weights layout) with V3.1's tokenizer and template
+    folder = tmp_path / "deepseek_v31"
+    shutil.copytree(hf_checkpoint("deepseek_v3"), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+    backend = engine.load(folder, engine="torch")
+    try:
+        req = GenerationRequest(messages=[Message(**m) for m in CHAT], enable_thinking=thinking)
+        got = backend.generator.prompt_ids(req)
+    finally:
+        backend.close()
+    kw = {} if thinking is None else {"enable_thinking": thinking}
+    assert got == _hf_ids(hf_tokenizer, CHAT, **kw)
+
+
+def test_remote_backend_sends_the_switch_as_llama_servers_template_kwargs():
+    # llama.cpp's tools/server/README.md: `chat_template_kwargs`, e.g. {"enable_thinking": false}
+    from engine.remote.backend import RemoteBackend
+
+    remote = RemoteBackend("http://127.0.0.1:9")
+    try:
+        on = GenerationRequest(messages=[Message("user", "Hi")], enable_thinking=False)
+        assert remote._body(on, chat=True)["chat_template_kwargs"] == {"enable_thinking": False}
+        off = GenerationRequest(messages=[Message("user", "Hi")])
+        assert "chat_template_kwargs" not in remote._body(off, chat=True)
+    finally:
+        remote.close()
