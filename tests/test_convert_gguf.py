@@ -24,6 +24,7 @@ from tests.convert_helpers import (
     transformers_logits,
 )
 from tests.fixtures.checkpoints import ARCHS
+from tests.fixtures.fused_experts import fused_copy
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -188,23 +189,7 @@ def _raw(field) -> bytes:
 
 def test_fused_expert_layout_gives_the_same_file(hf_checkpoint, converted, tmp_path):
     """transformers 5's fused experts (gate_up_proj [E, 2F, H], down_proj [E, H, F])."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path / "fused" / "qwen3_moe"
-    shutil.copytree(hf_checkpoint("qwen3_moe"), folder)
-    tensors = load_file(folder / "model.safetensors")
-    config = json.loads((folder / "config.json").read_text())
-    for bid in range(config["num_hidden_layers"]):
-        prefix = f"model.layers.{bid}.mlp.experts"
-        n = sum(1 for k in tensors if k.startswith(prefix) and k.endswith("up_proj.weight"))
-
-        def stack(proj, prefix=prefix, n=n):
-            return torch.stack([tensors.pop(f"{prefix}.{x}.{proj}.weight") for x in range(n)])
-
-        tensors[f"{prefix}.gate_up_proj"] = torch.cat([stack("gate_proj"), stack("up_proj")], dim=1)
-        tensors[f"{prefix}.down_proj"] = stack("down_proj")
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    folder = fused_copy(hf_checkpoint("qwen3_moe"), tmp_path / "fused" / "qwen3_moe")
     dest = tmp_path / "fused.gguf"
     convert(folder, dest, "Q8_0")
     assert dest.read_bytes() == converted("qwen3_moe", "Q8_0").read_bytes()

@@ -51,7 +51,10 @@ def test_fixture_loads_in_transformers(hf_checkpoint, name):
 def test_fixture_config_carries_published_fields(hf_checkpoint, arch):
     config = json.loads((hf_checkpoint(arch) / "config.json").read_text())
     assert config["model_type"] == arch
-    assert "rope_theta" in config and "rope_parameters" not in config
+    if "text_config" in config:  # Qwen3.5's release: transformers 5's rope_parameters, nested
+        assert "partial_rotary_factor" in config["text_config"]["rope_parameters"]
+    else:
+        assert "rope_theta" in config and "rope_parameters" not in config
     for key, value in SPECS[arch][1].items():
         assert config[key] == value, key
     if arch != "llama":

@@ -23,6 +23,8 @@ EXPECTED = {  # arch: (routed experts, per token, shared experts, MoE layers of 
     "deepseek_v2": (8, 2, 2, 2),
     "deepseek_v3": (16, 4, 1, 2),
     "llama": (0, 0, 0, 0),
+    "qwen3_next": (8, 2, 1, 4),  # of 4 layers
+    "qwen3_5_moe": (8, 2, 1, 4),  # of 4 layers
 }
 
 

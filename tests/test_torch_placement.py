@@ -8,12 +8,13 @@ here, and compares hits, misses and bytes moved with the engine's counters.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import pytest
 import torch
 
-from converters.formats.torch_format import convert_to_torch
+from converters.formats.torch_writer import convert_to_torch
 from tests.fixtures.reference import reference_model
 from tests.test_torch_parity import RouterCounts, load_model, prompt_ids, run_ours, run_reference
 
@@ -41,18 +42,24 @@ def _run(folder, ids, fed, dtype=torch.float32, **placement):
     return model, torch.cat([prefill, torch.stack(steps)])
 
 
-@pytest.mark.parametrize("source", ["hf_fp32", "torch_int8_mmap"])
+@pytest.mark.parametrize("source", ["hf_fp32", "torch_int8_mmap", "torch_int8_compiled"])
 def test_same_logits_whatever_the_budget_and_policy(qwen2, qwen2_int8, source):
+    """Plain kernels (hf_fp32, torch_int8_mmap) and the compiled decode kernel gathering from
+    the cache's slots and from the memory-mapped file (torch_int8_compiled); budget 10% is
+    fewer slots (2) than experts per token (4)."""
     folder, ref, ids = qwen2
     _, _, fed = run_reference(ref, ids, steps=DECODE)
     folder, dtype = (folder, torch.float32) if source == "hf_fp32" else (qwen2_int8, torch.bfloat16)
-    base_model, base = _run(folder, ids, fed, dtype, expert_budget=1.0)
+    compiled = source == "torch_int8_compiled"
+    _run_as = functools.partial(_run, compile=compiled)
+    base_model, base = _run_as(folder, ids, fed, dtype, expert_budget=1.0)
+    assert (base_model.fused is not None) == compiled
     usage = base_model.usage.counts.tolist()
     row_bytes = base_model.cache.slow.layout(0)[1]
     for policy in POLICIES:
         for budget in BUDGETS:
-            model, logits = _run(folder, ids, fed, dtype, expert_budget=budget, policy=policy,
-                                 expert_usage=usage if policy == "static" else None)  # fmt: skip
+            model, logits = _run_as(folder, ids, fed, dtype, expert_budget=budget, policy=policy,
+                                    expert_usage=usage if policy == "static" else None)  # fmt: skip
             diff = (logits - base).abs().max().item()
             assert diff <= 1e-6 * base.abs().max().item(), (policy, budget, diff)
             cache = model.cache

@@ -22,16 +22,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from converters.core.errors import Cancelled, OutputExists
-from converters.formats.expert_rows import expert_views, pack_expert
+from converters.core.errors import BadModelFile, Cancelled, OutputExists
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import MANIFEST, TorchFormat, convert_to_torch
+from converters.formats.torch_format import MANIFEST, TorchFormat, expert_views, pack_expert
 from converters.formats.torch_quant import (
     dequantize_int4_groups,
     dequantize_int8_rows,
     quantize_int4_groups,
     quantize_int8_rows,
 )
+from converters.formats.torch_writer import convert_to_torch
 from engine.torch.cpu_kernels import int8_kernel_available
 from engine.torch.layers import Int4Linear, Int8Linear
 from tests.fixtures.checkpoints import ARCHS, fixture_path
@@ -207,3 +207,29 @@ def test_int8_experts_top1_agreement_on_the_trained_demo_model(tmp_path):
     print({k: v / total for k, v in agree.items()})
     assert agree["int8 experts"] / total >= 0.98
     assert agree["torch format int8"] / total >= 0.95
+
+
+def test_fused_expert_layout_is_read_one_expert_at_a_time(tmp_path):
+    """transformers 5's fused experts: the same torch-format expert files as the per-expert
+    spelling, each expert read as its own slice, every safetensors file opened once."""
+    from tests.fixtures.fused_experts import fused_copy
+
+    per_expert = fixture_path("qwen3_moe")
+    fused = fused_copy(per_expert, tmp_path / "fused")
+    ckpt = HFCheckpoint(fused)
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    whole = ckpt.get(name)
+    for e in (0, 3, whole.shape[0] - 1):
+        assert torch.equal(ckpt.get_row(name, e), whole[e])
+    with pytest.raises(BadModelFile, match="no row"):
+        ckpt.get_row(name, whole.shape[0])
+    for n in ckpt.tensor_names():
+        ckpt.get(n)
+    assert len(ckpt._handles) == len(ckpt.files)  # one open handle per file, reused
+    a = convert_to_torch(per_expert, tmp_path / "a", "int8")
+    b = convert_to_torch(fused, tmp_path / "b", "int8")
+    for f in sorted(a.glob("experts-*.safetensors")):
+        assert f.read_bytes() == (b / f.name).read_bytes(), f.name
+    ids = prompt_ids(per_expert, 8)
+    ours = [run_ours(load_model(folder), ids, [5, 7])[0] for folder in (per_expert, fused)]
+    assert torch.equal(ours[0], ours[1])

@@ -71,6 +71,8 @@ def run(args) -> int:
         "completion_tokens": s.completion_tokens,
         "finish_reason": final.finish_reason,
         "load_s": load_s,
+        "compile_s": backend.info.extra.get("compile_s", 0.0),  # part of load_s (torch engine)
+        "compiled_experts": backend.info.extra.get("compiled_experts", False),
         "cache_hits": s.cache_hits,
         "cache_misses": s.cache_misses,
         "bytes_moved": s.bytes_moved,

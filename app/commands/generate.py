@@ -31,6 +31,10 @@ def add_engine_options(p) -> None:
         "--expert-usage", help="JSON with recorded expert_counts (static policy)"
     )
     torch_opts.add_argument(
+        "--compile", choices=["auto", "on", "off"],
+        help="decode's routed experts through a torch.compile'd kernel (default auto)",
+    )  # fmt: skip
+    torch_opts.add_argument(
         "--uniform-routing-seed", type=int,
         help="benchmarks only: send tokens to uniformly random experts (meaningless output)",
     )  # fmt: skip
@@ -42,7 +46,7 @@ def load_options(args) -> dict:
         "experts_per_token": "experts_per_token", "device": "device", "dtype": "dtype",
         "expert_budget": "expert_budget", "cache_policy": "cache_policy",
         "on_miss": "on_miss", "expert_usage": "expert_usage",
-        "uniform_routing_seed": "uniform_routing_seed",
+        "uniform_routing_seed": "uniform_routing_seed", "compile": "compile",
     }  # fmt: skip
     return {
         key: getattr(args, attr)

@@ -95,6 +95,23 @@ def reply_has_markers(model_type: str) -> bool:
     return bool(spec and spec.reply_has_markers)
 
 
+# Vision-language releases store the language model under another prefix, beside tensors
+# that are not the text model's (the vision tower, the multi-token-prediction head that
+# llama.cpp's converter drops as well): published spelling -> the language model's.
+TEXT_MODEL_PREFIXES = (("model.language_model.", "model."),)
+OUTSIDE_TEXT_MODEL = ("model.visual.", "mtp.", "model.mtp.")
+
+
+def text_model_name(name: str) -> str | None:
+    """The language model's name of a published tensor; None for a tensor outside it."""
+    if name.startswith(OUTSIDE_TEXT_MODEL):
+        return None
+    for published, text in TEXT_MODEL_PREFIXES:
+        if name.startswith(published):
+            return text + name[len(published) :]
+    return name
+
+
 def family_from_gguf(metadata: dict) -> str:
     """The HF model_type of a GGUF header (llama.cpp's arch name when no family claims it)."""
     arch = str(metadata.get("general.architecture", ""))

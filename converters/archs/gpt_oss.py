@@ -53,4 +53,6 @@ SPEC = ArchSpec(
     expert_count_fields=("num_local_experts", "num_experts"),
     experts_per_token_fields=("num_experts_per_tok", "experts_per_token"),
     gate_up_interleaved=True,
+    # the norm before the MoE is llama.cpp's attn_post_norm here, not ffn_norm
+    required_layer_kinds=lambda config, bid: (T.ATTN_NORM, T.ATTN_POST_NORM, T.ATTN_OUT),
 )

@@ -6,22 +6,15 @@ modeling_qwen2_moe.py.
 from __future__ import annotations
 
 from gguf import MODEL_ARCH
-from gguf import MODEL_TENSOR as T
 
 from converters.archs.metadata import qwen_moe_metadata
 from converters.archs.spec import ArchSpec
-from converters.archs.tensors import QWEN_EXPERTS, QWEN_MOE_LAYER
+from converters.archs.tensors import GATED_SHARED_EXPERT, QWEN_EXPERTS, QWEN_MOE_LAYER
 
 SPEC = ArchSpec(
     model_type="qwen2_moe",
     gguf_arch=MODEL_ARCH.QWEN2MOE,
-    layer_tensors={
-        **QWEN_MOE_LAYER,
-        "mlp.shared_expert.gate_proj.weight": (T.FFN_GATE_SHEXP, ".weight"),
-        "mlp.shared_expert.up_proj.weight": (T.FFN_UP_SHEXP, ".weight"),
-        "mlp.shared_expert.down_proj.weight": (T.FFN_DOWN_SHEXP, ".weight"),
-        "mlp.shared_expert_gate.weight": (T.FFN_GATE_INP_SHEXP, ".weight"),
-    },
+    layer_tensors={**QWEN_MOE_LAYER, **GATED_SHARED_EXPERT},
     expert_prefix="mlp.experts",
     expert_projections=QWEN_EXPERTS,
     metadata=qwen_moe_metadata(MODEL_ARCH.QWEN2MOE),

@@ -35,6 +35,17 @@ def _always(metadata: dict) -> bool:
     return True
 
 
+FULL_ATTENTION, LINEAR_ATTENTION = "full_attention", "linear_attention"
+
+
+def _all_full_attention(config: dict) -> list[str]:
+    return [FULL_ATTENTION] * int(config.get("num_hidden_layers") or 0)
+
+
+def _standard_layer(config: dict, bid: int) -> tuple[T, ...]:
+    return (T.ATTN_NORM, T.FFN_NORM, T.ATTN_OUT)
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     model_type: str  # HF config.json `model_type`, the module's name
@@ -57,6 +68,11 @@ class ArchSpec:
     # llama.cpp's arch string where the gguf package has no MODEL_ARCH for it yet (gguf
     # 0.19.0 lacks "deepseek32"); `gguf_arch` then names the arch its tensor kinds follow
     gguf_arch_name: str = ""
+    # Per layer: "full_attention" (softmax over a KV cache) or "linear_attention" (a
+    # recurrent state), as transformers' `layer_types` names them.
+    layer_types: Callable[[dict], list[str]] = _all_full_attention
+    # The GGUF kinds besides the FFN's that every layer `bid` of a checkpoint must have.
+    required_layer_kinds: Callable[[dict, int], tuple[T, ...]] = _standard_layer
 
     @property
     def arch_name(self) -> str:

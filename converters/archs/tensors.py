@@ -20,6 +20,12 @@ from gguf import MODEL_TENSOR as T
 PERMUTE_Q = "permute_q"  # llama.cpp's Llama rope expects q/k rows interleaved per head
 PERMUTE_K = "permute_k"
 SPLIT_KV_B = "split_kv_b"  # DeepSeek MLA: kv_b_proj -> attn_k_b (transposed) + attn_v_b
+# Gated DeltaNet (Qwen3-Next; llama.cpp's conversion/qwen.py Qwen3NextModel.modify_tensors)
+ADD_ONE = "add_one"  # zero-centred RMSNorm weight w (scale 1 + w) -> llama.cpp's plain scale
+NEG_EXP = "neg_exp"  # A_log -> A = -exp(A_log), the decay rate llama.cpp reads
+SQUEEZE = "squeeze"  # depthwise conv1d weight [C, 1, K] -> [C, K]
+V_REORDER = "tile_v:"  # + "v_rows" | "rows" | "heads" | "columns": Qwen3.5's value-head order
+SPLIT_QKVZ = "split_qkvz"  # per-key-head [q, k, v, z] rows -> attn_qkv [q|k|v] + attn_gate [z]
 
 
 def _linear(prefix: str, kind: T, bias: bool = True) -> dict[str, tuple[T, str]]:
@@ -74,6 +80,32 @@ MIXTRAL_EXPERTS = {  # Mixtral: block_sparse_moe.experts.{xid}.w1/w3/w2
     "w2": T.FFN_DOWN_EXP,
 }
 
+# The shared expert with a sigmoid gate of Qwen2-MoE and Qwen3-Next.
+GATED_SHARED_EXPERT = {
+    "mlp.shared_expert.gate_proj.weight": (T.FFN_GATE_SHEXP, ".weight"),
+    "mlp.shared_expert.up_proj.weight": (T.FFN_UP_SHEXP, ".weight"),
+    "mlp.shared_expert.down_proj.weight": (T.FFN_DOWN_SHEXP, ".weight"),
+    "mlp.shared_expert_gate.weight": (T.FFN_GATE_INP_SHEXP, ".weight"),
+}
+# Gated DeltaNet linear attention (Qwen3-Next's `linear_attn`); in_proj_qkvz is split in two.
+GATED_DELTANET = {
+    "linear_attn.in_proj_qkvz.weight": (T.ATTN_QKV, ".weight"),
+    "linear_attn.in_proj_ba.weight": (T.SSM_BETA_ALPHA, ".weight"),
+    "linear_attn.conv1d.weight": (T.SSM_CONV1D, ".weight"),
+    "linear_attn.dt_bias": (T.SSM_DT, ".bias"),
+    "linear_attn.A_log": (T.SSM_A, ""),
+    "linear_attn.norm.weight": (T.SSM_NORM, ".weight"),
+    "linear_attn.out_proj.weight": (T.SSM_OUT, ".weight"),
+}
+
+# Qwen3.5's Gated DeltaNet: the same with separate projections (llama.cpp's tensor_mapping)
+GATED_DELTANET_SPLIT = {
+    **{k: v for k, v in GATED_DELTANET.items() if "in_proj" not in k},
+    "linear_attn.in_proj_qkv.weight": (T.ATTN_QKV, ".weight"),
+    "linear_attn.in_proj_z.weight": (T.ATTN_GATE, ".weight"),
+    "linear_attn.in_proj_b.weight": (T.SSM_BETA, ".weight"),
+    "linear_attn.in_proj_a.weight": (T.SSM_ALPHA, ".weight"),
+}
 
 QWEN_MOE_LAYER = {**ATTENTION, "mlp.gate.weight": (T.FFN_GATE_INP, ".weight")}
 

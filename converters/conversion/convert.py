@@ -35,7 +35,8 @@ from converters.formats.gguf_writer import (
     write_gguf,
 )
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.torch_format import convert_to_torch, is_torch_format
+from converters.formats.torch_format import is_torch_format
+from converters.formats.torch_writer import convert_to_torch
 
 METADATA_MARGIN = 64 << 20  # tokenizer, metadata and alignment: generous for a 256k vocabulary
 

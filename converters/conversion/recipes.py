@@ -31,7 +31,7 @@ from converters.formats.gguf_plan import PlannedTensor
 from converters.formats.gguf_quant import can_quantize
 
 Q = GGMLQuantizationType
-ALWAYS_F32 = (T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP, T.ROPE_FREQS)
+ALWAYS_F32 = (T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP, T.ROPE_FREQS, T.SSM_CONV1D)
 
 
 @dataclass(frozen=True)

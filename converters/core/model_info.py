@@ -21,6 +21,7 @@ class ModelInfo:
     experts_per_token: int = 0
     n_shared_experts: int = 0
     n_moe_layers: int = 0
+    n_linear_attention_layers: int = 0  # layers with a recurrent state instead of a KV cache
     context_length: int = 0
     vocab_size: int = 0
     dtypes: dict[str, int] = field(default_factory=dict)  # tensor type -> number of tensors

@@ -69,6 +69,10 @@ def _gguf_info(split: SplitContents) -> ModelInfo:
     groups = [(gguf_group(t.name), int(t.n_elements), int(t.n_bytes), t.type.name) for t in tensors]
     summarise_tensors(info, groups)
     info.n_moe_layers = sum(t.name.endswith("ffn_gate_inp.weight") for t in tensors)
+    # a layer with state-space / linear-attention tensors keeps a recurrent state
+    info.n_linear_attention_layers = len(
+        {t.name.split(".")[1] for t in tensors if t.name.startswith("blk.") and ".ssm_" in t.name}
+    )
     file_type = metadata.get("general.file_type")
     info.quant = str(metadata.get(RECIPE_KEY) or quant_name(file_type, tensors))
     info.extra = {"gguf_arch": arch, "file_type": file_type}

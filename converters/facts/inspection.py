@@ -15,7 +15,7 @@ from pathlib import Path
 from gguf import MODEL_ARCH
 
 from converters import archs
-from converters.archs.spec import ArchSpec
+from converters.archs.spec import LINEAR_ATTENTION, ArchSpec
 from converters.archs.tensors import split_layer_name
 from converters.core.errors import BadModelFile, ItamaeError
 from converters.core.model_info import ModelInfo
@@ -144,6 +144,7 @@ def _info_from_config(folder: Path, fmt: str, config: dict) -> ModelInfo:
         license=card.license,
     )
     info.n_moe_layers = sum(spec.is_moe_layer(config, b) for b in range(n_layers))
+    info.n_linear_attention_layers = spec.layer_types(config).count(LINEAR_ATTENTION)
     return info
 
 

@@ -23,13 +23,25 @@ from gguf import TENSOR_NAMES, GGMLQuantizationType
 from converters.archs.rope import rope_parameters
 from converters.archs.spec import ArchSpec
 from converters.archs.tensors import (
+    ADD_ONE,
     GLOBAL_TENSORS,
+    NEG_EXP,
     PERMUTE_K,
     PERMUTE_Q,
     SPLIT_KV_B,
+    SPLIT_QKVZ,
+    SQUEEZE,
+    V_REORDER,
     split_layer_name,
 )
 from converters.core.errors import BadModelFile
+from converters.formats.gguf_linear_attention import (
+    QKVZ_QKV,
+    QKVZ_Z,
+    qkvz_shapes,
+    split_qkvz,
+    v_reordered,
+)
 from converters.formats.hf_reader import HFCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX, dequantize_mxfp4, to_ggml_blocks
 
@@ -127,6 +139,10 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
 def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
     shape = tuple(ckpt.shape(name))
     transform = spec.transforms.get(rest, "")
+    if SQUEEZE in transform.split("+"):
+        shape = tuple(n for n in shape if n != 1)
+    if transform == SPLIT_QKVZ:
+        return _plan_qkvz(ckpt.config, name, bid, shape)
     if transform != SPLIT_KV_B:
         return [PlannedTensor(gguf_name(kind, bid, suffix), kind, bid, shape, (name,), transform)]
     config = ckpt.config
@@ -148,6 +164,18 @@ def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
         PlannedTensor(
             gguf_name(T.ATTN_V_B, bid, suffix), T.ATTN_V_B, bid, (heads, v_dim, lora), (name,), V_B
         ),
+    ]
+
+
+def _plan_qkvz(config, name, bid, shape) -> list[PlannedTensor]:
+    """in_proj_qkvz stores [q, k, v, z] rows per key head; llama.cpp wants all q, then all
+    k, then all v (attn_qkv) and the z rows apart (attn_gate), as Qwen3NextModel writes."""
+    qkv, z = qkvz_shapes(config, name, shape)
+    return [
+        PlannedTensor(
+            gguf_name(T.ATTN_QKV, bid, ".weight"), T.ATTN_QKV, bid, qkv, (name,), QKVZ_QKV
+        ),
+        PlannedTensor(gguf_name(T.ATTN_GATE, bid, ".weight"), T.ATTN_GATE, bid, z, (name,), QKVZ_Z),
     ]
 
 
@@ -278,10 +306,8 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
     needed = [(T.TOKEN_EMBD, None), (T.OUTPUT_NORM, None)]
     if not config.get("tie_word_embeddings"):
         needed.append((T.OUTPUT, None))
-    # the norm before the FFN: FFN_NORM, or gpt-oss's ATTN_POST_NORM
-    ffn_norm = spec.layer_tensors.get("post_attention_layernorm.weight", (T.FFN_NORM,))[0]
     for bid in range(int(config["num_hidden_layers"])):
-        needed += [(T.ATTN_NORM, bid), (ffn_norm, bid), (T.ATTN_OUT, bid)]
+        needed += [(kind, bid) for kind in spec.required_layer_kinds(config, bid)]
         if spec.is_moe_layer(config, bid):
             needed += [
                 (T.FFN_GATE_INP, bid),
@@ -299,7 +325,7 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
             "The download is incomplete or the config.json belongs to another model.",
         )
     expected = {T.TOKEN_EMBD: (vocab, hidden), T.OUTPUT: (vocab, hidden), T.OUTPUT_NORM: (hidden,)}
-    expected.update({T.ATTN_NORM: (hidden,), ffn_norm: (hidden,)})
+    expected.update({T.ATTN_NORM: (hidden,), T.FFN_NORM: (hidden,), T.ATTN_POST_NORM: (hidden,)})
     for p in planned:
         if p.kind in expected and p.shape != expected[p.kind]:
             raise BadModelFile(
@@ -334,6 +360,20 @@ def llama3_rope_factors(config: dict) -> torch.Tensor:
     return torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), out)
 
 
+def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Tensor:
+    """The "+"-joined transforms of one tensor, in order (e.g. "squeeze+tile_v:v_rows")."""
+    for step in filter(None, p.transform.split("+")):
+        if step == ADD_ONE:
+            data = data.float() + 1.0
+        elif step == NEG_EXP:
+            data = -torch.exp(data.float())
+        elif step == SQUEEZE:
+            data = data.reshape(p.shape)
+        elif step.startswith(V_REORDER):
+            data = v_reordered(data, config, step.removeprefix(V_REORDER))
+    return data
+
+
 def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
     """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
     config = ckpt.config
@@ -359,6 +399,10 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
         elif p.transform in (FUSED_GATE, FUSED_UP):
             rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
             data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
+        elif p.transform in (QKVZ_QKV, QKVZ_Z):
+            data = split_qkvz(data, config, p.transform)
+        else:
+            data = _elementwise(data, p, config)
         yield data.contiguous()
 
 
@@ -368,10 +412,10 @@ def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tenso
     rows, source = ROW_PARTS[p.transform], p.sources[0]
     for e in range(p.shape[0]):
         if p.transform in (IN_OUT, IN_OUT_GATE, IN_OUT_UP):
-            yield ckpt.get_expert(source, e)[:, rows].t().contiguous()
+            yield ckpt.get_row(source, e)[:, rows].t().contiguous()
             continue
-        blocks = ckpt.get_expert(source, e)[rows]
-        scales = ckpt.get_expert(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
+        blocks = ckpt.get_row(source, e)[rows]
+        scales = ckpt.get_row(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
         if p.qtype == GGMLQuantizationType.MXFP4:
             yield to_ggml_blocks(blocks, scales)
         else:

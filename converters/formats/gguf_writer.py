@@ -88,6 +88,8 @@ def add_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:
         writer.add_key_value(key, value, GGUFValueType.UINT32)
     elif isinstance(value, float):
         writer.add_float32(key, value)
+    elif isinstance(value, list):  # e.g. a per-layer flag (attention.recurrent_layers)
+        writer.add_array(key, value)
     else:
         writer.add_string(key, str(value))
 

@@ -79,11 +79,11 @@ def mxfp4_expert(ckpt, prefix: str, e: int):
 
     def weight(proj: str) -> torch.Tensor:
         name = f"{prefix}.{proj}"
-        blocks = ckpt.get_expert(name + BLOCKS_SUFFIX, e)
-        return dequantize_mxfp4(blocks, ckpt.get_expert(name + SCALES_SUFFIX, e))
+        blocks = ckpt.get_row(name + BLOCKS_SUFFIX, e)
+        return dequantize_mxfp4(blocks, ckpt.get_row(name + SCALES_SUFFIX, e))
 
     gate_up, down = weight("gate_up_proj"), weight("down_proj")
-    gate_up_bias = ckpt.get_expert(f"{prefix}.gate_up_proj_bias", e).float()
-    down_bias = ckpt.get_expert(f"{prefix}.down_proj_bias", e).float()
+    gate_up_bias = ckpt.get_row(f"{prefix}.gate_up_proj_bias", e).float()
+    down_bias = ckpt.get_row(f"{prefix}.down_proj_bias", e).float()
     biases = (gate_up_bias[0::2], gate_up_bias[1::2], down_bias)
     return gate_up[0::2], gate_up[1::2], down, biases

@@ -5,46 +5,42 @@ A folder with the source's `config.json` and tokenizer files, a JSON manifest
 files. Each MoE layer's routed experts sit in their own file as one uint8 tensor
 `[n_experts, bytes_per_expert]`: row e holds everything expert e needs (its fused gate/up
 projection, its down projection, their scales) at 64-byte aligned offsets, so an expert is
-one contiguous slice that can be paged in, copied to a GPU or evicted on its own (the row
-layout: converters/formats/expert_rows.py). The rest of the model is in `model.safetensors`.
-gpt-oss's MXFP4 experts are dequantized exactly on the way in, their biases kept in the row.
+one contiguous slice that can be paged in, copied to a GPU or evicted on its own (gpt-oss's
+experts add float32 biases to the row; its MXFP4 is dequantized exactly on the way in). The rest
+of the model is in `model.safetensors`.
 
 Quantization schemes: int8_row (int8, one scale per output row) and int4_group (nibble-packed
 codes with a float16 scale and zero per group of inputs); the maths and the reasons
-for it are in converters/weight_quant.py.
+for it are in converters/formats/torch_quant.py.
 Recipes: "bf16" (everything bf16), "int8" (experts int8, other linears int8), "int4"
 (experts int4, other linears int8). Embeddings, norms, routers and MLA's kv_b_proj (it is
 folded into attention at run time) stay float.
 
-Conversion streams expert by expert (memory bounded by one expert) and writes to a temporary
-folder that is renamed only when complete.
+This module is the layout and the read side; converters/formats/torch_writer.py writes it.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from converters import archs
-from converters.core.errors import BadModelFile, Cancelled, ItamaeError, OutputExists
-from converters.formats.expert_rows import ALIGN, expert_layout, pack_expert
-from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.mxfp4 import mxfp4_expert
-from converters.formats.torch_quant import INT4_GROUP, quantize_int8_rows
+from converters.core.errors import BadModelFile
+from converters.formats.torch_quant import (
+    int4_group_size,
+    quantize_int4_groups,
+    quantize_int8_rows,
+)
 
 FORMAT = "itamae-torch"
 FORMAT_VERSION = 1
 MANIFEST = "itamae_torch.json"
 EXPERT_SCHEMES = ("bf16", "int8", "int4")  # the recipes' names for them: conversion/recipes.py
+ALIGN = 64  # bytes: every part of an expert row starts on a cache line, views stay aligned
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -67,225 +63,97 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # tables): per expert, `model.layers.{bid}.{block}.experts.{e}.{proj}.weight`, and
 # transformers 5's fused `experts.gate_up_proj` [E, 2I, H] / `experts.down_proj` [E, H, I].
 EXPERT_RE, FUSED_RE, PROJ = archs.expert_tensor_names()
-# gpt-oss as published: experts.{gate_up,down}_proj_{blocks,scales,bias} (converters/formats/mxfp4.py)
-MXFP4_RE = archs.packed_expert_tensor_name()
+MXFP4_RE = archs.packed_expert_tensor_name()  # gpt-oss: experts.{proj}_{blocks,scales,bias}
 
 
-# ---- writing ------------------------------------------------------------------------------
+# ---- the expert row layout ---------------------------------------------------------------
 
 
-def _scheme_for(name: str, shape: list[int], rest: str) -> str:
-    if rest == "bf16" or len(shape) != 2:
-        return "float"
-    float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj",
-                  ".mlp.router.")  # fmt: skip
-    if any(k in name for k in float_kept) or not name.endswith(".weight"):
-        return "float"
-    return "int8_row"
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
-def _keep_float32(name: str) -> bool:
-    # Routers decide which experts run; keep them (and DeepSeek's correction bias) exact.
-    routers = (".mlp.gate.", ".mlp.router.", "e_score_correction_bias", "shared_expert_gate")
-    return any(r in name for r in routers)
+def expert_parts(scheme: str, hidden: int, inter: int, float_dtype: torch.dtype = torch.bfloat16):
+    """[(part, dtype, shape)] of one expert row. gate_up is gate rows then up rows."""
+    if scheme == "float":
+        return [
+            ("gate_up", float_dtype, (2 * inter, hidden)),
+            ("down", float_dtype, (hidden, inter)),
+        ]
+    if scheme == "int8_row":
+        return [
+            ("gate_up.q", torch.int8, (2 * inter, hidden)),
+            ("gate_up.scale", torch.float32, (2 * inter,)),
+            ("down.q", torch.int8, (hidden, inter)),
+            ("down.scale", torch.float32, (hidden,)),
+        ]
+    if scheme == "int4_group":
+        gh, gi = int4_group_size(hidden), int4_group_size(inter)
+        return [
+            ("gate_up.q", torch.uint8, (2 * inter, hidden // 2)),
+            ("gate_up.scale", torch.float16, (2 * inter, hidden // gh)),
+            ("gate_up.zero", torch.float16, (2 * inter, hidden // gh)),
+            ("down.q", torch.uint8, (hidden, inter // 2)),
+            ("down.scale", torch.float16, (hidden, inter // gi)),
+            ("down.zero", torch.float16, (hidden, inter // gi)),
+        ]
+    raise ValueError(f"unknown expert scheme {scheme!r}")
 
 
-class _ExpertFile:
-    """Streams one MoE layer's experts into a safetensors file, one row at a time."""
-
-    def __init__(self, path: Path, name: str, n_experts: int, row_bytes: int):
-        self.path = path
-        header = {name: {"dtype": "U8", "shape": [n_experts, row_bytes],
-                         "data_offsets": [0, n_experts * row_bytes]},
-                  "__metadata__": {"format": "pt", "writer": FORMAT}}  # fmt: skip
-        text = json.dumps(header).encode()
-        text += b" " * (-(8 + len(text)) % ALIGN)  # data starts on an ALIGN boundary
-        self.f = open(path, "wb")  # noqa: SIM115 - written row by row, closed by close()
-        self.f.write(len(text).to_bytes(8, "little") + text)
-
-    def write(self, row: torch.Tensor) -> None:
-        self.f.write(row.numpy().tobytes())
-
-    def close(self) -> None:
-        self.f.close()
+BIAS_PARTS = (("gate_up.bias", 2), ("down.bias", 0))  # part, rows (x inter; 0: hidden)
 
 
-def _find_experts(ckpt: HFCheckpoint, n_layers: int) -> dict[int, dict]:
-    """layer -> {"prefix", "n", "names": {(e, proj): name}} or {"fused": {...}}."""
-    layers: dict[int, dict] = {}
-    for name in ckpt.tensor_names():
-        m = EXPERT_RE.match(name)
-        if m and int(m.group(1)) < n_layers:
-            layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
-            layer["names"][(int(m.group(3)), PROJ[m.group(4)])] = name
-            continue
-        m = FUSED_RE.match(name)
-        if m and int(m.group(1)) < n_layers:
-            layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
-            layer.setdefault("fused", {})[m.group(3)] = name
-            continue
-        m = MXFP4_RE.match(name)
-        if m and int(m.group(1)) < n_layers:  # gpt-oss: MXFP4 blocks, scales, biases
-            layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
-            layer.setdefault("mxfp4", {})[m.group(3)] = name
-    return layers
+def expert_layout(
+    scheme: str, hidden: int, inter: int, float_dtype=torch.bfloat16, biases: bool = False
+):
+    """({part: (offset, dtype, shape)}, bytes per expert row, a multiple of ALIGN).
+    `biases`: float32 gate_up/down biases follow the weights (gpt-oss's experts have them)."""
+    layout, offset = {}, 0
+    parts = expert_parts(scheme, hidden, inter, float_dtype)
+    if biases:
+        parts += [(n, torch.float32, (k * inter or hidden,)) for n, k in BIAS_PARTS]
+    for name, dtype, shape in parts:
+        layout[name] = (offset, dtype, shape)
+        offset = _align(offset + int(np.prod(shape)) * dtype.itemsize)
+    return layout, offset
 
 
-def _expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
-    """(gate, up, down, biases or None)."""
-    if "mxfp4" in info:
-        prefix = f"model.layers.{info['layer']}.{info['block']}.experts"
-        return mxfp4_expert(ckpt, prefix, e)
-    return (*_float_expert_weights(ckpt, info, e), None)
-
-
-def _float_expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
-    if "fused" in info:
-        gate_up = ckpt.get(info["fused"]["gate_up_proj"])[e]
-        inter = gate_up.shape[0] // 2
-        return gate_up[:inter], gate_up[inter:], ckpt.get(info["fused"]["down_proj"])[e]
-    names = info["names"]
-    return (ckpt.get(names[(e, "gate")]), ckpt.get(names[(e, "up")]), ckpt.get(names[(e, "down")]))
-
-
-def _n_experts(info: dict, ckpt: HFCheckpoint) -> int:
-    if "fused" in info:
-        return ckpt.shape(info["fused"]["down_proj"])[0]
-    if "mxfp4" in info:
-        return ckpt.shape(next(iter(info["mxfp4"].values())))[0]
-    return 1 + max(e for e, _ in info["names"])
-
-
-def convert_to_torch(
-    src: str | Path,
-    dest: str | Path,
-    quant: str = "int8",
-    progress: Callable[[int, int, str], None] | None = None,
-    cancel: threading.Event | None = None,
-    rest: str | None = None,
-) -> Path:
-    """Write the torch format of HF folder `src` into the new folder `dest`; returns dest.
-
-    `quant` is the experts' scheme; `rest` ("bf16" | "int8") that of the other linear layers,
-    by default bf16 with bf16 experts and int8 otherwise. `progress(done, total, what)` is
-    called after each tensor or expert; `cancel` is checked as often and stops the
-    conversion with `Cancelled`, leaving nothing at `dest`.
-    """
-    if quant not in EXPERT_SCHEMES:
-        raise ItamaeError(
-            f"Unknown expert scheme {quant!r}.", f"Choose one of: {', '.join(EXPERT_SCHEMES)}."
-        )
-    rest_scheme = rest or ("bf16" if quant == "bf16" else "int8")
-    if rest_scheme not in ("bf16", "int8"):
-        raise ItamaeError(f"Unknown scheme {rest!r} for non-expert layers.", "Choose bf16 or int8.")
-    src, dest = Path(src), Path(dest)
-    if dest.exists():
-        raise OutputExists(f"{dest} already exists.", "Choose another output folder or delete it.")
-    ckpt = HFCheckpoint(src)
-    n_layers = int(ckpt.config.get("num_hidden_layers", 0))
-    experts = _find_experts(ckpt, n_layers)
-    expert_names = {
-        n
-        for info in experts.values()
-        for n in (
-            *info["names"].values(),
-            *info.get("fused", {}).values(),
-            *info.get("mxfp4", {}).values(),
-        )
-    }
-    others = [
-        n for n in ckpt.tensor_names() if n not in expert_names and not _beyond_layers(n, n_layers)
-    ]
-    total = len(others) + sum(_n_experts(i, ckpt) for i in experts.values())
-    tmp = dest.parent / f".{dest.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        manifest = _write_all(
-            ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel
-        )
-        for f in TOKENIZER_FILES:
-            if (src / f).is_file():
-                shutil.copy2(src / f, tmp / f)
-        config = dict(ckpt.config)
-        config.pop("quantization_config", None)  # FP8/MXFP4 were dequantized: scales are gone
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
-def _beyond_layers(name: str, n_layers: int) -> bool:
-    """DeepSeek-V3's multi-token-prediction layer (model.layers.{n_layers}) is not used."""
-    m = re.match(r"^model\.layers\.(\d+)\.", name)
-    return bool(m) and int(m.group(1)) >= n_layers
-
-
-def _write_all(ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel) -> dict:
-    done = 0
-
-    def step(what: str) -> None:
-        nonlocal done
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Conversion cancelled.", "Nothing was written.")
-        done += 1
-        if progress is not None:
-            progress(done, total, what)
-
-    tensors_manifest, out = {}, {}
-    for name in others:
-        scheme = _scheme_for(name, ckpt.shape(name), rest_scheme)
-        w = ckpt.get(name)
-        if scheme == "int8_row":
-            q, s = quantize_int8_rows(w)
-            out[name + ".q"], out[name + ".scale"] = q, s
-        else:
-            dtype = torch.float32 if _keep_float32(name) else torch.bfloat16
-            out[name] = w.to(dtype).contiguous()
-        tensors_manifest[name] = {"scheme": scheme, "shape": ckpt.shape(name)}
-        step(name)
-    save_file(out, tmp / "model.safetensors", metadata={"format": "pt", "writer": FORMAT})
-    del out
-    expert_scheme = {"bf16": "float", "int8": "int8_row", "int4": "int4_group"}[quant]
-    layers_manifest = {}
-    for layer in sorted(experts):
-        info = experts[layer]
-        n = _n_experts(info, ckpt)
-        info["layer"] = layer
-        gate, up, down, biases = _expert_weights(ckpt, info, 0)
-        inter, hidden = gate.shape
-        layout, row_bytes = expert_layout(expert_scheme, hidden, inter, biases=biases is not None)
-        file = f"experts-{layer:03d}.safetensors"
-        tensor = f"model.layers.{layer}.experts.packed"
-        writer = _ExpertFile(tmp / file, tensor, n, row_bytes)
-        try:
-            for e in range(n):
-                if e:
-                    gate, up, down, biases = _expert_weights(ckpt, info, e)
-                writer.write(pack_expert(expert_scheme, gate, up, down, biases=biases))
-                step(f"layer {layer} expert {e}")
-        finally:
-            writer.close()
-        layers_manifest[str(layer)] = {
-            "file": file, "tensor": tensor, "n_experts": n, "bytes_per_expert": row_bytes,
-            "hidden": hidden, "intermediate": inter,
-            "parts": {k: [o, DTYPE_NAMES[d], list(s)] for k, (o, d, s) in layout.items()},
+def pack_expert(
+    scheme: str, gate, up, down, float_dtype=torch.bfloat16, biases=None
+) -> torch.Tensor:
+    """One expert's weights (and its (gate, up, down) biases, if any) -> its uint8 row."""
+    inter, hidden = gate.shape
+    layout, nbytes = expert_layout(scheme, hidden, inter, float_dtype, biases is not None)
+    gate_up = torch.cat([gate, up], dim=0)
+    if scheme == "float":
+        values = {"gate_up": gate_up.to(float_dtype), "down": down.to(float_dtype)}
+    elif scheme == "int8_row":
+        (q1, s1), (q2, s2) = quantize_int8_rows(gate_up), quantize_int8_rows(down)
+        values = {"gate_up.q": q1, "gate_up.scale": s1, "down.q": q2, "down.scale": s2}
+    else:
+        q1, s1, z1 = quantize_int4_groups(gate_up, int4_group_size(hidden))
+        q2, s2, z2 = quantize_int4_groups(down, int4_group_size(inter))
+        values = {
+            "gate_up.q": q1, "gate_up.scale": s1, "gate_up.zero": z1,
+            "down.q": q2, "down.scale": s2, "down.zero": z2,
         }  # fmt: skip
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "recipe": quant if rest_scheme != "bf16" or quant == "bf16" else f"{quant}-experts",
-        "experts": quant,
-        "rest": rest_scheme,
-        "source_model_type": ckpt.model_type,
-        "expert_scheme": expert_scheme,
-        "int4_group_size": INT4_GROUP if quant == "int4" else None,
-        "tensors": tensors_manifest,
-        "expert_layers": layers_manifest,
-    }
+    if biases is not None:
+        values["gate_up.bias"] = torch.cat([biases[0], biases[1]]).float()
+        values["down.bias"] = biases[2].float()
+    row = torch.zeros(nbytes, dtype=torch.uint8)
+    for name, (offset, dtype, _shape) in layout.items():
+        data = values[name].to(dtype).contiguous().view(torch.uint8).flatten()
+        row[offset : offset + data.numel()] = data
+    return row
+
+
+def expert_views(row: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
+    """Typed views into one expert row (no copy)."""
+    views = {}
+    for name, (offset, dtype, shape) in layout.items():
+        n = int(np.prod(shape)) * dtype.itemsize
+        views[name] = row[offset : offset + n].view(dtype).view(shape)
+    return views
 
 
 # ---- reading ------------------------------------------------------------------------------

@@ -119,6 +119,10 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
     n_embd = int(key("embedding_length"))
     heads = _per_block(key("attention.head_count"), n_layers)
     kv_heads = _per_block(key("attention.head_count_kv", heads), n_layers)
+    recurrent = key("attention.recurrent_layers", None)
+    recurrent = list(recurrent) if isinstance(recurrent, list) else []
+    recurrent = [bool(r) for r in (recurrent + [False] * n_layers)[:n_layers]]
+    kv_heads = [0 if r else h for h, r in zip(kv_heads, recurrent, strict=False)]
     n_head = max(heads) if heads else 0
     head_dim = n_embd // n_head if n_head else 0
     n_experts = int(key("expert_count", 0) or 0)
@@ -146,7 +150,15 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         n_experts=n_experts,
         experts_per_token=experts_used,
         ffn_width=max(ffn, expert_ffn),
+        state_bytes=[_recurrent_state_bytes(key) if r else 0 for r in recurrent],
     )
+
+
+def _recurrent_state_bytes(key) -> int:
+    """llama.cpp's F32 conv + recurrent state of one layer (n_embd_r + n_embd_s)."""
+    conv, inner = int(key("ssm.conv_kernel", 0) or 0), int(key("ssm.inner_size", 0) or 0)
+    state, groups = int(key("ssm.state_size", 0) or 0), int(key("ssm.group_count", 0) or 0)
+    return 4 * (max(conv - 1, 0) * (inner + 2 * groups * state) + state * inner)
 
 
 def _add_to_block(block: BlockWeights, name: str, size: int, params: int, n_dims: int) -> None:

@@ -8,6 +8,10 @@ GGUFs with `attention.key_length_mla`) cache one latent of `kv_lora_rank + qk_ro
 (written as key_length with one KV head) and no V (`has_v = !is_mla`). DeepSeek-V3.2's
 sparse attention adds one `attention.indexer.key_length` key per token and layer
 (src/llama-kv-cache-dsa.cpp: a second cache beside the main one).
+Linear-attention and state-space layers (`attention.recurrent_layers`) keep no KV cache but a fixed recurrent
+state per sequence, in F32 whatever the KV cache type (src/llama-memory-recurrent.cpp;
+sizes from llama_hparams::n_embd_r and n_embd_s): (conv_kernel - 1) * (inner_size +
+2 * group_count * state_size) conv inputs and state_size * inner_size state values.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class ModelLayout:
     n_experts: int = 0
     experts_per_token: int = 0
     ffn_width: int = 0  # widest FFN activation per token (dense FFN or top-k experts)
+    state_bytes: list[int] = field(default_factory=list)  # per block: recurrent state, fixed
 
     @property
     def n_layers(self) -> int:
@@ -86,6 +91,15 @@ class ModelLayout:
             indexer = self.indexer_key_length if heads else 0
             return (heads * self.key_length + indexer) * per_element
         return heads * (self.key_length + self.value_length) * per_element
+
+    def block_cache_bytes(self, block: int, n_ctx: int, cache_type: str = "f16") -> int:
+        """What block `block` keeps for a context of n_ctx: KV or recurrent state."""
+        state = self.state_bytes[block] if block < len(self.state_bytes) else 0
+        return int(self.kv_bytes_per_token(block, cache_type) * n_ctx) + state
+
+    @property
+    def recurrent_state_bytes(self) -> int:
+        return sum(self.state_bytes)
 
     def kv_cache_bytes(self, n_ctx: int, cache_type: str = "f16") -> int:
         return int(

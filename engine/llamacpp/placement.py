@@ -52,6 +52,7 @@ class MemoryPlan:
     kv_bytes: int
     compute_bytes: int
     cache_type: str = "f16"
+    state_bytes: int = 0  # recurrent state of linear-attention layers (fixed, F32)
     notes: list[str] = field(default_factory=list)
     advice: str = ""  # what would fit instead, when this plan does not (the planner says)
 
@@ -159,6 +160,7 @@ class MemoryPlan:
             "ram_bytes": self.ram_bytes,
             "kv_bytes": self.kv_bytes,
             "compute_bytes": self.compute_bytes,
+            "state_bytes": self.state_bytes,
             "fits": self.fits,
             "bytes_per_token_gpu": int(gpu),
             "bytes_per_token_ram": int(ram),
@@ -196,7 +198,7 @@ def place(
     compute = compute_buffer_bytes(layout)
     gpu = ram = 0
     for i, block in enumerate(layout.blocks):
-        kv = int(layout.kv_bytes_per_token(i, cache_type) * n_ctx)
+        kv = layout.block_cache_bytes(i, n_ctx, cache_type)  # KV or a recurrent state
         if i in on_gpu:
             experts_in_ram = i < cpu_moe_layers
             gpu += block.dense_bytes + kv + (0 if experts_in_ram else block.expert_bytes)
@@ -221,4 +223,5 @@ def place(
         kv_bytes=layout.kv_cache_bytes(n_ctx, cache_type),
         compute_bytes=compute,
         cache_type=cache_type,
+        state_bytes=layout.recurrent_state_bytes,
     )

@@ -3,7 +3,8 @@ multi-head latent attention (MLA) with its compressed KV cache.
 
 GQA follows transformers' LlamaAttention with the per-architecture extras: qkv bias
 (Qwen2-MoE), per-head q/k RMSNorm (Qwen3-MoE), whole-projection q/k RMSNorm and clip_qkv
-(OLMoE), sliding window (Mixtral, Qwen when enabled), per-head attention sinks (gpt-oss).
+(OLMoE), sliding window (Mixtral, Qwen when enabled), per-head attention sinks (gpt-oss), a
+sigmoid output gate per head whose rows q_proj carries beside the query's (Qwen3-Next).
 MLA follows DeepSeek-V2 (arXiv 2405.04434, §2.1) in its "absorbed" form, as DeepSeek's
 inference code and llama.cpp run it: the cache keeps only the normalised latent c_kv and the
 rotated shared key; kv_b_proj's key half is folded into the query and its value half applied
@@ -58,10 +59,15 @@ class GQAttention:
     clip_qkv: float | None = None
     sliding_window: int | None = None
     sinks: torch.Tensor | None = None  # [Hq] float32: gpt-oss's per-head sink logit
+    output_gate: bool = False  # q_proj rows per head: [query, gate]
 
     def __call__(self, x, cos, sin, cache: KVCache, start: int) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.q(x), self.k(x), self.v(x)
+        gate = None
+        if self.output_gate:
+            q, gate = q.view(b, t, self.n_heads, 2 * self.head_dim).chunk(2, dim=-1)
+            q, gate = q.reshape(b, t, -1), gate.reshape(b, t, -1)
         if self.q_norm is not None and not self.qk_norm_per_head:
             q, k = rms_norm(q, self.q_norm, self.eps), rms_norm(k, self.k_norm, self.eps)
         if self.clip_qkv is not None:
@@ -84,7 +90,8 @@ class GQAttention:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
             )
-        return self.o(out.transpose(1, 2).reshape(b, t, -1))
+        out = out.transpose(1, 2).reshape(b, t, -1)
+        return self.o(out if gate is None else out * torch.sigmoid(gate))
 
 
 def sink_attention(q, k, v, sinks: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

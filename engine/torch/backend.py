@@ -14,6 +14,9 @@ Options (all optional):
     expert_quant   None | "int8" | "int4": quantize a hub checkpoint's experts as they load
                    (the torch format is already quantized)
     preload        True (default): when all experts fit the budget, copy them in at load
+    compile        "auto" (default) | True | False: decode's routed experts through the
+                   kernel torch.compile builds (engine/torch/compiled.py); ITAMAE_COMPILE=0
+                   turns it off as well
     uniform_routing_seed  benchmarks of expert placement only: route every token to experts
                    drawn uniformly at random (the output is then meaningless)
 Unknown options are ignored and listed in `info.extra["ignored_options"]`.
@@ -42,7 +45,8 @@ from .transformer import PlacementOptions
 from .weights import open_weights
 
 KNOWN = {"device", "dtype", "threads", "expert_budget", "cache_policy", "on_miss",
-         "expert_usage", "context_length", "expert_quant", "uniform_routing_seed", "preload"}  # fmt: skip
+         "expert_usage", "context_length", "expert_quant", "uniform_routing_seed", "preload",
+         "compile"}  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -102,6 +106,7 @@ class TorchBackend:
             expert_usage=_usage(options.get("expert_usage")),
             uniform_routing_seed=options.get("uniform_routing_seed"),
             preload=bool(options.get("preload", True)),
+            compile=options.get("compile", "auto"),
         )
         self.model = cls(self.args, weights, placement)
         self.text = ModelText(path, config)
@@ -123,7 +128,8 @@ class TorchBackend:
             info.quant = str(weights.dtype).replace("torch.", "")
         info.extra = {"engine": "torch", "device": str(m.device), "dtype": str(m.dtype),
                       "ignored_options": self.ignored,
-                      "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0}  # fmt: skip
+                      "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0,
+                      "compiled_experts": m.fused is not None, "compile_s": m.compile_s}  # fmt: skip
         return info
 
     def stream(

@@ -11,15 +11,34 @@ objects (`ExpertFFN`) are typed views into whichever copy is used. Slow tiers:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from converters.formats.expert_rows import expert_layout, expert_views, pack_expert
 from converters.formats.hf_reader import HFCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, mxfp4_expert
-from converters.formats.torch_format import FUSED_RE, TorchFormat
+from converters.formats.torch_format import (
+    FUSED_RE,
+    TorchFormat,
+    expert_layout,
+    expert_views,
+    pack_expert,
+)
 from converters.formats.torch_quant import int4_group_size
 
 from .layers import Int4Linear, Int8Linear, Linear, gated_activation
+
+
+def stacked_views(rows: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
+    """Typed views [N, *shape] of every part of N expert rows (uint8 [N, row bytes]), no copy.
+
+    Parts start on 64-byte boundaries and rows are a multiple of 64 bytes long, so each
+    part of every row reinterprets in place as its dtype with a fixed row stride."""
+    n = rows.shape[0]
+    views = {}
+    for name, (offset, dtype, shape) in layout.items():
+        size = int(np.prod(shape)) * dtype.itemsize
+        views[name] = rows[:, offset : offset + size].view(dtype).view(n, *shape)
+    return views
 
 
 class ExpertFFN:
@@ -87,12 +106,18 @@ class SlowTier:
     def ffn(self, layer: int, row: torch.Tensor) -> ExpertFFN:
         return ExpertFFN(row, self.layout(layer)[0], self.scheme, self.act)
 
+    def stacked(self, layer: int, experts: list[int]) -> tuple[dict, torch.Tensor]:
+        """(typed [N, ...] views, row index per expert) to compute `experts` where they live."""
+        rows = torch.stack([self.row(layer, e) for e in experts])
+        return stacked_views(rows, self.layout(layer)[0]), torch.arange(len(experts))
+
 
 class MappedExperts(SlowTier):
     def __init__(self, fmt: TorchFormat, layers: list[int], act: str = "silu"):
         self.fmt, self.layers, self.act = fmt, layers, act
         self.scheme = fmt.manifest["expert_scheme"]
         self._layouts = {i: fmt.expert_layout(hf) for i, hf in enumerate(layers)}
+        self._views: dict[int, dict] = {}
 
     def row(self, layer: int, expert: int) -> torch.Tensor:
         return self.fmt.expert_rows(self.layers[layer])[expert]
@@ -102,6 +127,13 @@ class MappedExperts(SlowTier):
 
     def n_experts(self, layer: int) -> int:
         return self.fmt.expert_rows(self.layers[layer]).shape[0]
+
+    def stacked(self, layer: int, experts: list[int]) -> tuple[dict, torch.Tensor]:
+        # zero-copy: views over the whole memory-mapped file, indexed by expert
+        if layer not in self._views:
+            self._views[layer] = stacked_views(self.fmt.expert_rows(self.layers[layer]),
+                                               self._layouts[layer][0])  # fmt: skip
+        return self._views[layer], torch.tensor(experts)
 
 
 class CheckpointExperts(SlowTier):
@@ -127,9 +159,9 @@ class CheckpointExperts(SlowTier):
     def _float_weights(self, prefix: str, e: int):
         fused = f"{prefix}.gate_up_proj"
         if fused in self.ckpt and FUSED_RE.match(fused):
-            gate_up = self.ckpt.get(fused)[e]
+            gate_up = self.ckpt.get_row(fused, e)  # one expert's slice, not the stack
             inter = gate_up.shape[0] // 2
-            return gate_up[:inter], gate_up[inter:], self.ckpt.get(f"{prefix}.down_proj")[e]
+            return gate_up[:inter], gate_up[inter:], self.ckpt.get_row(f"{prefix}.down_proj", e)
         return tuple(self.ckpt.get(f"{prefix}.{e}.{n}.weight") for n in self.names)
 
     def row(self, layer: int, expert: int) -> torch.Tensor:

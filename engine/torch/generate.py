@@ -79,13 +79,14 @@ class Generator:
         keep = 0
         while keep < min(len(ids) - 1, len(self.cached_ids)) and ids[keep] == self.cached_ids[keep]:
             keep += 1
-        self.kv.truncate(keep)
+        keep = self.kv.truncate(keep)  # a recurrent state goes back to its last checkpoint
         del self.cached_ids[keep:]
         logits = None
         for at in range(keep, len(ids), PREFILL_CHUNK):
             if cancel is not None and cancel.is_set():
                 return None, at - keep
             logits = self._forward(ids[at : at + PREFILL_CHUNK])
+        self.kv.checkpoint()  # the prompt's end: where the next turn's prompt diverges
         return logits, len(ids) - keep
 
     def stream(
@@ -171,6 +172,7 @@ class Generator:
             logits = self._forward([token])
         if logits is None:
             finish = "cancelled"
+        self.kv.checkpoint()  # the reply's end: the next turn continues from here
         tail = out.finish()
         if tail:
             yield TokenEvent(tail, None)

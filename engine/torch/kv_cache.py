@@ -42,9 +42,57 @@ class KVCache:
             out.append(buf.narrow(seq_dim, 0, end))
         return out
 
-    def truncate(self, length: int) -> None:
-        """Forget positions from `length` on (reuse of a common prompt prefix)."""
+    def truncate(self, length: int) -> int:
+        """Forget positions from `length` on (reuse of a common prompt prefix); returns the
+        length kept (a cache of recurrent states may have to go back further)."""
         self.length = min(self.length, length)
+        return self.length
+
+    def checkpoint(self) -> None:
+        """A point `truncate` can return to; every position can, for keys and values."""
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.layers if ts for t in ts)
+
+
+class StateCache(KVCache):
+    """KV for the attention layers and, for linear-attention layers, their conv and
+    recurrent state (linear_attention.py). A recurrent state sums the whole prefix, so it
+    cannot be cut back: `checkpoint()` remembers the states at the current length (turn
+    boundaries), and `truncate` goes back to the latest checkpoint at or before the length
+    asked for (or to nothing), so the caller recomputes from there. The layers replace their
+    state tensors rather than write into them, so a checkpoint holds references, not copies.
+    """
+
+    KEEP = 4  # checkpoints kept: the last turns of one conversation
+
+    def __init__(self, n_layers: int, max_positions: int):
+        super().__init__(n_layers, max_positions)
+        self.states: dict[int, list[torch.Tensor]] = {}
+        self.checkpoints: list[tuple[int, dict[int, list[torch.Tensor]]]] = []
+
+    def state(self, layer: int) -> list[torch.Tensor] | None:
+        return self.states.get(layer)
+
+    def set_state(self, layer: int, *tensors: torch.Tensor) -> None:
+        self.states[layer] = list(tensors)
+
+    def checkpoint(self) -> None:
+        if self.checkpoints and self.checkpoints[-1][0] == self.length:
+            return
+        self.checkpoints.append((self.length, dict(self.states)))
+        del self.checkpoints[: -self.KEEP]
+
+    def truncate(self, length: int) -> int:
+        if length >= self.length:
+            return self.length
+        self.checkpoints = [c for c in self.checkpoints if c[0] <= length]
+        self.length, states = self.checkpoints[-1] if self.checkpoints else (0, {})
+        self.states = dict(states)
+        return self.length
+
+    def nbytes(self) -> int:
+        kept = {id(t): t for ts in self.states.values() for t in ts}
+        for _, states in self.checkpoints:
+            kept.update({id(t): t for ts in states.values() for t in ts})
+        return super().nbytes() + sum(t.numel() * t.element_size() for t in kept.values())

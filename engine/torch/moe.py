@@ -13,6 +13,8 @@ Routing references (transformers 5 modeling files, and the models' own code):
   `norm_topk_prob`, then x routed_scaling_factor (DeepseekV3TopkRouter).
 Compute (gpt-fast's MoE, made sparse): tokens are sorted by expert, each selected expert
 runs once on its group, results are scattered back weighted. Never a loop over all experts.
+Decode (one token) runs the K chosen experts through one compiled kernel where there is one
+(compiled.py), gathering them from the expert cache's slots.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .compiled import FusedExperts
 from .layers import GatedMLP, Linear
 from .placement import ExpertCache
 
@@ -127,6 +130,7 @@ class MoEBlock:
     shared: GatedMLP | None = None
     shared_gate: Linear | None = None  # Qwen2-MoE
     experts_per_token: int | None = None  # run-time override
+    fused: FusedExperts | None = None  # decode's compiled kernel (compiled.py), None: plain
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -146,12 +150,61 @@ class MoEBlock:
     def _one_token(self, flat, weights, experts) -> torch.Tensor:
         """Decode: K experts on one token, summed in expert order as the grouped path does."""
         pairs = sorted(zip(experts.tolist(), weights.tolist(), strict=True))
-        self.usage.record(self.layer, [e for e, _ in pairs], [1] * len(pairs))
+        chosen = [e for e, _ in pairs]
+        self.usage.record(self.layer, chosen, [1] * len(pairs))
+        if self.fused is not None:
+            return self._fused(flat, chosen, [w for _, w in pairs])
         out = None
         for expert, weight in pairs:
             y = self.cache.run(self.layer, expert, flat) * weight  # [1, H]
             out = y if out is None else out + y
         return out.to(flat.dtype)
+
+    def _fused(self, flat, experts: list[int], weights: list[float]) -> torch.Tensor:
+        """The compiled kernel over the chosen experts: slots of the fast tier by slot index,
+        the rest where they live by expert index. Each expert's row of outputs is the same
+        bits either way, and the weighted sum runs over them in expert order whatever their
+        tier, so the budget does not change the result."""
+        slots: list[int | None] = []
+        done: list[tuple[list[int], torch.Tensor]] = []  # (positions, their outputs)
+        open_batch: list[int] = []  # positions whose slot holds their expert, not yet run
+        for e in experts:
+            victim = self.cache.would_evict(self.layer, e)
+            if victim is not None and any(slots[i] == victim for i in open_batch):
+                done.append((open_batch, self._batch(flat, experts, slots, open_batch)))
+                open_batch = []  # run before a later miss reuses one of their slots
+            slots.append(self.cache.locate(self.layer, e, 1))
+            if slots[-1] is not None:
+                open_batch.append(len(slots) - 1)
+        for positions in (open_batch, [i for i, s in enumerate(slots) if s is None]):
+            if positions:
+                done.append((positions, self._batch(flat, experts, slots, positions)))
+        if len(done) == 1:  # the usual case: every expert from one tier, in expert order
+            y = done[0][1]
+        else:
+            y = torch.empty(len(experts), flat.shape[-1], device=flat.device)  # [K, H]
+            for positions, out in done:
+                y[positions] = out.to(y.device)
+        w = torch.tensor(weights, dtype=torch.float32, device=y.device)
+        return (w @ y).to(flat.dtype)[None]  # [1, H]
+
+    def _batch(self, flat, experts, slots, positions: list[int]) -> torch.Tensor:
+        """[len(positions), H] float32 outputs of those experts, all in one tier."""
+        if slots[positions[0]] is not None:
+            views = self.cache.fast_views(self.layer)
+            idx = torch.tensor([slots[i] for i in positions])
+        else:
+            views, idx = self.cache.slow.stacked(self.layer, [experts[i] for i in positions])
+        out = self.fused(flat.to(idx.device), views, idx)
+        if out is None:  # the compiled kernel failed: the plain path (uses already counted)
+            out = torch.cat([self._plain(experts[i], slots[i], flat) for i in positions])
+        return out
+
+    def _plain(self, expert: int, slot: int | None, flat) -> torch.Tensor:
+        if slot is not None:
+            return self.cache.ffn(slot, self.layer)(flat).float()
+        ffn = self.cache.slow.ffn(self.layer, self.cache.slow.row(self.layer, expert))
+        return ffn(flat.to(ffn.row.device)).float().to(flat.device)
 
     def _grouped(self, flat, weights, experts) -> torch.Tensor:
         """Prefill: tokens sorted by expert, each active expert runs once on its group."""

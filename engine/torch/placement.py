@@ -12,6 +12,12 @@ Policies decide what stays:
 - "static": a fixed hot set chosen from recorded usage counts; never evicts, misses always
   compute in place.
 Whatever the placement, the arithmetic is the same, so outputs do not depend on the budget.
+
+The fast tier is one fixed buffer of slots, uint8 [slots, row bytes] on the fast device,
+with an expert -> slot map: a miss that moves an expert is one copy into a free (or
+evicted) slot, never a new tensor, and decode's compiled kernel (compiled.py) gathers the
+chosen experts straight out of the buffer by slot index, or out of the slow tier's own
+stacked rows by expert index for those computed in place.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .experts import ExpertFFN, SlowTier, expert_flops
+from .experts import ExpertFFN, SlowTier, expert_flops, stacked_views
 
 POLICIES = ("lru", "frequency", "static")
 ON_MISS = ("auto", "move", "compute")
@@ -71,14 +77,9 @@ class CacheCounters:
 
 
 @dataclass
-class _Slot:
-    ffn: ExpertFFN
-    nbytes: int
-
-
-@dataclass
 class ExpertCache:
-    """Serves `run(layer, expert, x)`, keeping up to `budget_bytes` of experts on `device`."""
+    """Serves `run(layer, expert, x)` and decode's `locate`, keeping up to `budget_bytes` of
+    experts on `device` in a buffer of fixed slots."""
 
     slow: SlowTier
     device: torch.device
@@ -88,6 +89,7 @@ class ExpertCache:
     hot_set: list[tuple[int, int]] = field(default_factory=list)  # static policy
     cost: CostModel | None = None
     counters: CacheCounters = field(default_factory=CacheCounters)
+    n_layers: int = 1
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -95,91 +97,126 @@ class ExpertCache:
         if self.on_miss not in ON_MISS:
             raise ValueError(f"unknown on_miss {self.on_miss!r}; one of {ON_MISS}")
         self.cost = self.cost or CostModel.for_device(self.device)
-        self.slots: OrderedDict[tuple[int, int], _Slot] = OrderedDict()
-        self.used_bytes = 0
+        # one slot size for every layer (architectures here give all MoE layers one shape)
+        self.row_bytes = max(self.slow.layout(layer)[1] for layer in range(self.n_layers))
+        n_experts = sum(self.slow.n_experts(layer) for layer in range(self.n_layers))
+        self.n_slots = min(self.budget_bytes // self.row_bytes, n_experts)
+        # pages are touched only when a slot is first written, so an unused budget costs nothing
+        self.buffer = torch.empty(
+            self.n_slots, self.row_bytes, dtype=torch.uint8, device=self.device
+        )
+        self.slot_of: OrderedDict[tuple[int, int], int] = OrderedDict()  # LRU order
+        self.free = list(range(self.n_slots - 1, -1, -1))  # popped from the end: slot 0 first
+        self.ffns: list[ExpertFFN | None] = [None] * self.n_slots
+        self._fast_views: dict[int, dict] = {}
         self.uses: dict[tuple[int, int], int] = {}
         self.steps = 0
         self.pin = self.device.type == "cuda" and torch.cuda.is_available()
         if self.policy == "static":
-            for key in self.hot_set:
-                nbytes = self.slow.layout(key[0])[1]
-                if self.used_bytes + nbytes > self.budget_bytes:
-                    break
-                self._insert(key, self._move(key))
+            for key in self.hot_set[: self.n_slots]:
+                self._move(key)
+
+    @property
+    def used_bytes(self) -> int:
+        return len(self.slot_of) * self.row_bytes
 
     # -- tiers ----------------------------------------------------------------------------
 
-    def _move(self, key: tuple[int, int]) -> ExpertFFN:
+    def _move(self, key: tuple[int, int]) -> int:
+        """Copy expert `key` from the slow tier into a free slot; returns the slot."""
+        slot = self.free.pop()
         row = self.slow.row(*key)
-        if self.device.type == "cuda":
-            row = (row.pin_memory() if self.pin else row).to(self.device, non_blocking=True)
-        elif self.slow.is_view():
-            row = row.clone()  # out of the mmap'd file into RAM
+        if self.pin and self.slow.is_view():
+            row = row.pin_memory()  # a pinned staging copy lets the copy run asynchronously
+        self.buffer[slot, : row.numel()].copy_(row, non_blocking=self.pin)
         self.counters.bytes_moved += row.numel()
-        return self.slow.ffn(key[0], row)
+        self.slot_of[key] = slot
+        self.ffns[slot] = None  # views of the previous occupant's layout are stale
+        return slot
+
+    def ffn(self, slot: int, layer: int) -> ExpertFFN:
+        """The per-expert compute object over slot `slot` (prefill and the plain decode path)."""
+        ffn = self.ffns[slot]
+        if ffn is None:
+            ffn = self.ffns[slot] = self.slow.ffn(layer, self.buffer[slot])
+        return ffn
+
+    def fast_views(self, layer: int) -> dict[str, torch.Tensor]:
+        """Typed [slots, ...] views of the buffer in `layer`'s layout (for the compiled kernel)."""
+        layout = self.slow.layout(layer)[0]
+        key = id(layout)
+        if key not in self._fast_views:
+            self._fast_views[key] = stacked_views(self.buffer, layout)
+        return self._fast_views[key]
 
     def warm(self, keys: list[tuple[int, int]], dtype: torch.dtype) -> None:
         """Move `keys` in now (at load) instead of on first use, kernels prepared."""
         for key in keys:
-            nbytes = self.slow.layout(key[0])[1]
-            if key in self.slots or self.used_bytes + nbytes > self.budget_bytes:
+            if key in self.slot_of or not self.free:
                 continue
-            ffn = self._move(key)
-            ffn.prepare(dtype)
-            self._insert(key, ffn)
+            slot = self._move(key)
+            self.ffn(slot, key[0]).prepare(dtype)
 
-    def _insert(self, key, ffn: ExpertFFN) -> None:
-        nbytes = ffn.row.numel()
-        self.slots[key] = _Slot(ffn, nbytes)
-        self.used_bytes += nbytes
+    def _victim(self) -> tuple[int, int]:
+        """The expert an eviction would remove now."""
+        if self.policy == "lru":
+            return next(iter(self.slot_of))
+        return min(self.slot_of, key=lambda k: self.uses.get(k, 0))
 
     def _evict_one(self) -> None:
-        if self.policy == "lru":
-            key = next(iter(self.slots))
-        else:
-            key = min(self.slots, key=lambda k: self.uses.get(k, 0))
-        self.used_bytes -= self.slots.pop(key).nbytes
+        self.free.append(self.slot_of.pop(self._victim()))
 
-    def _admit(self, key, nbytes: int) -> bool:
+    def _admit(self, key) -> bool:
         """Make room for `key` if the policy lets it in."""
-        if nbytes > self.budget_bytes or self.policy == "static":
+        if self.n_slots == 0 or self.policy == "static":
             return False
-        if self.policy == "frequency":
-            need = self.used_bytes + nbytes - self.budget_bytes
-            if need > 0:
-                victims = sorted(self.slots, key=lambda k: self.uses.get(k, 0))
-                freed, i = 0, 0
-                while freed < need:
-                    if self.uses.get(victims[i], 0) >= self.uses[key]:
-                        return False
-                    freed += self.slots[victims[i]].nbytes
-                    i += 1
-        while self.used_bytes + nbytes > self.budget_bytes:
+        frequency_full = self.policy == "frequency" and not self.free
+        if frequency_full and self.uses.get(self._victim(), 0) >= self.uses[key]:
+            return False
+        if not self.free:
             self._evict_one()
         return True
 
-    # -- the one entry point ------------------------------------------------------------
+    # -- the entry points ------------------------------------------------------------------
 
     def begin_step(self) -> None:
         """Called once per forward pass (for the reuse estimate)."""
         self.steps += 1
 
-    def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
+    def locate(self, layer: int, expert: int, n_tokens: int) -> int | None:
+        """The slot serving (layer, expert) now, moving it in if that is the cheaper way;
+        None: compute it where it lives. Counts the use (hit, miss, move) once."""
         key = (layer, expert)
         self.uses[key] = self.uses.get(key, 0) + 1
-        slot = self.slots.get(key)
+        slot = self.slot_of.get(key)
         if slot is not None:
             self.counters.hits += 1
             if self.policy == "lru":
-                self.slots.move_to_end(key)
-            return slot.ffn(x)
+                self.slot_of.move_to_end(key)
+            return slot
         self.counters.misses += 1
         layout, nbytes = self.slow.layout(layer)
-        if self._should_move(key, layout, nbytes, x.shape[0]) and self._admit(key, nbytes):
-            ffn = self._move(key)
-            self._insert(key, ffn)
-            return ffn(x)
-        return self._compute_in_place(key, x)
+        if self._should_move(key, layout, nbytes, n_tokens) and self._admit(key):
+            return self._move(key)
+        self.counters.computed_in_place += 1
+        if not self.slow.is_view():
+            self.counters.bytes_moved += nbytes  # read out of the checkpoint
+        return None
+
+    def would_evict(self, layer: int, expert: int) -> int | None:
+        """The slot a miss on (layer, expert) could take from another expert now, if any."""
+        if (layer, expert) in self.slot_of or self.free or not self.slot_of:
+            return None
+        return None if self.policy == "static" else self.slot_of[self._victim()]
+
+    def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
+        slot = self.locate(layer, expert, x.shape[0])
+        if slot is not None:
+            return self.ffn(slot, layer)(x)
+        ffn = self.slow.ffn(layer, self.slow.row(layer, expert))
+        if x.device != ffn.row.device:
+            return ffn(x.to(ffn.row.device)).to(x.device)
+        return ffn(x)
 
     def _should_move(self, key, layout, nbytes: int, n_tokens: int) -> bool:
         if self.on_miss != "auto":
@@ -187,15 +224,5 @@ class ExpertCache:
         reuses = self.cost.reuse_horizon * self.uses[key] / max(self.steps, 1)
         return self.cost.move_is_cheaper(nbytes, expert_flops(layout, n_tokens), reuses)
 
-    def _compute_in_place(self, key, x: torch.Tensor) -> torch.Tensor:
-        self.counters.computed_in_place += 1
-        row = self.slow.row(*key)
-        if not self.slow.is_view():
-            self.counters.bytes_moved += row.numel()  # read out of the checkpoint
-        ffn = self.slow.ffn(key[0], row)
-        if x.device != row.device:
-            return ffn(x.to(row.device)).to(x.device)
-        return ffn(x)
-
     def resident(self) -> set[tuple[int, int]]:
-        return set(self.slots)
+        return set(self.slot_of)

@@ -8,12 +8,15 @@ for the whole model: one `ExpertCache` serves every MoE layer.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
 from .attention import GQAttention
+from .compiled import FusedExperts, compile_wanted
 from .config import BaseArgs
+from .experts import stacked_views
 from .kv_cache import KVCache
 from .layers import GatedMLP, Linear, rms_norm
 from .moe import ExpertUsage, MoEBlock, Router
@@ -33,6 +36,8 @@ class PlacementOptions:
     expert_usage: list[list[int]] | None = None  # recorded counts -> the static hot set
     uniform_routing_seed: int | None = None  # benchmarks only: ignore the router (see Router)
     preload: bool = True  # when every expert fits the budget, move them in at load
+    # decode's routed experts through the compiled kernel: "auto" | True | False (compiled.py)
+    compile: bool | str = "auto"
 
 
 def default_fast_tier_bytes(device: torch.device) -> int:
@@ -77,6 +82,7 @@ class DecoderModel:
         self.moe_layers = [i for i in range(args.num_hidden_layers) if args.is_moe_layer(i)]
         self.usage = ExpertUsage(len(self.moe_layers), max(args.n_experts, 1))
         self.cache = self._make_cache(placement) if self.moe_layers else None
+        self.fused, self.compile_s = self._compile_experts(placement.compile)
         self.embed = weights.get("model.embed_tokens.weight")
         self.layers = [self._build_layer(i) for i in range(args.num_hidden_layers)]
         self.norm = weights.get("model.norm.weight")
@@ -151,9 +157,8 @@ class DecoderModel:
                 for e in range(self.args.n_experts)
                 for layer in range(len(self.moe_layers))
             ]
-        cache = ExpertCache(
-            slow, self.device, budget_bytes, placement.policy, placement.on_miss, hot
-        )
+        cache = ExpertCache(slow, self.device, budget_bytes, placement.policy, placement.on_miss,
+                            hot, n_layers=len(self.moe_layers))  # fmt: skip
         if placement.preload and budget_bytes >= total and placement.policy != "static":
             # like llama.cpp's load: first-token latency should not pay for copies and repacking
             n_layers, n_experts = len(self.moe_layers), self.args.n_experts
@@ -161,6 +166,22 @@ class DecoderModel:
                 [(layer, e) for layer in range(n_layers) for e in range(n_experts)], self.dtype
             )
         return cache
+
+    def _compile_experts(self, wanted: bool | str) -> tuple[FusedExperts | None, float]:
+        """The compiled decode kernel, compiled now (at load) on zero rows; (None, 0) where
+        it does not apply or compiling failed (then the per-expert kernels run)."""
+        if self.cache is None or not compile_wanted(wanted, self.cache.row_bytes):
+            return None, 0.0
+        slow = self.cache.slow
+        fused = FusedExperts.for_scheme(slow.scheme, self.expert_act(), self.device)
+        if fused is None:
+            return None, 0.0
+        started = time.perf_counter()
+        k = max(2, self.args.experts_per_token)  # K = 1 is its own graph, compiled on first use
+        rows = torch.zeros(k, self.cache.row_bytes, dtype=torch.uint8, device=self.device)
+        x = torch.zeros(self.args.hidden_size, dtype=self.dtype, device=self.device)
+        ok = fused(x, stacked_views(rows, slow.layout(0)[0]), torch.arange(k)) is not None
+        return (fused if ok else None), time.perf_counter() - started
 
     def _build_layer(self, i: int) -> DecoderLayer:
         p = f"model.layers.{i}"
@@ -170,7 +191,8 @@ class DecoderModel:
             if self.placement.uniform_routing_seed is not None:
                 seed = self.placement.uniform_routing_seed + i
                 router.uniform = torch.Generator().manual_seed(seed)
-            ffn = MoEBlock(self.moe_layers.index(i), router, self.cache, self.usage, shared, gate)
+            ffn = MoEBlock(self.moe_layers.index(i), router, self.cache, self.usage, shared, gate,
+                           fused=self.fused)  # fmt: skip
         else:
             ffn = self.build_dense_mlp(i)
         return DecoderLayer(

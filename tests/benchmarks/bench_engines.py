@@ -3,17 +3,21 @@
 Not a test (it prints figures, nothing is asserted); run it by hand:
 
     python -m tests.benchmarks.bench_engines [--threads 2] [--prompt-tokens 256]
-        [--gen-tokens 64] [--workdir DIR] [--skip-transformers] [--json]
+        [--gen-tokens 64] [--rounds 3] [--workdir DIR] [--skip-transformers] [--json]
 
 The checkpoint is tests/benchmarks/bench_convert.py's synthetic Qwen3-MoE (hidden 1024,
 12 layers, 32 experts top-4, expert FFN 768, Qwen2's 151,936-token vocabulary, bf16, ~1.3B
 parameters). It is converted once (cached in --workdir) to the torch format (int8, int4)
 and to GGUF (Q8_0, Q4_0) with Itamae's converters. Every measurement runs in its own
-process, one after the other, all with the same thread count:
-- `itamae bench --engine torch` on torch-int8 and torch-int4,
+process, one after the other, all with the same thread count, in --rounds rounds whose
+order rotates (medians reported, every round's figures kept):
+- `itamae bench --engine torch` on torch-int8 (compiled decode kernel, and `--compile off`
+  for today's per-expert kernels) and torch-int4,
 - `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
 - raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
 - transformers eager in bf16 on the HF folder.
+Start-up: the torch engine's load time with an empty Inductor cache (first start, with the
+kernel compile) and again with the cache that start left (second start).
 Roofline: bytes a decode step must read (active experts, all other matrices, one embedding
 row) x decode tokens/s / this machine's measured read bandwidth. Then the expert cache:
 decode tokens/s, hit rate and bytes moved per token for budgets 10/25/50/100% under each
@@ -25,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +38,13 @@ from pathlib import Path
 
 import torch
 
-from tests.benchmarks.bench_convert import SHAPES, build_checkpoint
+from tests.benchmarks.bench_convert import build_checkpoint
+from tests.benchmarks.roofline import (
+    gguf_active_bytes,
+    hf_active_bytes,
+    read_bandwidth,
+    torch_format_active_bytes,
+)
 from tests.fixtures.llamacpp_reference import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +58,7 @@ POLICIES = ("lru", "frequency", "static")
 
 def prepare(workdir: Path) -> dict[str, Path]:
     from converters.conversion.convert import convert
-    from converters.formats.torch_format import convert_to_torch
+    from converters.formats.torch_writer import convert_to_torch
 
     src = build_checkpoint(workdir / "synthetic-qwen3-moe-1b")
     files = {"hf": src}
@@ -155,69 +165,6 @@ def transformers_eager(folder: str, threads: int, prompt: int, gen: int) -> dict
     }  # fmt: skip
 
 
-# ---- bytes per decode step and bandwidth ------------------------------------------------
-
-
-def read_bandwidth(threads: int, gib: float = 1.0) -> float:
-    """Bytes/s a reduction over a large float32 tensor reads (best of 5)."""
-    torch.set_num_threads(threads)
-    x = torch.ones(int(gib * 2**30) // 4)
-    best = math.inf
-    for _ in range(5):
-        started = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - started)
-    return x.numel() * 4 / best
-
-
-def torch_format_active_bytes(folder: Path) -> int:
-    from converters.formats.torch_format import MANIFEST
-
-    m = json.loads((folder / MANIFEST).read_text())
-    total = 0
-    for name, t in m["tensors"].items():
-        rows, cols = (t["shape"] + [1])[:2]
-        if "embed_tokens" in name:
-            total += cols * 2  # one bf16 row looked up
-        elif t["scheme"] == "int8_row":
-            total += rows * cols + rows * 4
-        else:
-            total += rows * cols * (4 if ".mlp.gate." in name else 2)
-    top_k = SHAPES["num_experts_per_tok"]
-    total += sum(e["bytes_per_expert"] * top_k for e in m["expert_layers"].values())
-    return total
-
-
-def gguf_active_bytes(path: Path) -> int:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    share = SHAPES["num_experts_per_tok"] / SHAPES["num_experts"]
-    total = 0
-    for t in reader.tensors:
-        if t.name == "token_embd.weight":
-            total += int(t.n_bytes) // int(t.shape[-1])  # one row
-        elif "_exps" in t.name:
-            total += int(int(t.n_bytes) * share)
-        else:
-            total += int(t.n_bytes)
-    return total
-
-
-def hf_active_bytes(folder: Path) -> int:
-    config = json.loads((folder / "config.json").read_text())
-    h, v, f = config["hidden_size"], config["vocab_size"], SHAPES["moe_intermediate_size"]
-    q = SHAPES["num_attention_heads"] * SHAPES["head_dim"]
-    kv = SHAPES["num_key_value_heads"] * SHAPES["head_dim"]
-    per_layer = (
-        2 * h * q
-        + 2 * h * kv
-        + SHAPES["num_experts"] * h
-        + 3 * h * f * SHAPES["num_experts_per_tok"]
-    )
-    return 2 * (per_layer * SHAPES["num_hidden_layers"] + v * h + h)
-
-
 # ---- the expert cache table ---------------------------------------------------------------
 
 
@@ -250,27 +197,59 @@ def cache_table(
 # ---- main ---------------------------------------------------------------------------------
 
 
-def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transformers: bool) -> dict:
+def _runs(files, t: int, n: int, g: int, skip_transformers: bool) -> dict:
+    """name -> (a function running one measurement in a fresh process, active bytes/token)."""
     me = ["-m", "tests.benchmarks.bench_engines", "--threads", str(t), "--prompt-tokens", str(n),
           "--gen-tokens", str(g), "--child"]  # fmt: skip
+
+    def torch_run(name, *extra):
+        return lambda: itamae_bench(files[name], "torch", t, n, g, *extra)
+
     runs = {
-        "torch int8": (itamae_bench(files["torch-int8"], "torch", t, n, g),
-                       torch_format_active_bytes(files["torch-int8"])),
-        "torch int4": (itamae_bench(files["torch-int4"], "torch", t, n, g),
-                       torch_format_active_bytes(files["torch-int4"])),
-        "itamae llamacpp Q8_0": (itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
-        "itamae llamacpp Q4_0": (itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
-        "raw llama.cpp Q8_0": (child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
-        "raw llama.cpp Q4_0": (child([*me, "raw", str(files["Q4_0"])]), gguf_active_bytes(files["Q4_0"])),
+        "torch int8": (torch_run("torch-int8"), torch_format_active_bytes(files["torch-int8"])),
+        "torch int8 plain": (torch_run("torch-int8", "--compile", "off"),
+                             torch_format_active_bytes(files["torch-int8"])),
+        "torch int4": (torch_run("torch-int4"), torch_format_active_bytes(files["torch-int4"])),
+        "itamae llamacpp Q8_0": (lambda: itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
+        "itamae llamacpp Q4_0": (lambda: itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
+        "raw llama.cpp Q8_0": (lambda: child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
+        "raw llama.cpp Q4_0": (lambda: child([*me, "raw", str(files["Q4_0"])]), gguf_active_bytes(files["Q4_0"])),
     }  # fmt: skip
     if not skip_transformers:
         runs["transformers eager bf16"] = (
-            child([*me, "transformers", str(files["hf"])]),
+            lambda: child([*me, "transformers", str(files["hf"])]),
             hf_active_bytes(files["hf"]),
         )
+    return runs
+
+
+def _median_run(results: list[dict]) -> dict:
+    """The round with the median decode speed, with the medians of every speed figure."""
+    ok = [r for r in results if "decode_tps" in r]
+    if not ok:
+        return results[-1]
+    mid = dict(sorted(ok, key=lambda r: r["decode_tps"])[len(ok) // 2])
+    for key in ("prefill_tps", "decode_tps", "ttft_s"):
+        values = sorted(r[key] for r in ok)
+        mid[key] = values[len(values) // 2]
+    mid["rounds"] = [{k: r.get(k) for k in ("prefill_tps", "decode_tps")} for r in ok]
+    return mid
+
+
+def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transformers: bool,
+                 rounds: int) -> dict:  # fmt: skip
+    runs = _runs(files, t, n, g, skip_transformers)
+    names = list(runs)
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(rounds):  # rotating order: no engine always runs first or last
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name].append(runs[name][0]())
+            print(f"  round {r + 1}: {name}: {results[name][-1].get('decode_tps', 'failed')}",
+                  file=sys.stderr, flush=True)  # fmt: skip
     table = {}
-    for name, (r, active) in runs.items():
-        r = dict(r, active_bytes_per_token=active)
+    for name in names:
+        active = runs[name][1]
+        r = dict(_median_run(results[name]), active_bytes_per_token=active)
         if "decode_tps" in r:
             r["roofline"] = active * r["decode_tps"] / bandwidth
         r.pop("expert_counts", None)
@@ -281,15 +260,37 @@ def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transform
               if "decode_tps" in r else f"failed: {r.get('error', '')[-300:]}"), file=sys.stderr)  # fmt: skip
     ratios = {}
     base = table.get("transformers eager bf16", {}).get("decode_tps")
-    for name in ("torch int8", "torch int4"):
-        other = "raw llama.cpp Q8_0" if "int8" in name else "raw llama.cpp Q4_0"
-        mine = table[name].get("decode_tps")
-        if mine and base:
-            ratios[f"{name} / transformers"] = mine / base
-        if mine and table[other].get("decode_tps"):
-            ratios[f"{name} / {other}"] = mine / table[other]["decode_tps"]
+    pairs = (("torch int8", "raw llama.cpp Q8_0"), ("torch int8 plain", "raw llama.cpp Q8_0"),
+             ("torch int4", "raw llama.cpp Q4_0"), ("torch int8", "torch int8 plain"),
+             ("itamae llamacpp Q8_0", "raw llama.cpp Q8_0"),
+             ("itamae llamacpp Q4_0", "raw llama.cpp Q4_0"))  # fmt: skip
+    for name, other in pairs:
+        for key in ("decode_tps", "prefill_tps"):
+            mine, theirs = table[name].get(key), table[other].get(key)
+            if mine and theirs:
+                ratios[f"{name} / {other} ({key})"] = mine / theirs
+        if name.startswith("torch") and base and table[name].get("decode_tps"):
+            ratios[f"{name} / transformers (decode_tps)"] = table[name]["decode_tps"] / base
     print(json.dumps(ratios, indent=1), file=sys.stderr)
     return {"engines": table, "ratios": ratios}
+
+
+def startup_times(files, t: int, workdir: Path) -> dict:
+    """Load time of the compiled torch engine with an empty Inductor cache, then with the
+    cache the first start left (a second start of the app)."""
+    cache = workdir / "inductor-cache-startup"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)  # inherited by the two children
+    try:
+        starts = [itamae_bench(files["torch-int8"], "torch", t, 16, 4) for _ in range(2)]
+    finally:
+        del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    out = {}
+    for label, r in zip(("first start", "second start"), starts, strict=True):
+        out[label] = {k: r.get(k) for k in ("load_s", "compile_s", "compiled_experts", "error")}
+        print(f"{label}: load {r.get('load_s', 0):.1f} s, of which compiling "
+              f"{r.get('compile_s', 0):.1f} s", file=sys.stderr)  # fmt: skip
+    return out
 
 
 def expert_cache_tables(files, t: int, workdir: Path) -> dict:
@@ -301,7 +302,7 @@ def expert_cache_tables(files, t: int, workdir: Path) -> dict:
         )
     demo = REPO / "assets" / "demo" / "hf"
     if (demo / "config.json").is_file():
-        from converters.formats.torch_format import convert_to_torch
+        from converters.formats.torch_writer import convert_to_torch
 
         demo_torch = workdir / "demo-torch-int8"
         if not demo_torch.is_dir():
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every engine, rotated")
     p.add_argument("--skip-cache-table", action="store_true")
     p.add_argument("--only-cache-table", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
               "omp_wait_policy": args.omp_wait_policy,
               "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}  # fmt: skip
     if not args.only_cache_table:
-        report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers))
+        report["startup"] = startup_times(files, t, args.workdir)
+        report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers, args.rounds))
     if not args.skip_cache_table:
         report["expert_cache"] = expert_cache_tables(files, t, args.workdir)
     print(json.dumps(report, indent=1) if args.json else "")
