@@ -14,11 +14,16 @@ cancels the generation and records the reply as stopped.
 Reasoning models write their thoughts between <think> and </think> before the
 answer. Qwen3 emits both tags; DeepSeek-R1's chat template puts "<think>\\n" in the
 prompt, so its output starts inside the block and only the closing tag appears.
+gpt-oss writes Harmony messages (OpenAI's harmony format; its chat template): each opens
+with <|channel|>NAME<|message|> and ends with <|end|> (then <|start|>assistant for the
+next), the `analysis` channel being the reasoning and `final` the answer; the engines keep
+these tokens in the reply text for such models (converters.archs.reply_has_markers).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +38,13 @@ from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams,
 SAVE_EVERY_S = 0.5  # a killed process loses at most this much of a streaming reply
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+HARMONY_CHANNEL = "<|channel|>"
+# one Harmony message: channel name (a recipient or <|constrain|> may follow), then its text
+# up to the message's end (or the end of what has streamed so far)
+HARMONY_MESSAGE = re.compile(
+    r"<\|channel\|>(\w+)[^<]*(?:<\|constrain\|>[^<]*)?<\|message\|>(.*?)(<\|end\|>|<\|return\|>|<\|call\|>|$)",
+    re.DOTALL,
+)
 
 
 @dataclass
@@ -42,7 +54,24 @@ class ReplyParts:
     thinking_done: bool = True
 
 
+def split_harmony(text: str) -> ReplyParts:
+    """Harmony: analysis messages are the thinking, final messages the answer."""
+    thinking, answer, done = [], [], False
+    for channel, body, end in HARMONY_MESSAGE.findall(text):
+        if channel == "analysis":
+            thinking.append(body.strip())
+            done = bool(end)
+        elif channel == "final":
+            answer.append(body)
+            done = True
+    if not thinking:
+        return ReplyParts(None, "".join(answer).lstrip())
+    return ReplyParts("\n\n".join(thinking), "".join(answer).lstrip(), thinking_done=done)
+
+
 def split_reasoning(text: str) -> ReplyParts:
+    if text.lstrip().startswith(HARMONY_CHANNEL):
+        return split_harmony(text)
     stripped = text.lstrip()
     close = text.find(THINK_CLOSE)
     if stripped.startswith(THINK_OPEN):
@@ -54,8 +83,8 @@ def split_reasoning(text: str) -> ReplyParts:
     if close != -1 and THINK_OPEN not in text[:close]:
         # R1 style: the opening tag was part of the prompt.
         return ReplyParts(text[:close].strip(), text[close + len(THINK_CLOSE) :].lstrip())
-    if stripped and THINK_OPEN.startswith(stripped):
-        # The first characters of "<think>" have streamed in; show nothing yet.
+    if stripped and (THINK_OPEN.startswith(stripped) or HARMONY_CHANNEL.startswith(stripped)):
+        # The first characters of "<think>" (or Harmony's "<|channel|>") have streamed in.
         return ReplyParts(None, "")
     return ReplyParts(None, text)
 

@@ -78,3 +78,25 @@ def test_hostile_templates_fail_safely(template, tmp_path, monkeypatch):
     assert "do-not-leak" not in out
     assert "uid=" not in out and "subclasses" not in out and "<class" not in out
     assert messages == CONVERSATION  # nothing was changed in place
+
+
+# transformers' apply_chat_template enables {% generation %} and {% break %}/{% continue %}
+LOOP_CONTROLS_AND_GENERATION = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% continue %}{% endif %}"
+    "{% if loop.index > 3 %}{% break %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ 'A: ' + message['content'] + '\n' }}"
+    "{% endgeneration %}{% else %}{{ 'U: ' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def test_loop_controls_and_generation_tag_render_like_transformers(hf_checkpoint):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_checkpoint("llama"))
+    expected = tok.apply_chat_template(
+        CONVERSATION, chat_template=LOOP_CONTROLS_AND_GENERATION, tokenize=False
+    )
+    got = render_chat(LOOP_CONTROLS_AND_GENERATION, CONVERSATION, add_generation_prompt=False)
+    assert got == expected and got.count("\n") == 2

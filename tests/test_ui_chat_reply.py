@@ -186,11 +186,32 @@ def test_editing_forks_with_the_new_text_and_keeps_the_old_branch(store):
         ),  # R1: <think> was in the prompt
         ("<thi", None, "", True),  # the tag is still arriving: show nothing yet
         ("a < b and </p>", None, "a < b and </p>", True),
+        # gpt-oss (Harmony): the analysis channel is the thinking, the final channel the answer
+        (
+            "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final"
+            "<|message|>答えです。",
+            "Think.",
+            "答えです。",
+            True,
+        ),
+        ("<|channel|>analysis<|message|>still thin", "still thin", "", False),
+        ("<|channel|>analysis<|message|>done<|end|>", "done", "", True),
+        ("<|channel|>final<|message|>Straight answer<|return|>", None, "Straight answer", True),
+        ("<|chan", None, "", True),  # Harmony's first token is still arriving
     ],
 )
 def test_split_reasoning(text, thinking, answer, done):
     parts = split_reasoning(text)
     assert (parts.thinking, parts.answer, parts.thinking_done) == (thinking, answer, done)
+
+
+def test_history_for_model_keeps_only_harmonys_final_channel(store):
+    conv = conversation(store, "Q1")
+    reply = "<|channel|>analysis<|message|>secret plan<|end|><|start|>assistant<|channel|>final<|message|>A1"
+    store.append(conv, "assistant", reply, "stop")
+    store.append(conv, "user", "Q2", "stop")
+    history = history_for_model(store.messages(conv), "")
+    assert [(m.role, m.content) for m in history][-2:] == [("assistant", "A1"), ("user", "Q2")]
 
 
 def test_history_for_model_drops_reasoning_and_failures(store):

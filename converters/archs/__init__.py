@@ -88,6 +88,13 @@ def normalise_config(config: dict) -> dict:
     return merged
 
 
+def reply_has_markers(model_type: str) -> bool:
+    """Whether replies of this family carry special tokens that structure them (Harmony's
+    channels), which engines must then not strip when they turn tokens into text."""
+    spec = find(model_type)
+    return bool(spec and spec.reply_has_markers)
+
+
 # Vision-language releases store the language model under another prefix, beside tensors
 # that are not the text model's (the vision tower, the multi-token-prediction head that
 # llama.cpp's converter drops as well): published spelling -> the language model's.
@@ -134,6 +141,18 @@ def expert_tensor_names() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
     )
     fused = re.compile(rf"^model\.layers\.(\d+)\.({block})\.experts\.(gate_up_proj|down_proj)$")
     return per_expert, fused, parts
+
+
+@cache
+def packed_expert_tensor_name() -> re.Pattern:
+    """Experts published as MXFP4 blocks (gpt-oss): `model.layers.{bid}.{block}.experts.`
+    `{gate_up,down}_proj_{blocks,scales,bias}` (groups: bid, block, the tensor's last part)."""
+    fused = expert_tensor_names()[1].pattern
+    return re.compile(
+        fused.replace(
+            "(gate_up_proj|down_proj)$", "((?:gate_up|down)_proj_(?:blocks|scales|bias))$"
+        )
+    )
 
 
 def is_moe_name(name: str) -> bool:

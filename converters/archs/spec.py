@@ -25,6 +25,12 @@ EXPERTS_PER_TOKEN_FIELDS = ("num_experts_per_tok",)
 EXPERT_PARTS = {T.FFN_GATE_EXP: "gate", T.FFN_UP_EXP: "up", T.FFN_DOWN_EXP: "down"}
 
 
+# Chat formats whose replies are structured by special tokens the reader must see: Harmony
+# (gpt-oss) opens each message with <|channel|>NAME<|message|> and closes it with <|end|>,
+# the analysis channel being the reasoning. Engines keep those tokens in the reply text.
+MARKED_REPLY_FORMATS = frozenset({"harmony"})
+
+
 def _always(metadata: dict) -> bool:
     return True
 
@@ -56,6 +62,9 @@ class ArchSpec:
     chat_format: str = ""  # the publisher's chat-template convention: "chatml", "llama3", ...
     expert_count_fields: tuple[str, ...] = EXPERT_COUNT_FIELDS
     experts_per_token_fields: tuple[str, ...] = EXPERTS_PER_TOKEN_FIELDS
+    # Fused experts' gate_up rows: gate rows then up rows (transformers 5), or interleaved
+    # (gpt-oss: even rows gate, odd rows up, and transformers holds them [E, in, out]).
+    gate_up_interleaved: bool = False
     # llama.cpp's arch string where the gguf package has no MODEL_ARCH for it yet (gguf
     # 0.19.0 lacks "deepseek32"); `gguf_arch` then names the arch its tensor kinds follow
     gguf_arch_name: str = ""
@@ -104,6 +113,10 @@ class ArchSpec:
     def nextn_layers(self, config: dict) -> int:
         """How many next-token-prediction layers the GGUF carries after the decoder layers."""
         return int(config.get("num_nextn_predict_layers") or 0) if self.gguf_keeps_nextn else 0
+
+    @property
+    def reply_has_markers(self) -> bool:
+        return self.chat_format in MARKED_REPLY_FORMATS
 
     def expert_parts(self) -> dict[str, str]:
         """Per-expert projection name -> "gate" | "up" | "down" (the torch format's parts)."""

@@ -21,6 +21,7 @@ from converters.conversion.recipes import (
     Recipe,
     default_recipe,
     get_recipe,
+    keeping_carried,
     source_precision,
     tensor_type,
 )
@@ -113,9 +114,11 @@ def convert_to_gguf(
     ckpt = HFCheckpoint(src)
     spec = archs.spec_for_config(ckpt.config)
     planned = plan_tensors(ckpt, spec)
-    dtypes = {ckpt.dtype_name(n) for p in planned for n in p.sources}
+    # (blocks carried in their own type, MXFP4 experts, do not decide the float type)
+    dtypes = {ckpt.dtype_name(n) for p in planned if p.carried is None for n in p.sources}
     target = recipe.direct if recipe.direct is not None else source_precision(dtypes)
     assign_types(planned, lambda p: tensor_type(p, target))
+    recipe = keeping_carried(recipe, planned)
     writer = build_writer(ckpt, spec, planned, recipe.file_type, recipe.name, repo_id)
     needed = data_bytes(planned) + METADATA_MARGIN
     if recipe.uses_llama_quantizer:

@@ -20,7 +20,8 @@ tensors every token goes through (attention, shared experts, embeddings, output)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType, LlamaFileType
@@ -166,6 +167,10 @@ def stays_f32(p: PlannedTensor) -> bool:
 
 
 def tensor_type(p: PlannedTensor, target: Q) -> Q:
+    if p.carried is not None:
+        # blocks published quantized (gpt-oss's MXFP4 experts) keep their bits; only the
+        # full-precision reference recipe dequantizes them (exactly)
+        return Q.F32 if target == Q.F32 else p.carried
     if stays_f32(p):
         return Q.F32
     if target not in (Q.F32, Q.F16, Q.BF16) and not can_quantize(p.shape, target):
@@ -181,3 +186,13 @@ def source_precision(dtypes: set[str]) -> Q:
     if dtypes and dtypes <= {"BF16", "F8_E4M3", "F8_E5M2"}:
         return Q.BF16
     return Q.F32
+
+
+def keeping_carried(recipe: Recipe, planned: list[PlannedTensor]) -> Recipe:
+    """The recipe, with llama.cpp's quantizer told to copy tensors that were carried in their
+    published block type (MXFP4 experts) instead of requantizing them (which it refuses)."""
+    carried = {p.qtype for p in planned if p.carried is not None and p.qtype == p.carried}
+    if not recipe.uses_llama_quantizer or not carried:
+        return recipe
+    keep = tuple((rf"^{re.escape(p.name)}$", p.qtype) for p in planned if p.qtype in carried)
+    return replace(recipe, overrides=keep + recipe.overrides)

@@ -24,6 +24,7 @@ from converters.facts.gguf_info import inspect_gguf
 from converters.facts.tensor_groups import hf_group, summarise_tensors
 from converters.formats.detect import source_format
 from converters.formats.hf_reader import SCALE_SUFFIX, HFCheckpoint
+from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
 from converters.formats.torch_format import MANIFEST, is_torch_format
 
 # bits per stored element of a safetensors dtype (an FP8 weight's block scales are added to it)
@@ -66,8 +67,13 @@ def inspect_hf(folder: Path) -> ModelInfo:
         bid, _ = split_layer_name(name)
         if bid is not None and bid >= n_layers:
             continue  # DeepSeek's multi-token-prediction layers do not run in chat
+        if _mxfp4_part(ckpt, name) == SCALES_SUFFIX:
+            continue  # counted with its blocks
         dtype, n = ckpt.dtype_name(name), math.prod(ckpt.shape(name))
         stored = n * SAFETENSORS_BITS.get(dtype, 16) // 8
+        if _mxfp4_part(ckpt, name) == BLOCKS_SUFFIX:  # two 4-bit values a byte, + block scales
+            scales = name.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX
+            dtype, n, stored = "MXFP4", 2 * n, stored + math.prod(ckpt.shape(scales))
         if (scale := name + SCALE_SUFFIX) in ckpt:  # FP8 block scales belong to their weight
             stored += (
                 math.prod(ckpt.shape(scale)) * SAFETENSORS_BITS.get(ckpt.dtype_name(scale), 32) // 8
@@ -79,6 +85,14 @@ def inspect_hf(folder: Path) -> ModelInfo:
     quant = config_quant(config)
     info.quant = str(quant or max(info.dtypes, key=info.dtypes.get, default="")).lower()
     return info
+
+
+def _mxfp4_part(ckpt, name: str) -> str:
+    """BLOCKS_SUFFIX or SCALES_SUFFIX for the two halves of an MXFP4 weight, else ""."""
+    for suffix, other in ((BLOCKS_SUFFIX, SCALES_SUFFIX), (SCALES_SUFFIX, BLOCKS_SUFFIX)):
+        if name.endswith(suffix) and name.removesuffix(suffix) + other in ckpt:
+            return suffix
+    return ""
 
 
 # llama.cpp's LLAMA_MAX_LAYERS (src/llama-hparams.h); more than that is a hostile config

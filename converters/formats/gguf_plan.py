@@ -44,10 +44,22 @@ from converters.formats.gguf_linear_attention import (
     v_reordered,
 )
 from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX, dequantize_mxfp4, to_ggml_blocks
 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
 K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"
 FUSED_GATE, FUSED_UP = "fused_gate", "fused_up"  # halves of transformers 5's gate_up_proj
+# Interleaved gate_up (gpt-oss): which rows of the fused projection a part takes
+EVEN_ROWS, ODD_ROWS = "even_rows", "odd_rows"
+MXFP4_ROWS = "mxfp4"  # MXFP4 blocks + scales, per expert (rows: ROW_PARTS[transform])
+MXFP4_GATE, MXFP4_UP = "mxfp4_gate", "mxfp4_up"
+IN_OUT_GATE, IN_OUT_UP, IN_OUT = "in_out_gate", "in_out_up", "in_out"  # [E, in, out] floats
+ROW_PARTS = {
+    EVEN_ROWS: slice(0, None, 2), ODD_ROWS: slice(1, None, 2), MXFP4_GATE: slice(0, None, 2),
+    MXFP4_UP: slice(1, None, 2), MXFP4_ROWS: slice(None), IN_OUT_GATE: slice(0, None, 2),
+    IN_OUT_UP: slice(1, None, 2), IN_OUT: slice(None),
+}  # fmt: skip
+PACKED_SUFFIXES = (BLOCKS_SUFFIX, SCALES_SUFFIX, "_bias")
 
 
 @dataclass
@@ -59,6 +71,9 @@ class PlannedTensor:
     sources: tuple[str, ...]  # HF names; one per expert for stacked experts
     transform: str = ""
     qtype: GGMLQuantizationType = GGMLQuantizationType.F32
+    # The source already holds this GGUF type's blocks (MXFP4 experts): carried as they
+    # are unless the recipe asks for full float (then dequantized, exactly).
+    carried: GGMLQuantizationType | None = None
 
     @property
     def n_elements(self) -> int:
@@ -83,6 +98,9 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
     fused_name = re.compile(
         rf"^{re.escape(spec.expert_prefix)}\.(gate_up_proj|down_proj)(?:\.weight)?$"
     )
+    packed_name = re.compile(
+        rf"^{re.escape(spec.expert_prefix)}\.(gate_up_proj|down_proj)(_blocks|_scales|_bias)$"
+    )
     for name in ckpt.tensor_names():
         bid, rest = split_layer_name(name)
         if IGNORED.search(name) or (bid is not None and bid >= n_layers):
@@ -91,9 +109,13 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
         if m and m.group(2) in spec.expert_projections:
             experts.setdefault((bid, m.group(2)), {})[int(m.group(1))] = name
             continue
+        packed = packed_name.match(rest) if bid is not None and spec.expert_prefix else None
+        if packed:
+            planned += _plan_packed_experts(ckpt, spec, name, bid, *packed.groups())
+            continue
         fused = fused_name.match(rest) if bid is not None and spec.expert_prefix else None
         if fused:
-            planned += _plan_fused_experts(ckpt, name, bid, fused.group(1))
+            planned += _plan_fused_experts(ckpt, spec, name, bid, fused.group(1))
             continue
         table = spec.layer_tensors if bid is not None else GLOBAL_TENSORS
         if rest not in table:
@@ -185,7 +207,7 @@ def _plan_experts(ckpt, spec, experts) -> list[PlannedTensor]:
     return planned
 
 
-def _plan_fused_experts(ckpt, name, bid, proj) -> list[PlannedTensor]:
+def _plan_fused_experts(ckpt, spec, name, bid, proj) -> list[PlannedTensor]:
     """transformers 5's fused layout: gate_up_proj [E, 2F, H] (gate rows first) and
     down_proj [E, H, F], already stacked (llama.cpp's conversion/qwen.py reads the same)."""
     shape = tuple(ckpt.shape(name))
@@ -194,6 +216,8 @@ def _plan_fused_experts(ckpt, name, bid, proj) -> list[PlannedTensor]:
             f"{name} has shape {list(shape)}, not the [experts, rows, columns] of fused experts.",
             "The checkpoint is damaged or from an unknown layout.",
         )
+    if spec.gate_up_interleaved:
+        return _plan_in_out_experts(name, bid, proj, shape)
     if proj == "down_proj":
         return [
             PlannedTensor(
@@ -205,6 +229,58 @@ def _plan_fused_experts(ckpt, name, bid, proj) -> list[PlannedTensor]:
         PlannedTensor(gguf_name(kind, bid, ".weight"), kind, bid, half, (name,), transform)
         for kind, transform in ((T.FFN_GATE_EXP, FUSED_GATE), (T.FFN_UP_EXP, FUSED_UP))
     ]
+
+
+def _plan_in_out_experts(name, bid, proj, shape) -> list[PlannedTensor]:
+    """gpt-oss dequantized by transformers: gate_up_proj [E, H, 2F] with gate in the even
+    columns, down_proj [E, F, H] (inputs first); each expert is transposed on its way."""
+    e, rows, cols = shape
+    if proj == "down_proj":
+        parts = [(T.FFN_DOWN_EXP, IN_OUT, (e, cols, rows))]
+    else:
+        half = (e, cols // 2, rows)
+        parts = [(T.FFN_GATE_EXP, IN_OUT_GATE, half), (T.FFN_UP_EXP, IN_OUT_UP, half)]
+    return [
+        PlannedTensor(gguf_name(kind, bid, ".weight"), kind, bid, out_shape, (name,), transform)
+        for kind, transform, out_shape in parts
+    ]
+
+
+def _plan_packed_experts(ckpt, spec, name, bid, proj, suffix) -> list[PlannedTensor]:
+    """gpt-oss as published: MXFP4 `{proj}_blocks` [E, rows, G, 16] with `{proj}_scales`
+    [E, rows, G], and float `{proj}_bias` [E, rows]; gate_up rows interleaved."""
+    if suffix == SCALES_SUFFIX:
+        return []  # read with its blocks
+    shape = tuple(ckpt.shape(name))
+    if suffix == BLOCKS_SUFFIX:
+        scales = name.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX
+        if len(shape) != 4 or scales not in ckpt or tuple(ckpt.shape(scales)) != shape[:3]:
+            raise BadModelFile(
+                f"{name} has shape {list(shape)} without matching {scales}: not MXFP4 blocks.",
+                "The checkpoint is incomplete or damaged; re-download it.",
+            )
+        shape = (shape[0], shape[1], shape[2] * shape[3] * 2)  # 2 values per byte
+    split = proj == "gate_up_proj" and spec.gate_up_interleaved
+    if proj == "gate_up_proj" and (shape[1] % 2 or not split):
+        raise BadModelFile(
+            f"{name} has shape {list(shape)}, which does not split into gate and up rows.",
+            "The checkpoint is damaged or from an unknown layout.",
+        )
+    kind_suffix = ".bias" if suffix == "_bias" else ".weight"
+    if suffix == "_bias":
+        transforms = (EVEN_ROWS, ODD_ROWS) if split else ("",)
+    else:
+        transforms = (MXFP4_GATE, MXFP4_UP) if split else (MXFP4_ROWS,)
+    kinds = (T.FFN_GATE_EXP, T.FFN_UP_EXP) if split else (T.FFN_DOWN_EXP,)
+    out_shape = (shape[0], shape[1] // len(kinds), *shape[2:])
+    carried = GGMLQuantizationType.MXFP4 if suffix == BLOCKS_SUFFIX else None
+    return [
+        PlannedTensor(
+            gguf_name(kind, bid, kind_suffix), kind, bid, out_shape, (name,), transform,
+            carried=carried,
+        )
+        for kind, transform in zip(kinds, transforms, strict=True)
+    ]  # fmt: skip
 
 
 def _plan_rope_freqs(config: dict) -> list[PlannedTensor]:
@@ -311,8 +387,13 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
     if p.transform == ROPE_FREQS:
         yield llama3_rope_factors(config)
         return
+    if p.transform in (MXFP4_ROWS, MXFP4_GATE, MXFP4_UP, IN_OUT, IN_OUT_GATE, IN_OUT_UP):
+        yield from _expert_pieces(ckpt, p)
+        return
     for source in p.sources:
         data = ckpt.get(source)
+        if p.transform in (EVEN_ROWS, ODD_ROWS):
+            data = data[:, ROW_PARTS[p.transform]]
         if p.transform == PERMUTE_Q:
             data = permute_for_llama_rope(data, int(config["num_attention_heads"]))
         elif p.transform == PERMUTE_K:
@@ -330,3 +411,19 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
         else:
             data = _elementwise(data, p, config)
         yield data.contiguous()
+
+
+def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
+    """One expert at a time: MXFP4 blocks repacked for ggml (or dequantized for a float
+    recipe), or an [in, out] float expert transposed; gate/up rows picked out."""
+    rows, source = ROW_PARTS[p.transform], p.sources[0]
+    for e in range(p.shape[0]):
+        if p.transform in (IN_OUT, IN_OUT_GATE, IN_OUT_UP):
+            yield ckpt.get_row(source, e)[:, rows].t().contiguous()
+            continue
+        blocks = ckpt.get_row(source, e)[rows]
+        scales = ckpt.get_row(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
+        if p.qtype == GGMLQuantizationType.MXFP4:
+            yield to_ggml_blocks(blocks, scales)
+        else:
+            yield dequantize_mxfp4(blocks, scales)

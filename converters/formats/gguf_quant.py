@@ -74,6 +74,11 @@ def encode(data: torch.Tensor, qtype: Q) -> np.ndarray:
         return data.float().contiguous().numpy().view(np.uint8).reshape(-1)
     if qtype == Q.F16:
         return data.half().contiguous().numpy().view(np.uint8).reshape(-1)
+    if qtype == Q.MXFP4:
+        # never computed here: MXFP4 arrives as ggml blocks already (gguf_plan, mxfp4.py)
+        if data.dtype != torch.uint8:
+            raise ValueError("MXFP4 is carried from MXFP4 sources only, never quantized here")
+        return data.contiguous().numpy().reshape(-1)
     if qtype == Q.BF16:
         # torch rounds to nearest even like ggml_compute_fp32_to_bf16
         return data.bfloat16().contiguous().view(torch.uint8).numpy().reshape(-1)

@@ -42,6 +42,13 @@ QWEN35_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+"
     r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# o200k (GPT-4o's, gpt-oss's o200k_harmony): llama.cpp's "gpt-4o" pre-tokenizer
+GPT4O_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+    r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 DEEPSEEK_V3_REGEXES = (
     r"\p{N}{1,3}",
     r"[一-龥぀-ゟ゠-ヿ]+",
@@ -65,6 +72,7 @@ PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
         GPT2_REGEX,
     ): "gpt-2",  # GPT-2 and GPT-NeoX vocabularies (OLMoE; llama.cpp's "olmo" is the same)
     (QWEN35_REGEX,): "qwen35",  # Qwen3.5
+    (GPT4O_REGEX,): "gpt-4o",  # gpt-oss (o200k_harmony), GPT-4o
     DEEPSEEK_V3_REGEXES: "deepseek-v3",  # DeepSeek-V3, V3.1, R1
     DEEPSEEK_LLM_REGEXES: "deepseek-llm",  # DeepSeek-LLM, DeepSeek-V2, V2.5
 }

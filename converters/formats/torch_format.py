@@ -5,7 +5,8 @@ A folder with the source's `config.json` and tokenizer files, a JSON manifest
 files. Each MoE layer's routed experts sit in their own file as one uint8 tensor
 `[n_experts, bytes_per_expert]`: row e holds everything expert e needs (its fused gate/up
 projection, its down projection, their scales) at 64-byte aligned offsets, so an expert is
-one contiguous slice that can be paged in, copied to a GPU or evicted on its own. The rest
+one contiguous slice that can be paged in, copied to a GPU or evicted on its own (gpt-oss's
+experts add float32 biases to the row; its MXFP4 is dequantized exactly on the way in). The rest
 of the model is in `model.safetensors`.
 
 Quantization schemes: int8_row (int8, one scale per output row) and int4_group (nibble-packed
@@ -62,6 +63,7 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # tables): per expert, `model.layers.{bid}.{block}.experts.{e}.{proj}.weight`, and
 # transformers 5's fused `experts.gate_up_proj` [E, 2I, H] / `experts.down_proj` [E, H, I].
 EXPERT_RE, FUSED_RE, PROJ = archs.expert_tensor_names()
+MXFP4_RE = archs.packed_expert_tensor_name()  # gpt-oss: experts.{proj}_{blocks,scales,bias}
 
 
 # ---- the expert row layout ---------------------------------------------------------------
@@ -98,19 +100,30 @@ def expert_parts(scheme: str, hidden: int, inter: int, float_dtype: torch.dtype 
     raise ValueError(f"unknown expert scheme {scheme!r}")
 
 
-def expert_layout(scheme: str, hidden: int, inter: int, float_dtype=torch.bfloat16):
-    """({part: (offset, dtype, shape)}, bytes per expert row, a multiple of ALIGN)."""
+BIAS_PARTS = (("gate_up.bias", 2), ("down.bias", 0))  # part, rows (x inter; 0: hidden)
+
+
+def expert_layout(
+    scheme: str, hidden: int, inter: int, float_dtype=torch.bfloat16, biases: bool = False
+):
+    """({part: (offset, dtype, shape)}, bytes per expert row, a multiple of ALIGN).
+    `biases`: float32 gate_up/down biases follow the weights (gpt-oss's experts have them)."""
     layout, offset = {}, 0
-    for name, dtype, shape in expert_parts(scheme, hidden, inter, float_dtype):
+    parts = expert_parts(scheme, hidden, inter, float_dtype)
+    if biases:
+        parts += [(n, torch.float32, (k * inter or hidden,)) for n, k in BIAS_PARTS]
+    for name, dtype, shape in parts:
         layout[name] = (offset, dtype, shape)
         offset = _align(offset + int(np.prod(shape)) * dtype.itemsize)
     return layout, offset
 
 
-def pack_expert(scheme: str, gate, up, down, float_dtype=torch.bfloat16) -> torch.Tensor:
-    """One expert's weights -> its uint8 row."""
+def pack_expert(
+    scheme: str, gate, up, down, float_dtype=torch.bfloat16, biases=None
+) -> torch.Tensor:
+    """One expert's weights (and its (gate, up, down) biases, if any) -> its uint8 row."""
     inter, hidden = gate.shape
-    layout, nbytes = expert_layout(scheme, hidden, inter, float_dtype)
+    layout, nbytes = expert_layout(scheme, hidden, inter, float_dtype, biases is not None)
     gate_up = torch.cat([gate, up], dim=0)
     if scheme == "float":
         values = {"gate_up": gate_up.to(float_dtype), "down": down.to(float_dtype)}
@@ -124,6 +137,9 @@ def pack_expert(scheme: str, gate, up, down, float_dtype=torch.bfloat16) -> torc
             "gate_up.q": q1, "gate_up.scale": s1, "gate_up.zero": z1,
             "down.q": q2, "down.scale": s2, "down.zero": z2,
         }  # fmt: skip
+    if biases is not None:
+        values["gate_up.bias"] = torch.cat([biases[0], biases[1]]).float()
+        values["down.bias"] = biases[2].float()
     row = torch.zeros(nbytes, dtype=torch.uint8)
     for name, (offset, dtype, _shape) in layout.items():
         data = values[name].to(dtype).contiguous().view(torch.uint8).flatten()

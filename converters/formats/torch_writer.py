@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from converters.core.errors import Cancelled, ItamaeError, OutputExists
 from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.mxfp4 import mxfp4_expert
 from converters.formats.torch_format import (
     ALIGN,
     DTYPE_NAMES,
@@ -28,6 +29,7 @@ from converters.formats.torch_format import (
     FORMAT_VERSION,
     FUSED_RE,
     MANIFEST,
+    MXFP4_RE,
     PROJ,
     TOKENIZER_FILES,
     expert_layout,
@@ -39,7 +41,8 @@ from converters.formats.torch_quant import INT4_GROUP, quantize_int8_rows
 def _scheme_for(name: str, shape: list[int], rest: str) -> str:
     if rest == "bf16" or len(shape) != 2:
         return "float"
-    float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj")
+    float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj",
+                  ".mlp.router.")  # fmt: skip
     if any(k in name for k in float_kept) or not name.endswith(".weight"):
         return "float"
     return "int8_row"
@@ -47,7 +50,8 @@ def _scheme_for(name: str, shape: list[int], rest: str) -> str:
 
 def _keep_float32(name: str) -> bool:
     # Routers decide which experts run; keep them (and DeepSeek's correction bias) exact.
-    return ".mlp.gate." in name or "e_score_correction_bias" in name or "shared_expert_gate" in name
+    routers = (".mlp.gate.", ".mlp.router.", "e_score_correction_bias", "shared_expert_gate")
+    return any(r in name for r in routers)
 
 
 class _ExpertFile:
@@ -83,10 +87,23 @@ def _find_experts(ckpt: HFCheckpoint, n_layers: int) -> dict[int, dict]:
         if m and int(m.group(1)) < n_layers:
             layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
             layer.setdefault("fused", {})[m.group(3)] = name
+            continue
+        m = MXFP4_RE.match(name)
+        if m and int(m.group(1)) < n_layers:  # gpt-oss: MXFP4 blocks, scales, biases
+            layer = layers.setdefault(int(m.group(1)), {"block": m.group(2), "names": {}})
+            layer.setdefault("mxfp4", {})[m.group(3)] = name
     return layers
 
 
 def _expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
+    """(gate, up, down, biases or None)."""
+    if "mxfp4" in info:
+        prefix = f"model.layers.{info['layer']}.{info['block']}.experts"
+        return mxfp4_expert(ckpt, prefix, e)
+    return (*_float_expert_weights(ckpt, info, e), None)
+
+
+def _float_expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
     if "fused" in info:
         gate_up = ckpt.get_row(info["fused"]["gate_up_proj"], e)  # one expert, not all E
         inter = gate_up.shape[0] // 2
@@ -98,6 +115,8 @@ def _expert_weights(ckpt: HFCheckpoint, info: dict, e: int):
 def _n_experts(info: dict, ckpt: HFCheckpoint) -> int:
     if "fused" in info:
         return ckpt.shape(info["fused"]["down_proj"])[0]
+    if "mxfp4" in info:
+        return ckpt.shape(next(iter(info["mxfp4"].values())))[0]
     return 1 + max(e for e, _ in info["names"])
 
 
@@ -132,7 +151,11 @@ def convert_to_torch(
     expert_names = {
         n
         for info in experts.values()
-        for n in (*info["names"].values(), *info.get("fused", {}).values())
+        for n in (
+            *info["names"].values(),
+            *info.get("fused", {}).values(),
+            *info.get("mxfp4", {}).values(),
+        )
     }
     others = [
         n for n in ckpt.tensor_names() if n not in expert_names and not _beyond_layers(n, n_layers)
@@ -149,7 +172,7 @@ def convert_to_torch(
             if (src / f).is_file():
                 shutil.copy2(src / f, tmp / f)
         config = dict(ckpt.config)
-        config.pop("quantization_config", None)  # FP8 was dequantized: the scales are gone
+        config.pop("quantization_config", None)  # FP8/MXFP4 were dequantized: scales are gone
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         tmp.rename(dest)
@@ -195,17 +218,18 @@ def _write_all(ckpt, tmp, quant, rest_scheme, experts, others, total, progress, 
     for layer in sorted(experts):
         info = experts[layer]
         n = _n_experts(info, ckpt)
-        gate, up, down = _expert_weights(ckpt, info, 0)
+        info["layer"] = layer
+        gate, up, down, biases = _expert_weights(ckpt, info, 0)
         inter, hidden = gate.shape
-        layout, row_bytes = expert_layout(expert_scheme, hidden, inter)
+        layout, row_bytes = expert_layout(expert_scheme, hidden, inter, biases=biases is not None)
         file = f"experts-{layer:03d}.safetensors"
         tensor = f"model.layers.{layer}.experts.packed"
         writer = _ExpertFile(tmp / file, tensor, n, row_bytes)
         try:
             for e in range(n):
                 if e:
-                    gate, up, down = _expert_weights(ckpt, info, e)
-                writer.write(pack_expert(expert_scheme, gate, up, down))
+                    gate, up, down, biases = _expert_weights(ckpt, info, e)
+                writer.write(pack_expert(expert_scheme, gate, up, down, biases=biases))
                 step(f"layer {layer} expert {e}")
         finally:
             writer.close()

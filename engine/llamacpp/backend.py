@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from converters import archs
 from converters.core.errors import ContextTooLong, ItamaeError
 from engine.prompting import PromptPlan, plan_prompt
 from engine.text_stream import TextAssembler
@@ -157,6 +158,8 @@ class LlamaCppBackend:
             ),
         )
         self.chat_template = self.native.chat_template()
+        # Harmony's channel tokens stay in the reply text (they mark the reasoning)
+        self.keep_special = archs.reply_has_markers(self.info.arch)
         self.bos_token, self.eos_token = self.native.special_tokens()
         self.info.extra.update(
             memory_plan=plan.to_json(), expert_placement=self.expert_placement_report()
@@ -329,7 +332,7 @@ class LlamaCppBackend:
                 logprob = None
                 if params.logprobs is not None:
                     logprob = token_logprob(native, token, params.logprobs)
-                yield TokenEvent(text.push(native.piece(token)), token, logprob)
+                yield TokenEvent(text.push(native.piece(token, self.keep_special)), token, logprob)
                 if text.stopped:
                     finish = "stop"
                     break

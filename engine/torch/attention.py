@@ -3,8 +3,8 @@ multi-head latent attention (MLA) with its compressed KV cache.
 
 GQA follows transformers' LlamaAttention with the per-architecture extras: qkv bias
 (Qwen2-MoE), per-head q/k RMSNorm (Qwen3-MoE), whole-projection q/k RMSNorm and clip_qkv
-(OLMoE), sliding window (Mixtral, Qwen when enabled), a sigmoid output gate per head whose
-rows q_proj carries beside the query's (Qwen3-Next's gated attention).
+(OLMoE), sliding window (Mixtral, Qwen when enabled), per-head attention sinks (gpt-oss), a
+sigmoid output gate per head whose rows q_proj carries beside the query's (Qwen3-Next).
 MLA follows DeepSeek-V2 (arXiv 2405.04434, §2.1) in its "absorbed" form, as DeepSeek's
 inference code and llama.cpp run it: the cache keeps only the normalised latent c_kv and the
 rotated shared key; kv_b_proj's key half is folded into the query and its value half applied
@@ -58,6 +58,7 @@ class GQAttention:
     qk_norm_per_head: bool = True  # Qwen3: per head; OLMoE: over the whole projection
     clip_qkv: float | None = None
     sliding_window: int | None = None
+    sinks: torch.Tensor | None = None  # [Hq] float32: gpt-oss's per-head sink logit
     output_gate: bool = False  # q_proj rows per head: [query, gate]
 
     def __call__(self, x, cos, sin, cache: KVCache, start: int) -> torch.Tensor:
@@ -79,7 +80,10 @@ class GQAttention:
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = self.rotary.apply(q, cos, sin), self.rotary.apply(k, cos, sin)
         k, v = cache.update(self.layer, start, 2, k, v)  # [B, Hkv, S, D]
-        if t == 1 and self.sliding_window is None:
+        if self.sinks is not None:
+            mask = causal_mask(t, start, self.sliding_window, x.device)
+            out = sink_attention(q, k, v, self.sinks, mask)
+        elif t == 1 and self.sliding_window is None:
             out = decode_attention(q, k, v)
         else:
             mask = causal_mask(t, start, self.sliding_window, x.device)
@@ -88,6 +92,22 @@ class GQAttention:
             )
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.o(out if gate is None else out * torch.sigmoid(gate))
+
+
+def sink_attention(q, k, v, sinks: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention with one learned sink logit per head that takes probability mass but
+    has no value (gpt-oss; transformers' eager_attention_forward with `s_aux`, llama.cpp's
+    attn_sinks). q [B, Hq, T, D], k and v [B, Hkv, S, D], sinks [Hq] -> [B, Hq, T, D]."""
+    b, hq, t, d = q.shape
+    hkv = k.shape[1]
+    grouped = q.reshape(b, hkv, hq // hkv * t, d).float()  # heads sharing a KV head as rows
+    scores = (grouped @ k.float().transpose(-1, -2)).view(b, hq, t, -1) * d**-0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    sink = sinks.float().view(1, hq, 1, 1).expand(b, hq, t, 1)
+    probs = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]  # [B, Hq, T, S]
+    out = probs.reshape(b, hkv, hq // hkv * t, -1) @ v.float()
+    return out.view(b, hq, t, d).to(q.dtype)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ objects (`ExpertFFN`) are typed views into whichever copy is used. Slow tiers:
 - `MappedExperts`: the torch format's memory-mapped expert files (zero-copy views; the OS
   pages them in), so a model larger than RAM still runs.
 - `CheckpointExperts`: a Hugging Face folder, read expert by expert through HFCheckpoint
-  (FP8 dequantized) and packed into a row in the compute dtype.
+  (FP8 and MXFP4 dequantized) and packed into a row in the compute dtype.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.mxfp4 import BLOCKS_SUFFIX, mxfp4_expert
 from converters.formats.torch_format import (
     FUSED_RE,
     TorchFormat,
@@ -24,7 +25,7 @@ from converters.formats.torch_format import (
 )
 from converters.formats.torch_quant import int4_group_size
 
-from .layers import ACTIVATIONS, Int4Linear, Int8Linear, Linear
+from .layers import Int4Linear, Int8Linear, Linear, gated_activation
 
 
 def stacked_views(rows: torch.Tensor, layout: dict) -> dict[str, torch.Tensor]:
@@ -63,7 +64,9 @@ class ExpertFFN:
             self.down = Int4Linear(
                 v["down.q"], v["down.scale"], v["down.zero"], int4_group_size(inter)
             )
-        self.act = ACTIVATIONS[act]
+        self.glu = gated_activation(act)
+        # per-expert biases (gpt-oss), float32, added after the matmuls whatever the scheme
+        self.gate_up_bias, self.down_bias = v.get("gate_up.bias"), v.get("down.bias")
 
     def prepare(self, dtype: torch.dtype) -> None:
         """Repack int4 weights for the CPU kernel ahead of the first token (bf16 on CPU only)."""
@@ -73,8 +76,12 @@ class ExpertFFN:
                     linear.prepare_kernel()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # x [T, H] -> [T, 2I] -> 2 x [T, I]
-        return self.down(self.act(gate) * up)  # [T, H]
+        gate_up = self.gate_up(x)  # x [T, H] -> [T, 2I]
+        if self.gate_up_bias is not None:
+            gate_up = gate_up + self.gate_up_bias.to(gate_up.dtype)
+        gate, up = gate_up.chunk(2, dim=-1)  # 2 x [T, I]
+        out = self.down(self.glu(gate, up))  # [T, H]
+        return out if self.down_bias is None else out + self.down_bias.to(out.dtype)
 
 
 class SlowTier:
@@ -137,11 +144,19 @@ class CheckpointExperts(SlowTier):
                  n_experts: int, dtype: torch.dtype, act: str = "silu", scheme: str = "float"):  # fmt: skip
         self.ckpt, self.prefixes, self.names = ckpt, prefixes, names
         self.dtype, self.act, self._n, self.scheme = dtype, act, n_experts, scheme
-        gate = self._weights(0, 0)[0]
-        self._layout = expert_layout(scheme, gate.shape[1], gate.shape[0], dtype)
+        gate, *_, biases = self._weights(0, 0)
+        self._layout = expert_layout(
+            scheme, gate.shape[1], gate.shape[0], dtype, biases=biases is not None
+        )
 
     def _weights(self, layer: int, e: int):
+        """(gate, up, down, biases or None) of one expert."""
         prefix = self.prefixes[layer]
+        if f"{prefix}.gate_up_proj{BLOCKS_SUFFIX}" in self.ckpt:
+            return mxfp4_expert(self.ckpt, prefix, e)
+        return (*self._float_weights(prefix, e), None)
+
+    def _float_weights(self, prefix: str, e: int):
         fused = f"{prefix}.gate_up_proj"
         if fused in self.ckpt and FUSED_RE.match(fused):
             gate_up = self.ckpt.get_row(fused, e)  # one expert's slice, not the stack
@@ -150,7 +165,8 @@ class CheckpointExperts(SlowTier):
         return tuple(self.ckpt.get(f"{prefix}.{e}.{n}.weight") for n in self.names)
 
     def row(self, layer: int, expert: int) -> torch.Tensor:
-        return pack_expert(self.scheme, *self._weights(layer, expert), float_dtype=self.dtype)
+        gate, up, down, biases = self._weights(layer, expert)
+        return pack_expert(self.scheme, gate, up, down, float_dtype=self.dtype, biases=biases)
 
     def layout(self, layer: int):
         return self._layout

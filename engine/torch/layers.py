@@ -30,6 +30,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+CLAMPED_SWIGLU = "clamped_swiglu:"  # + limit; gpt-oss's expert activation
+SWIGLU_ALPHA = 1.702  # its sigmoid gain (transformers' GptOssExperts.alpha)
+
+
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """gpt-oss: gate clamped above, up clamped both ways, (up + 1) * gate * sigmoid(1.702 gate)
+    (transformers' GptOssExperts._apply_gate; llama.cpp's swiglu_oai)."""
+    gate = gate.clamp(max=limit)
+    up = up.clamp(-limit, limit)
+    return (up + 1) * (gate * torch.sigmoid(gate * SWIGLU_ALPHA))
+
+
+def gated_activation(act: str):
+    """(gate, up) -> the gated hidden state: act(gate) * up, or a named gated variant."""
+    if act.startswith(CLAMPED_SWIGLU):
+        limit = float(act.removeprefix(CLAMPED_SWIGLU))
+        return lambda gate, up: clamped_swiglu(gate, up, limit)
+    fn = ACTIVATIONS[act]
+    return lambda gate, up: fn(gate) * up
+
+
 KERNEL_ALIGN = 64  # bytes; torch's CPU int8pack kernel crashes on weights not 64-byte aligned
 
 

@@ -7,6 +7,7 @@ Routing references (transformers 5 modeling files, and the models' own code):
 - DeepSeek-V2: softmax, "greedy" or "group_limited_greedy" (groups ranked by their best
   expert), weights x routed_scaling_factor (or renormalised when norm_topk_prob, as
   DeepSeek's own modeling_deepseek.py does), plus shared experts.
+- gpt-oss: logits with a bias, top-k, softmax over the chosen k (= renormalised softmax).
 - DeepSeek-V3/R1: sigmoid scores; choice uses scores + e_score_correction_bias with groups
   ranked by the sum of their two best; weights are the unbiased scores, renormalised if
   `norm_topk_prob`, then x routed_scaling_factor (DeepseekV3TopkRouter).
@@ -33,6 +34,7 @@ from .placement import ExpertCache
 class Router:
     weight: torch.Tensor  # [E, H] float32
     top_k: int
+    bias: torch.Tensor | None = None  # [E] float32 (gpt-oss's router has one)
     scoring: str = "softmax"  # softmax | sigmoid
     norm_topk_prob: bool = False
     routed_scaling_factor: float = 1.0
@@ -50,7 +52,7 @@ class Router:
         k = top_k or self.top_k
         if self.uniform is not None:
             return self._uniform(x.shape[0], k, x.device)
-        logits = F.linear(x.float(), self.weight)  # [T, E]
+        logits = F.linear(x.float(), self.weight, self.bias)  # [T, E]
         if self.scoring == "sigmoid":
             scores = logits.sigmoid()
         else:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from converters import archs
 from converters.core.errors import BadModelFile
 from converters.core.json_files import read_model_json
 from engine.chat_template import render_chat
@@ -50,6 +51,8 @@ class ModelText:
         self.bos_token = _token_text(tc.get("bos_token"))
         self.eos_token = _token_text(tc.get("eos_token"))
         self.eos_ids = self._eos_ids(folder, config)
+        # Harmony's channel tokens stay in the reply: they say which part is reasoning
+        self.keep_special = archs.reply_has_markers(str(config.get("model_type", "")))
 
     def _eos_ids(self, folder: Path, config: dict) -> set[int]:
         ids: set[int] = set()
@@ -66,7 +69,7 @@ class ModelText:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids, skip_special_tokens=not self.keep_special)
 
     def stream(self) -> TokenizerStream:
         """A fresh incremental decoder for one reply (special tokens skipped, as `decode`)."""

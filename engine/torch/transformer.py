@@ -106,6 +106,10 @@ class DecoderModel:
     def build_router(self, i: int) -> Router:
         raise NotImplementedError
 
+    def expert_act(self) -> str:
+        """The routed experts' gated activation (layers.gated_activation names it)."""
+        return self.args.hidden_act
+
     def build_shared(self, i: int) -> tuple[GatedMLP | None, Linear | None]:
         return None, None
 
@@ -133,7 +137,7 @@ class DecoderModel:
 
     def _make_cache(self, placement: PlacementOptions) -> ExpertCache:
         slow = self.w.slow_tier(
-            [self.moe_prefix(i) for i in self.moe_layers], self.expert_names, self.args.hidden_act
+            [self.moe_prefix(i) for i in self.moe_layers], self.expert_names, self.expert_act()
         )
         row_bytes = slow.layout(0)[1]
         total = row_bytes * self.args.n_experts * len(self.moe_layers)
@@ -169,7 +173,7 @@ class DecoderModel:
         if self.cache is None or not compile_wanted(wanted, self.cache.row_bytes):
             return None, 0.0
         slow = self.cache.slow
-        fused = FusedExperts.for_scheme(slow.scheme, self.args.hidden_act, self.device)
+        fused = FusedExperts.for_scheme(slow.scheme, self.expert_act(), self.device)
         if fused is None:
             return None, 0.0
         started = time.perf_counter()

@@ -16,10 +16,13 @@ import torch
 
 from converters.core.errors import BadModelFile
 from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
 from converters.formats.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
 
 from .experts import CheckpointExperts, MappedExperts, SlowTier
 from .layers import Int8Linear, Linear
+
+PACKED_EXPERT_SUFFIXES = (BLOCKS_SUFFIX, SCALES_SUFFIX, "_bias")
 
 
 class Weights:
@@ -69,8 +72,15 @@ class CheckpointWeights(Weights):
         return self.ckpt.get(name)
 
     def slow_tier(self, prefixes, names, act) -> SlowTier:
-        fused = f"{prefixes[0]}.down_proj"
-        if fused in self.ckpt:
+        fused = next(
+            (
+                f
+                for f in (f"{prefixes[0]}.down_proj", f"{prefixes[0]}.down_proj_blocks")
+                if f in self.ckpt
+            ),
+            None,
+        )
+        if fused:
             n = self.ckpt.shape(fused)[0]
         else:
             n = 1 + max(
@@ -87,6 +97,8 @@ class CheckpointWeights(Weights):
             m = re.match(r"^model\.layers\.(\d+)\.", name)
             if EXPERT_RE.match(name) or FUSED_RE.match(name) or (m and int(m.group(1)) >= n_layers):
                 continue
+            if ".experts." in name and name.endswith(PACKED_EXPERT_SUFFIXES):
+                continue  # MXFP4 experts and their biases
             total += math.prod(self.ckpt.shape(name))
         return total
 

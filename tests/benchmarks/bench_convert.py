@@ -3,6 +3,7 @@
 Not a test (it reports figures); run it by hand:
 
     python -m tests.benchmarks.bench_convert [--quant q8_0] [--workdir DIR] [--json]
+    python -m tests.benchmarks.bench_convert --model gpt-oss [--layers 2]
 
 Builds (once, cached in --workdir) a synthetic Qwen3-MoE checkpoint with realistic shapes:
 hidden 1024, 12 layers, 32 experts with top-4, expert FFN 768, Qwen2's real 151,936-token
@@ -12,6 +13,9 @@ That is about 1.3B parameters. Then converts it to Q8_0 with each converter in i
 process, in the same run, and reports wall time and peak RSS (VmHWM of that process
 alone, see tests/benchmarks/peak_rss.py) of each, the ratios, and how many tensors of the
 two files are byte-identical.
+
+`--model gpt-oss` converts a gpt-oss-20b-shaped checkpoint with MXFP4 experts instead
+(tests/benchmarks/gpt_oss_checkpoint.py; a few layers, so it fits a small shared machine).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from tests.benchmarks.gpt_oss_checkpoint import build_gpt_oss_checkpoint
 from tests.fixtures.llamacpp_reference import CACHE, llama_cpp_source, vocabulary_tokenizer
 
 SHAPES = dict(
@@ -174,16 +179,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=CACHE / "bench")
     parser.add_argument("--keep", action="store_true", help="keep the converted files")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--model", choices=("qwen3-moe", "gpt-oss"), default="qwen3-moe")
+    parser.add_argument("--layers", type=int, default=2, help="gpt-oss: decoder layers")
     args = parser.parse_args(argv)
 
-    src = build_checkpoint(args.workdir / "synthetic-qwen3-moe-1b")
-    params = sum(
-        torch.Size(s).numel()
-        for bid in range(SHAPES["num_hidden_layers"])
-        for s in layer_shapes(bid).values()
-    )
-    vocab = json.loads((src / "config.json").read_text())["vocab_size"]
-    params += 2 * vocab * SHAPES["hidden_size"] + SHAPES["hidden_size"]
+    if args.model == "gpt-oss":
+        src = build_gpt_oss_checkpoint(
+            args.workdir / f"synthetic-gpt-oss-{args.layers}l", args.layers
+        )
+        from converters.facts.inspection import inspect
+
+        params = inspect(src).total_params
+    else:
+        src = build_checkpoint(args.workdir / "synthetic-qwen3-moe-1b")
+        params = sum(
+            torch.Size(s).numel()
+            for bid in range(SHAPES["num_hidden_layers"])
+            for s in layer_shapes(bid).values()
+        )
+        vocab = json.loads((src / "config.json").read_text())["vocab_size"]
+        params += 2 * vocab * SHAPES["hidden_size"] + SHAPES["hidden_size"]
     ours, theirs = args.workdir / "itamae.gguf", args.workdir / "llamacpp.gguf"
     for f in (ours, theirs):
         f.unlink(missing_ok=True)
@@ -220,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         print(
-            f"checkpoint: {params / 1e9:.2f}B parameters, bf16, {report['checkpoint']['bytes'] / 2**30:.2f} GiB"
+            f"checkpoint ({args.model}): {params / 1e9:.2f}B parameters, "
+            f"{report['checkpoint']['bytes'] / 2**30:.2f} GiB on disk"
         )
         for who in ("itamae", "llama.cpp"):
             r = results[who]

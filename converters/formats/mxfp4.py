@@ -1,0 +1,89 @@
+"""MXFP4 weights as OpenAI publishes them (gpt-oss) and as ggml stores them.
+
+The OCP Microscaling format: blocks of 32 values along a row's input dimension, each value
+a 4-bit E2M1 float (sign bit, then an index into 0, 0.5, 1, 1.5, 2, 3, 4, 6) and one shared
+E8M0 scale per block (a power of two, stored as the biased exponent 2^(e - 127)).
+
+Published layout (transformers' integrations/mxfp4.py, `_convert_moe_packed_tensors`):
+`<name>_blocks` uint8 [..., rows, blocks, 16], byte i holding value 2i in its low nibble and
+value 2i+1 in its high nibble, and `<name>_scales` uint8 [..., rows, blocks].
+ggml's `block_mxfp4` (ggml-common.h): the scale byte, then 16 bytes where byte j holds value
+j in its low nibble and value j+16 in its high nibble. Going from one to the other only
+moves nibbles (llama.cpp's conversion/gpt_oss.py `repack_mxfp4` does the same); no value
+is dequantized or rounded on the way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 32  # values per block (one scale each)
+BLOCK_BYTES = 16  # packed nibbles per block
+SCALE_BIAS = 127  # E8M0: 2 ** (byte - 127)
+FP4_VALUES = (
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    6.0,
+    -0.0,
+    -0.5,
+    -1.0,
+    -1.5,
+    -2.0,
+    -3.0,
+    -4.0,
+    -6.0,
+)
+BLOCKS_SUFFIX, SCALES_SUFFIX = "_blocks", "_scales"
+
+
+def nibbles(blocks: torch.Tensor) -> torch.Tensor:
+    """Published blocks [..., 16] uint8 -> the 32 codes [..., 32] in value order."""
+    low, high = blocks & 0x0F, blocks >> 4
+    return torch.stack((low, high), dim=-1).flatten(-2)
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[..., rows, G, 16] codes and [..., rows, G] scales -> float32 [..., rows, G * 32].
+
+    Exact: every FP4 value times a power of two is a float32 (what transformers computes
+    with its lookup table and ldexp)."""
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
+    values = lut[nibbles(blocks).long()]  # [..., rows, G, 32]
+    exponents = scales.to(torch.int32) - SCALE_BIAS
+    return torch.ldexp(values, exponents[..., None]).flatten(-2)
+
+
+def to_ggml_blocks(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Published [..., rows, G, 16] + [..., rows, G] -> ggml's block_mxfp4 bytes
+    [..., rows, G * 17]: the scale byte, then value j | value j+16 << 4 for j < 16.
+
+    Value k sits in source byte k // 2 (low nibble if k is even), so ggml's byte 2i takes
+    the low nibbles of source bytes i and 8 + i, and byte 2i + 1 their high nibbles."""
+    first, second = blocks[..., :8], blocks[..., 8:]  # values 0-15 and 16-31
+    out = torch.empty(*blocks.shape[:-1], 1 + BLOCK_BYTES, dtype=torch.uint8)
+    out[..., 0] = scales
+    out[..., 1::2] = (first & 0x0F) | (second << 4)
+    out[..., 2::2] = (first >> 4) | (second & 0xF0)
+    return out.flatten(-2)
+
+
+def mxfp4_expert(ckpt, prefix: str, e: int):
+    """(gate [F, H], up [F, H], down [H, F], (gate, up, down) biases) of expert `e` of a
+    gpt-oss layer as published: `{prefix}.gate_up_proj_blocks` rows interleave gate (even)
+    and up (odd), dequantized exactly to float32. `ckpt` is an HFCheckpoint."""
+
+    def weight(proj: str) -> torch.Tensor:
+        name = f"{prefix}.{proj}"
+        blocks = ckpt.get_row(name + BLOCKS_SUFFIX, e)
+        return dequantize_mxfp4(blocks, ckpt.get_row(name + SCALES_SUFFIX, e))
+
+    gate_up, down = weight("gate_up_proj"), weight("down_proj")
+    gate_up_bias = ckpt.get_row(f"{prefix}.gate_up_proj_bias", e).float()
+    down_bias = ckpt.get_row(f"{prefix}.down_proj_bias", e).float()
+    biases = (gate_up_bias[0::2], gate_up_bias[1::2], down_bias)
+    return gate_up[0::2], gate_up[1::2], down, biases
