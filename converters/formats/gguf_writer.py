@@ -24,7 +24,8 @@ from converters.facts.card_metadata import CardFacts, hub_url, read_card
 from converters.facts.model_card import OPENNESS_KEY
 from converters.facts.openness import openness_json
 from converters.facts.sampling_defaults import SAMPLING_KEYS
-from converters.formats.gguf_plan import PlannedTensor, tensor_pieces
+from converters.formats.gguf_pieces import tensor_pieces
+from converters.formats.gguf_plan import PlannedTensor
 from converters.formats.gguf_quant import encode, nbytes, one_torch_thread_per_worker
 from converters.formats.gguf_tokenizer import add_tokenizer
 from converters.formats.hf_reader import HFCheckpoint

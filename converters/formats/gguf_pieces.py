@@ -1,0 +1,126 @@
+"""The data of a planned GGUF tensor (converters/formats/gguf_plan.py), streamed.
+
+One source tensor at a time, and a stacked expert tensor `[n_experts, out, in]` one expert
+at a time (each expert is a contiguous slice of the stacked tensor in ggml's layout, so it
+can be encoded and written on its own), with the plan's transform applied: llama.cpp's
+rope permutation (conversion/llama.py `permute`), DeepSeek's kv_b_proj split, halves of
+fused gate/up projections, MXFP4 blocks repacked for ggml, linear-attention reorders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from gguf import GGMLQuantizationType
+
+from converters.archs.rope import rope_parameters
+from converters.archs.tensors import ADD_ONE, NEG_EXP, PERMUTE_K, PERMUTE_Q, SQUEEZE, V_REORDER
+from converters.formats.gguf_linear_attention import QKVZ_QKV, QKVZ_Z, split_qkvz, v_reordered
+from converters.formats.gguf_plan import (
+    EVEN_ROWS,
+    FUSED_GATE,
+    FUSED_UP,
+    IN_OUT,
+    IN_OUT_GATE,
+    IN_OUT_UP,
+    K_B,
+    MXFP4_GATE,
+    MXFP4_ROWS,
+    MXFP4_UP,
+    ODD_ROWS,
+    ROPE_FREQS,
+    ROW_PARTS,
+    V_B,
+    PlannedTensor,
+)
+from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX, dequantize_mxfp4, to_ggml_blocks
+
+
+def permute_for_llama_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF stores q/k rows as [first halves | second halves] per head; llama.cpp's Llama rope
+    wants them interleaved (llama.py `LlamaModel.permute`)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def llama3_rope_factors(config: dict) -> torch.Tensor:
+    params = rope_parameters(config)
+    base = params["rope_theta"] or 10000.0
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = params.get("factor", 8.0)
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    old_ctx = params.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen < old_ctx / high, torch.ones_like(freqs), mid)
+    return torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), out)
+
+
+def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Tensor:
+    """The "+"-joined transforms of one tensor, in order (e.g. "squeeze+tile_v:v_rows")."""
+    for step in filter(None, p.transform.split("+")):
+        if step == ADD_ONE:
+            data = data.float() + 1.0
+        elif step == NEG_EXP:
+            data = -torch.exp(data.float())
+        elif step == SQUEEZE:
+            data = data.reshape(p.shape)
+        elif step.startswith(V_REORDER):
+            data = v_reordered(data, config, step.removeprefix(V_REORDER))
+    return data
+
+
+def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
+    """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
+    config = ckpt.config
+    if p.transform == ROPE_FREQS:
+        yield llama3_rope_factors(config)
+        return
+    if p.transform in (MXFP4_ROWS, MXFP4_GATE, MXFP4_UP, IN_OUT, IN_OUT_GATE, IN_OUT_UP):
+        yield from _expert_pieces(ckpt, p)
+        return
+    for source in p.sources:
+        data = ckpt.get(source)
+        if p.transform in (EVEN_ROWS, ODD_ROWS):
+            data = data[:, ROW_PARTS[p.transform]]
+        if p.transform == PERMUTE_Q:
+            data = permute_for_llama_rope(data, int(config["num_attention_heads"]))
+        elif p.transform == PERMUTE_K:
+            heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+            data = permute_for_llama_rope(data, int(heads))
+        elif p.transform in (K_B, V_B):
+            heads, nope = int(config["num_attention_heads"]), int(config["qk_nope_head_dim"])
+            kv_b = data.view(heads, -1, data.shape[-1])  # [H, nope + v, kv_lora]
+            data = kv_b[:, :nope].transpose(1, 2) if p.transform == K_B else kv_b[:, nope:]
+        elif p.transform in (FUSED_GATE, FUSED_UP):
+            rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
+            data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
+        elif p.transform in (QKVZ_QKV, QKVZ_Z):
+            data = split_qkvz(data, config, p.transform)
+        else:
+            data = _elementwise(data, p, config)
+        yield data.contiguous()
+
+
+def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
+    """One expert at a time: MXFP4 blocks repacked for ggml (or dequantized for a float
+    recipe), or an [in, out] float expert transposed; gate/up rows picked out."""
+    rows, source = ROW_PARTS[p.transform], p.sources[0]
+    for e in range(p.shape[0]):
+        if p.transform in (IN_OUT, IN_OUT_GATE, IN_OUT_UP):
+            yield ckpt.get_row(source, e)[:, rows].t().contiguous()
+            continue
+        blocks = ckpt.get_row(source, e)[rows]
+        scales = ckpt.get_row(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
+        if p.qtype == GGMLQuantizationType.MXFP4:
+            yield to_ggml_blocks(blocks, scales)
+        else:
+            yield dequantize_mxfp4(blocks, scales)
