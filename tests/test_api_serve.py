@@ -443,11 +443,18 @@ def test_fuzzed_requests_never_break_the_server(server):
     with a 4xx, and every 200 stream ends with [DONE]."""
     seen = set()
 
+    valid = dict(model=server.model_id, messages=[{"role": "user", "content": "hi"}])
+    valid.update(prompt="hi", max_tokens=2)
+
+    # The untouched valid body is always among the examples: how many valid bodies the
+    # fuzzer draws changes whenever the set of refused fields does.
     @hyp.settings(max_examples=80, deadline=None, derandomize=True, database=None)
     @hyp.given(
         body=fuzz_bodies(server.model_id),
         path=st.sampled_from(["/chat/completions", "/completions"]),
     )
+    @hyp.example(body=valid, path="/chat/completions")
+    @hyp.example(body={**valid, "stream": True}, path="/completions")
     def check(body, path):
         response = httpx.post(  # json.dumps, unlike httpx, writes NaN and Infinity
             server.url + path,

@@ -171,6 +171,7 @@ def test_inspect_json_is_exact(folder, capsys):
         "experts_per_token": 4,
         "n_shared_experts": 1,
         "n_moe_layers": 2,
+        "n_linear_attention_layers": 0,
         "context_length": 163840,
         "vocab_size": 1024,
         "dtypes": {"F32": n_tensors},
