@@ -39,7 +39,10 @@ def test_fixture_loads_in_transformers(hf_checkpoint, name):
     model = reference_model(folder)
     tok = reference_tokenizer(folder)
     ids = tok("The chef prepares sushi. 寿司職人", return_tensors="pt").input_ids
-    assert ids[0, 0].item() == tok.bos_token_id
+    if name == "gpt_oss":  # OpenAI's o200k Harmony tokenizer adds no BOS, as published
+        assert tok.bos_token_id not in ids[0].tolist()
+    else:
+        assert ids[0, 0].item() == tok.bos_token_id
     with torch.no_grad():
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], tok.vocab_size)

@@ -33,7 +33,7 @@ def thinking_model(hf_checkpoint, tmp_path_factory):
 
 def test_analysis_channel_shows_as_a_collapsed_reasoning_block(tmp_path, thinking_model, browser):
     home = tmp_path / "home"
-    seed_settings(home, max_tokens=24, model=thinking_model)
+    seed_settings(home, max_tokens=400, model=thinking_model)  # streams long enough to see
     proc, url, _ = start_app(home, "--model", str(thinking_model))
     outside: list[str] = []
     try:

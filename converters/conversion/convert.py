@@ -111,7 +111,7 @@ def convert_to_gguf(
     cancel: threading.Event | None = None,
     repo_id: str = "",
 ) -> None:
-    ckpt = HFCheckpoint(src)
+    ckpt = HFCheckpoint(src, keep_files_open=False)
     spec = archs.spec_for_config(ckpt.config)
     planned = plan_tensors(ckpt, spec)
     # (blocks carried in their own type, MXFP4 experts, do not decide the float type)

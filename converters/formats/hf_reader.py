@@ -118,8 +118,12 @@ class HFCheckpoint:
     that language model: `language_model.model.layers.0...` reads as `model.layers.0...` and
     the other tensors (vision tower, projector) are left out."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, keep_files_open: bool = True):
         self.folder = Path(folder)
+        # Open handles keep their file memory-mapped, so every page read stays in this
+        # process's RSS: the engine keeps them (it reads tensors many times), a conversion,
+        # which reads each tensor once, reopens per tensor to keep memory bounded.
+        self.keep_files_open = keep_files_open
         self.raw_config = _load_config(self.folder)  # as published, for copying it on
         self.config = archs.normalise_config(self.raw_config)  # as every reader sees it
         self.files = _shard_files(self.folder)
@@ -193,6 +197,8 @@ class HFCheckpoint:
                 "The checkpoint is incomplete or not the architecture its config names.",
             )
         path = self._where[name]
+        if not self.keep_files_open:
+            return safe_open(path, "pt")
         if path not in self._handles:
             self._handles[path] = safe_open(path, "pt")
         return self._handles[path]

@@ -145,7 +145,7 @@ def convert_to_torch(
     src, dest = Path(src), Path(dest)
     if dest.exists():
         raise OutputExists(f"{dest} already exists.", "Choose another output folder or delete it.")
-    ckpt = HFCheckpoint(src)
+    ckpt = HFCheckpoint(src, keep_files_open=False)
     n_layers = int(ckpt.config.get("num_hidden_layers", 0))
     experts = _find_experts(ckpt, n_layers)
     expert_names = {
