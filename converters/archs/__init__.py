@@ -44,6 +44,11 @@ def known() -> list[str]:
     return sorted(set(_module_by_name().values()))
 
 
+def all_specs() -> list[ArchSpec]:
+    """Every family's spec, in `known()` order."""
+    return [find(name) for name in known()]
+
+
 def find(model_type: str) -> ArchSpec | None:
     module = _module_by_name().get(model_type)
     return importlib.import_module(f"{__name__}.{module}").SPEC if module else None
@@ -115,8 +120,7 @@ def text_model_name(name: str) -> str | None:
 def family_from_gguf(metadata: dict) -> str:
     """The HF model_type of a GGUF header (llama.cpp's arch name when no family claims it)."""
     arch = str(metadata.get("general.architecture", ""))
-    for name in known():
-        spec = find(name)
+    for spec in all_specs():
         if spec.arch_name == arch and spec.recognise_gguf(metadata):
             return spec.model_type
     return arch
@@ -130,7 +134,7 @@ def expert_tensor_names() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
 
     Per-expert: `model.layers.{bid}.{prefix}.{e}.{proj}.weight` (groups: bid, block, e, proj);
     fused (transformers 5): `model.layers.{bid}.{prefix}.{gate_up_proj|down_proj}`."""
-    specs = [find(name) for name in known()]
+    specs = all_specs()
     blocks = sorted({s.expert_prefix.removesuffix(".experts") for s in specs if s.expert_prefix})
     parts: dict[str, str] = {}
     for spec in specs:
@@ -162,6 +166,6 @@ def is_moe_name(name: str) -> bool:
     name = name.lower()
     if (spec := find(name)) is not None:
         return bool(spec.expert_prefix)
-    specs = [find(n) for n in known()]
+    specs = all_specs()
     claimed = [s for s in specs if s.arch_name == name]
     return bool(claimed) and all(s.expert_prefix for s in claimed)
