@@ -11,19 +11,12 @@ the conversation shows it as interrupted. Stop is the `cancel` Event the backend
 at every token; a consumer that goes away (the tab closed) closes this generator, which
 cancels the generation and records the reply as stopped.
 
-Reasoning models write their thoughts between <think> and </think> before the
-answer. Qwen3 emits both tags; DeepSeek-R1's chat template puts "<think>\\n" in the
-prompt, so its output starts inside the block and only the closing tag appears.
-gpt-oss writes Harmony messages (OpenAI's harmony format; its chat template): each opens
-with <|channel|>NAME<|message|> and ends with <|end|> (then <|start|>assistant for the
-next), the `analysis` channel being the reasoning and `final` the answer; the engines keep
-these tokens in the reply text for such models (converters.archs.reply_has_markers).
+A reply's reasoning is split from its answer by engine/reasoning.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,60 +26,13 @@ from app.attachments import Attachment, message_with_attachments, split_attachme
 from app.i18n import Translator
 from app.model_manager import ModelManager
 from app.store import ConversationStore, StoredMessage, StoreError
+from engine.reasoning import split_reasoning
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
 
+# the chat tab's reasoning choice: the template's default, thinking off, or an effort level
+# (gpt-oss reads the level; templates with only an on/off switch turn thinking on)
+REASONING_CHOICES = ("default", "off", "low", "medium", "high")
 SAVE_EVERY_S = 0.5  # a killed process loses at most this much of a streaming reply
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-HARMONY_CHANNEL = "<|channel|>"
-# one Harmony message: channel name (a recipient or <|constrain|> may follow), then its text
-# up to the message's end (or the end of what has streamed so far)
-HARMONY_MESSAGE = re.compile(
-    r"<\|channel\|>(\w+)[^<]*(?:<\|constrain\|>[^<]*)?<\|message\|>(.*?)(<\|end\|>|<\|return\|>|<\|call\|>|$)",
-    re.DOTALL,
-)
-
-
-@dataclass
-class ReplyParts:
-    thinking: str | None  # None: the reply has no reasoning block
-    answer: str
-    thinking_done: bool = True
-
-
-def split_harmony(text: str) -> ReplyParts:
-    """Harmony: analysis messages are the thinking, final messages the answer."""
-    thinking, answer, done = [], [], False
-    for channel, body, end in HARMONY_MESSAGE.findall(text):
-        if channel == "analysis":
-            thinking.append(body.strip())
-            done = bool(end)
-        elif channel == "final":
-            answer.append(body)
-            done = True
-    if not thinking:
-        return ReplyParts(None, "".join(answer).lstrip())
-    return ReplyParts("\n\n".join(thinking), "".join(answer).lstrip(), thinking_done=done)
-
-
-def split_reasoning(text: str) -> ReplyParts:
-    if text.lstrip().startswith(HARMONY_CHANNEL):
-        return split_harmony(text)
-    stripped = text.lstrip()
-    close = text.find(THINK_CLOSE)
-    if stripped.startswith(THINK_OPEN):
-        body = stripped[len(THINK_OPEN) :]
-        end = body.find(THINK_CLOSE)
-        if end == -1:
-            return ReplyParts(body.strip(), "", thinking_done=False)
-        return ReplyParts(body[:end].strip(), body[end + len(THINK_CLOSE) :].lstrip())
-    if close != -1 and THINK_OPEN not in text[:close]:
-        # R1 style: the opening tag was part of the prompt.
-        return ReplyParts(text[:close].strip(), text[close + len(THINK_CLOSE) :].lstrip())
-    if stripped and (THINK_OPEN.startswith(stripped) or HARMONY_CHANNEL.startswith(stripped)):
-        # The first characters of "<think>" (or Harmony's "<|channel|>") have streamed in.
-        return ReplyParts(None, "")
-    return ReplyParts(None, text)
 
 
 @dataclass
@@ -102,6 +48,7 @@ class ChatParams:
     max_tokens: int
     seed: float | None
     experts_per_token: int
+    reasoning: str = "default"  # REASONING_CHOICES: the model's default, off, or an effort
 
     def request(self, messages) -> GenerationRequest:
         seed = None if self.seed is None or self.seed < 0 else int(self.seed)
@@ -115,7 +62,12 @@ class ChatParams:
             max_tokens=int(self.max_tokens),
         )
         experts = int(self.experts_per_token) or None  # 0 means the model's own top-k
-        return GenerationRequest(messages=messages, sampling=sampling, experts_per_token=experts)
+        req = GenerationRequest(messages=messages, sampling=sampling, experts_per_token=experts)
+        if self.reasoning == "off":
+            req.enable_thinking = False
+        elif self.reasoning in ("low", "medium", "high"):
+            req.enable_thinking, req.reasoning_effort = True, self.reasoning
+        return req
 
 
 @dataclass

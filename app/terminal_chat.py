@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from app.chat_reply import THINK_CLOSE, THINK_OPEN, ChatParams, stream_reply
+from app.chat_reply import ChatParams, stream_reply
 from app.model_manager import ModelManager
 from app.store import ConversationStore
 from converters.core.errors import ItamaeError
+from engine.reasoning import THINK_CLOSE, THINK_OPEN
 
 PROMPT, MORE = ">>> ", "... "
 BLOCK = '"""'  # a line of three quotes opens and closes a multi-line message

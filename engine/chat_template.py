@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -79,8 +80,7 @@ def _dict(*args, **kwargs) -> dict:
     return dict(*args, **kwargs)
 
 
-@lru_cache(maxsize=32)
-def _compile(template: str) -> jinja2.Template:
+def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True,
         lstrip_blocks=True,
@@ -91,8 +91,13 @@ def _compile(template: str) -> jinja2.Template:
     env.globals["strftime_now"] = _strftime_now
     env.globals["dict"] = _dict
     env.globals["namespace"] = _Namespace
+    return env
+
+
+@lru_cache(maxsize=32)
+def _compile(template: str) -> jinja2.Template:
     try:
-        return env.from_string(template)
+        return _environment().from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise TemplateError(
             f"The model's chat template does not parse ({e.message}, line {e.lineno}).",
@@ -129,3 +134,13 @@ def render_chat(
         ) from e
     except jinja2.exceptions.TemplateError as e:
         raise TemplateError(f"The model's chat template failed: {e}", "") from e
+
+
+@lru_cache(maxsize=32)
+def template_variables(template: str) -> frozenset[str]:
+    """The names a template reads from its caller (jinja2.meta): which switches it has,
+    e.g. `enable_thinking`, `thinking` (DeepSeek-V3.1) or `reasoning_effort` (gpt-oss)."""
+    try:
+        return frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(template)))
+    except jinja2.exceptions.TemplateSyntaxError:
+        return frozenset()

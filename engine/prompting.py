@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.chat_template import render_chat
+from converters.core.errors import ItamaeError
+from engine.chat_template import render_chat, template_variables
+from engine.reasoning import THINK_OPEN
 from engine.tool_calls import (
     ToolFormat,
     forced_constraint,
@@ -31,6 +33,12 @@ class PromptPlan:
     tool_format: ToolFormat | None  # set when the request offered tools
     tools: list[dict]
     parallel_tool_calls: bool = True
+
+    @property
+    def opens_reasoning(self) -> bool:
+        """The prompt ends inside a reasoning block (DeepSeek-R1's and V3.1's thinking
+        mode open `<think>` in the generation prompt): the reply starts as reasoning."""
+        return self.text.rstrip().endswith(THINK_OPEN)
 
     @property
     def prefix(self) -> str:
@@ -61,8 +69,7 @@ def plan_prompt(
     if tools and not renders_tool_list(template):
         messages = _with_tools_system_message(messages, tools, how_to_call=not native)
     extra = {"tools": tools} if tools else {}
-    if req.enable_thinking is not None:
-        extra["enable_thinking"] = req.enable_thinking
+    extra.update(reasoning_switches(template, req))
     text = render_chat(
         template,
         template_messages(messages, native),
@@ -75,6 +82,52 @@ def plan_prompt(
     if constraint is not None and constraint.prefix:
         text += constraint.prefix
     return PromptPlan(text, constraint, fmt if tools else None, tools, req.parallel_tool_calls)
+
+
+class ReasoningSwitchError(ItamaeError):
+    """The request asks for a reasoning setting the model's chat template has no switch for."""
+
+
+def reasoning_switches(template: str, req: GenerationRequest) -> dict:
+    """The template variables that carry the request's thinking switch and effort.
+
+    Templates name the switch differently: `enable_thinking` (Qwen3, GLM, llama.cpp's
+    server), `thinking` (DeepSeek-V3.1 and later), `reasoning_effort` (gpt-oss, whose
+    reasoning cannot be turned off). An effort level turns thinking on where the template
+    has only an on/off switch, as Ollama's `think` levels do; a setting the template has
+    no variable for is refused rather than dropped.
+    """
+    if req.enable_thinking is None and req.reasoning_effort is None:
+        return {}
+    names = template_variables(template)
+    switches = [name for name in ("enable_thinking", "thinking") if name in names]
+    out: dict = {}
+    if req.reasoning_effort is not None:
+        if "reasoning_effort" in names:
+            out["reasoning_effort"] = req.reasoning_effort
+        elif switches:
+            out.update(dict.fromkeys(switches, True))
+        else:
+            raise ReasoningSwitchError(
+                "This model's chat template has no reasoning setting.",
+                "Leave the reasoning setting at the model's default (no reasoning_effort).",
+            )
+    if req.enable_thinking is not None:
+        if switches:
+            out.update(dict.fromkeys(switches, req.enable_thinking))
+        elif req.enable_thinking and "reasoning_effort" in names:
+            pass  # this template always reasons: thinking on is what it does anyway
+        elif "reasoning_effort" in names:
+            raise ReasoningSwitchError(
+                "This model always reasons; its chat template cannot turn thinking off.",
+                "Ask for the least reasoning instead: reasoning_effort 'low' (think 'low').",
+            )
+        else:
+            raise ReasoningSwitchError(
+                "This model's chat template has no thinking switch.",
+                "Leave the reasoning setting at the model's default (no thinking switch).",
+            )
+    return out
 
 
 def _with_tools_system_message(

@@ -92,6 +92,9 @@ class GenerationRequest:
     # given to the chat template as `enable_thinking` (Qwen3, GLM-4.5, DeepSeek V3.1 and
     # llama.cpp's server use that name); None leaves the template's default
     enable_thinking: bool | None = None
+    # given to the chat template as `reasoning_effort` (gpt-oss's Harmony system message:
+    # low | medium | high); None leaves the template's default
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     constraint: OutputConstraint | None = None  # structured output (response_format)
 
 

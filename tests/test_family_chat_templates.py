@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.chat_reply import split_reasoning
 from engine.chat_template import TemplateError, render_chat
+from engine.reasoning import split_reasoning
 from tests.fixtures.llamacpp_reference import llama_cpp_source
 
 TOOLS = [

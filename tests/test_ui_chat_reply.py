@@ -18,12 +18,12 @@ from app.chat_reply import (
     model_unavailable,
     rewind_last_reply,
     send_message,
-    split_reasoning,
     stream_reply,
 )
 from app.i18n import Translator
 from app.model_manager import ModelManager
 from app.store import ConversationStore
+from engine.reasoning import split_reasoning
 
 
 def params(max_tokens: int = 32, experts: int = 0) -> ChatParams:

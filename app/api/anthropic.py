@@ -27,8 +27,8 @@ from app.api.openai import json_body, route_class, served_model_id
 from app.api.schema import APIError, bad_param, chat_messages, refuse_unknown, sampling_params
 from app.api.stream import ClientGone
 from app.api.surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
-from app.chat_reply import split_reasoning
 from app.model_manager import ModelManager
+from engine.reasoning import split_reasoning
 from engine.types import FinalEvent, GenerationRequest, OutputConstraint
 
 FIELDS = {

@@ -1,5 +1,5 @@
 """The OpenAI request fields beyond plain sampling: tools, tool_choice, response_format,
-logprobs, logit_bias, tool-call history turns; and the check that refuses any field
+logprobs, logit_bias, reasoning_effort, tool-call history turns; and the check that refuses any field
 Itamae does not implement (a 400 naming it, never silently ignored).
 
 Shapes follow OpenAI's API reference for chat completions (tools[].function {name,
@@ -43,6 +43,7 @@ CHAT_FIELDS = SAMPLING_FIELDS | {
     "tool_choice",
     "response_format",
     "parallel_tool_calls",
+    "reasoning_effort",
 }
 COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "logprobs", "echo", "suffix"}
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions
@@ -158,6 +159,22 @@ def response_format(body: dict) -> OutputConstraint | None:
     )
 
 
+def apply_reasoning_effort(body: dict, req: GenerationRequest) -> None:
+    """OpenAI's `reasoning_effort`: none turns thinking off, minimal/low/medium/high turn
+    it on at that level (minimal is the lowest level the open templates have, low)."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return
+    if effort == "none":
+        req.enable_thinking = False
+    elif effort in ("minimal", "low", "medium", "high"):
+        req.reasoning_effort = "low" if effort == "minimal" else effort
+    else:
+        raise bad_param(
+            "reasoning_effort", "'reasoning_effort' must be none, minimal, low, medium or high."
+        )
+
+
 def _penalty_alias(body: dict) -> dict:
     """vLLM's and SGLang's `repetition_penalty` is llama.cpp's `repeat_penalty` (Itamae's
     remote backend sends both, so another Itamae can serve it)."""
@@ -184,6 +201,7 @@ def chat_request(body: dict, n_experts: int = 0) -> GenerationRequest:
     if not isinstance(parallel, bool):
         raise bad_param("parallel_tool_calls", "'parallel_tool_calls' must be true or false.")
     req.parallel_tool_calls = parallel
+    apply_reasoning_effort(body, req)
     return req
 
 

@@ -30,8 +30,8 @@ from app.api.openai_out import chat_logprob_entry
 from app.api.schema import APIError, bad_param, chat_messages, refuse_unknown
 from app.api.stream import ClientGone
 from app.api.surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
-from app.chat_reply import split_reasoning
 from app.model_manager import ModelManager
+from engine.reasoning import split_reasoning
 from engine.types import FinalEvent, GenerationRequest
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama API version these shapes follow
@@ -206,7 +206,7 @@ def ollama_router(
             constraint=request_body.output_format(body),
         )
         think = body.get("think")
-        req.enable_thinking = request_body.think_flag(think)
+        request_body.apply_think(think, req)
         return await run(
             request,
             backend,
@@ -235,7 +235,7 @@ def ollama_router(
             req = GenerationRequest(messages=chat_messages({"messages": turns}))
         req.sampling, req.constraint = request_body.sampling(body), request_body.output_format(body)
         think = body.get("think")
-        req.enable_thinking = request_body.think_flag(think)
+        request_body.apply_think(think, req)
 
         def response_of(text, final):
             parts = split_reasoning(text) if think is not None else None

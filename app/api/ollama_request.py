@@ -8,7 +8,7 @@ import json
 
 from app.api.fields import chat_logprobs
 from app.api.schema import bad_param, chat_messages, refuse_unknown, sampling_params
-from engine.types import OutputConstraint, SamplingParams
+from engine.types import GenerationRequest, OutputConstraint, SamplingParams
 
 OPTIONS = {
     "num_predict",
@@ -129,13 +129,15 @@ def messages(raw) -> list:
     return chat_messages({"messages": converted})
 
 
-def think_flag(think) -> bool | None:
-    """Ollama's `think`: true, false, or a level ("low", "medium", "high": thinking on)."""
+def apply_think(think, req: GenerationRequest) -> None:
+    """Ollama's `think`: true, false, or a level ("low", "medium", "high": thinking on at
+    that level, gpt-oss's reasoning effort)."""
     if think is None or isinstance(think, bool):
-        return think
-    if think in ("low", "medium", "high"):
-        return True
-    raise bad_param("think", "'think' must be true, false, low, medium or high.")
+        req.enable_thinking = think
+    elif think in ("low", "medium", "high"):
+        req.enable_thinking, req.reasoning_effort = True, think
+    else:
+        raise bad_param("think", "'think' must be true, false, low, medium or high.")
 
 
 def check_num_ctx(body: dict, backend) -> None:

@@ -30,6 +30,7 @@ from app.api.stream import ChatShape, TextShape, respond
 from app.library import passes_through
 from app.model_manager import ModelManager
 from converters.core.errors import ItamaeError
+from engine.prompting import ReasoningSwitchError
 from engine.types import Backend, GenerationRequest
 
 log = logging.getLogger("itamae.api")
@@ -102,7 +103,7 @@ def create_router(
     past `max_queue` requests waiting for the model, new ones get 429."""
     router = APIRouter(route_class=route_class(api_key))
 
-    async def run(request: Request, to_request, shape) -> Response:
+    async def run(request: Request, to_request, shape_type) -> Response:
         """One generation: the body read, the model found, the body turned into a
         request by `to_request` (which knows the model's expert count), then answered."""
         body = await json_body(request)
@@ -111,6 +112,7 @@ def create_router(
         stream, include_usage = stream_flags(body)
         await admit(manager, backend, req, max_queue)
         model = served_model_id(manager, backend)
+        shape = shape_type.for_request(req, opens_reasoning(backend, req))
         return await respond(
             request, manager, req, shape, model=model, stream=stream, include_usage=include_usage
         )
@@ -127,11 +129,11 @@ def create_router(
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await run(request, chat_request, ChatShape())
+        return await run(request, chat_request, ChatShape)
 
     @router.post("/v1/completions")
     async def completions(request: Request):
-        return await run(request, completion_request, TextShape())
+        return await run(request, completion_request, TextShape)
 
     @router.post("/tokenize")
     async def tokenize(request: Request):
@@ -163,6 +165,13 @@ async def admit(manager: ModelManager, backend: Backend, req: GenerationRequest,
 
 
 # -- the loaded model ------------------------------------------------------------------
+
+
+def opens_reasoning(backend: Backend, req: GenerationRequest) -> bool:
+    """Whether `req`'s prompt ends inside a <think> block (so the reply starts as
+    reasoning); backends that render no prompt themselves (remote) say no."""
+    plan = getattr(backend, "prompt_plan", None)
+    return bool(req.messages is not None and plan is not None and plan(req).opens_reasoning)
 
 
 def served_model_id(manager: ModelManager, backend: Backend) -> str:
@@ -291,6 +300,8 @@ async def check_request(backend: Backend, req: GenerationRequest) -> None:
         return
     try:
         await asyncio.to_thread(check, req)
+    except ReasoningSwitchError as e:
+        raise APIError(400, str(e), param="reasoning_effort", code="unsupported_value") from e
     except ItamaeError as e:
         param = "response_format" if req.constraint is not None else "tool_choice"
         raise APIError(400, str(e), param=param, code="unsupported_value") from e

@@ -29,6 +29,7 @@ from app.api import openai_out as out
 from app.api.schema import APIError
 from app.model_manager import ModelManager, NoModelLoaded
 from converters.core.errors import ContextTooLong
+from engine.reasoning import ReasoningStream, split_reasoning
 from engine.types import FinalEvent, GenerationRequest, Stats, TokenEvent
 
 # How often a request that waits (queued, or a non-streamed one generating) checks
@@ -102,7 +103,6 @@ async def respond(
         return Response(status_code=499)
     if isinstance(first, FinalEvent) and failure(first) is not None:
         raise failure(first)
-    shape = shape.for_request(req)
     if not stream:
         return await _whole_response(request, pump, first, shape, ident, created, model)
     chunks = _sse(pump, first, shape, ident, created, model, include_usage)
@@ -188,7 +188,9 @@ async def _sse(pump, first, shape, ident, created, model, include_usage) -> Asyn
             # with tools offered, the reply is held until it is known to be a call or not
             if (event.text or event.logprob is not None) and not shape.tools:
                 lp = shape.chunk_logprobs([event.logprob] if event.logprob else [])
-                yield chunk([shape.chunk_choice(shape.text_delta(event.text), None, lp)])
+                delta = shape.text_delta(event.text)
+                if delta is not None or lp is not None:
+                    yield chunk([shape.chunk_choice(delta or shape.empty_delta, None, lp)])
             event = await pump.next()
         if event is None:
             event = FinalEvent("error", Stats(), error="The backend ended without a final event.")
@@ -196,6 +198,9 @@ async def _sse(pump, first, shape, ident, created, model, include_usage) -> Asyn
         if error is not None:  # the client's own stream stays in OpenAI's error shape
             yield f"data: {json.dumps(error.body())}\n\n"
         else:
+            tail = None if shape.tools else shape.flush_delta()
+            if tail is not None:
+                yield chunk([shape.chunk_choice(tail, None)])
             for delta in shape.held_deltas(event):
                 yield chunk([shape.chunk_choice(delta, None)])
             finish = "tool_calls" if event.tool_calls else event.finish_reason
@@ -227,31 +232,57 @@ def _timings(stats: Stats) -> dict:
 
 
 class _Shape:
-    logprobs = False  # the request asked for logprobs
-    tools = False  # the request offered tools
+    """How one request's answer is written; made per request by `for_request`."""
 
-    def for_request(self, req: GenerationRequest):
-        shaped = type(self)()
-        shaped.logprobs = req.sampling.logprobs is not None
-        shaped.tools = bool(req.tools)
-        return shaped
+    def __init__(self, req: GenerationRequest, opens_reasoning: bool = False):
+        self.logprobs = req.sampling.logprobs is not None  # the request asked for logprobs
+        self.tools = bool(req.tools)  # the request offered tools
+        self.opens_reasoning = opens_reasoning  # the prompt ends inside a <think> block
+
+    @classmethod
+    def for_request(cls, req: GenerationRequest, opens_reasoning: bool = False):
+        return cls(req, opens_reasoning)
 
     def held_deltas(self, final: FinalEvent) -> list:
         return []
 
+    def flush_delta(self):
+        """What the stream held back at its end (a partial tag that never closed)."""
+        return None
+
 
 class ChatShape(_Shape):
-    """chat.completion objects: the text sits in message / delta."""
+    """chat.completion objects: the text sits in message / delta.
+
+    A reasoning model's thoughts (<think> blocks, Harmony's analysis channel) are not
+    part of `content`: they go to `reasoning_content`, as DeepSeek's API and llama.cpp's
+    and vLLM's servers write them, and Harmony's markup never reaches the client.
+    """
 
     id_prefix = "chatcmpl"
     object = "chat.completion"
     chunk_object = "chat.completion.chunk"
     opening_delta = {"role": "assistant", "content": ""}
     closing_delta: dict = {}
+    empty_delta: dict = {}
 
-    @staticmethod
-    def text_delta(text: str) -> dict:
-        return {"content": text}
+    def __init__(self, req: GenerationRequest, opens_reasoning: bool = False):
+        super().__init__(req, opens_reasoning)
+        self.reasoning = ReasoningStream(opens_reasoning)
+
+    def text_delta(self, text: str) -> dict | None:
+        thinking, answer = self.reasoning.feed(text)
+        delta = {}
+        if thinking:
+            delta["reasoning_content"] = thinking
+        if answer:
+            delta["content"] = answer
+        return delta or None
+
+    def flush_delta(self) -> dict | None:
+        thinking, answer = self.reasoning.flush()
+        delta = {"reasoning_content": thinking} if thinking else {}
+        return {**delta, "content": answer} if answer else delta or None
 
     def chunk_logprobs(self, entries) -> dict | None:
         return out.chat_logprobs(entries) if self.logprobs else None
@@ -264,14 +295,19 @@ class ChatShape(_Shape):
         """With tools offered: the reply's text, then its calls, once the reply is whole."""
         if not self.tools:
             return []
-        content = [{"content": final.content}] if final.content else []
-        return content + out.tool_call_deltas(final.tool_calls)
+        parts = split_reasoning(final.content or "", self.opens_reasoning)
+        held = [{"reasoning_content": parts.thinking}] if parts.thinking else []
+        held += [{"content": parts.answer}] if parts.answer else []
+        return held + out.tool_call_deltas(final.tool_calls)
 
-    @staticmethod
-    def whole_choice(text: str, finish_reason: str, final=None, logprobs=None) -> dict:
-        message = {"role": "assistant", "content": text}
-        if final is not None and final.content is not None:  # tools were offered
-            message["content"] = final.content or None
+    def whole_choice(self, text: str, finish_reason: str, final=None, logprobs=None) -> dict:
+        tools_offered = final is not None and final.content is not None
+        parts = split_reasoning(final.content if tools_offered else text, self.opens_reasoning)
+        message = {"role": "assistant", "content": parts.answer}
+        if parts.thinking is not None:
+            message["reasoning_content"] = parts.thinking
+        if tools_offered:
+            message["content"] = parts.answer or None
             if final.tool_calls:
                 message["tool_calls"] = out.tool_call_objects(final.tool_calls)
                 finish_reason = "tool_calls"
@@ -291,6 +327,7 @@ class TextShape(_Shape):
     chunk_object = "text_completion"
     opening_delta = None
     closing_delta = ""
+    empty_delta = ""
 
     @staticmethod
     def text_delta(text: str) -> str:
@@ -303,6 +340,5 @@ class TextShape(_Shape):
     def chunk_choice(text: str, finish_reason: str | None, logprobs=None) -> dict:
         return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    @staticmethod
-    def whole_choice(text: str, finish_reason: str, final=None, logprobs=None) -> dict:
+    def whole_choice(self, text: str, finish_reason: str, final=None, logprobs=None) -> dict:
         return TextShape.chunk_choice(text, finish_reason, out.completion_logprobs(logprobs))

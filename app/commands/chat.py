@@ -12,7 +12,7 @@ try:
 except ImportError:
     readline = None
 
-from app.chat_reply import ChatParams
+from app.chat_reply import REASONING_CHOICES, ChatParams
 from app.launcher import startup_model
 from app.model_manager import ModelManager
 from app.model_settings import ModelSettings, model_key
@@ -44,6 +44,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--repeat-penalty", type=float)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--reasoning",
+        default="default",
+        choices=REASONING_CHOICES,
+        help="reasoning models: thinking off, or an effort level (default: the model's)",
+    )
 
 
 def run(args) -> int:
@@ -61,7 +67,9 @@ def run(args) -> int:
         values = vars(sampling.values) | {
             k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None
         }
-        params = ChatParams(args.system, seed=args.seed, experts_per_token=0, **values)
+        params = ChatParams(
+            args.system, seed=args.seed, experts_per_token=0, reasoning=args.reasoning, **values
+        )
         return str(name), params
 
     name = args.model or startup_model(None, settings.startup_model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.chat_reply import REASONING_CHOICES
 from app.context import AppContext
 from app.i18n import Translator
 from app.ui import expert_heatmap
@@ -22,6 +23,10 @@ def preset_choices(ctx: AppContext, tr: Translator) -> list[tuple[str, str]]:
     builtin = [(tr(f"preset.{name}.name"), f"builtin:{name}") for name in BUILTIN_PRESETS]
     saved = [(name, f"saved:{name}") for name in sorted(ctx.settings.load().system_presets)]
     return builtin + saved
+
+
+def reasoning_choices(tr: Translator) -> list[tuple[str, str]]:
+    return [(tr(f"chat.reasoning_{name}"), name) for name in REASONING_CHOICES]
 
 
 def preset_text(ctx: AppContext, preset: str | None, tr: Translator) -> str | None:
@@ -76,6 +81,14 @@ class ChatControls:
         with gr.Row(equal_height=True):
             self.preset_name = labels.bare_textbox(Key("chat.preset_name"), scale=3)
             self.save_preset = labels(gr.Button, value=Key("chat.save_preset"), size="sm", scale=1)
+        self.reasoning = labels(
+            gr.Dropdown,
+            choices=reasoning_choices(labels.tr),
+            value="default",
+            label=Key("chat.reasoning"),
+            info=Key("chat.reasoning_info"),
+            elem_id="reasoning",
+        )
 
     def _build_sampling(self, labels: Labels) -> None:
         self.sampling = SamplingPanel(self.ctx, labels)
@@ -86,7 +99,13 @@ class ChatControls:
     @property
     def params(self) -> list:
         """The inputs every generation reads, in `ChatParams` order (app/chat_reply.py)."""
-        return [self.system_prompt, *self.sampling.sliders, self.seed, self.experts_per_token]
+        return [
+            self.system_prompt,
+            *self.sampling.sliders,
+            self.seed,
+            self.experts_per_token,
+            self.reasoning,
+        ]
 
     # -- presets ---------------------------------------------------------------------
 

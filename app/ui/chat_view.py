@@ -5,7 +5,7 @@ Pure functions from the store's messages to Gradio's Chatbot "messages" format
 (https://www.gradio.app/docs/gradio/chatbot), so the chat tab stays thin and this
 part is tested without a browser.
 
-A reply's reasoning (app/chat_reply.py's `split_reasoning`: Qwen3's <think> block, or
+A reply's reasoning (engine/reasoning.py's `split_reasoning`: Qwen3's <think> block, or
 DeepSeek-R1's that only closes) becomes a collapsible "thinking" message (Gradio's
 `metadata.title`) above the answer, open with a spinner while the model still thinks.
 """
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from html import escape
 
 from app.attachments import split_attachments
-from app.chat_reply import split_reasoning
 from app.i18n import Translator
 from app.store import StoredMessage
+from engine.reasoning import split_reasoning
 
 
 def stats_line(stats: dict | None, finish_reason: str | None, tr: Translator) -> str:

@@ -188,9 +188,17 @@ class RemoteBackend:
         body.update(_sampling_fields(req.sampling))
         if req.experts_per_token is not None:
             body["experts_per_token"] = req.experts_per_token  # read by another Itamae
-        if chat and req.enable_thinking is not None:
+        template_kwargs = {
+            name: value
+            for name, value in (
+                ("enable_thinking", req.enable_thinking),
+                ("reasoning_effort", req.reasoning_effort),
+            )
+            if value is not None
+        }
+        if chat and template_kwargs:
             # llama.cpp's server (and vLLM) hand these to the model's chat template
-            body["chat_template_kwargs"] = {"enable_thinking": req.enable_thinking}
+            body["chat_template_kwargs"] = template_kwargs
         return body
 
 

@@ -36,6 +36,7 @@ from converters.core.model_info import ModelInfo
 from converters.facts.inspection import inspect
 from converters.formats.torch_format import is_torch_format
 from engine.constrained import grammar_for
+from engine.prompting import PromptPlan
 from engine.types import Event, GenerationRequest
 
 from .generate import Generator
@@ -140,6 +141,10 @@ class TorchBackend:
 
     def tokenize(self, text: str) -> list[int]:
         return self.text.encode(text)
+
+    def prompt_plan(self, req: GenerationRequest) -> PromptPlan:
+        """The prompt text (the model's chat template) and its constraint."""
+        return self.generator.prompt_plan(req)
 
     def prompt_tokens(self, req: GenerationRequest) -> list[int]:
         """The very tokens stream(req) would run first (chat template, tools included)."""

@@ -72,8 +72,9 @@ class ModelText:
         return self.tokenizer.decode(ids, skip_special_tokens=not self.keep_special)
 
     def stream(self) -> TokenizerStream:
-        """A fresh incremental decoder for one reply (special tokens skipped, as `decode`)."""
-        return TokenizerStream(self.tokenizer)
+        """A fresh incremental decoder for one reply (special tokens kept or skipped, as
+        `decode` does)."""
+        return TokenizerStream(self.tokenizer, skip_special_tokens=not self.keep_special)
 
     def chat_prompt(self, messages: list[dict]) -> str:
         return render_chat(self.chat_template, messages, add_generation_prompt=True,
