@@ -4,10 +4,12 @@ Not a test (it prints figures, nothing is asserted); run it by hand:
 
     python -m tests.benchmarks.bench_engines [--threads 2] [--prompt-tokens 256]
         [--gen-tokens 64] [--rounds 3] [--workdir DIR] [--skip-transformers] [--json]
+        [--shape qwen3-30b-a3b --layers 2]
 
 The checkpoint is tests/benchmarks/bench_convert.py's synthetic Qwen3-MoE (hidden 1024,
 12 layers, 32 experts top-4, expert FFN 768, Qwen2's 151,936-token vocabulary, bf16, ~1.3B
-parameters). It is converted once (cached in --workdir) to the torch format (int8, int4)
+parameters); `--shape` swaps in a published model's layer shapes (Qwen3-30B-A3B: hidden 2048,
+128 experts top-8, expert FFN 768) with --layers decoder layers. It is converted once (cached in --workdir) to the torch format (int8, int4)
 and to GGUF (Q8_0, Q4_0) with Itamae's converters. Every measurement runs in its own
 process, one after the other, all with the same thread count, in --rounds rounds whose
 order rotates (medians reported, every round's figures kept):
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from tests.benchmarks.bench_convert import build_checkpoint
+from tests.benchmarks.bench_convert import SHAPES, build_checkpoint
 from tests.benchmarks.roofline import (
     gguf_active_bytes,
     hf_active_bytes,
@@ -50,6 +52,13 @@ from tests.fixtures.llamacpp_reference import CACHE
 REPO = Path(__file__).resolve().parents[2]
 FILLER = "The sushi chef slices fresh fish for each order. 板前は注文ごとに魚を切る。 "
 BUDGETS = (0.10, 0.25, 0.50, 1.00)
+# --shape: the published model's layer shapes (its config.json), fewer layers so that the
+# checkpoint and its four conversions fit a small shared machine
+LAYER_SHAPES = {
+    "qwen3-30b-a3b": dict(hidden_size=2048, num_experts=128, num_experts_per_tok=8,
+                          moe_intermediate_size=768, intermediate_size=6144,
+                          num_attention_heads=32, num_key_value_heads=4, head_dim=128),
+}  # fmt: skip
 POLICIES = ("lru", "frequency", "static")
 
 
@@ -325,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-cache-table", action="store_true")
     p.add_argument("--only-cache-table", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--shape",
+        choices=sorted(LAYER_SHAPES),
+        help="a published model's layer shape instead of the bench model's",
+    )
+    p.add_argument("--layers", type=int, default=2, help="decoder layers with --shape")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"],
                    help=f"instead of a spin of GOMP_SPINCOUNT={GOMP_SPINCOUNT} rounds")  # fmt: skip
     p.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
@@ -340,19 +355,24 @@ def main(argv: list[str] | None = None) -> int:
         fn = raw_llama_cpp if kind == "raw" else transformers_eager
         print(json.dumps(fn(path, t, n, g)))
         return 0
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    files = prepare(args.workdir)
+    workdir = args.workdir
+    if args.shape:  # in place: the checkpoint builder and the roofline read this dict
+        SHAPES.update(LAYER_SHAPES[args.shape], num_hidden_layers=args.layers)
+        workdir = workdir / f"{args.shape}-{args.layers}-layers"
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = prepare(workdir)
     bandwidth = read_bandwidth(t)
     print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s", file=sys.stderr)
-    report = {"threads": t, "prompt_tokens": n, "gen_tokens": g, "read_bandwidth_bytes_per_s": bandwidth,
+    report = {"shape": args.shape or "bench model", "layers": SHAPES["num_hidden_layers"],
+              "threads": t, "prompt_tokens": n, "gen_tokens": g, "read_bandwidth_bytes_per_s": bandwidth,
               "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
               "omp_wait_policy": args.omp_wait_policy,
               "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}  # fmt: skip
     if not args.only_cache_table:
-        report["startup"] = startup_times(files, t, args.workdir)
+        report["startup"] = startup_times(files, t, workdir)
         report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers, args.rounds))
     if not args.skip_cache_table:
-        report["expert_cache"] = expert_cache_tables(files, t, args.workdir)
+        report["expert_cache"] = expert_cache_tables(files, t, workdir)
     print(json.dumps(report, indent=1) if args.json else "")
     return 0
 
