@@ -5,7 +5,9 @@ heavily compressed attention layers, hyper-connections and an MTP layer.
 
 What is checked so far: llama.cpp's own converter reads the folder as the V4 it knows
 (every tensor name mapped, FP8 dequantized, FP4 experts repacked to MXFP4, the hash tables
-carried), so the layout is the published one; `itamae inspect --json` is exact against
+carried), and transformers' own deepseek_v4 weight mapping, fed the published tensors'
+values, rebuilds the reference model exactly, so the layout is the published one (both
+tests fail if, say, w1 and w3 are swapped); `itamae inspect --json` is exact against
 transformers' model of the same weights (total and active parameters, experts, the kinds
 of attention layer and the hash-routed layers). The torch engine and Itamae's own GGUF
 conversion of V4 are not written yet."""
@@ -18,6 +20,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from gguf import GGUFReader
 
 from app.cli import main
@@ -117,3 +120,48 @@ def test_inspect_json_is_exact(folder, reference, capsys):
         "is_moe": True,
     }
     assert set(info["dtypes"]) == {"BF16", "F32", "F8_E4M3", "FP4", "I64"}
+
+
+def _held_values(name: str, f) -> torch.Tensor:
+    """A published tensor's values in fp32 (FP8 x its block scale, FP4 codes x theirs)."""
+
+    t = f.get_tensor(name)
+    scale_name = name.removesuffix(".weight") + ".scale"
+    if scale_name == name or scale_name not in f.keys():
+        return t.float() if t.is_floating_point() else t
+    scale = f.get_tensor(scale_name).float()
+    if t.dtype == torch.int8:  # FP4: element 2i in the low nibble
+        codes = t.view(torch.uint8)
+        codes = torch.stack((codes & 15, codes >> 4), -1).flatten(-2).long()
+        values = deepseek_v4.FP4_VALUES[codes & 7] * torch.where(codes >= 8, -1.0, 1.0)
+        return values * scale.repeat_interleave(deepseek_v4.FP4_GROUP, 1)
+    rows, cols = t.shape
+    block = deepseek_v4.FP8_BLOCK
+    scale = scale.repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return t.float() * scale
+
+
+def test_transformers_reads_the_published_names_as_its_model(folder, reference, tmp_path):
+    # transformers' own conversion_mapping for deepseek_v4 renames DeepSeek's names (and
+    # merges the per-expert w1/w3/w2) into its model; fed the published tensors' values
+    # (in fp32, so no FP8 loader is needed) it must rebuild the reference exactly
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        names = [n for n in f.keys() if not n.endswith(".scale")]
+        save_file(
+            {n: _held_values(n, f).contiguous() for n in names}, tmp_path / "model.safetensors"
+        )
+    config = json.loads((folder / "config.json").read_text())
+    del config["quantization_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.float32, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    assert all(k.startswith("mtp.") for k in info["unexpected_keys"]), info["unexpected_keys"]
+    theirs = loaded.state_dict()
+    for name, value in reference.state_dict().items():
+        assert torch.equal(theirs[name], value), name
