@@ -165,3 +165,15 @@ def test_transformers_reads_the_published_names_as_its_model(folder, reference, 
     theirs = loaded.state_dict()
     for name, value in reference.state_dict().items():
         assert torch.equal(theirs[name], value), name
+
+
+def test_convert_and_torch_engine_say_what_to_do_instead(folder, tmp_path):
+    import engine
+    from converters.conversion.convert import convert
+    from converters.core.errors import UnsupportedArchitecture
+
+    with pytest.raises(UnsupportedArchitecture, match="convert_hf_to_gguf.py"):
+        convert(folder, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+    with pytest.raises(UnsupportedArchitecture, match="llama.cpp engine|--engine llamacpp"):
+        engine.load(folder, engine="torch")

@@ -71,4 +71,5 @@ SPEC = ArchSpec(
     recognise_gguf=lambda metadata: True,  # the only family llama.cpp calls deepseek4
     chat_format="deepseek",
     extra_facts=facts,
+    converts_to_gguf=False,
 )

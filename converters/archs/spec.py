@@ -80,6 +80,8 @@ class ArchSpec:
     special_tokens: dict[str, str] = field(default_factory=dict)
     # config -> facts inspect reports in ModelInfo.extra (DeepSeek-V4's attention kinds)
     extra_facts: Callable[[dict], dict] = lambda config: {}
+    # False for a family Itamae describes but does not yet write as GGUF (DeepSeek-V4)
+    converts_to_gguf: bool = True
 
     @property
     def arch_name(self) -> str:
