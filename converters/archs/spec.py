@@ -78,6 +78,10 @@ class ArchSpec:
     gguf_keeps_nextn: bool = False
     # GGUF special-token kind -> token text, as llama.cpp's converter sets them for the family
     special_tokens: dict[str, str] = field(default_factory=dict)
+    # config -> facts inspect reports in ModelInfo.extra (DeepSeek-V4's attention kinds)
+    extra_facts: Callable[[dict], dict] = lambda config: {}
+    # False for a family Itamae describes but does not yet write as GGUF (DeepSeek-V4)
+    converts_to_gguf: bool = True
 
     @property
     def arch_name(self) -> str:

@@ -25,7 +25,12 @@ from converters.conversion.recipes import (
     source_precision,
     tensor_type,
 )
-from converters.core.errors import ItamaeError, NotEnoughDisk, OutputExists
+from converters.core.errors import (
+    ItamaeError,
+    NotEnoughDisk,
+    OutputExists,
+    UnsupportedArchitecture,
+)
 from converters.formats.gguf_plan import plan_tensors
 from converters.formats.gguf_writer import (
     Progress,
@@ -113,6 +118,12 @@ def convert_to_gguf(
 ) -> None:
     ckpt = HFCheckpoint(src, keep_files_open=False)
     spec = archs.spec_for_config(ckpt.config)
+    if not spec.converts_to_gguf:
+        raise UnsupportedArchitecture(
+            f"Itamae does not convert {spec.model_type} models to GGUF yet.",
+            "Convert the folder with llama.cpp's own convert_hf_to_gguf.py, then open the "
+            ".gguf file in Itamae's llama.cpp engine.",
+        )
     planned = plan_tensors(ckpt, spec)
     # (blocks carried in their own type, MXFP4 experts, do not decide the float type)
     dtypes = {ckpt.dtype_name(n) for p in planned if p.carried is None for n in p.sources}

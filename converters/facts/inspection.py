@@ -37,6 +37,7 @@ SAFETENSORS_BITS = {
     "F8_E5M2": 8,
     "I8": 8,
     "U8": 8,
+    "F8_E8M0": 8,
 }
 
 
@@ -65,8 +66,10 @@ def inspect_hf(folder: Path) -> ModelInfo:
     tensors = []
     for name in ckpt.tensor_names():
         bid, _ = split_layer_name(name)
-        if bid is not None and bid >= n_layers:
+        if (bid is not None and bid >= n_layers) or name.startswith("mtp."):
             continue  # DeepSeek's multi-token-prediction layers do not run in chat
+        if name.endswith(".scale") and name.removesuffix(".scale") + ".weight" in ckpt:
+            continue  # DeepSeek-V4's FP4 / FP8 scales, counted with their weight
         if _mxfp4_part(ckpt, name) == SCALES_SUFFIX:
             continue  # counted with its blocks
         dtype, n = ckpt.dtype_name(name), math.prod(ckpt.shape(name))
@@ -74,6 +77,11 @@ def inspect_hf(folder: Path) -> ModelInfo:
         if _mxfp4_part(ckpt, name) == BLOCKS_SUFFIX:  # two 4-bit values a byte, + block scales
             scales = name.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX
             dtype, n, stored = "MXFP4", 2 * n, stored + math.prod(ckpt.shape(scales))
+        if _fp4_part(ckpt, name) == "codes":  # DeepSeek-V4's experts: two codes a byte
+            scale = name.removesuffix(".weight") + ".scale"
+            dtype, n, stored = "FP4", 2 * n, stored + math.prod(ckpt.shape(scale))
+        elif (scale := name.removesuffix(".weight") + ".scale") in ckpt:
+            stored += math.prod(ckpt.shape(scale))  # DeepSeek-V4's e8m0 FP8 block scales
         if (scale := name + SCALE_SUFFIX) in ckpt:  # FP8 block scales belong to their weight
             stored += (
                 math.prod(ckpt.shape(scale)) * SAFETENSORS_BITS.get(ckpt.dtype_name(scale), 32) // 8
@@ -85,6 +93,18 @@ def inspect_hf(folder: Path) -> ModelInfo:
     quant = config_quant(config)
     info.quant = str(quant or max(info.dtypes, key=info.dtypes.get, default="")).lower()
     return info
+
+
+def _fp4_part(ckpt, name: str) -> str:
+    """ "codes" or "scale" for the two halves of a DeepSeek-V4 FP4 weight (int8 codes, one
+    e8m0 `.scale` per 32 values), else ""."""
+    stem = name.removesuffix(".weight").removesuffix(".scale")
+    weight, scale = stem + ".weight", stem + ".scale"
+    if name not in (weight, scale) or weight not in ckpt or scale not in ckpt:
+        return ""
+    if ckpt.dtype_name(weight) != "I8" or ckpt.dtype_name(scale) != "F8_E8M0":
+        return ""
+    return "codes" if name == weight else "scale"
 
 
 def _mxfp4_part(ckpt, name: str) -> str:
@@ -145,6 +165,7 @@ def _info_from_config(folder: Path, fmt: str, config: dict) -> ModelInfo:
     )
     info.n_moe_layers = sum(spec.is_moe_layer(config, b) for b in range(n_layers))
     info.n_linear_attention_layers = spec.layer_types(config).count(LINEAR_ATTENTION)
+    info.extra = spec.extra_facts(config)
     return info
 
 

@@ -25,9 +25,9 @@ def hf_group(name: str) -> str:
         return "experts"
     if "shared_expert" in rest and "shared_expert_gate" not in rest:
         return "shared"
-    if "self_attn." in rest or "attention." in rest:
-        return "attention"
-    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+    if "self_attn." in rest or "attention." in rest or re.match(r"layers\.\d+\.attn\.", name):
+        return "attention"  # DeepSeek-V4 publishes `layers.N.attn.*`, `embed`, `head`
+    if name in ("model.embed_tokens.weight", "lm_head.weight", "embed.weight", "head.weight"):
         return "embeddings"
     return "other"
 
