@@ -78,6 +78,15 @@ class ArchSpec:
     gguf_keeps_nextn: bool = False
     # GGUF special-token kind -> token text, as llama.cpp's converter sets them for the family
     special_tokens: dict[str, str] = field(default_factory=dict)
+    # A dense MLP runs beside the routed experts in every MoE layer, for every token
+    # (Gemma 4): counted as the one shared expert.
+    dense_mlp_beside_experts: bool = False
+    # llama.cpp keeps transformers 5's fused experts.gate_up_proj as one ffn_gate_up_exps
+    # tensor for this family (Gemma 4) instead of splitting it into gate and up
+    gguf_fused_gate_up: bool = False
+    # tokenizer.ggml.model where llama.cpp's converter names its own for the family
+    # ("gemma4"); "" for the default by tokenizer kind ("gpt2" / "llama")
+    tokenizer_model: str = ""
 
     @property
     def arch_name(self) -> str:
@@ -96,6 +105,8 @@ class ArchSpec:
         return _first_int(config, self.experts_per_token_fields) if self.n_experts(config) else 0
 
     def n_shared_experts(self, config: dict) -> int:
+        if self.dense_mlp_beside_experts and self.n_experts(config):
+            return 1
         if config.get("n_shared_experts"):
             return int(config["n_shared_experts"])
         return 1 if config.get("shared_expert_intermediate_size") else 0

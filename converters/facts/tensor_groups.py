@@ -20,7 +20,7 @@ GROUPS = ("experts", "shared", "attention", "embeddings", "other")
 def hf_group(name: str) -> str:
     _, rest = split_layer_name(name)
     if re.search(r"(^|\.)experts\.\d+\.", rest) or re.search(
-        r"\.experts\.(gate_up|down)_proj", rest
+        r"(^|\.)experts\.(gate_up|down)_proj", rest
     ):
         return "experts"
     if "shared_expert" in rest and "shared_expert_gate" not in rest:
