@@ -266,7 +266,9 @@ def _gemma4_vocabulary(folder: Path, vocab: Vocabulary) -> Vocabulary:
     config = read_model_json(config_path, "Re-download it.") if config_path.is_file() else {}
     named = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
     named += [config.get(k) for k in ("mask_token", "sep_token", "cls_token")]
-    named += list(config.get("extra_special_tokens") or config.get("additional_special_tokens") or [])
+    named += list(
+        config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    )
     special = {t["content"] if isinstance(t, dict) else t for t in named if t}
     types = []
     for token in vocab.tokens:
