@@ -49,6 +49,14 @@ GEMMA4_LAYER = {
 }
 
 
+# tool-call and reasoning markers llama.cpp's converter keeps visible (USER_DEFINED) so that
+# its chat parser reads them (conversion/gemma.py Gemma4Model.set_vocab)
+VISIBLE_TOKENS = frozenset(
+    {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+     "<tool_response|>", '<|"|>'}
+)  # fmt: skip
+
+
 def text_layer_types(config: dict) -> list[str]:
     """transformers' default when a config gives none: every 6th layer global; the last
     layer is always global (Gemma4TextConfig.__post_init__)."""
@@ -132,5 +140,6 @@ SPEC = ArchSpec(
     dense_mlp_beside_experts=True,
     gguf_fused_gate_up=True,
     tokenizer_model="gemma4",
+    visible_tokens=VISIBLE_TOKENS,
     required_layer_kinds=lambda config, bid: (T.ATTN_NORM, T.ATTN_POST_NORM, T.ATTN_OUT),
 )

@@ -87,6 +87,8 @@ class ArchSpec:
     # tokenizer.ggml.model where llama.cpp's converter names its own for the family
     # ("gemma4"); "" for the default by tokenizer kind ("gpt2" / "llama")
     tokenizer_model: str = ""
+    # tokens that converter keeps USER_DEFINED so that llama.cpp's chat parser sees them
+    visible_tokens: frozenset[str] = frozenset()
 
     @property
     def arch_name(self) -> str:

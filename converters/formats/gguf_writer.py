@@ -120,6 +120,7 @@ def build_writer(
         int(ckpt.config["vocab_size"]),
         spec.special_tokens,
         spec.tokenizer_model,
+        spec.visible_tokens,
     )
     add_sampling_defaults(writer, ckpt.folder)
     for p in planned:
