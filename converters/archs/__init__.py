@@ -104,7 +104,16 @@ def reply_has_markers(model_type: str) -> bool:
 # that are not the text model's (the vision tower, the multi-token-prediction head that
 # llama.cpp's converter drops as well): published spelling -> the language model's.
 TEXT_MODEL_PREFIXES = (("model.language_model.", "model."),)
-OUTSIDE_TEXT_MODEL = ("model.visual.", "mtp.", "model.mtp.")
+OUTSIDE_TEXT_MODEL = (
+    "model.visual.",
+    "mtp.",
+    "model.mtp.",
+    # Gemma 4's vision and audio towers and their projections into the text model
+    "model.vision_tower.",
+    "model.embed_vision.",
+    "model.audio_tower.",
+    "model.embed_audio.",
+)
 
 
 def text_model_name(name: str) -> str | None:

@@ -82,6 +82,17 @@ class ArchSpec:
     extra_facts: Callable[[dict], dict] = lambda config: {}
     # False for a family Itamae describes but does not yet write as GGUF (DeepSeek-V4)
     converts_to_gguf: bool = True
+    # A dense MLP runs beside the routed experts in every MoE layer, for every token
+    # (Gemma 4): counted as the one shared expert.
+    dense_mlp_beside_experts: bool = False
+    # llama.cpp keeps transformers 5's fused experts.gate_up_proj as one ffn_gate_up_exps
+    # tensor for this family (Gemma 4) instead of splitting it into gate and up
+    gguf_fused_gate_up: bool = False
+    # tokenizer.ggml.model where llama.cpp's converter names its own for the family
+    # ("gemma4"); "" for the default by tokenizer kind ("gpt2" / "llama")
+    tokenizer_model: str = ""
+    # tokens that converter keeps USER_DEFINED so that llama.cpp's chat parser sees them
+    visible_tokens: frozenset[str] = frozenset()
 
     @property
     def arch_name(self) -> str:
@@ -100,6 +111,8 @@ class ArchSpec:
         return _first_int(config, self.experts_per_token_fields) if self.n_experts(config) else 0
 
     def n_shared_experts(self, config: dict) -> int:
+        if self.dense_mlp_beside_experts and self.n_experts(config):
+            return 1
         if config.get("n_shared_experts"):
             return int(config["n_shared_experts"])
         return 1 if config.get("shared_expert_intermediate_size") else 0

@@ -20,7 +20,7 @@ GROUPS = ("experts", "shared", "attention", "embeddings", "other")
 def hf_group(name: str) -> str:
     _, rest = split_layer_name(name)
     if re.search(r"(^|\.)experts\.\d+\.", rest) or re.search(
-        r"\.experts\.(gate_up|down)_proj", rest
+        r"(^|\.)experts\.(gate_up|down)_proj", rest
     ):
         return "experts"
     if "shared_expert" in rest and "shared_expert_gate" not in rest:
@@ -33,8 +33,10 @@ def hf_group(name: str) -> str:
 
 
 def gguf_group(name: str) -> str:
-    if "gate_inp" in name:
-        return "other"  # routers (ffn_gate_inp, ffn_gate_inp_shexp) are not experts
+    if "gate_inp" in name or name.endswith("_exps.scale"):
+        # routers (ffn_gate_inp, ffn_gate_inp_shexp) and Gemma 4's per-expert output scales
+        # (ffn_down_exps.scale, the router's per_expert_scale) are not expert weights
+        return "other"
     if "_exps." in name:
         return "experts"
     if "_shexp." in name:

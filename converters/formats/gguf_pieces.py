@@ -30,10 +30,12 @@ from converters.formats.gguf_plan import (
     MXFP4_ROWS,
     MXFP4_UP,
     ODD_ROWS,
+    PROPORTIONAL_FREQS,
     ROPE_FREQS,
     ROW_PARTS,
     V_B,
     PlannedTensor,
+    proportional_rope,
 )
 from converters.formats.hf_reader import HFCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX, dequantize_mxfp4, to_ggml_blocks
@@ -64,6 +66,13 @@ def llama3_rope_factors(config: dict) -> torch.Tensor:
     return torch.where(wavelen > old_ctx / low, torch.full_like(freqs, factor), out)
 
 
+def proportional_rope_factors(config: dict, half_head: int) -> torch.Tensor:
+    """1 for the rotated pairs, 1e30 (no rotation) for the rest, as llama.cpp's Gemma4Model
+    generate_extra_tensors writes them."""
+    rotated = int(2 * half_head * float(proportional_rope(config)["partial_rotary_factor"]) / 2)
+    return torch.tensor([1.0] * rotated + [1e30] * (half_head - rotated), dtype=torch.float32)
+
+
 def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Tensor:
     """The "+"-joined transforms of one tensor, in order (e.g. "squeeze+tile_v:v_rows")."""
     for step in filter(None, p.transform.split("+")):
@@ -83,6 +92,9 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
     config = ckpt.config
     if p.transform == ROPE_FREQS:
         yield llama3_rope_factors(config)
+        return
+    if p.transform == PROPORTIONAL_FREQS:
+        yield proportional_rope_factors(config, p.shape[0])
         return
     if p.transform in (MXFP4_ROWS, MXFP4_GATE, MXFP4_UP, IN_OUT, IN_OUT_GATE, IN_OUT_UP):
         yield from _expert_pieces(ckpt, p)

@@ -36,6 +36,9 @@ from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
 
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.masked_bias|attn\.bias)$")
 K_B, V_B, ROPE_FREQS = "k_b", "v_b", "rope_freqs"
+# Gemma 4's global layers: "proportional" RoPE rotates the first partial_rotary_factor of
+# each half-head; llama.cpp rotates all dims and gets 1e30 frequency factors for the rest
+PROPORTIONAL_FREQS = "proportional_rope_freqs"
 FUSED_GATE, FUSED_UP = "fused_gate", "fused_up"  # halves of transformers 5's gate_up_proj
 # Interleaved gate_up (gpt-oss): which rows of the fused projection a part takes
 EVEN_ROWS, ODD_ROWS = "even_rows", "odd_rows"
@@ -69,7 +72,7 @@ class PlannedTensor:
 
     @property
     def is_expert(self) -> bool:
-        return self.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP)
+        return self.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP, T.FFN_GATE_UP_EXP)
 
 
 def gguf_name(kind: T, bid: int | None, suffix: str) -> str:
@@ -206,6 +209,9 @@ def _plan_fused_experts(ckpt, spec, name, bid, proj) -> list[PlannedTensor]:
         )
     if spec.gate_up_interleaved:
         return _plan_in_out_experts(name, bid, proj, shape)
+    if proj == "down_proj" or spec.gguf_fused_gate_up:
+        kind = T.FFN_DOWN_EXP if proj == "down_proj" else T.FFN_GATE_UP_EXP
+        return [PlannedTensor(gguf_name(kind, bid, ".weight"), kind, bid, shape, (name,))]
     if proj == "down_proj":
         return [
             PlannedTensor(
@@ -271,8 +277,20 @@ def _plan_packed_experts(ckpt, spec, name, bid, proj, suffix) -> list[PlannedTen
     ]  # fmt: skip
 
 
+def proportional_rope(config: dict) -> dict | None:
+    """Gemma 4's global-layer RoPE parameters when they are "proportional"."""
+    per_type = config.get("rope_parameters")
+    full = per_type.get("full_attention") if isinstance(per_type, dict) else None
+    return full if isinstance(full, dict) and full.get("rope_type") == "proportional" else None
+
+
 def _plan_rope_freqs(config: dict) -> list[PlannedTensor]:
-    """Llama 3.1+ "llama3" rope scaling travels as a rope_freqs tensor (llama.py generate_extra_tensors)."""
+    """Llama 3.1+ "llama3" rope scaling travels as a rope_freqs tensor (llama.py
+    generate_extra_tensors), and so does Gemma 4's proportional RoPE (gemma.py)."""
+    if proportional_rope(config) is not None:
+        dim = int(config.get("global_head_dim") or 512)
+        name = gguf_name(T.ROPE_FREQS, None, ".weight")
+        return [PlannedTensor(name, T.ROPE_FREQS, None, (dim // 2,), (), PROPORTIONAL_FREQS)]
     if str(rope_parameters(config)["rope_type"]).lower() != "llama3":
         return []
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
@@ -303,12 +321,14 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
             for k in spec.required_layer_kinds(config, bid)
         ]
         if spec.is_moe_layer(config, bid):
+            fused = ((T.FFN_GATE_UP_EXP, bid),) if spec.gguf_fused_gate_up else ()
             needed += [
                 (T.FFN_GATE_INP, bid),
-                (T.FFN_GATE_EXP, bid),
-                (T.FFN_UP_EXP, bid),
+                *(fused or ((T.FFN_GATE_EXP, bid), (T.FFN_UP_EXP, bid))),
                 (T.FFN_DOWN_EXP, bid),
             ]
+            if spec.dense_mlp_beside_experts:
+                needed += [(T.FFN_GATE, bid), (T.FFN_UP, bid), (T.FFN_DOWN, bid)]
         else:
             needed += [(T.FFN_GATE, bid), (T.FFN_UP, bid), (T.FFN_DOWN, bid)]
     missing = [gguf_name(k, b, "") for k, b in needed if (k, b) not in have]

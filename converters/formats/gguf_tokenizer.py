@@ -248,13 +248,50 @@ def _tokens(model: dict, tokenizer: dict, vocab_size: int) -> tuple[list[str], l
     return tokens, [int(t) for t in types]
 
 
+def _hf_bpe_vocabulary(
+    folder: Path, vocab: Vocabulary, model: str, visible: frozenset[str]
+) -> Vocabulary:
+    """A SentencePiece-style BPE as llama.cpp's converter writes it with gguf's LlamaHfVocab
+    under the family's own tokenizer model (Gemma 4): merges carried, every score -1000,
+    byte tokens BYTE, the tokenizer's named special tokens CONTROL, `visible` USER_DEFINED
+    (markers its chat parser must see), everything else NORMAL."""
+    config_path = folder / "tokenizer_config.json"
+    config = read_model_json(config_path, "Re-download it.") if config_path.is_file() else {}
+    named = [config.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")]
+    named += [config.get(k) for k in ("mask_token", "sep_token", "cls_token")]
+    named += list(
+        config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    )
+    special = {t["content"] if isinstance(t, dict) else t for t in named if t}
+    types = []
+    for token in vocab.tokens:
+        if BYTE_TOKEN.fullmatch(token):
+            types.append(TokenType.BYTE)
+        elif token in visible:
+            types.append(TokenType.USER_DEFINED)
+        else:
+            types.append(TokenType.CONTROL if token in special else TokenType.NORMAL)
+    scores = [-1000.0] * len(vocab.tokens)
+    return Vocabulary(model, "", vocab.tokens, [int(t) for t in types], scores, False)
+
+
 def add_tokenizer(
-    writer: gguf.GGUFWriter, folder: Path, vocab_size: int, named: dict[str, str] | None = None
+    writer: gguf.GGUFWriter,
+    folder: Path,
+    vocab_size: int,
+    named: dict[str, str] | None = None,
+    model: str = "",
+    visible: frozenset[str] = frozenset(),
 ) -> Vocabulary:
     """`named`: special token kind ("eot", "eom", ...) -> the token's text, for families whose
     llama.cpp converter names them (ArchSpec.special_tokens); set where the vocabulary has
-    the token and the tokenizer's own files did not already say."""
+    the token and the tokenizer's own files did not already say. `model`: the tokenizer
+    model llama.cpp's converter names for the family (ArchSpec.tokenizer_model), if any;
+    `visible`: its tokens kept USER_DEFINED (ArchSpec.visible_tokens)."""
     vocab = read_vocabulary(folder, vocab_size)
+    own_model = bool(model) and vocab.model == "llama"  # SentencePiece-style BPE
+    if own_model:
+        vocab = _hf_bpe_vocabulary(folder, vocab, model, visible)
     writer.add_tokenizer_model(vocab.model)
     if vocab.pre:
         writer.add_tokenizer_pre(vocab.pre)
@@ -270,7 +307,8 @@ def add_tokenizer(
     vocab_logger.setLevel(logging.ERROR)
     try:
         # SentencePiece merges by score in llama.cpp; only byte-level BPE carries merges
-        special = gguf.SpecialVocab(folder, load_merges=vocab.model == "gpt2", n_vocab=vocab_size)
+        merges = vocab.model == "gpt2" or own_model
+        special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=vocab_size)
     finally:
         vocab_logger.setLevel(level)
     ids = {token: i for i, token in enumerate(vocab.tokens)}
@@ -278,4 +316,6 @@ def add_tokenizer(
         if token in ids:
             special._set_special_token(kind, ids[token])  # gguf-py's own rule: first one wins
     special.add_to_gguf(writer, quiet=True)
+    if own_model and not special.add_special_token.get("bos"):
+        writer.add_add_bos_token(True)  # llama.cpp's converter (and loader) always add BOS
     return vocab

@@ -114,7 +114,14 @@ def build_writer(
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(RECIPE_KEY, recipe_name)
-    add_tokenizer(writer, ckpt.folder, int(ckpt.config["vocab_size"]), spec.special_tokens)
+    add_tokenizer(
+        writer,
+        ckpt.folder,
+        int(ckpt.config["vocab_size"]),
+        spec.special_tokens,
+        spec.tokenizer_model,
+        spec.visible_tokens,
+    )
     add_sampling_defaults(writer, ckpt.folder)
     for p in planned:
         writer.add_tensor_info(
