@@ -188,8 +188,10 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
         and its norm); the masks are freed by then. Real vocabularies make this the peak.
       - a block's FFN with the attention masks still live (F16, n_kv x ubatch each, n_kv
         the context padded to 256; two with sliding-window layers): gate, up and their
-        product for the top-k experts, four n_embd rows, half the shared expert's width,
-        the router's logits; at least seven n_embd rows (residual, norms, attention out).
+        product for the top-k experts (or the dense FFN), four n_embd rows, half the shared
+        expert's width, six rows of n_experts (router logits, probabilities, the sort of
+        all experts: Kimi's 384 make it a third of the peak); at least seven n_embd rows
+        (residual, norms, attention out).
       - a Gated DeltaNet layer (hybrids): five n_embd rows and five conv-channel rows
         (projections, conv input with its state, conv output), without a mask live.
       - DeepSeek-V3.2's indexer: its F32 scores and two F16 masks, n_kv x ubatch each.
@@ -202,11 +204,12 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
     attention = any(layout.kv_heads)
     masks = 2 * n_kv * tokens * layout.n_masks if attention else 0
     output = layout.n_vocab + 2 * embd
+    ffn = 3 * layout.ffn_width + 4 * embd  # a dense FFN (or the dense lead blocks)
     if layout.expert_ffn:
-        routed = 3 * layout.expert_ffn * layout.experts_per_token + layout.n_experts
-        ffn = routed + 4 * embd + layout.shared_ffn // 2
-    else:
-        ffn = 3 * layout.ffn_width + 4 * embd
+        routed = 3 * layout.expert_ffn * layout.experts_per_token + 6 * layout.n_experts
+        moe = routed + 4 * embd + layout.shared_ffn // 2
+        dense_lead = any(not b.expert_bytes for b in layout.blocks)
+        ffn = max(moe, ffn) if dense_lead else moe
     stages = [4 * tokens * output, masks + 4 * tokens * max(ffn, 7 * embd)]
     if layout.conv_channels:
         stages.append(4 * tokens * (5 * embd + 5 * layout.conv_channels))
