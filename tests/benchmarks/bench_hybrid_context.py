@@ -14,7 +14,8 @@ Qwen3-MoE (softmax attention everywhere), both with Qwen2's real 151,936-token v
 by the torch engine on the HF folder and by llama.cpp on Itamae's Q8_0 GGUF, through
 `itamae bench` in its own process (tests/benchmarks/bench_engines.py's helper): a prompt of
 context - gen tokens is prefilled, then gen tokens are decoded; decode tok/s after that
-prefill, prefill tok/s and the process's peak RSS are printed per context, with the ratios
+prefill, prefill tok/s and llama.cpp's KV + recurrent state + compute buffer (from the
+memory plan) are printed per context, with the ratios
 and the machine's load average (the machine is shared). Order rotates per round.
 """
 
@@ -131,6 +132,17 @@ def _median(values: list[float]) -> float:
     return values[len(values) // 2] if values else float("nan")
 
 
+def _planned_cache_mib(path: str | None, n_ctx: int) -> float:
+    from engine.llamacpp.devices import Hardware
+    from engine.llamacpp.gguf_layout import read_gguf_layout
+    from engine.llamacpp.memory_plan import plan_memory
+
+    if not path:
+        return float("nan")
+    plan = plan_memory(read_gguf_layout(path), Hardware.of(ram_gb=64), n_ctx=n_ctx)
+    return (plan.kv_bytes + plan.state_bytes + plan.compute_bytes) / 2**20
+
+
 def report(results: dict, contexts: list[int], args) -> None:
     rows = []
     for (model, engine, ctx), outs in sorted(results.items(), key=lambda kv: kv[0][2]):
@@ -139,7 +151,10 @@ def report(results: dict, contexts: list[int], args) -> None:
             "model": model, "engine": engine, "context": ctx,
             "decode_tps": _median([o["decode_tps"] for o in ok]),
             "prefill_tps": _median([o["prefill_tps"] for o in ok]),
-            "peak_rss_mib": _median([o["peak_rss_bytes"] / 2**20 for o in ok]),
+            # ru_maxrss survives exec (the parent's high-water mark shows through), so the
+            # memory column is llama.cpp's KV + state + compute as the memory plan gives it
+            # (within 10% of llama.cpp's log, tests/test_memory_plan_llamacpp.py)
+            "cache_mib": _planned_cache_mib(outs[0].get("model"), ctx) if engine == "llamacpp" else 0,
             "load_avg_1m": _median([o["load_avg_1m"] for o in outs]),
             "error": next((o["error"][-300:] for o in outs if "error" in o), ""),
         })  # fmt: skip
@@ -149,10 +164,10 @@ def report(results: dict, contexts: list[int], args) -> None:
     print(f"threads {args.threads}, hidden {args.hidden}, {args.layers} layers, "
           f"{args.experts} experts top-{args.top_k}, decode {args.gen_tokens} tokens after the prefill")  # fmt: skip
     print(f"{'model':12s} {'engine':9s} {'ctx':>6s} {'decode/s':>9s} {'prefill/s':>10s} "
-          f"{'peak RSS':>9s} {'load':>5s}")  # fmt: skip
+          f"{'llama.cpp KV+state+compute':>27s} {'load':>5s}")  # fmt: skip
     for row in rows:
         print(f"{row['model']:12s} {row['engine']:9s} {row['context']:6d} {row['decode_tps']:9.1f} "
-              f"{row['prefill_tps']:10.1f} {row['peak_rss_mib']:8.0f}M {row['load_avg_1m']:5.1f} "
+              f"{row['prefill_tps']:10.1f} {row['cache_mib']:26.0f}M {row['load_avg_1m']:5.1f} "
               f"{row['error'][:80]}")  # fmt: skip
     by = {(r["model"], r["engine"], r["context"]): r for r in rows}
     print("ratios (decode tok/s): torch/llama.cpp per model, hybrid/softmax per engine")
