@@ -141,10 +141,10 @@ def test_planned_kv_cache_is_what_llama_cpp_allocates(arch, backend_for):
     assert backend.plan.layout.mla == arch.startswith(
         ("deepseek", "kimi", "glm4_moe_lite")
     )  # MLA families
-    # the scratch estimate may be generous, never short of what llama.cpp reserved
+    # the compute buffer as llama.cpp's scheduler reserved it (tests/test_memory_plan_llamacpp.py)
     compute = [x for x in backend.native.load_log if "compute buffer size =" in x]
     reserved = sum(float(x.split("size =")[1].split("MiB")[0]) for x in compute)
-    assert compute and backend.plan.compute_bytes / 2**20 >= reserved
+    assert compute and backend.plan.compute_bytes / 2**20 == pytest.approx(reserved, rel=0.1)
 
 
 def test_torch_engine_builds_the_same_prompt(hf_checkpoint, backend_for):

@@ -215,7 +215,7 @@ def test_refusal_says_when_no_quant_fits():
 
 def test_context_shrinks_before_refusing_and_an_explicit_context_is_kept():
     layout = qwen3_30b_a3b()
-    overhead = compute_buffer_bytes(layout) + RAM_RESERVE_BYTES
+    overhead = compute_buffer_bytes(layout, 2048) + RAM_RESERVE_BYTES
     ram = (layout.weight_bytes + layout.kv_cache_bytes(3000) + overhead) / GIB
     plan = plan_memory(layout, Hardware.of(ram_gb=ram))
     assert plan.n_ctx == 2048 and any("shortened" in n for n in plan.notes)

@@ -153,8 +153,26 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         n_experts=n_experts,
         experts_per_token=experts_used,
         ffn_width=max(ffn, expert_ffn),
+        # Mixtral and OLMoE GGUFs give the experts' width as feed_forward_length
+        expert_ffn=int(key("expert_feed_forward_length", 0) or 0) or (ffn if n_experts else 0),
+        shared_ffn=_shared_ffn(key),
+        # gpt-oss: llama_kv_cache_iswa, one mask for the windowed layers, one for the rest
+        n_masks=2 if int(key("attention.sliding_window", 0) or 0) else 1,
+        conv_channels=_conv_channels(key),
         state_bytes=[_recurrent_state_bytes(key) if r else 0 for r in recurrent],
     )
+
+
+def _shared_ffn(key) -> int:
+    """Qwen names the shared expert's width; DeepSeek counts experts of the routed width."""
+    width = int(key("expert_shared_feed_forward_length", 0) or 0)
+    count = int(key("expert_shared_count", 0) or 0)
+    return width or count * int(key("expert_feed_forward_length", 0) or 0)
+
+
+def _conv_channels(key) -> int:
+    inner, state = int(key("ssm.inner_size", 0) or 0), int(key("ssm.state_size", 0) or 0)
+    return inner + 2 * int(key("ssm.group_count", 0) or 0) * state if inner else 0
 
 
 def _recurrent_state_bytes(key) -> int:

@@ -60,6 +60,10 @@ class ModelLayout:
     n_experts: int = 0
     experts_per_token: int = 0
     ffn_width: int = 0  # widest FFN activation per token (dense FFN or top-k experts)
+    expert_ffn: int = 0  # one routed expert's FFN width (0: dense FFN only)
+    shared_ffn: int = 0  # the shared experts' FFN width, all of them together
+    n_masks: int = 1  # attention masks llama.cpp builds per ubatch (2 with sliding windows)
+    conv_channels: int = 0  # linear attention's conv1d channels (ssm inner + 2 groups x state)
     state_bytes: list[int] = field(default_factory=list)  # per block: recurrent state, fixed
 
     @property

@@ -175,12 +175,47 @@ def size_text(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
 
-def compute_buffer_bytes(layout: ModelLayout) -> int:
-    """llama.cpp's scratch for one ubatch with flash attention: logits, the residual stream
-    and a few temporaries of width n_embd, the FFN activations. An estimate with margin: a
-    7B Llama gives ~180 MiB here where llama.cpp reports ~160 MiB."""
-    width = layout.n_vocab + 6 * layout.n_embd + 3 * layout.ffn_width
-    return 4 * UBATCH * width + 64 * MIB
+def _padded(n: int, to: int = 256) -> int:
+    return -(-n // to) * to
+
+
+def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH) -> int:
+    """llama.cpp's compute buffer: the peak of live activations ggml-alloc finds in the
+    worst-case graph it reserves (src/llama-context.cpp, sched_reserve: one ubatch of
+    min(n_ubatch, n_ctx) tokens, every one an output). That peak is the largest of these
+    stages, in F32 per token of the ubatch unless said otherwise:
+      - the output head: n_vocab logits plus two n_embd-wide rows (the last hidden state
+        and its norm); the masks are freed by then. Real vocabularies make this the peak.
+      - a block's FFN with the attention masks still live (F16, n_kv x ubatch each, n_kv
+        the context padded to 256; two with sliding-window layers): gate, up and their
+        product for the top-k experts (or the dense FFN), four n_embd rows, half the shared
+        expert's width, six rows of n_experts (router logits, probabilities, the sort of
+        all experts: Kimi's 384 make it a third of the peak); at least seven n_embd rows
+        (residual, norms, attention out).
+      - a Gated DeltaNet layer (hybrids): five n_embd rows and five conv-channel rows
+        (projections, conv input with its state, conv output), without a mask live.
+      - DeepSeek-V3.2's indexer: its F32 scores and two F16 masks, n_kv x ubatch each.
+    The coefficients were read off ggml-alloc's reported sizes on fixture shapes varied one
+    dimension at a time (n_embd, expert and shared widths, context, ubatch); the tests
+    compare the sum with llama.cpp's log at several contexts and a real 152k vocabulary."""
+    tokens = min(n_ubatch, _padded(n_ctx))
+    n_kv = _padded(n_ctx)
+    embd = layout.n_embd
+    attention = any(layout.kv_heads)
+    masks = 2 * n_kv * tokens * layout.n_masks if attention else 0
+    output = layout.n_vocab + 2 * embd
+    ffn = 3 * layout.ffn_width + 4 * embd  # a dense FFN (or the dense lead blocks)
+    if layout.expert_ffn:
+        routed = 3 * layout.expert_ffn * layout.experts_per_token + 6 * layout.n_experts
+        moe = routed + 4 * embd + layout.shared_ffn // 2
+        dense_lead = any(not b.expert_bytes for b in layout.blocks)
+        ffn = max(moe, ffn) if dense_lead else moe
+    stages = [4 * tokens * output, masks + 4 * tokens * max(ffn, 7 * embd)]
+    if layout.conv_channels:
+        stages.append(4 * tokens * (5 * embd + 5 * layout.conv_channels))
+    if layout.indexer_key_length:
+        stages.append(8 * n_kv * tokens + 4 * tokens * 9 * embd)
+    return max(stages)
 
 
 def place(
@@ -195,7 +230,7 @@ def place(
     n = layout.n_layers
     gpu_layers = max(0, min(gpu_layers, n + 1)) if hardware.gpu_offload else 0
     on_gpu = set(range(n - min(gpu_layers, n), n))
-    compute = compute_buffer_bytes(layout)
+    compute = compute_buffer_bytes(layout, n_ctx)
     gpu = ram = 0
     for i, block in enumerate(layout.blocks):
         kv = layout.block_cache_bytes(i, n_ctx, cache_type)  # KV or a recurrent state
