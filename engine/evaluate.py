@@ -83,8 +83,13 @@ def _describe(path: Path) -> dict:
     try:
         info = inspect(path)
     except ItamaeError:
-        return {"quant": "", "bits_per_weight": {}}
-    return {"quant": info.quant, "bits_per_weight": info.bits_per_weight}
+        return {"quant": "", "bits_per_weight": {}, "fallbacks": None}
+    return {
+        "quant": info.quant,
+        "bits_per_weight": info.bits_per_weight,
+        # tensors the recipe's type could not take (None: the file does not say)
+        "fallbacks": info.extra.get("quant_fallbacks"),
+    }
 
 
 def _windows(tokens: list[int], bos: list[int], window: int) -> list[list[int]]:
@@ -174,6 +179,7 @@ def evaluate(
         reference_compute=computes[1],
         model_quant=described["quant"],
         model_bits_per_weight=described["bits_per_weight"],
+        model_quant_fallbacks=described["fallbacks"],
         reference_quant=_describe(Path(reference))["quant"],
         model_size_bytes=_size(Path(model)),
         reference_size_bytes=_size(Path(reference)),

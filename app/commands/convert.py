@@ -45,6 +45,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from converters.conversion.convert import convert
+    from converters.conversion.fallbacks import describe
+    from converters.conversion.fallbacks import summary as fallback_summary
 
     bar = tqdm(total=1000, unit="‰", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
 
@@ -76,6 +78,13 @@ def run(args) -> int:
         "format": args.fmt,
         "seconds": round(result.seconds, 3),
         "size_bytes": result.size_bytes,
+        "fallbacks": {
+            **fallback_summary(result.fallbacks),
+            "tensors": [
+                {"name": f.tensor, "wanted": f.wanted, "got": f.got, "row_length": f.row_length}
+                for f in result.fallbacks
+            ],
+        },
     }
     if args.json:
         print(json.dumps(summary))
@@ -83,4 +92,6 @@ def run(args) -> int:
         print(
             f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.recipe}) in {result.seconds:.1f} s"
         )
+        if note := describe(fallback_summary(result.fallbacks)):
+            print(note)
     return 0

@@ -49,9 +49,13 @@ def _progress(done: int, total: int) -> None:
 
 
 def _print_table(report: dict) -> None:
+    from converters.conversion.fallbacks import describe
+
     quant = f"{report['model_quant']}, " if report.get("model_quant") else ""
     print(f"model      {report['model']} ({quant}{report['model_size_bytes'] / 2**20:.1f} MiB)")
     print(f"reference  {report['reference']} ({report['reference_size_bytes'] / 2**20:.1f} MiB)")
+    if note := describe(report.get("model_quant_fallbacks")):
+        print(f"fallbacks  {note}")
     print(f"text       {report['text']}: {report['scored_positions']} positions scored")
     print(f"KL mean    {report['kl_mean']:.6f}")
     print(f"KL p99     {report['kl_p99']:.6f}")

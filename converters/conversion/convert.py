@@ -8,14 +8,23 @@ interrupt, a crash or a cancel never leaves a partial file under the final name.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from converters import archs
+from converters.conversion.fallbacks import (
+    FALLBACK_KEY,
+    Fallback,
+    direct_fallbacks,
+    record_in_file,
+    reserved_value,
+    summary,
+)
 from converters.conversion.llama_quantize import quantize_with_llama_cpp, require_llama_cpp
 from converters.conversion.recipes import (
     Recipe,
@@ -52,6 +61,8 @@ class ConvertResult:
     recipe: str
     seconds: float
     size_bytes: int
+    # tensors that got another type than the recipe's (rows not a multiple of its blocks)
+    fallbacks: list[Fallback] = field(default_factory=list)
 
 
 def convert(
@@ -70,8 +81,9 @@ def convert(
     if fmt == "torch":
         return _convert_to_torch(src, dest, chosen, progress, cancel, force, started)
     _check_destination(dest, force)
-    convert_to_gguf(src, dest, chosen, progress, cancel, repo_id)
-    return ConvertResult(dest, chosen.name, time.perf_counter() - started, dest.stat().st_size)
+    fallbacks = convert_to_gguf(src, dest, chosen, progress, cancel, repo_id)
+    seconds = time.perf_counter() - started
+    return ConvertResult(dest, chosen.name, seconds, dest.stat().st_size, fallbacks)
 
 
 def _convert_to_torch(src, dest, recipe, progress, cancel, force, started) -> ConvertResult:
@@ -115,7 +127,8 @@ def convert_to_gguf(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     repo_id: str = "",
-) -> None:
+) -> list[Fallback]:
+    """Write `dest`; returns the tensors that got a fallback type (also recorded in it)."""
     ckpt = HFCheckpoint(src, keep_files_open=False)
     spec = archs.spec_for_config(ckpt.config)
     if not spec.converts_to_gguf:
@@ -131,6 +144,12 @@ def convert_to_gguf(
     assign_types(planned, lambda p: tensor_type(p, target))
     recipe = keeping_carried(recipe, planned)
     writer = build_writer(ckpt, spec, planned, recipe.file_type, recipe.name, repo_id)
+    fallbacks = [] if recipe.uses_llama_quantizer else direct_fallbacks(planned, target)
+    # llama.cpp's fallbacks are known only once it has quantized: room is kept for them
+    writer.add_string(
+        FALLBACK_KEY,
+        reserved_value() if recipe.uses_llama_quantizer else json.dumps(summary(fallbacks)),
+    )
     needed = data_bytes(planned) + METADATA_MARGIN
     if recipe.uses_llama_quantizer:
         needed += needed // 2  # the quantized file beside the full-precision one
@@ -147,7 +166,8 @@ def convert_to_gguf(
         if recipe.uses_llama_quantizer:
             if progress:
                 progress(stage, f"quantizing with llama.cpp ({recipe.name})")
-            quantize_with_llama_cpp(partial, quantized, recipe)
+            fallbacks = quantize_with_llama_cpp(partial, quantized, recipe)
+            record_in_file(quantized, summary(fallbacks))
             partial.unlink()
             quantized.replace(dest)
         else:
@@ -157,6 +177,7 @@ def convert_to_gguf(
     finally:
         for leftover in (partial, quantized):
             leftover.unlink(missing_ok=True)
+    return fallbacks
 
 
 def remove_stale_partials(dest: Path) -> None:

@@ -12,8 +12,10 @@ import ctypes
 import os
 from pathlib import Path
 
+from converters.conversion.fallbacks import Fallback, LlamaLogCapture, parse_llama_log
 from converters.conversion.recipes import Recipe
 from converters.core.errors import ItamaeError
+from converters.formats.gguf_header import read_contents
 
 # llama.cpp processes a tensor in slabs of rows up to this size (its default is 8 GiB);
 # 1 GiB keeps the quantizer's memory bounded on small machines at no measurable cost.
@@ -31,7 +33,10 @@ def require_llama_cpp():
     return llama_cpp
 
 
-def quantize_with_llama_cpp(src: Path, dest: Path, recipe: Recipe, threads: int = 0) -> None:
+def quantize_with_llama_cpp(
+    src: Path, dest: Path, recipe: Recipe, threads: int = 0
+) -> list[Fallback]:
+    """Quantize `src` into `dest`; returns the tensors llama.cpp gave a fallback type."""
     llama_cpp = require_llama_cpp()
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
@@ -52,7 +57,7 @@ def quantize_with_llama_cpp(src: Path, dest: Path, recipe: Recipe, threads: int 
         params.tt_overrides = ctypes.cast(
             overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
         )
-    with llama_cpp._utils.suppress_stdout_stderr(disable=False):
+    with llama_cpp._utils.suppress_stdout_stderr(disable=False), LlamaLogCapture(llama_cpp) as log:
         status = llama_cpp.llama_model_quantize(
             str(src).encode(), str(dest).encode(), ctypes.byref(params)
         )
@@ -61,3 +66,5 @@ def quantize_with_llama_cpp(src: Path, dest: Path, recipe: Recipe, threads: int 
             f"llama.cpp's quantizer failed on the {recipe.name} recipe (status {status}).",
             "Try a direct recipe (Q8_0, Q4_0), or report the model and recipe.",
         )
+    got = {t.name: t.type.name for t in read_contents(dest).tensors}
+    return parse_llama_log(log.text, got)

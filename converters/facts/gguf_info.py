@@ -15,6 +15,7 @@ from pathlib import Path
 import gguf
 
 from converters import archs
+from converters.conversion.fallbacks import read_record
 from converters.core.errors import BadModelFile
 from converters.core.model_info import ModelInfo
 from converters.facts.tensor_groups import gguf_group, summarise_tensors
@@ -79,6 +80,8 @@ def _gguf_info(split: SplitContents) -> ModelInfo:
     file_type = metadata.get("general.file_type")
     info.quant = str(metadata.get(RECIPE_KEY) or quant_name(file_type, tensors))
     info.extra = {"gguf_arch": arch, "file_type": file_type}
+    if (fallbacks := read_record(metadata)) is not None:  # written by Itamae's converter
+        info.extra["quant_fallbacks"] = fallbacks
     return info
 
 

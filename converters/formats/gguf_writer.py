@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import gguf
@@ -151,18 +152,59 @@ def write_gguf(
     fout = writer.fout[0]
     writer.write_padding(fout, fout.tell())
     total, done = max(1, data_bytes(planned)), 0
-    with one_torch_thread_per_worker():
+    with one_torch_thread_per_worker(), BackgroundWrites(fout) as out:
         for p in planned:
             for piece in tensor_pieces(ckpt, p):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("Conversion cancelled.", "Nothing was written.")
                 encoded = encode(piece, p.qtype)
-                fout.write(encoded.data)
+                out.write(encoded)
                 done += encoded.size
                 if progress is not None:
                     progress(done / total, p.name)
-            writer.write_padding(fout, nbytes(p.shape, p.qtype))
+            out.write(padding(nbytes(p.shape, p.qtype), writer.data_alignment))
     writer.close()
+
+
+def padding(n: int, alignment: int) -> np.ndarray:
+    return np.zeros(-n % alignment, dtype=np.uint8)
+
+
+class BackgroundWrites:
+    """Writes encoded pieces on a thread while the next piece is read and encoded (file
+    writes release the GIL). Only pieces up to OVERLAP_BYTES are handed over, one at a
+    time, so at most one small piece is held beyond what the synchronous loop holds: a
+    large tensor (an embedding) is written in place after the queue drains, and peak
+    memory does not grow."""
+
+    OVERLAP_BYTES = 64 << 20
+
+    def __init__(self, fout):
+        self._fout = fout
+        self._pending: Future | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-write")
+
+    def write(self, data: np.ndarray) -> None:
+        self._wait()
+        if data.size > self.OVERLAP_BYTES:
+            self._fout.write(data.data)
+        elif data.size:
+            self._pending = self._pool.submit(self._fout.write, data.data)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a failed write (disk full) here
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+        return False
 
 
 def assign_types(

@@ -15,6 +15,7 @@ is dequantized or rounded on the way.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 BLOCK = 32  # values per block (one scale each)
@@ -64,12 +65,16 @@ def to_ggml_blocks(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
     Value k sits in source byte k // 2 (low nibble if k is even), so ggml's byte 2i takes
     the low nibbles of source bytes i and 8 + i, and byte 2i + 1 their high nibbles."""
-    first, second = blocks[..., :8], blocks[..., 8:]  # values 0-15 and 16-31
-    out = torch.empty(*blocks.shape[:-1], 1 + BLOCK_BYTES, dtype=torch.uint8)
-    out[..., 0] = scales
-    out[..., 1::2] = (first & 0x0F) | (second << 4)
-    out[..., 2::2] = (first >> 4) | (second & 0xF0)
-    return out.flatten(-2)
+    source = blocks.numpy()
+    first, second = source[..., :8], source[..., 8:]  # values 0-15 and 16-31
+    out = np.empty((*blocks.shape[:-1], 1 + BLOCK_BYTES), dtype=np.uint8)
+    out[..., 0] = scales.numpy()
+    pairs = out[..., 1:].reshape(*blocks.shape[:-1], BLOCK_BYTES // 2, 2)
+    # numpy ufuncs writing straight into the interleaved output: half the time of torch's
+    # strided assignment of temporaries (this repack is the MXFP4 experts' whole cost)
+    np.bitwise_or(first & 0x0F, second << 4, out=pairs[..., 0])
+    np.bitwise_or(first >> 4, second & 0xF0, out=pairs[..., 1])
+    return torch.from_numpy(out).flatten(-2)
 
 
 def mxfp4_expert(ckpt, prefix: str, e: int):
