@@ -1,6 +1,6 @@
 """The OpenAI request fields beyond plain sampling: tools, tool_choice, response_format,
-logprobs, logit_bias, tool-call history turns; and the check that refuses any field
-Itamae does not implement (a 400 naming it, never silently ignored).
+logprobs, logit_bias, tool-call history turns, reasoning_effort; and the check that
+refuses any field Itamae does not implement (a 400 naming it, never silently ignored).
 
 Shapes follow OpenAI's API reference for chat completions (tools[].function {name,
 description, parameters, strict}; tool_choice "none" | "auto" | "required" |
@@ -43,7 +43,11 @@ CHAT_FIELDS = SAMPLING_FIELDS | {
     "tool_choice",
     "response_format",
     "parallel_tool_calls",
+    "reasoning_effort",
 }
+# OpenAI's reasoning_effort values; a template's thinking switch is on or off, so "none"
+# turns it off and every level turns it on (DeepSeek V3.1/V3.2's thinking mode)
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
 COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "logprobs", "echo", "suffix"}
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # OpenAI's rule for function names
@@ -184,7 +188,21 @@ def chat_request(body: dict, n_experts: int = 0) -> GenerationRequest:
     if not isinstance(parallel, bool):
         raise bad_param("parallel_tool_calls", "'parallel_tool_calls' must be true or false.")
     req.parallel_tool_calls = parallel
+    req.enable_thinking = thinking_switch(body)
     return req
+
+
+def thinking_switch(body: dict) -> bool | None:
+    """`reasoning_effort` as the chat template's thinking switch; None: the template's own
+    default."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in REASONING_EFFORTS:
+        raise bad_param(
+            "reasoning_effort", f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}."
+        )
+    return effort != "none"
 
 
 def completion_request(body: dict, n_experts: int = 0) -> GenerationRequest:

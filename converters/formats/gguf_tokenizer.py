@@ -249,11 +249,16 @@ def _tokens(model: dict, tokenizer: dict, vocab_size: int) -> tuple[list[str], l
 
 
 def add_tokenizer(
-    writer: gguf.GGUFWriter, folder: Path, vocab_size: int, named: dict[str, str] | None = None
+    writer: gguf.GGUFWriter,
+    folder: Path,
+    vocab_size: int,
+    named: dict[str, str] | None = None,
+    chat_template: str = "",
 ) -> Vocabulary:
     """`named`: special token kind ("eot", "eom", ...) -> the token's text, for families whose
     llama.cpp converter names them (ArchSpec.special_tokens); set where the vocabulary has
-    the token and the tokenizer's own files did not already say."""
+    the token and the tokenizer's own files did not already say. `chat_template`: the
+    family's own (ArchSpec.chat_template), written when the folder ships none."""
     vocab = read_vocabulary(folder, vocab_size)
     writer.add_tokenizer_model(vocab.model)
     if vocab.pre:
@@ -277,5 +282,7 @@ def add_tokenizer(
     for kind, token in (named or {}).items():
         if token in ids:
             special._set_special_token(kind, ids[token])  # gguf-py's own rule: first one wins
+    if not special.chat_template and chat_template:
+        special.chat_template = chat_template
     special.add_to_gguf(writer, quiet=True)
     return vocab

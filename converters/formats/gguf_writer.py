@@ -114,7 +114,8 @@ def build_writer(
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(RECIPE_KEY, recipe_name)
-    add_tokenizer(writer, ckpt.folder, int(ckpt.config["vocab_size"]), spec.special_tokens)
+    vocab_size = int(ckpt.config["vocab_size"])
+    add_tokenizer(writer, ckpt.folder, vocab_size, spec.special_tokens, spec.chat_template)
     add_sampling_defaults(writer, ckpt.folder)
     for p in planned:
         writer.add_tensor_info(
