@@ -23,6 +23,10 @@ from engine.tool_calls import (
 )
 from engine.types import GenerationRequest, Message, OutputConstraint, ToolCall
 
+# A prompt that ends inside an opened reasoning block (DeepSeek's thinking mode) is closed
+# before a forced call's opening, so the call is an answer, not part of the reasoning
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
 
 @dataclass
 class PromptPlan:
@@ -73,6 +77,8 @@ def plan_prompt(
     )
     constraint = (forced_constraint(fmt, req) if tools else None) or req.constraint
     if constraint is not None and constraint.prefix:
+        if text.endswith(THINK_OPEN):  # thinking mode (DeepSeek): the call follows the reasoning
+            text += THINK_CLOSE
         text += constraint.prefix
     return PromptPlan(text, constraint, fmt if tools else None, tools, req.parallel_tool_calls)
 

@@ -275,3 +275,65 @@ def test_reasoning_effort_is_the_thinking_switch():
     with pytest.raises(APIError) as refused:
         chat_request({**ask, "reasoning_effort": "extreme"})
     assert refused.value.status == 400 and "reasoning_effort" in str(refused.value.body())
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 8},
+                "days": {"enum": [1, 2]},
+            },
+            "required": ["city", "days"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("effort", ["none", "high"])
+def test_api_returns_a_forced_v32_call_in_both_modes(v32_folder, effort):
+    # `itamae serve` on the V3.2 folder: the call is written in DSML (forced), parsed back
+    import jsonschema
+    import openai
+
+    from tests.serve_process import ServeProcess
+
+    with ServeProcess("--model", str(v32_folder), "--engine", "torch") as server:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": "Weather in Tokyo?"}],
+            tools=[WEATHER],
+            tool_choice="required",
+            reasoning_effort=effort,
+            temperature=0,
+            max_tokens=400,
+        )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+
+
+@pytest.mark.parametrize("thinking", [False, True], ids=["chat", "thinking"])
+def test_a_forced_call_follows_the_closed_reasoning(v32_folder, hf_tokenizer, thinking):
+    backend = engine.load(v32_folder, engine="torch")
+    try:
+        req = GenerationRequest(
+            messages=[Message("user", "Weather in Tokyo?")],
+            tools=[WEATHER],
+            tool_choice="required",
+            enable_thinking=thinking,
+        )
+        prompt = hf_tokenizer.decode(backend.generator.prompt_ids(req))
+    finally:
+        backend.close()
+    opener = "<think></think>" if thinking else "</think>"
+    assert prompt.endswith(
+        f"Weather in Tokyo?<｜Assistant｜>{opener}\n\n<｜DSML｜function_calls>\n"
+        '<｜DSML｜invoke name="'
+    )
