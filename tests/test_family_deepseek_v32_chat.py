@@ -31,6 +31,7 @@ from engine.tool_calls import format_for
 from engine.tool_calls.deepseek_dsml import DeepSeekDSML
 from engine.types import GenerationRequest, Message, ToolCall
 from tests.fixtures.deepseek_tokenizer import BOS, write_deepseek_v31_tokenizer
+from tests.test_family_deepseek_v31 import TOOLS  # fish_price, the golden's one tool
 
 TEMPLATE = archs.publisher_chat_template("deepseek_v32")
 
@@ -45,20 +46,6 @@ PUBLISHED_README_OUTPUT = (
     "<｜end▁of▁sentence｜><｜User｜>1+1=?<｜Assistant｜><think>"
 )
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "fish_price",
-            "description": "Today's price of a fish at the market.",
-            "parameters": {
-                "type": "object",
-                "properties": {"fish": {"type": "string"}, "grams": {"type": "integer"}},
-                "required": ["fish"],
-            },
-        },
-    }
-]
 CALLS = [("fish_price", {"fish": "マグロ", "grams": 200}), ("fish_price", {"fish": "鯛"})]
 SYSTEM = "You are a helpful sushi chef."
 QUESTION = "How much is 200 g of tuna?"
