@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from converters.core.errors import ItamaeError
 from engine.chat_template import render_chat, template_variables
-from engine.reasoning import THINK_OPEN
+from engine.reasoning import THINK_CLOSE, THINK_OPEN
 from engine.tool_calls import (
     ToolFormat,
     forced_constraint,
@@ -80,6 +80,10 @@ def plan_prompt(
     )
     constraint = (forced_constraint(fmt, req) if tools else None) or req.constraint
     if constraint is not None and constraint.prefix:
+        # A prompt that ends inside an opened reasoning block (DeepSeek's thinking mode) is
+        # closed before a forced call's opening: the call is an answer, not reasoning.
+        if text.endswith(THINK_OPEN):
+            text += THINK_CLOSE
         text += constraint.prefix
     return PromptPlan(text, constraint, fmt if tools else None, tools, req.parallel_tool_calls)
 

@@ -9,9 +9,11 @@ tensor names, shapes and `deepseek32.*` keys of llama.cpp's own converter's file
 --no-mtp, see converters/archs/deepseek_v32.py) and its F32 logits in llama.cpp match
 transformers within 1e-4 on 32 tokens, greedy identical. `itamae inspect --json` is exact.
 
-Not in tests/fixtures/checkpoints.ARCHS: the shared llama.cpp reference (reference_pair)
-runs llama.cpp's converter without the BOS shim and with the MTP layer, which llama.cpp then
-cannot load here (the fixture's MTP embedding keeps the tiny vocabulary)."""
+In tests/fixtures/checkpoints.ARCHS, so the generic parity, quantization, inspect and
+llama.cpp backend tests cover it too; not in test_convert_vs_llamacpp's PARITY: its shared
+llama.cpp reference (reference_pair) runs llama.cpp's converter without the BOS shim and
+with the MTP layer, which Itamae's file leaves out, so the comparison is made here instead
+(shim, --no-mtp)."""
 
 from __future__ import annotations
 

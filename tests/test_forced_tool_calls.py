@@ -22,8 +22,7 @@ from engine.constrained import grammar_for as lark_grammar
 from engine.constrained import tokenizer_for
 from engine.llamacpp.grammar import grammar_for as gbnf_grammar
 from engine.loader import DEMO_DIR
-from engine.tool_calls import forced_constraint
-from engine.tool_calls.formats import FORMATS
+from engine.tool_calls import FORMATS, forced_constraint
 from engine.types import GenerationRequest, Message
 from tests.fixtures.tokenizer import train_tokenizer
 
@@ -61,6 +60,12 @@ WRITTEN = {
         ["<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"],
         "get_weather\n<arg_key>city</arg_key>\n<arg_value>東京</arg_value>\n"
         "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
+    ),
+    "deepseek_dsml": (  # DeepSeek-V3.2: "｜DSML｜" is plain text to its tokenizer
+        [],
+        'get_weather">\n<｜DSML｜parameter name="city" string="true">東京</｜DSML｜parameter>\n'
+        '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n'
+        "</｜DSML｜invoke>\n</｜DSML｜function_calls>",
     ),
     "minimax": (
         ["<minimax:tool_call>", "</minimax:tool_call>"],
@@ -182,6 +187,7 @@ FAMILY_TEMPLATES = {
     "kimi": "moonshotai-Kimi-K2.jinja",
     "glm45": "GLM-4.6.jinja",
     "minimax": "MiniMax-M2.jinja",
+    "deepseek_dsml": "deepseek-ai-DeepSeek-V3.2.jinja",
 }
 SMALL_TOOLS = [
     _tool("get_time", {"zone": {"type": "string", "maxLength": 6}}),

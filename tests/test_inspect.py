@@ -29,6 +29,7 @@ EXPECTED = {  # arch: (routed experts, per token, shared experts, MoE layers of 
     "minimax_m2": (16, 4, 0, 3),
     "kimi_k2": (384, 8, 1, 2),
     "glm4_moe_lite": (16, 4, 1, 2),
+    "deepseek_v32": (16, 4, 1, 2),
 }
 
 

@@ -45,6 +45,8 @@ CHAT_FIELDS = SAMPLING_FIELDS | {
     "parallel_tool_calls",
     "reasoning_effort",
 }
+# OpenAI's reasoning_effort values; a template's thinking switch is on or off, so "none"
+# turns it off and every level turns it on (DeepSeek V3.1/V3.2's thinking mode)
 COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt", "logprobs", "echo", "suffix"}
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # OpenAI's rule for function names

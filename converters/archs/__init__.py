@@ -100,6 +100,12 @@ def reply_has_markers(model_type: str) -> bool:
     return bool(spec and spec.reply_has_markers)
 
 
+def publisher_chat_template(model_type: str) -> str:
+    """The template a family's checkpoints rely on when they ship none ("" if none)."""
+    spec = find(model_type)
+    return spec.chat_template if spec else ""
+
+
 # Vision-language releases store the language model under another prefix, beside tensors
 # that are not the text model's (the vision tower, the multi-token-prediction head that
 # llama.cpp's converter drops as well): published spelling -> the language model's.

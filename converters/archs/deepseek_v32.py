@@ -16,6 +16,7 @@ gguf-py/gguf/tensor_mapping.py (the DSA entries).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from gguf import MODEL_TENSOR as T
 from gguf import Keys
@@ -51,4 +52,6 @@ SPEC = replace(
     metadata=metadata,
     aliases=(),
     recognise_gguf=lambda metadata: True,  # the only family llama.cpp calls deepseek32
+    # V3.2 ships its chat encoding as Python and no template; this renders what it renders
+    chat_template=Path(__file__).with_name("deepseek_v32_chat.jinja").read_text(encoding="utf-8"),
 )

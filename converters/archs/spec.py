@@ -60,6 +60,9 @@ class ArchSpec:
     # llama.cpp runs several families as one arch (Mixtral as "llama", V2 and V3 as "deepseek2").
     recognise_gguf: Callable[[dict], bool] = _always
     chat_format: str = ""  # the publisher's chat-template convention: "chatml", "llama3", ...
+    # The publisher's chat encoding as a template, for a family that ships code instead of
+    # one (DeepSeek-V3.2's encoding_dsv32.py); used when the checkpoint has no template
+    chat_template: str = ""
     expert_count_fields: tuple[str, ...] = EXPERT_COUNT_FIELDS
     experts_per_token_fields: tuple[str, ...] = EXPERTS_PER_TOKEN_FIELDS
     # Fused experts' gate_up rows: gate rows then up rows (transformers 5), or interleaved

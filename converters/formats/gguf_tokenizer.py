@@ -282,12 +282,14 @@ def add_tokenizer(
     named: dict[str, str] | None = None,
     model: str = "",
     visible: frozenset[str] = frozenset(),
+    chat_template: str = "",
 ) -> Vocabulary:
     """`named`: special token kind ("eot", "eom", ...) -> the token's text, for families whose
     llama.cpp converter names them (ArchSpec.special_tokens); set where the vocabulary has
     the token and the tokenizer's own files did not already say. `model`: the tokenizer
     model llama.cpp's converter names for the family (ArchSpec.tokenizer_model), if any;
-    `visible`: its tokens kept USER_DEFINED (ArchSpec.visible_tokens)."""
+    `visible`: its tokens kept USER_DEFINED (ArchSpec.visible_tokens). `chat_template`: the
+    family's own (ArchSpec.chat_template), written when the folder ships none."""
     vocab = read_vocabulary(folder, vocab_size)
     own_model = bool(model) and vocab.model == "llama"  # SentencePiece-style BPE
     if own_model:
@@ -315,6 +317,8 @@ def add_tokenizer(
     for kind, token in (named or {}).items():
         if token in ids:
             special._set_special_token(kind, ids[token])  # gguf-py's own rule: first one wins
+    if not special.chat_template and chat_template:
+        special.chat_template = chat_template
     special.add_to_gguf(writer, quiet=True)
     if own_model and not special.add_special_token.get("bos"):
         writer.add_add_bos_token(True)  # llama.cpp's converter (and loader) always add BOS

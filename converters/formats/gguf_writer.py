@@ -122,6 +122,7 @@ def build_writer(
         spec.special_tokens,
         spec.tokenizer_model,
         spec.visible_tokens,
+        spec.chat_template,
     )
     add_sampling_defaults(writer, ckpt.folder)
     for p in planned:

@@ -157,7 +157,10 @@ class LlamaCppBackend:
                 eval_callback=self.expert_counter and self.expert_counter.callback,
             ),
         )
-        self.chat_template = self.native.chat_template()
+        # a GGUF from llama.cpp's converter of a V3.2 folder carries none: the family's own
+        self.chat_template = self.native.chat_template() or archs.publisher_chat_template(
+            self.info.arch
+        )
         # Harmony's channel tokens stay in the reply text (they mark the reasoning)
         self.keep_special = archs.reply_has_markers(self.info.arch)
         self.bos_token, self.eos_token = self.native.special_tokens()

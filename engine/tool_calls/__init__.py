@@ -17,9 +17,24 @@ import json
 from converters.core.errors import ItamaeError
 from engine.types import GenerationRequest, Message, OutputConstraint, ToolCall
 
-from .formats import FORMATS, GENERIC, ToolFormat
+from .deepseek_dsml import DeepSeekDSML
+from .formats import DeepSeek, Glm45, Harmony, Hermes, KimiK2, Llama3, MiniMaxM2, ToolFormat
+
+# Most specific first: GLM's <tool_call> also matches Hermes' marker.
+FORMATS: tuple[ToolFormat, ...] = (
+    Harmony(),
+    KimiK2(),
+    MiniMaxM2(),
+    DeepSeekDSML(),
+    DeepSeek(),
+    Glm45(),
+    Hermes(),
+    Llama3(),
+)
+GENERIC = Hermes()
 
 __all__ = [
+    "FORMATS",
     "ToolCall",
     "ToolFormat",
     "forced_constraint",

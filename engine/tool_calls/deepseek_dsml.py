@@ -1,16 +1,19 @@
-"""DeepSeek-V3.2's tool calls (DSML), read back out of a reply.
+"""DeepSeek-V3.2's tool calls (DSML), read back out of a reply and forced.
 
-V3.2's template (deepseek-ai/DeepSeek-V3.2; llama.cpp's copy in
-models/templates/deepseek-ai-DeepSeek-V3.2.jinja) writes an assistant's calls as
+DeepSeek's encoding (encoding/encoding_dsv32.py in deepseek-ai/DeepSeek-V3.2, rendered by
+converters/archs/deepseek_v32_chat.jinja; llama.cpp's own template in
+models/templates/deepseek-ai-DeepSeek-V3.2.jinja writes the same markup) has the assistant
+write its calls after its content as
 
-    <｜DSML｜function_calls>
+    \\n\\n<｜DSML｜function_calls>
     <｜DSML｜invoke name="NAME">
     <｜DSML｜parameter name="KEY" string="true">text</｜DSML｜parameter>
     <｜DSML｜parameter name="KEY" string="false">JSON</｜DSML｜parameter>
     </｜DSML｜invoke>
     </｜DSML｜function_calls>
 
-V3.1's format (<｜tool▁call▁begin｜>...) is formats.DeepSeek.
+("｜DSML｜" is plain text to V3.2's tokenizer, not an added token). V3.1's format
+(<｜tool▁call▁begin｜>...) is formats.DeepSeek.
 """
 
 from __future__ import annotations
@@ -20,18 +23,19 @@ import re
 
 from engine.types import ToolCall
 
-from .formats import ToolFormat
+from .formats import ToolFormat, _parameters, _per_tool, _xml_value_part
 
-_INVOKE = re.compile(r'<｜DSML｜invoke name="([^"]+)">\n?(.*?)</｜DSML｜invoke>', re.DOTALL)
+DSML = "｜DSML｜"
+_INVOKE = re.compile(rf'<{DSML}invoke name="([^"]+)">\n?(.*?)</{DSML}invoke>', re.DOTALL)
 _PARAMETER = re.compile(
-    r'<｜DSML｜parameter name="([^"]+)" string="(true|false)">(.*?)</｜DSML｜parameter>', re.DOTALL
+    rf'<{DSML}parameter name="([^"]+)" string="(true|false)">(.*?)</{DSML}parameter>', re.DOTALL
 )
 
 
 class DeepSeekDSML(ToolFormat):
     name = "deepseek_dsml"
-    markers = ("｜DSML｜",)  # the template builds its tags from this token
-    starts = ("<｜DSML｜function_calls>",)
+    markers = (DSML,)  # the template builds its tags from this token
+    starts = (f"<{DSML}function_calls>",)
 
     def parse(self, text: str, tools: list[dict]) -> tuple[str, list[ToolCall]]:
         start = text.find(self.starts[0])
@@ -43,10 +47,37 @@ class DeepSeekDSML(ToolFormat):
         ]
         return self.content_before_calls(text), calls
 
+    def forced(self, tools, name):
+        # the encoding's blank line between content (none here) and the block
+        return _per_tool(f'\n\n<{DSML}function_calls>\n<{DSML}invoke name="', tools, name, _call)
+
+
+def _call(tool: dict) -> list:
+    """One call's parts after the opening: its name, then each required argument, strings
+    bare (string="true"), other values as JSON of their schema, as the encoding writes."""
+    parts: list = [("text", tool["function"]["name"] + '">\n')]
+    schema = _parameters(tool)
+    for key in schema.get("required", []):
+        value = _xml_value_part(key, schema.get("properties", {}).get(key, {}))
+        is_text = "false" if value[0] == "json" else "true"
+        parts += [
+            ("text", f'<{DSML}parameter name="{key}" string="{is_text}">'),
+            value,
+            ("text", f"</{DSML}parameter>\n"),
+        ]
+    return parts + [("text", f"</{DSML}invoke>\n</{DSML}function_calls>")]
+
 
 def _arguments(body: str) -> dict:
-    """Parameters by name: string="true" ones as written, the others as JSON values."""
-    return {
-        key: value if is_text == "true" else json.loads(value)
-        for key, is_text, value in _PARAMETER.findall(body)
-    }
+    """Parameters by name: string="true" ones as written, the others as JSON values (text
+    that is not JSON is kept as text rather than losing the call)."""
+    return {key: _value(raw, is_text == "true") for key, is_text, raw in _PARAMETER.findall(body)}
+
+
+def _value(raw: str, is_text: bool):
+    if is_text:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

@@ -369,16 +369,3 @@ class MiniMaxM2(ToolFormat):
             return head + _xml_arguments(tool, opening, closing) + tail
 
         return _per_tool("<minimax:tool_call>\n", tools, name, parts)
-
-
-# Most specific first: GLM's <tool_call> also matches Hermes' marker.
-FORMATS: tuple[ToolFormat, ...] = (
-    Harmony(),
-    KimiK2(),
-    MiniMaxM2(),
-    DeepSeek(),
-    Glm45(),
-    Hermes(),
-    Llama3(),
-)
-GENERIC = Hermes()

@@ -48,6 +48,8 @@ class ModelText:
             self.chat_template = named.get("default") or next(iter(named.values()), "")
         if not self.chat_template and (folder / "chat_template.jinja").is_file():
             self.chat_template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        if not self.chat_template:  # a family that publishes its encoding as code (V3.2)
+            self.chat_template = archs.publisher_chat_template(str(config.get("model_type", "")))
         self.bos_token = _token_text(tc.get("bos_token"))
         self.eos_token = _token_text(tc.get("eos_token"))
         self.eos_ids = self._eos_ids(folder, config)

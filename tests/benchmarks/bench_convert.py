@@ -91,24 +91,33 @@ def layer_shapes(bid: int) -> dict[str, tuple[int, ...]]:
 
 
 def build_checkpoint(dest: Path) -> Path:
-    """Write the synthetic checkpoint shard by shard (memory: one shard)."""
+    """The synthetic Qwen3-MoE checkpoint (memory while writing: one shard)."""
     if (dest / "model.safetensors.index.json").is_file():
         return dest
-    from safetensors.torch import save_file
-
     tokenizer = vocabulary_tokenizer("qwen2")
     vocab = len(json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"])
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in tokenizer.iterdir():
-        shutil.copy(f, tmp / f.name)
-    (tmp / "config.json").write_text(json.dumps(checkpoint_config(vocab), indent=2))
     h = SHAPES["hidden_size"]
     shapes = {"model.embed_tokens.weight": (vocab, h)}
     for bid in range(SHAPES["num_hidden_layers"]):
         shapes.update(layer_shapes(bid))
     shapes.update({"model.norm.weight": (h,), "lm_head.weight": (vocab, h)})
+    return write_checkpoint(dest, checkpoint_config(vocab), shapes, tokenizer)
+
+
+def write_checkpoint(
+    dest: Path, config: dict, shapes: dict[str, tuple[int, ...]], tokenizer: Path
+) -> Path:
+    """A hub-layout folder at `dest`: `tokenizer`'s files, config.json, and seeded bf16
+    tensors of `shapes` (norm weights ones) in ~1 GB shards with an index, written shard by
+    shard (memory: one shard)."""
+    from safetensors.torch import save_file
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in tokenizer.iterdir():
+        shutil.copy(f, tmp / f.name)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
     gen = torch.Generator().manual_seed(0)
     shard: dict[str, torch.Tensor] = {}
