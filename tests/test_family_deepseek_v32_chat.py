@@ -27,6 +27,7 @@ from app.api.fields import chat_request
 from app.api.schema import APIError
 from converters import archs
 from engine.chat_template import render_chat
+from engine.prompting import plan_prompt
 from engine.tool_calls import format_for
 from engine.tool_calls.deepseek_dsml import DeepSeekDSML
 from engine.types import GenerationRequest, Message, ToolCall
@@ -255,10 +256,15 @@ def test_itamae_gguf_carries_the_encoding_as_its_template(v32_folder, tmp_path):
 
 def test_reasoning_effort_is_the_thinking_switch():
     ask = {"messages": [{"role": "user", "content": "Hi"}]}
-    assert chat_request(ask).enable_thinking is None
-    assert chat_request({**ask, "reasoning_effort": "none"}).enable_thinking is False
+
+    def prompt(body: dict) -> str:
+        return plan_prompt(TEMPLATE, chat_request(body), bos_token=BOS).text
+
+    default, off = prompt(ask), prompt({**ask, "reasoning_effort": "none"})
+    assert off == default  # V3.2's encoding answers without thinking unless asked
     for effort in ("minimal", "low", "medium", "high"):
-        assert chat_request({**ask, "reasoning_effort": effort}).enable_thinking is True
+        on = prompt({**ask, "reasoning_effort": effort})
+        assert on != off and on.endswith("<think>")
     with pytest.raises(APIError) as refused:
         chat_request({**ask, "reasoning_effort": "extreme"})
     assert refused.value.status == 400 and "reasoning_effort" in str(refused.value.body())
