@@ -52,7 +52,7 @@ PARITY = {
 # Families whose GGUF must carry llama.cpp's own metadata keys, not just its tensor names
 SAME_KEYS = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "glm4_moe_lite")
 # Keys only Itamae writes, and keys about the source file llama.cpp's converter adds
-OWN_KEYS = {"itamae.openness", "itamae.quant_recipe"}
+OWN_KEYS = {"itamae.openness", "itamae.quant_recipe", "itamae.quantize.fallbacks"}
 PROMPT = [50256] + list(range(40, 71))  # GPT-2's <|endoftext|> then 31 tokens
 
 
