@@ -16,7 +16,6 @@ got is then read back from the written file.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import re
@@ -102,32 +101,29 @@ def _type_name(ggml_name: str) -> str:
 
 
 class LlamaLogCapture:
-    """Collects llama.cpp's log while active (its quantizer reports fallbacks only there),
-    then gives logging back to llama-cpp-python's own handler."""
+    """Collects llama.cpp's log while active (its quantizer reports fallbacks only there).
 
-    def __init__(self, llama_cpp):
-        self._llama_cpp = llama_cpp
+    Through the app's one log router (engine/llamacpp/logs.py): llama.cpp has a single
+    process-wide callback, and replacing it here would leave the llama.cpp backend blind
+    to the load log it reads the memory and placement from."""
+
+    def __init__(self):
         self._pieces: list[str] = []
-
-        @llama_cpp.llama_log_callback
-        def collect(level, text, user_data):
-            self._pieces.append(text.decode("utf-8", "replace"))
-
-        self._callback = collect  # kept alive while llama.cpp holds the pointer
+        self._capture = None
 
     @property
     def text(self) -> str:
         return "".join(self._pieces)
 
     def __enter__(self):
-        self._llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        from engine.llamacpp import logs  # imported here: the engine builds on converters
+
+        self._capture = logs.captured()
+        self._pieces = self._capture.__enter__()
         return self
 
     def __exit__(self, *exc):
-        from llama_cpp import _logger
-
-        self._llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-        return False
+        return self._capture.__exit__(*exc)
 
 
 def reserved_value() -> str:

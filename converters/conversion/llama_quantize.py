@@ -57,7 +57,7 @@ def quantize_with_llama_cpp(
         params.tt_overrides = ctypes.cast(
             overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
         )
-    with llama_cpp._utils.suppress_stdout_stderr(disable=False), LlamaLogCapture(llama_cpp) as log:
+    with llama_cpp._utils.suppress_stdout_stderr(disable=False), LlamaLogCapture() as log:
         status = llama_cpp.llama_model_quantize(
             str(src).encode(), str(dest).encode(), ctypes.byref(params)
         )
