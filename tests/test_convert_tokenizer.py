@@ -38,6 +38,13 @@ BYTE_LEVEL = {
         (sequence(split(LLAMA3_REGEX), BYTE_LEVEL), "llama-bpe"),
         ({"pre_tokenizer": {**BYTE_LEVEL, "use_regex": True}}, "gpt-2"),
         (sequence(*(split(r) for r in DEEPSEEK_V3_REGEXES), BYTE_LEVEL), "deepseek-v3"),
+        # StarCoder's as published: every digit alone, then GPT-2's regex
+        (
+            sequence(
+                {"type": "Digits", "individual_digits": True}, {**BYTE_LEVEL, "use_regex": True}
+            ),
+            "starcoder",
+        ),
     ],
 )
 def test_known_patterns_get_llama_cpp_names(tokenizer, name):

@@ -64,6 +64,10 @@ DEEPSEEK_LLM_REGEXES = (
     r"\p{N}+",
 )
 
+# A `Digits` step with individual_digits: every digit (Unicode numeric, as Rust's
+# char::is_numeric, which takes ½ too) is a piece of its own.
+DIGIT_REGEX = r"\p{N}"
+
 # The split regexes of a tokenizer (in order) -> the name llama.cpp knows them by.
 PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
     (QWEN2_REGEX,): "qwen2",  # Qwen1.5/2/2.5/3, Qwen-MoE, Qwen3-MoE, DeepSeek-R1-Distill-Qwen
@@ -75,6 +79,7 @@ PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
     (GPT4O_REGEX,): "gpt-4o",  # gpt-oss (o200k_harmony), GPT-4o
     DEEPSEEK_V3_REGEXES: "deepseek-v3",  # DeepSeek-V3, V3.1, R1
     DEEPSEEK_LLM_REGEXES: "deepseek-llm",  # DeepSeek-LLM, DeepSeek-V2, V2.5
+    (DIGIT_REGEX, GPT2_REGEX): "starcoder",  # StarCoder, SmolLM (Digits then ByteLevel)
 }
 
 
@@ -106,6 +111,8 @@ def split_regexes(pre_tokenizer: dict | None) -> tuple[str, ...]:
                     "Convert a model whose tokenizer llama.cpp knows (Qwen, Llama 3, DeepSeek, GPT-2).",
                 )
             regexes.append(pattern["Regex"])
+        elif kind == "Digits" and step.get("individual_digits"):
+            regexes.append(DIGIT_REGEX)
         elif kind == "ByteLevel":
             if step.get("use_regex", True):
                 regexes.append(GPT2_REGEX)
@@ -140,7 +147,7 @@ def looks_special(token: str) -> bool:
 @dataclass
 class Vocabulary:
     model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
-    pre: str  # tokenizer.ggml.pre ("" for SentencePiece, which has no pre-tokenizer)
+    pre: str  # tokenizer.ggml.pre ("default" for SentencePiece, which has no pre-tokenizer)
     tokens: list[str]
     token_types: list[int]
     scores: list[float] | None = None  # SentencePiece only
@@ -176,9 +183,9 @@ def _vocabulary(tokenizer: dict, vocab_size: int) -> Vocabulary:
         )
     tokens, types = _tokens(model, tokenizer, vocab_size)
     if model.get("byte_fallback"):
-        return Vocabulary(
-            "llama", "", tokens, types, *_sentencepiece_extras(model, tokenizer, tokens, types)
-        )
+        # llama.cpp's converter names SentencePiece's (absent) pre-tokenizer "default"
+        extras = _sentencepiece_extras(model, tokenizer, tokens, types)
+        return Vocabulary("llama", "default", tokens, types, *extras)
     return Vocabulary("gpt2", pre_tokenizer_name(tokenizer), tokens, types)
 
 
