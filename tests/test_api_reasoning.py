@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 
 import openai
 import pytest
@@ -162,3 +163,51 @@ def test_the_chat_tabs_reasoning_choice_reaches_the_template(choice):
     assert f"Reasoning: {level}" in gpt_oss
     expected = {} if choice == "default" else {"enable_thinking": True}
     assert qwen == prompt("Qwen-Qwen3-0.6B", **expected)
+
+
+
+def test_the_remote_backend_keeps_a_servers_reasoning(server):
+    """Another Itamae (or llama.cpp's server, DeepSeek's API) sends the reasoning beside
+    the answer as `reasoning_content`; the remote backend reads it back between <think>
+    tags, so it splits into the same two parts. Each answer is one real response of the
+    server, read by the remote backend and by hand (the steered fixture's greedy chain is
+    too close a call in bf16 for two requests to be compared token for token)."""
+    import time
+
+    import httpx
+
+    import engine
+    from engine.remote.sse import read_stream, read_whole
+    from engine.types import SamplingParams, TokenEvent
+
+    def text_of(events) -> str:
+        return "".join(e.text for e in events if isinstance(e, TokenEvent))
+
+    remote = engine.load(server.url)
+    try:
+        req = GenerationRequest(
+            messages=[Message("user", "Hi")],
+            sampling=SamplingParams(temperature=0.0, max_tokens=24),
+        )
+        body = remote._body(req, chat=True)
+        streamed = remote.stream(req)
+        assert split_reasoning(text_of(streamed)).thinking  # through the whole backend
+    finally:
+        remote.close()
+    url = server.url + "/chat/completions"
+    raw = httpx.post(url, json=body, timeout=120).content  # the server's SSE bytes
+    chunks = [json.loads(line[5:]) for line in raw.decode().splitlines()
+              if line.startswith("data: {")]  # fmt: skip
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert reasoning
+    replay = httpx.Response(200, content=raw)
+    parts = split_reasoning(text_of(read_stream(replay, True, threading.Event(), 0.0)))
+    assert (parts.thinking, parts.answer) == (reasoning.strip(), content)
+
+    whole = httpx.post(url, json={**body, "stream": False}, timeout=120).json()
+    message = whole["choices"][0]["message"]
+    parts = split_reasoning(text_of(read_whole(whole, True, time.perf_counter())))
+    assert (parts.thinking, parts.answer) == (message["reasoning_content"].strip(),
+                                              message["content"] or "")  # fmt: skip

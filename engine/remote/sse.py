@@ -14,7 +14,39 @@ from collections.abc import Iterator
 import httpx
 
 from converters.core.errors import ItamaeError
+from engine.reasoning import THINK_CLOSE, THINK_OPEN
 from engine.types import Event, FinalEvent, Stats, TokenEvent
+
+# Servers that split a reply's reasoning from its answer send it beside `content`:
+# DeepSeek's API, llama.cpp's server and Itamae as `reasoning_content`, vLLM and
+# OpenRouter as `reasoning`. The engines' events are reply text, which the chat tab, the
+# terminal and the APIs split at <think> tags (engine.reasoning), so the remote backend
+# puts the server's reasoning back between those tags instead of dropping it.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_of(part: dict) -> str:
+    for name in REASONING_FIELDS:
+        if isinstance(part.get(name), str):
+            return part[name]
+    return ""
+
+
+class ReasoningTags:
+    """Reasoning and content pieces as one reply text, the reasoning inside <think>."""
+
+    def __init__(self) -> None:
+        self.inside = False
+
+    def text(self, reasoning: str, content: str) -> str:
+        out = ""
+        if reasoning:
+            out += reasoning if self.inside else THINK_OPEN + reasoning
+            self.inside = True
+        if content:
+            out += THINK_CLOSE + content if self.inside else content
+            self.inside = False
+        return out
 
 
 def message_of(error) -> str:
@@ -43,6 +75,7 @@ def read_stream(
     finish_reason = None
     pieces = 0
     done = False
+    tags = ReasoningTags()
     try:
         for data in _sse_data(response):
             if cancel.is_set():
@@ -58,7 +91,11 @@ def read_stream(
                 stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                 stats.completion_tokens = int(usage.get("completion_tokens") or 0)
             for choice in data.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                if chat:
+                    delta = choice.get("delta") or {}
+                    text = tags.text(reasoning_of(delta), delta.get("content") or "")
+                else:
+                    text = choice.get("text")
                 if text:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
@@ -114,7 +151,11 @@ def read_whole(data: dict, chat: bool, started: float) -> Iterator[Event]:
         yield FinalEvent("error", Stats(), error=message_of(data["error"]))
         return
     choice = (data.get("choices") or [{}])[0]
-    text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+    if chat:
+        message = choice.get("message") or {}
+        text = ReasoningTags().text(reasoning_of(message), message.get("content") or "")
+    else:
+        text = choice.get("text")
     now = time.perf_counter()
     if text:
         yield TokenEvent(text)
