@@ -211,3 +211,25 @@ def test_the_remote_backend_keeps_a_servers_reasoning(server):
     parts = split_reasoning(text_of(read_whole(whole, True, time.perf_counter())))
     assert (parts.thinking, parts.answer) == (message["reasoning_content"].strip(),
                                               message["content"] or "")  # fmt: skip
+
+
+def test_ollamas_think_streams_thinking_apart_as_it_comes(server):
+    """The official `ollama` client with `think`: streamed chunks carry message.thinking
+    and message.content apart, piece by piece, joining to the whole reply's split."""
+    import ollama
+
+    client = ollama.Client(host=server.url.removesuffix("/v1"))
+    name = client.list().models[0].model
+    turn = [{"role": "user", "content": "Hi"}]
+    options = {"temperature": 0, "num_predict": 24}
+    whole = client.chat(model=name, messages=turn, think=True, options=options).message
+    assert STEERED_THOUGHT.strip() in whole.thinking and "<|" not in whole.thinking
+    chunks = list(client.chat(model=name, messages=turn, think=True, options=options, stream=True))
+    thoughts = [c.message.thinking for c in chunks if c.message.thinking]
+    assert len(thoughts) > 3  # streamed as it came, not held to the end
+    assert "".join(thoughts) == whole.thinking
+    assert "".join(c.message.content or "" for c in chunks) == whole.content
+    generated = list(client.generate(model=name, prompt="Hi", think=True, options=options,
+                                     stream=True))  # fmt: skip
+    assert sum(1 for g in generated if g.thinking) > 3
+    assert "<|" not in "".join(g.response or "" for g in generated)

@@ -25,13 +25,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app import __version__
 from app.api import ollama_request as request_body
 from app.api.fields import tools as openai_tools
-from app.api.openai import json_body, route_class, served_model_id
+from app.api.openai import json_body, opens_reasoning, route_class, served_model_id
 from app.api.openai_out import chat_logprob_entry
 from app.api.schema import APIError, bad_param, chat_messages, refuse_unknown
 from app.api.stream import ClientGone
 from app.api.surface import DEFAULT_MAX_QUEUE, backend_for, run_stream, run_whole, start
 from app.model_manager import ModelManager
-from engine.reasoning import split_reasoning
+from engine.reasoning import ReasoningStream, split_reasoning
 from engine.types import FinalEvent, GenerationRequest
 
 OLLAMA_VERSION = "0.12.0"  # the Ollama API version these shapes follow
@@ -164,13 +164,19 @@ def ollama_router(
             "modified_at": _now(),
         }
 
-    async def run(request, backend, body, req, message_of) -> Response:
+    async def run(request, backend, body, req, message_of, piece_of) -> Response:
+        """`message_of(text, final)`: the fields of a whole reply; `piece_of(answer,
+        thinking)`: those of a streamed piece of it, once split."""
         started = time.perf_counter()
         stream = body.get("stream", True)
         if not isinstance(stream, bool):
             raise bad_param("stream", "'stream' must be true or false.")
-        # tools and think are read from the whole reply: such a stream sends it at the end
-        hold = bool(req.tools) or body.get("think") is not None
+        # tool calls are read from the whole reply: such a stream sends it at the end
+        hold = bool(req.tools)
+        # with `think`, each piece is split into thinking and answer as it streams
+        split = None
+        if body.get("think") is not None and not hold:
+            split = (ReasoningStream(opens_reasoning(backend, req)), piece_of)
         model = _name(served_model_id(manager, backend))
         try:
             pump, first = await start(request, manager, backend, req, max_queue)
@@ -188,7 +194,7 @@ def ollama_router(
         except ClientGone:
             return Response(status_code=499)
         return StreamingResponse(
-            _ndjson(pump, first, model, message_of, started, hold, req),
+            _ndjson(pump, first, model, message_of, started, hold, req, split),
             media_type="application/x-ndjson",
         )
 
@@ -207,12 +213,19 @@ def ollama_router(
         )
         think = body.get("think")
         request_body.apply_think(think, req)
+        def piece_of(answer: str, thinking: str) -> dict:
+            message = {"role": "assistant", "content": answer}
+            if think:
+                message["thinking"] = thinking
+            return {"message": message}
+
         return await run(
             request,
             backend,
             body,
             req,
             lambda text, final: {"message": _chat_message(text, final, think)},
+            piece_of,
         )
 
     @router.post("/api/generate")
@@ -237,14 +250,16 @@ def ollama_router(
         think = body.get("think")
         request_body.apply_think(think, req)
 
-        def response_of(text, final):
-            parts = split_reasoning(text) if think is not None else None
-            out = {"response": parts.answer if parts else text}
-            if think:
-                out["thinking"] = parts.thinking or ""
-            return out
+        def piece_of(answer: str, thinking: str) -> dict:
+            return {"response": answer, **({"thinking": thinking} if think else {})}
 
-        return await run(request, backend, body, req, response_of)
+        def response_of(text, final):
+            if think is None:
+                return {"response": text}
+            parts = split_reasoning(text)
+            return piece_of(parts.answer, parts.thinking or "")
+
+        return await run(request, backend, body, req, response_of, piece_of)
 
     return router
 
@@ -255,26 +270,40 @@ def _logprobs(entries, req: GenerationRequest) -> dict:
     return {"logprobs": [chat_logprob_entry(lp) for lp in entries]}
 
 
-async def _ndjson(pump, first, model, message_of, started, hold, req):
+async def _ndjson(pump, first, model, message_of, started, hold, req, split=None):
     """One JSON line per token (or, when `hold`, the whole reply at its end), then the
-    `done` line."""
+    `done` line. `split`: (ReasoningStream, piece_of) when thinking and answer stream apart;
+    a piece that is only part of a tag waits for the rest of it."""
     held = []
     async for event in run_stream(pump, first):
         if isinstance(event, FinalEvent):
             if event.finish_reason not in ("stop", "length"):
                 yield json.dumps({"error": event.error or "The generation was interrupted."}) + "\n"
                 return
-            last = message_of("".join(held), event) if hold else message_of("", None)
+            if hold:
+                last = message_of("".join(held), event)
+            elif split:
+                thinking, answer = split[0].flush()
+                last = split[1](answer, thinking)
+            else:
+                last = message_of("", None)
             line = {"model": model, "created_at": _now(), **last, **_final_fields(event, started)}
             yield json.dumps(line, ensure_ascii=False) + "\n"
             return
         if hold:
             held.append(event.text)
         elif event.text or event.logprob is not None:
+            if split:
+                thinking, answer = split[0].feed(event.text)
+                if not (thinking or answer or event.logprob):
+                    continue  # a tag still arriving
+                fields = split[1](answer, thinking)
+            else:
+                fields = message_of(event.text, None)
             line = {
                 "model": model,
                 "created_at": _now(),
-                **message_of(event.text, None),
+                **fields,
                 **_logprobs([event.logprob] if event.logprob else [], req),
                 "done": False,
             }
