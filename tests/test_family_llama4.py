@@ -53,12 +53,15 @@ HEAD_DIM = 64
 
 @pytest.fixture(scope="module")
 def converted_f32(tmp_path_factory):
+    """`itamae convert FOLDER -o F32.gguf --quant F32`, once per variant."""
     made = {}
 
     def make(variant):
         if variant not in made:
-            made[variant] = tmp_path_factory.mktemp(variant) / "f32.gguf"
-            convert(fixture_path(variant), made[variant], "F32")
+            dest = tmp_path_factory.mktemp(variant) / "f32.gguf"
+            assert main(["convert", str(fixture_path(variant)), "-o", str(dest),
+                         "--quant", "F32", "--json"]) == 0  # fmt: skip
+            made[variant] = dest
         return made[variant]
 
     return make
@@ -155,6 +158,19 @@ def test_torch_engine_matches_transformers_fp32(variant):
         assert rel_err(ours, theirs) < TOL, f"decode step {i}"
     assert model.usage.counts.tolist() == choices.counts.tolist()
     assert int(model.usage.counts.sum()) == (PREFILL + DECODE) * 1 * MOE_LAYERS[variant]
+
+
+def test_torch_format_runs_as_the_checkpoint(tmp_path):
+    """The torch format (experts one contiguous row each, from the transposed fused
+    tensors) gives the logits and routing of the hub folder it was converted from."""
+    folder = fixture_path("llama4_chunked")
+    convert(folder, tmp_path / "torch", "bf16", fmt="torch")
+    ids = prompt_ids(folder)
+    hub, packed = load_model(folder), load_model(tmp_path / "torch")
+    want, _ = run_ours(hub, ids, [])
+    got, _ = run_ours(packed, ids, [])
+    assert torch.equal(got, want)  # bf16 weights both ways, the same bits
+    assert packed.usage.counts.tolist() == hub.usage.counts.tolist()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
