@@ -117,7 +117,10 @@ def llama_cpp_prompt(folder, n: int) -> list[int]:
 def test_llama_cpp_logits_match_transformers(variant, n, converted_f32):
     folder = fixture_path(variant)
     prompt = llama_cpp_prompt(folder, n)
-    got, want = llama_cpp_logits(converted_f32(variant), prompt), transformers_logits(folder, prompt)
+    got, want = (
+        llama_cpp_logits(converted_f32(variant), prompt),
+        transformers_logits(folder, prompt),
+    )
     assert relative_error(got, want) <= 1e-4
     assert (got.argmax(1) == want.argmax(1)).all()
 

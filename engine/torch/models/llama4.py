@@ -46,7 +46,9 @@ class ModelArgs(BaseArgs):
         """transformers' defaults (Llama4TextConfig.__post_init__)."""
         n = self.num_hidden_layers
         if not self.no_rope_layers:
-            self.no_rope_layers = [int((i + 1) % self.no_rope_layer_interval != 0) for i in range(n)]
+            self.no_rope_layers = [
+                int((i + 1) % self.no_rope_layer_interval != 0) for i in range(n)
+            ]
         if self.moe_layers is None:
             step = self.interleave_moe_layer_step
             self.moe_layers = list(range(step - 1, n, step))
