@@ -12,8 +12,8 @@ References nobody here wrote:
   values (32-token prompt); the 16-token-chunk fixture is checked on a 12-token prompt,
   which stays inside one chunk and below its temperature floor.
 - The torch engine within 1e-4 of transformers fp32 on a 32-token prefill and 16 decode
-  steps (the chunked fixture crosses two chunk boundaries and rescales its NoPE queries),
-  expert counts equal to transformers' routers, greedy generation identical, and a
+  steps (the chunked fixture crosses two chunk boundaries and rescales its NoPE queries;
+  also with Maverick's `use_qk_norm` false), expert counts equal to transformers' routers, greedy generation identical, and a
   three-turn chat equal to the conversation recomputed from nothing.
 - `itamae inspect --json` against counts taken from transformers' model.
 """
@@ -21,6 +21,7 @@ References nobody here wrote:
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -147,9 +148,20 @@ def test_llama_cpp_greedy_equals_transformers(converted_f32):
     assert tokens == expected.tolist()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_torch_engine_matches_transformers_fp32(variant):
-    folder = fixture_path(variant)
+@pytest.fixture(scope="module")
+def without_qk_norm(tmp_path_factory):
+    """llama4_chunked as Maverick configures its attention: `use_qk_norm` false."""
+    dest = tmp_path_factory.mktemp("maverick") / "llama4_no_qk_norm"
+    shutil.copytree(fixture_path("llama4_chunked"), dest)
+    config = json.loads((dest / "config.json").read_text())
+    config["text_config"]["use_qk_norm"] = False
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    return dest
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "no_qk_norm"])
+def test_torch_engine_matches_transformers_fp32(variant, without_qk_norm):
+    folder = without_qk_norm if variant == "no_qk_norm" else fixture_path(variant)
     ref = reference_model(folder)
     ids = prompt_ids(folder)
     model = load_model(folder)
@@ -160,7 +172,8 @@ def test_torch_engine_matches_transformers_fp32(variant):
     for i, (ours, theirs) in enumerate(zip(steps, ref_steps, strict=True)):
         assert rel_err(ours, theirs) < TOL, f"decode step {i}"
     assert model.usage.counts.tolist() == choices.counts.tolist()
-    assert int(model.usage.counts.sum()) == (PREFILL + DECODE) * 1 * MOE_LAYERS[variant]
+    n_moe = MOE_LAYERS.get(variant, MOE_LAYERS["llama4_chunked"])
+    assert int(model.usage.counts.sum()) == (PREFILL + DECODE) * 1 * n_moe
 
 
 def test_torch_format_runs_as_the_checkpoint(tmp_path):
