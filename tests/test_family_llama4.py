@@ -249,3 +249,20 @@ def test_inspect_json_counts(variant, converted_f32, capsys):
         assert (info["n_layers"], info["n_moe_layers"]) == (4, n_moe)
         # the GGUF adds rope_freqs (llama3 scaling), which transformers computes instead
         assert (info["total_params"], info["active_params"]) == (total + extra, active + extra)
+
+
+def test_chat_reply_same_in_both_engines(converted_f32, capsys):
+    """`itamae generate --chat` renders Meta's template once (one <|begin_of_text|>) and
+    both engines, fp32, give the same greedy reply."""
+    gguf, replies = converted_f32("llama4"), []
+    capsys.readouterr()  # the conversion's own report
+    for model, engine in ((fixture_path("llama4"), "torch"), (gguf, "llamacpp")):
+        argv = ["generate", "--model", str(model), "--engine", engine, "--prompt", "Hello there",
+                "--chat", "--max-tokens", "8", "--temperature", "0", "--json"]  # fmt: skip
+        assert main(argv) == 0
+        replies.append(json.loads(capsys.readouterr().out))
+    torch_reply, llama_reply = replies
+    bos = reference_tokenizer(fixture_path("llama4")).bos_token_id
+    assert torch_reply["prompt_tokens"] == llama_reply["prompt_tokens"]
+    assert torch_reply["prompt_tokens"].count(bos) == 1
+    assert torch_reply["tokens"] == llama_reply["tokens"] and len(torch_reply["tokens"]) == 8
