@@ -31,6 +31,8 @@ FAMILY_FILES = {REPO / "converters" / "archs", REPO / "engine" / "torch" / "mode
 OTHER_MEANINGS = {
     # tokenizer.ggml.model "llama" is llama.cpp's name for a SentencePiece vocabulary
     ("converters/formats/gguf_tokenizer.py", "llama"),
+    # "llama4" is also the hub's id of Meta's Llama 4 Community License
+    ("converters/facts/licenses.py", "llama4"),
 }
 
 

@@ -96,6 +96,11 @@ class ArchSpec:
     tokenizer_model: str = ""
     # tokens that converter keeps USER_DEFINED so that llama.cpp's chat parser sees them
     visible_tokens: frozenset[str] = frozenset()
+    # Fused experts stored inputs first, [E, in, out] (Llama 4's gate_up_proj [E, H, 2F] and
+    # down_proj [E, F, H]); HFCheckpoint hands them out as transformers 5's [E, out, in]
+    fused_experts_in_out: bool = False
+    # Shared experts every MoE layer has whatever config.json says (Llama 4 names no count)
+    shared_experts_per_moe_layer: int = 0
 
     @property
     def arch_name(self) -> str:
@@ -116,6 +121,8 @@ class ArchSpec:
     def n_shared_experts(self, config: dict) -> int:
         if self.dense_mlp_beside_experts and self.n_experts(config):
             return 1
+        if self.shared_experts_per_moe_layer and self.n_experts(config):
+            return self.shared_experts_per_moe_layer
         if config.get("n_shared_experts"):
             return int(config["n_shared_experts"])
         return 1 if config.get("shared_expert_intermediate_size") else 0
@@ -127,6 +134,10 @@ class ArchSpec:
             return False
         if bid in (config.get("mlp_only_layers") or []):
             return False
+        if isinstance(config.get("moe_layers"), list):  # Llama 4 lists them
+            return bid in config["moe_layers"]
+        if step := int(config.get("interleave_moe_layer_step") or 0):  # Llama 4: every step-th
+            return (bid + 1) % step == 0
         step = int(config.get("decoder_sparse_step") or config.get("moe_layer_freq") or 1)
         return (bid + 1) % step == 0 if "decoder_sparse_step" in config else bid % step == 0
 

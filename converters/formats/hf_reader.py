@@ -137,7 +137,23 @@ class HFCheckpoint:
             n.startswith(LANGUAGE_MODEL_PREFIX) for n in self._meta
         ):
             self._keep_language_model()
+        self._in_out = self._in_out_experts()
         self.fp8_block = _fp8_block(self.config)
+
+    def _in_out_experts(self) -> frozenset[str]:
+        """Fused experts a family stores inputs first ([E, in, out], Llama 4): their shapes
+        are given, and their data read, as transformers 5's [E, out, in], so that every
+        reader sees one fused layout."""
+        spec = archs.find(self.model_type)
+        if spec is None or not spec.fused_experts_in_out:
+            return frozenset()
+        fused = archs.expert_tensor_names()[1]
+        names = frozenset(n for n, (_, shape) in self._meta.items()
+                          if fused.match(n) and len(shape) == 3)  # fmt: skip
+        for name in names:
+            dtype, (e, rows, cols) = self._meta[name]
+            self._meta[name] = (dtype, [e, cols, rows])
+        return names
 
     def _index_file(self, file: Path) -> None:
         try:
@@ -207,7 +223,8 @@ class HFCheckpoint:
         """The stored tensor, or only its `index`-th slice along the first dimension."""
         try:
             f, stored = self._file(name), self._stored.get(name, name)
-            return f.get_tensor(stored) if index is None else f.get_slice(stored)[index]
+            tensor = f.get_tensor(stored) if index is None else f.get_slice(stored)[index]
+            return tensor.transpose(-1, -2).contiguous() if name in self._in_out else tensor
         except BadModelFile:
             raise
         except Exception as e:

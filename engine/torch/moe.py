@@ -8,6 +8,8 @@ Routing references (transformers 5 modeling files, and the models' own code):
   expert), weights x routed_scaling_factor (or renormalised when norm_topk_prob, as
   DeepSeek's own modeling_deepseek.py does), plus shared experts.
 - gpt-oss: logits with a bias, top-k, softmax over the chosen k (= renormalised softmax).
+- Llama 4: sigmoid of the top-k logits; the weight scales the expert's input, not its
+  output (Llama4TextMoe: `routed_in = hidden_states * router_scores`), with a shared expert.
 - DeepSeek-V3/R1: sigmoid scores; choice uses scores + e_score_correction_bias with groups
   ranked by the sum of their two best; weights are the unbiased scores, renormalised if
   `norm_topk_prob`, then x routed_scaling_factor (DeepseekV3TopkRouter).
@@ -131,6 +133,7 @@ class MoEBlock:
     shared_gate: Linear | None = None  # Qwen2-MoE
     experts_per_token: int | None = None  # run-time override
     fused: FusedExperts | None = None  # decode's compiled kernel (compiled.py), None: plain
+    weight_input: bool = False  # Llama 4: the routing weight scales the expert's input
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -152,6 +155,8 @@ class MoEBlock:
         pairs = sorted(zip(experts.tolist(), weights.tolist(), strict=True))
         chosen = [e for e, _ in pairs]
         self.usage.record(self.layer, chosen, [1] * len(pairs))
+        if self.weight_input:  # expert(w * x): the compiled kernel weights outputs instead
+            return sum(self.cache.run(self.layer, e, flat * w) for e, w in pairs).to(flat.dtype)
         if self.fused is not None:
             return self._fused(flat, chosen, [w for _, w in pairs])
         out = None
@@ -221,6 +226,11 @@ class MoEBlock:
             slots = order[start : start + count]
             start += count
             tokens = slots // k
+            w = flat_weights[slots, None]
+            if self.weight_input:
+                y = self.cache.run(self.layer, expert, flat[tokens] * w.to(flat.dtype))
+                out.index_add_(0, tokens, y.to(out.dtype))
+                continue
             y = self.cache.run(self.layer, expert, flat[tokens])  # [count, H]
-            out.index_add_(0, tokens, (y * flat_weights[slots, None].to(y.dtype)).to(out.dtype))
+            out.index_add_(0, tokens, (y * w.to(y.dtype)).to(out.dtype))
         return out
