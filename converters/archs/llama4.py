@@ -78,6 +78,7 @@ SPEC = ArchSpec(
     metadata=metadata,
     aliases=("llama4_text",),
     chat_format="llama4",
+    llamacpp_default_window=8192,  # llama.cpp's hparams.n_swa for llama4 (chunked)
     fused_experts_in_out=True,
     shared_experts_per_moe_layer=1,
 )

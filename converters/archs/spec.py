@@ -101,6 +101,10 @@ class ArchSpec:
     fused_experts_in_out: bool = False
     # Shared experts every MoE layer has whatever config.json says (Llama 4 names no count)
     shared_experts_per_moe_layer: int = 0
+    # The attention window llama.cpp's loader gives the family when its GGUF names none
+    # (Llama 4: chunks of 8192 on its RoPE layers), which runs it with llama.cpp's
+    # two-mask iSWA cache; the memory plan counts the second mask by it
+    llamacpp_default_window: int = 0
 
     @property
     def arch_name(self) -> str:

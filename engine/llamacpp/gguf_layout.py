@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from converters import archs
 from converters.core.errors import BadModelFile
 from converters.core.model_info import ModelInfo
 from converters.facts.gguf_info import gguf_model_info, quant_name
@@ -125,7 +126,16 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
     kv_heads = [0 if r else h for h, r in zip(kv_heads, recurrent, strict=False)]
     # next-token-prediction blocks (GLM's nextn) are loaded but get no KV cache in a chat
     trunk = n_layers - int(key("nextn_predict_layers", 0) or 0)
+    # Gemma 4's last shared_kv_layers blocks read an earlier block's cache (llama.cpp's
+    # n_layer_kv_from_start) and keep none of their own
+    trunk -= int(key("attention.shared_kv_layers", 0) or 0)
     kv_heads = [h if b < trunk else 0 for b, h in enumerate(kv_heads)]
+    # Gemma 4 runs a dense MLP beside the experts in every block (not a "shexp" tensor)
+    beside = any(t.name.endswith(".ffn_up.weight") for t in contents.tensors) and any(
+        EXPERT_TENSOR.search(t.name) for t in contents.tensors
+    )
+    pattern = key("attention.sliding_window_pattern", None)
+    swa_blocks = [bool(p) for p in pattern] if isinstance(pattern, list) else []
     n_head = max(heads) if heads else 0
     head_dim = n_embd // n_head if n_head else 0
     n_experts = int(key("expert_count", 0) or 0)
@@ -149,25 +159,44 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         key_length=int(key("attention.key_length", head_dim) or head_dim),
         value_length=int(key("attention.value_length", head_dim) or head_dim),
         mla=f"{arch}.attention.key_length_mla" in metadata,
+        swa_blocks=swa_blocks,
+        key_length_swa=int(key("attention.key_length_swa", 0) or 0),
+        value_length_swa=int(key("attention.value_length_swa", 0) or 0),
         indexer_key_length=int(key("attention.indexer.key_length", 0) or 0),
         n_experts=n_experts,
         experts_per_token=experts_used,
         ffn_width=max(ffn, expert_ffn),
         # Mixtral and OLMoE GGUFs give the experts' width as feed_forward_length
         expert_ffn=int(key("expert_feed_forward_length", 0) or 0) or (ffn if n_experts else 0),
-        shared_ffn=_shared_ffn(key),
-        # gpt-oss: llama_kv_cache_iswa, one mask for the windowed layers, one for the rest
-        n_masks=2 if int(key("attention.sliding_window", 0) or 0) else 1,
+        shared_ffn=_shared_ffn(key, contents.tensors),
+        ffn_beside_experts=ffn if beside and all(b.expert_bytes for b in blocks) else 0,
+        # gpt-oss, Gemma 4, Llama 4: llama_kv_cache_iswa, one mask for the windowed
+        # layers, one for the rest
+        n_masks=2 if _attention_window(metadata, key) else 1,
         conv_channels=_conv_channels(key),
         state_bytes=[_recurrent_state_bytes(key) if r else 0 for r in recurrent],
     )
 
 
-def _shared_ffn(key) -> int:
-    """Qwen names the shared expert's width; DeepSeek counts experts of the routed width."""
+def _attention_window(metadata: dict, key) -> int:
+    """The sliding window (or chunk) llama.cpp runs the model with: the GGUF's key, else
+    what its loader sets for the family by itself (0 in the key: no window)."""
+    window = key("attention.sliding_window", None)
+    if window is None:
+        spec = archs.find(archs.family_from_gguf(metadata))
+        window = spec.llamacpp_default_window if spec else 0
+    return int(window or 0)
+
+
+def _shared_ffn(key, tensors) -> int:
+    """Qwen names the shared expert's width; DeepSeek counts experts of the routed width;
+    Llama 4 names neither: the width of its shared expert's tensor."""
     width = int(key("expert_shared_feed_forward_length", 0) or 0)
     count = int(key("expert_shared_count", 0) or 0)
-    return width or count * int(key("expert_feed_forward_length", 0) or 0)
+    if width or count:
+        return width or count * int(key("expert_feed_forward_length", 0) or 0)
+    up = next((t for t in tensors if t.name.endswith(".ffn_up_shexp.weight")), None)
+    return int(up.shape[1]) if up is not None and len(up.shape) == 2 else 0
 
 
 def _conv_channels(key) -> int:

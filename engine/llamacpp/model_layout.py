@@ -53,6 +53,10 @@ class ModelLayout:
     kv_heads: list[int] = field(default_factory=list)  # per block; 0 = no KV cache there
     key_length: int = 0  # cached K width per KV head (for MLA: kv_lora_rank + rope dims)
     value_length: int = 0
+    # Gemma 4: its sliding-window blocks cache keys and values of their own width
+    swa_blocks: list[bool] = field(default_factory=list)
+    key_length_swa: int = 0
+    value_length_swa: int = 0
     mla: bool = False  # DeepSeek MLA: one latent per token, no separate V
     # DeepSeek Sparse Attention: llama.cpp keeps a second cache of one indexer key per token
     # and layer (llama_kv_cache_dsa), in the K cache's type
@@ -62,6 +66,7 @@ class ModelLayout:
     ffn_width: int = 0  # widest FFN activation per token (dense FFN or top-k experts)
     expert_ffn: int = 0  # one routed expert's FFN width (0: dense FFN only)
     shared_ffn: int = 0  # the shared experts' FFN width, all of them together
+    ffn_beside_experts: int = 0  # a dense FFN run beside the experts in each block (Gemma 4)
     n_masks: int = 1  # attention masks llama.cpp builds per ubatch (2 with sliding windows)
     conv_channels: int = 0  # linear attention's conv1d channels (ssm inner + 2 groups x state)
     state_bytes: list[int] = field(default_factory=list)  # per block: recurrent state, fixed
@@ -94,6 +99,9 @@ class ModelLayout:
         if self.mla:
             indexer = self.indexer_key_length if heads else 0
             return (heads * self.key_length + indexer) * per_element
+        swa = block < len(self.swa_blocks) and self.swa_blocks[block] and self.key_length_swa
+        if swa:
+            return heads * (self.key_length_swa + self.value_length_swa) * per_element
         return heads * (self.key_length + self.value_length) * per_element
 
     def block_cache_bytes(self, block: int, n_ctx: int, cache_type: str = "f16") -> int:

@@ -189,9 +189,10 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
       - a block's FFN with the attention masks still live (F16, n_kv x ubatch each, n_kv
         the context padded to 256; two with sliding-window layers): gate, up and their
         product for the top-k experts (or the dense FFN), four n_embd rows, half the shared
-        expert's width, six rows of n_experts (router logits, probabilities, the sort of
-        all experts: Kimi's 384 make it a third of the peak); at least seven n_embd rows
-        (residual, norms, attention out).
+        expert's width (all of a dense FFN run beside the experts, Gemma 4's), six rows
+        of n_experts (router logits, probabilities, the sort of all experts: Kimi's 384
+        make it a third of the peak); at least five n_embd rows (residual, norms,
+        attention out: Llama 4's top-1 of narrow experts sits on that floor).
       - a Gated DeltaNet layer (hybrids): five n_embd rows and five conv-channel rows
         (projections, conv input with its state, conv output), without a mask live.
       - DeepSeek-V3.2's indexer: its F32 scores and two F16 masks, n_kv x ubatch each.
@@ -207,10 +208,10 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
     ffn = 3 * layout.ffn_width + 4 * embd  # a dense FFN (or the dense lead blocks)
     if layout.expert_ffn:
         routed = 3 * layout.expert_ffn * layout.experts_per_token + 6 * layout.n_experts
-        moe = routed + 4 * embd + layout.shared_ffn // 2
+        moe = routed + 4 * embd + layout.shared_ffn // 2 + 3 * layout.ffn_beside_experts
         dense_lead = any(not b.expert_bytes for b in layout.blocks)
         ffn = max(moe, ffn) if dense_lead else moe
-    stages = [4 * tokens * output, masks + 4 * tokens * max(ffn, 7 * embd)]
+    stages = [4 * tokens * output, masks + 4 * tokens * max(ffn, 5 * embd)]
     if layout.conv_channels:
         stages.append(4 * tokens * (5 * embd + 5 * layout.conv_channels))
     if layout.indexer_key_length:
