@@ -156,7 +156,10 @@ class Indexer:
         weights = self.weights_proj(x).float() * self.n_heads**-0.5  # [B, T, H]
         index = (scores * weights.unsqueeze(-1)).sum(dim=2)  # [B, T, N]
         index = index.masked_fill(~visible, float("-inf"))
-        chosen = index.topk(min(self.top_k, n), dim=-1).indices  # [B, T, k]
+        # best first, ties by position: a stable sort, not topk, whose order among equal
+        # scores (relu makes exact zeros) depends on the row's length, so a prompt run in
+        # chunks would choose otherwise than the same prompt run at once
+        chosen = index.sort(dim=-1, descending=True, stable=True).indices[..., : self.top_k]
         mask = torch.zeros(b, t, n, dtype=torch.bool, device=x.device)
         mask.scatter_(-1, chosen, True)
         return mask & visible  # a query with fewer than top_k complete windows sees those

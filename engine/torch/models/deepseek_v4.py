@@ -6,8 +6,7 @@ e8m0_scales.py).
 Per layer: hyper-connection mixers around each block (engine/torch/hyper_connections.py);
 shared-KV attention over a sliding window, with compressed entries in CSA / HCA layers
 (engine/torch/compressed_attention.py, compressor.py), the layer's kind from the published
-`compress_ratios` (0: sliding only, 4: CSA, any other: HCA, as DeepSeek's inference code
-and llama.cpp's deepseek4 decide) or transformers' `layer_types` / `compress_rates`; an MoE
+`compress_ratios` or transformers' `layer_types` (the registry's `attention_schedule`); an MoE
 block of routed experts (SwiGLU with `swiglu_limit` clamps) and one shared expert, routed
 by sqrt(softplus) scores with a correction bias, or, in the first `num_hash_layers`, by a
 fixed token -> experts table (`tid2eid`) with the router's scores as weights.
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from converters.archs import deepseek_v4 as arch
+
 from ..compressed_attention import CompressedCache, SharedKVAttention
 from ..compressor import Compressor, Indexer
 from ..config import BaseArgs, RopeParams
@@ -33,13 +34,7 @@ from ..rope import Rotary
 from ..transformer import DecoderModel, PlacementOptions
 from ..weights import Weights
 
-SLIDING, CSA, HCA = (
-    "sliding_attention",
-    "compressed_sparse_attention",
-    "heavily_compressed_attention",
-)
-CSA_RATIO = 4  # DeepSeek's code: a ratio-4 compressor overlaps its windows and has an indexer
-DEFAULT_RATES = {CSA: 4, HCA: 128}  # transformers' compress_rates when a config names none
+SLIDING, CSA = arch.SLIDING, arch.CSA
 
 
 @dataclass
@@ -76,21 +71,9 @@ class ModelArgs(BaseArgs):
     hashed: list = field(default_factory=list)
 
     def __post_init_args__(self, config: dict) -> None:
-        n = self.num_hidden_layers
-        if self.layer_types:
-            rates = {**DEFAULT_RATES, **(self.compress_rates or {})}
-            self.attention = [(k, rates.get(k, 0)) for k in self.layer_types[:n]]
-        else:
-            ratios = list(self.compress_ratios or [])[:n]
-            if len(ratios) != n:
-                raise ValueError(f"compress_ratios gives {len(ratios)} of {n} layers")
-            kinds = {0: SLIDING, CSA_RATIO: CSA}
-            self.attention = [(kinds.get(int(r), HCA), int(r)) for r in ratios]
-        if self.mlp_layer_types:
-            self.hashed = [kind == "hash_moe" for kind in self.mlp_layer_types[:n]]
-        else:
-            self.hashed = [i < self.num_hash_layers for i in range(n)]
-        if self.qk_rope_head_dim is None:
+        self.attention = arch.attention_schedule(config)
+        self.hashed = arch.hashed_layers(config)
+        if self.qk_rope_head_dim is None:  # transformers' default: 64 of a 512-dim head
             self.qk_rope_head_dim = int(self.head_dim * (self.partial_rotary_factor or 0.125))
 
     def rope_params(self, compressed: bool) -> RopeParams:
