@@ -18,6 +18,8 @@ that diverges inside the cached one.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -28,8 +30,16 @@ from engine.types import GenerationRequest, Message, SamplingParams
 from tests.fixtures import deepseek_v4
 from tests.fixtures.checkpoints import SEED
 from tests.fixtures.tokenizer import write_tokenizer
-from tests.test_torch_parity import DECODE, PREFILL, TOL, load_model, rel_err, run_ours
-from tests.test_torch_parity import prompt_ids, run_reference
+from tests.test_torch_parity import (
+    DECODE,
+    PREFILL,
+    TOL,
+    load_model,
+    prompt_ids,
+    rel_err,
+    run_ours,
+    run_reference,
+)
 
 CSA, HCA = "compressed_sparse_attention", "heavily_compressed_attention"
 
@@ -136,7 +146,8 @@ def test_logits_and_routing_match_transformers_fp32(variant, request, ids):
 def _error(model, ids, reference) -> float:
     ref_prefill, ref_steps, fed = reference
     prefill, steps = run_ours(model, ids, fed)
-    return max(rel_err(prefill, ref_prefill), *(rel_err(o, t) for o, t in zip(steps, ref_steps)))
+    errors = [rel_err(o, t) for o, t in zip(steps, ref_steps, strict=True)]
+    return max(rel_err(prefill, ref_prefill), *errors)
 
 
 def test_indexer_compression_and_hash_table_each_decide_the_logits(small, small_reference):
@@ -236,9 +247,30 @@ def test_a_prompt_diverging_inside_the_cache_is_recomputed_exactly(small, ids):
     assert rel_err(resumed, fresh) < 1e-5
 
 
-def test_bfloat16_runs_close_to_fp32(small, small_reference):
-    ids, (ref_prefill, _, _), _ = small_reference
+def _transformers_bf16(ref):
+    """transformers' model in bf16 as from_pretrained(dtype=bfloat16) makes it: the
+    modules and parameters V4 keeps in float32 (`_keep_in_fp32_modules_strict`) stay so."""
+    half = copy.deepcopy(ref).to(torch.bfloat16)
+    kept = ref._keep_in_fp32_modules_strict
+    for name, module in half.named_modules():
+        if set(name.split(".")) & set(kept):
+            module.float()
+    for name, param in half.named_parameters():
+        if name.split(".")[-1] in kept:
+            param.data = param.data.float()
+    return half
+
+
+def test_bfloat16_is_as_close_to_fp32_as_transformers_bf16(small, ids):
+    # the tiny random model is sensitive to rounding (discrete top-k choices flip): the
+    # measure is transformers' own bf16 run, not a fixed tolerance
+    ref = small[1]
+    with torch.no_grad():
+        full = ref(ids).logits[0]
+        theirs = _transformers_bf16(ref)(ids).logits[0].float()
     model = load_model(small[0], dtype=torch.bfloat16)
-    logits = model.forward(ids, model.new_cache(), all_logits=True)[0]
-    assert logits.dtype == torch.float32
-    assert rel_err(logits, ref_prefill) < 0.05
+    ours = model.forward(ids, model.new_cache(), all_logits=True)[0]
+    assert ours.dtype == torch.float32
+    assert rel_err(ours, full) <= rel_err(theirs, full)
+    top1 = [(x.argmax(-1) == full.argmax(-1)).float().mean() for x in (ours, theirs)]
+    assert top1[0] >= top1[1]
