@@ -274,3 +274,14 @@ def test_bfloat16_is_as_close_to_fp32_as_transformers_bf16(small, ids):
     assert rel_err(ours, full) <= rel_err(theirs, full)
     top1 = [(x.argmax(-1) == full.argmax(-1)).float().mean() for x in (ours, theirs)]
     assert top1[0] >= top1[1]
+
+
+def test_the_torch_format_refuses_v4_and_says_what_to_do(published, tmp_path):
+    # its experts are not under a Hugging Face name the torch format lays out: the folder
+    # runs as it is instead (the misleading 'no head.weight_scale_inv' was the old error)
+    from converters.conversion.convert import convert
+    from converters.core.errors import UnsupportedArchitecture
+
+    with pytest.raises(UnsupportedArchitecture, match="--engine torch"):
+        convert(published[0], tmp_path / "v4-torch", fmt="torch")
+    assert not (tmp_path / "v4-torch").exists()
