@@ -11,7 +11,7 @@ streams. The MTP layer (`mtp.0.*`) is left out, as llama.cpp's converter does by
 
 GGUF: llama.cpp's arch "deepseek4" (conversion/deepseek.py, `DeepseekV4Model`); the gguf
 package (0.19.0) has no MODEL_ARCH for it, so the name is given as a string. Itamae does
-not yet convert V4 to GGUF or run it in the torch engine (see the README's table).
+not yet convert V4 to GGUF; the torch engine runs it (engine/torch/models/deepseek_v4.py).
 
 References: transformers' models/deepseek_v4; llama.cpp's conversion/deepseek.py and
 src/models/deepseek4.cpp.
@@ -33,23 +33,41 @@ SLIDING, CSA, HCA = (
 RATIO_TO_TYPE = {0: SLIDING, 4: CSA, 128: HCA}  # transformers' fold of compress_ratios
 
 
-def attention_types(config: dict) -> list[str]:
-    """Each decoder layer's attention, from the published `compress_ratios` (or
-    transformers' `layer_types` where a config was saved by transformers)."""
+DEFAULT_RATES = {CSA: 4, HCA: 128}  # transformers' compress_rates when a config names none
+
+
+def attention_schedule(config: dict) -> list[tuple[str, int]]:
+    """Each decoder layer's attention and compression ratio: from the published
+    `compress_ratios` (0: sliding window only, 4: CSA, any other: HCA, as DeepSeek's
+    inference code and llama.cpp's deepseek4 decide; released checkpoints use 0, 4 and 128),
+    or from transformers' `layer_types` and `compress_rates` where a config was saved by it."""
     n = int(config.get("num_hidden_layers") or 0)
     if config.get("layer_types"):
-        return list(config["layer_types"])[:n]
+        rates = {**DEFAULT_RATES, **(config.get("compress_rates") or {})}
+        return [(kind, rates.get(kind, 0)) for kind in list(config["layer_types"])[:n]]
     ratios = list(config.get("compress_ratios") or [])[:n]
-    if len(ratios) != n or any(r not in RATIO_TO_TYPE for r in ratios):
-        raise ValueError(f"compress_ratios {ratios} must give each of the {n} layers 0, 4 or 128")
-    return [RATIO_TO_TYPE[r] for r in ratios]
+    if len(ratios) != n or any(type(r) is not int or r < 0 for r in ratios):
+        raise ValueError(
+            f"compress_ratios {ratios} must give each of the {n} layers a ratio (0, 4 or 128)"
+        )
+    return [(SLIDING if r == 0 else CSA if r == 4 else HCA, r) for r in ratios]
+
+
+def attention_types(config: dict) -> list[str]:
+    """Each decoder layer's attention kind (transformers' `layer_types` names)."""
+    return [kind for kind, _ in attention_schedule(config)]
 
 
 def hash_layers(config: dict) -> int:
-    if config.get("mlp_layer_types"):
-        return list(config["mlp_layer_types"]).count("hash_moe")
+    return sum(hashed_layers(config))
+
+
+def hashed_layers(config: dict) -> list[bool]:
+    """Per layer: are its experts chosen by the token -> experts table (`tid2eid`)?"""
     n = int(config.get("num_hidden_layers") or 0)
-    return min(n, int(config.get("num_hash_layers", 3)))
+    if config.get("mlp_layer_types"):
+        return [kind == "hash_moe" for kind in list(config["mlp_layer_types"])[:n]]
+    return [i < int(config.get("num_hash_layers", 3)) for i in range(n)]
 
 
 def facts(config: dict) -> dict:

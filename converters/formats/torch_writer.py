@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from converters.core.errors import Cancelled, ItamaeError, OutputExists
+from converters import archs
+from converters.core.errors import Cancelled, ItamaeError, OutputExists, UnsupportedArchitecture
 from converters.formats.hf_reader import HFCheckpoint
 from converters.formats.mxfp4 import mxfp4_expert
 from converters.formats.torch_format import (
@@ -148,6 +149,14 @@ def convert_to_torch(
     ckpt = HFCheckpoint(src, keep_files_open=False)
     n_layers = int(ckpt.config.get("num_hidden_layers", 0))
     experts = _find_experts(ckpt, n_layers)
+    spec = archs.spec_for_config(ckpt.config)
+    if spec.n_experts(ckpt.config) and not experts:  # DeepSeek-V4's `layers.N.ffn.experts.E`
+        raise UnsupportedArchitecture(
+            f"The torch format does not lay out {spec.model_type}'s experts (it finds none of "
+            "the Hugging Face expert names it knows).",
+            "Run the downloaded folder in the torch engine as it is (--engine torch), or "
+            "convert it to GGUF with llama.cpp's convert_hf_to_gguf.py.",
+        )
     expert_names = {
         n
         for info in experts.values()

@@ -42,11 +42,23 @@ def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.
     return (up + 1) * (gate * torch.sigmoid(gate * SWIGLU_ALPHA))
 
 
+CLAMPED_SILU = "clamped_silu:"  # + limit; DeepSeek-V4's experts (its `swiglu_limit`)
+
+
+def clamped_silu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """DeepSeek-V4: silu(gate clamped above) * (up clamped both ways) (transformers'
+    DeepseekV4Experts._apply_gate and DeepseekV4MLP)."""
+    return F.silu(gate.clamp(max=limit)) * up.clamp(-limit, limit)
+
+
 def gated_activation(act: str):
     """(gate, up) -> the gated hidden state: act(gate) * up, or a named gated variant."""
     if act.startswith(CLAMPED_SWIGLU):
         limit = float(act.removeprefix(CLAMPED_SWIGLU))
         return lambda gate, up: clamped_swiglu(gate, up, limit)
+    if act.startswith(CLAMPED_SILU):
+        limit = float(act.removeprefix(CLAMPED_SILU))
+        return lambda gate, up: clamped_silu(gate, up, limit)
     fn = ACTIVATIONS[act]
     return lambda gate, up: fn(gate) * up
 
@@ -187,4 +199,4 @@ class GatedMLP:
     act: str = "silu"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(ACTIVATIONS[self.act](self.gate(x)) * self.up(x))
+        return self.down(gated_activation(self.act)(self.gate(x), self.up(x)))

@@ -13,6 +13,9 @@ Routing references (transformers 5 modeling files, and the models' own code):
 - DeepSeek-V3/R1: sigmoid scores; choice uses scores + e_score_correction_bias with groups
   ranked by the sum of their two best; weights are the unbiased scores, renormalised if
   `norm_topk_prob`, then x routed_scaling_factor (DeepseekV3TopkRouter).
+- DeepSeek-V4: V3's choice and weights over sqrt(softplus(logits)) scores, no groups
+  (DeepseekV4TopKRouter); its hash layers take the experts from a token -> experts table
+  and only the weights from the router (models/deepseek_v4.py, `MoEBlock.mix`).
 Compute (gpt-fast's MoE, made sparse): tokens are sorted by expert, each selected expert
 runs once on its group, results are scattered back weighted. Never a loop over all experts.
 Decode (one token) runs the K chosen experts through one compiled kernel where there is one
@@ -37,7 +40,7 @@ class Router:
     weight: torch.Tensor  # [E, H] float32
     top_k: int
     bias: torch.Tensor | None = None  # [E] float32 (gpt-oss's router has one)
-    scoring: str = "softmax"  # softmax | sigmoid
+    scoring: str = "softmax"  # softmax | sigmoid | sqrtsoftplus
     norm_topk_prob: bool = False
     routed_scaling_factor: float = 1.0
     n_group: int = 1
@@ -54,11 +57,7 @@ class Router:
         k = top_k or self.top_k
         if self.uniform is not None:
             return self._uniform(x.shape[0], k, x.device)
-        logits = F.linear(x.float(), self.weight, self.bias)  # [T, E]
-        if self.scoring == "sigmoid":
-            scores = logits.sigmoid()
-        else:
-            scores = logits.softmax(dim=-1)
+        scores = self.scores(x)
         choice = scores if self.correction_bias is None else scores + self.correction_bias
         if self.group_score is not None:
             choice = self._limit_groups(choice)
@@ -75,9 +74,18 @@ class Router:
             return weights, experts
         if self.norm_topk_prob:
             weights = weights / (
-                weights.sum(-1, keepdim=True) + (1e-20 if self.scoring == "sigmoid" else 0)
+                weights.sum(-1, keepdim=True) + (1e-20 if self.scoring != "softmax" else 0)
             )
         return weights * self.routed_scaling_factor, experts
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, H] -> [T, E] float32 expert scores."""
+        logits = F.linear(x.float(), self.weight, self.bias)
+        if self.scoring == "sigmoid":
+            return logits.sigmoid()
+        if self.scoring == "sqrtsoftplus":  # DeepSeek-V4
+            return F.softplus(logits).sqrt()
+        return logits.softmax(dim=-1)
 
     def _uniform(self, n_tokens: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.weight.shape[0]
@@ -136,9 +144,14 @@ class MoEBlock:
     weight_input: bool = False  # Llama 4: the routing weight scales the expert's input
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # [T, H]
+        return self.mix(x, *self.router(flat, self.experts_per_token))
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """The routed experts' weighted sum (plus shared experts) for a routing already made
+        ([T, K] weights and experts; DeepSeek-V4's hash layers route by token id)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # [T, H]
-        weights, experts = self.router(flat, self.experts_per_token)  # [T, K]
         if flat.shape[0] == 1:
             out = self._one_token(flat, weights[0], experts[0])
         else:

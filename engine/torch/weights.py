@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from converters.core.errors import BadModelFile
-from converters.formats.hf_reader import HFCheckpoint
+from converters.formats.e8m0_scales import ScaledCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
 from converters.formats.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
 
@@ -62,7 +62,7 @@ class Weights:
 class CheckpointWeights(Weights):
     def __init__(self, folder: Path, dtype, device):
         super().__init__(dtype, device)
-        self.ckpt = HFCheckpoint(folder)
+        self.ckpt = ScaledCheckpoint(folder)  # DeepSeek-V4's e8m0-scaled FP8 / FP4 too
         self.config = self.ckpt.config
 
     def has(self, name: str) -> bool:
