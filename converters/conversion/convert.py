@@ -141,7 +141,8 @@ def convert_to_gguf(
     # (blocks carried in their own type, MXFP4 experts, do not decide the float type)
     dtypes = {ckpt.dtype_name(n) for p in planned if p.carried is None for n in p.sources}
     target = recipe.direct if recipe.direct is not None else source_precision(dtypes)
-    assign_types(planned, lambda p: tensor_type(p, target))
+    pin = not recipe.uses_llama_quantizer  # its quantizer starts from plain floats
+    assign_types(planned, lambda p: tensor_type(p, target, pin))
     recipe = keeping_carried(recipe, planned)
     writer = build_writer(ckpt, spec, planned, recipe.file_type, recipe.name, repo_id)
     fallbacks = [] if recipe.uses_llama_quantizer else direct_fallbacks(planned, target)
