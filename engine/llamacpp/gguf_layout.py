@@ -176,8 +176,9 @@ def _compressor_state_bytes(key, bid: int) -> int:
     key_length. 0 for a layer without compression."""
     ratios = key("attention.compress_ratios", None)
     ratio = int(ratios[bid]) if isinstance(ratios, list) and bid < len(ratios) else 0
-    head, indexer = int(key("attention.key_length", 0) or 0), int(
-        key("attention.indexer.key_length", 0) or 0
+    head, indexer = (
+        int(key("attention.key_length", 0) or 0),
+        int(key("attention.indexer.key_length", 0) or 0),
     )
     if ratio == 4:
         return 2 * 4 * (2 * ratio) * 2 * (head + indexer)

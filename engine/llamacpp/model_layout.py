@@ -130,7 +130,9 @@ class ModelLayout:
 
     def kv_cache_bytes(self, n_ctx: int, cache_type: str = "f16") -> int:
         per_token = sum(self.kv_bytes_per_token(i, cache_type) for i in range(self.n_layers))
-        compressed = (self.compressed_cache_bytes(i, n_ctx, cache_type) for i in range(self.n_layers))
+        compressed = (
+            self.compressed_cache_bytes(i, n_ctx, cache_type) for i in range(self.n_layers)
+        )
         return int(per_token * n_ctx) + sum(compressed)
 
     def requantized(self, name: str, bits_per_weight: float) -> ModelLayout:
