@@ -294,3 +294,12 @@ def test_inspect_of_the_gguf_agrees_with_the_checkpoint(folder, tmp_path, capsys
             "experts_per_token", "n_shared_experts", "n_moe_layers", "vocab_size", "license")  # fmt: skip
     assert {k: gguf[k] for k in same} == {k: hf[k] for k in same}
     assert "quant_fallbacks" not in gguf["extra"] or not gguf["extra"]["quant_fallbacks"]["count"]
+
+
+def test_recipes_of_llama_cpps_quantizer_are_refused_with_what_works(folder, tmp_path):
+    from converters.conversion.convert import convert
+    from converters.core.errors import UnsupportedArchitecture
+
+    with pytest.raises(UnsupportedArchitecture, match="Q4_K_M.*Q8_0"):
+        convert(folder, tmp_path / "q4km.gguf", "Q4_K_M")
+    assert not (tmp_path / "q4km.gguf").exists()
