@@ -39,7 +39,6 @@ def common_metadata(
         (key(LLM.BLOCK_COUNT), int(config["num_hidden_layers"])),
         (key(LLM.CONTEXT_LENGTH), int(config.get("max_position_embeddings") or 4096)),
         (key(LLM.EMBEDDING_LENGTH), int(config["hidden_size"])),
-        (key(LLM.FEED_FORWARD_LENGTH), int(config["intermediate_size"])),
         (key(ATTN.HEAD_COUNT), int(config["num_attention_heads"])),
         (
             key(ATTN.HEAD_COUNT_KV),
@@ -47,6 +46,8 @@ def common_metadata(
         ),
         (key(ATTN.LAYERNORM_RMS_EPS), float(config.get("rms_norm_eps") or 1e-6)),
     ]
+    if "intermediate_size" in config:  # not in an all-MoE config (DeepSeek-V4)
+        meta.insert(3, (key(LLM.FEED_FORWARD_LENGTH), int(config["intermediate_size"])))
     if with_vocab_size:
         meta.append((key(LLM.VOCAB_SIZE), int(config["vocab_size"])))
     if (theta := rope_parameters(config)["rope_theta"]) is not None:

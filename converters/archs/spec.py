@@ -31,6 +31,11 @@ EXPERT_PARTS = {T.FFN_GATE_EXP: "gate", T.FFN_UP_EXP: "up", T.FFN_DOWN_EXP: "dow
 MARKED_REPLY_FORMATS = frozenset({"harmony"})
 
 
+# A GGUF tensor kind: the gguf package's MODEL_TENSOR, or llama.cpp's name template
+# ("blk.{bid}.hc_attn_fn") where gguf 0.19.0 has no kind for it yet (DeepSeek-V4)
+TensorKind = T | str
+
+
 def _always(metadata: dict) -> bool:
     return True
 
@@ -50,7 +55,8 @@ def _standard_layer(config: dict, bid: int) -> tuple[T, ...]:
 class ArchSpec:
     model_type: str  # HF config.json `model_type`, the module's name
     gguf_arch: MODEL_ARCH
-    layer_tensors: dict[str, tuple[T, str]]  # name after `model.layers.{bid}.` -> (kind, suffix)
+    # name after `model.layers.{bid}.` -> (kind, suffix)
+    layer_tensors: dict[str, tuple[TensorKind, str]]
     expert_prefix: str  # e.g. "mlp.experts" (per-expert names follow it: `.{xid}.<proj>.weight`)
     expert_projections: dict[str, T]  # per-expert projection name -> GGUF expert kind
     metadata: Callable[[dict], list[tuple[str, object]]]  # config -> GGUF `{arch}.*` keys
@@ -105,6 +111,16 @@ class ArchSpec:
     # (Llama 4: chunks of 8192 on its RoPE layers), which runs it with llama.cpp's
     # two-mask iSWA cache; the memory plan counts the second mask by it
     llamacpp_default_window: int = 0
+    # root tensors besides transformers' (embed_tokens, norm, lm_head): publisher spelling
+    # -> (kind, suffix), for a family published under its own code's names (DeepSeek-V4)
+    root_tensors: dict[str, tuple[TensorKind, str]] = field(default_factory=dict)
+    # (config, bid, name after the layer prefix) -> True for a tensor llama.cpp's converter
+    # leaves out of the GGUF (DeepSeek-V4's unused router bias in hash-routed layers)
+    gguf_drops: Callable[[dict, int | None, str], bool] = lambda config, bid, rest: False
+    # llama.cpp's converter types each tensor by its published dtype whatever --outtype
+    # asks (DeepSeek-V4: FP8 -> Q8_0, BF16 -> BF16, F32 -> F32); Itamae's direct recipes do
+    # the same, except F32, the exact reference
+    gguf_types_by_source: bool = False
 
     @property
     def arch_name(self) -> str:

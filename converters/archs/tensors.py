@@ -117,11 +117,13 @@ GATED_DELTANET_SPLIT = {
 
 QWEN_MOE_LAYER = {**ATTENTION, "mlp.gate.weight": (T.FFN_GATE_INP, ".weight")}
 
-LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# transformers' `model.layers.N.`; DeepSeek-V4 publishes its own code's `layers.N.`
+LAYER_NAME = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
 
 
 def split_layer_name(name: str) -> tuple[int | None, str]:
-    """`model.layers.3.self_attn.q_proj.weight` -> (3, "self_attn.q_proj.weight")."""
+    """`model.layers.3.self_attn.q_proj.weight` -> (3, "self_attn.q_proj.weight");
+    `layers.3.attn.wq_a.weight` -> (3, "attn.wq_a.weight")."""
     if match := LAYER_NAME.match(name):
         return int(match.group(1)), match.group(2)
     return None, name

@@ -137,11 +137,21 @@ def convert_to_gguf(
             "Convert the folder with llama.cpp's own convert_hf_to_gguf.py, then open the "
             ".gguf file in Itamae's llama.cpp engine.",
         )
+    if spec.gguf_types_by_source and recipe.uses_llama_quantizer:
+        # measured on DeepSeek-V4: llama.cpp's quantizer writes a Q4_K_M file that its own
+        # deepseek4 graph then refuses (a reshape assertion), so it is not offered
+        raise UnsupportedArchitecture(
+            f"The {recipe.name} recipe (llama.cpp's quantizer) does not yet make a "
+            f"{spec.model_type} GGUF that llama.cpp runs.",
+            "Use a direct recipe: Q8_0 (the default, the types llama.cpp's own converter "
+            "writes, MXFP4 experts) or F32.",
+        )
     planned = plan_tensors(ckpt, spec)
     # (blocks carried in their own type, MXFP4 experts, do not decide the float type)
     dtypes = {ckpt.dtype_name(n) for p in planned if p.carried is None for n in p.sources}
     target = recipe.direct if recipe.direct is not None else source_precision(dtypes)
-    assign_types(planned, lambda p: tensor_type(p, target))
+    pin = not recipe.uses_llama_quantizer  # its quantizer starts from plain floats
+    assign_types(planned, lambda p: tensor_type(p, target, pin))
     recipe = keeping_carried(recipe, planned)
     writer = build_writer(ckpt, spec, planned, recipe.file_type, recipe.name, repo_id)
     fallbacks = [] if recipe.uses_llama_quantizer else direct_fallbacks(planned, target)

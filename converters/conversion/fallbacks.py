@@ -74,13 +74,14 @@ def describe(record: dict | None) -> str:
 
 
 def direct_fallbacks(planned, target) -> list[Fallback]:
-    """Itamae's own writer: tensors the recipe's block type could not take, written F16."""
+    """Itamae's own writer: tensors the recipe's block type could not take, written F16
+    (not those whose type llama.cpp's converter pins, DeepSeek-V4's: a rule, not a lack)."""
     from converters.conversion.recipes import stays_f32  # (torch-heavy; the readers need not)
 
     return [
         Fallback(p.name, target.name, p.qtype.name, int(p.shape[-1]))
         for p in planned
-        if p.carried is None and not stays_f32(p) and p.qtype != target
+        if p.carried is None and p.pinned is None and not stays_f32(p) and p.qtype != target
     ]
 
 

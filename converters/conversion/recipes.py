@@ -27,7 +27,7 @@ from gguf import MODEL_TENSOR as T
 from gguf import GGMLQuantizationType, LlamaFileType
 
 from converters.core.errors import ItamaeError
-from converters.formats.gguf_plan import PlannedTensor
+from converters.formats.gguf_plan import INTEGER_TYPES, PlannedTensor
 from converters.formats.gguf_quant import can_quantize
 
 Q = GGMLQuantizationType
@@ -166,7 +166,14 @@ def stays_f32(p: PlannedTensor) -> bool:
     )
 
 
-def tensor_type(p: PlannedTensor, target: Q) -> Q:
+def tensor_type(p: PlannedTensor, target: Q, pin: bool = True) -> Q:
+    """`pin`: give tensors the type llama.cpp's converter pins for them (PlannedTensor.pinned;
+    not for the F32 reference, nor for the file llama.cpp's quantizer starts from)."""
+    if p.pinned in INTEGER_TYPES:
+        return p.pinned
+    if p.pinned is not None and pin and target != Q.F32:
+        # llama.cpp's prepare_tensors: its forced type, but 1-D tensors and norms in F32
+        return Q.F32 if len(p.shape) <= 1 or p.name.endswith("_norm.weight") else p.pinned
     if p.carried is not None:
         # blocks published quantized (gpt-oss's MXFP4 experts) keep their bits; only the
         # full-precision reference recipe dequantizes them (exactly)

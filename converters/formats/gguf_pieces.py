@@ -20,6 +20,7 @@ from converters.archs.tensors import ADD_ONE, NEG_EXP, PERMUTE_K, PERMUTE_Q, SQU
 from converters.formats.gguf_linear_attention import QKVZ_QKV, QKVZ_Z, split_qkvz, v_reordered
 from converters.formats.gguf_plan import (
     EVEN_ROWS,
+    FP4_EXPERTS,
     FUSED_GATE,
     FUSED_UP,
     IN_OUT,
@@ -38,7 +39,13 @@ from converters.formats.gguf_plan import (
     proportional_rope,
 )
 from converters.formats.hf_reader import HFCheckpoint
-from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX, dequantize_mxfp4, to_ggml_blocks
+from converters.formats.mxfp4 import (
+    BLOCKS_SUFFIX,
+    SCALES_SUFFIX,
+    dequantize_mxfp4,
+    packed_rows_as_blocks,
+    to_ggml_blocks,
+)
 
 
 def permute_for_llama_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -99,6 +106,9 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
     if p.transform in (MXFP4_ROWS, MXFP4_GATE, MXFP4_UP, IN_OUT, IN_OUT_GATE, IN_OUT_UP):
         yield from _expert_pieces(ckpt, p)
         return
+    if p.transform == FP4_EXPERTS:
+        yield from _fp4_expert_pieces(ckpt, p)
+        return
     for source in p.sources:
         data = ckpt.get(source)
         if p.transform in (EVEN_ROWS, ODD_ROWS):
@@ -132,6 +142,18 @@ def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tenso
             continue
         blocks = ckpt.get_row(source, e)[rows]
         scales = ckpt.get_row(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
+        if p.qtype == GGMLQuantizationType.MXFP4:
+            yield to_ggml_blocks(blocks, scales)
+        else:
+            yield dequantize_mxfp4(blocks, scales)
+
+
+def _fp4_expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
+    """DeepSeek-V4's FP4 experts, one source per expert: ggml's MXFP4 blocks (the codes and
+    e8m0 scales moved, llama.cpp's `repack_mxfp4_blocks`), or their exact float values."""
+    for source in p.sources:
+        codes = ckpt.get(source)
+        blocks, scales = packed_rows_as_blocks(codes, ckpt.get(ckpt.scale_of(source)))
         if p.qtype == GGMLQuantizationType.MXFP4:
             yield to_ggml_blocks(blocks, scales)
         else:

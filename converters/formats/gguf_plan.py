@@ -17,7 +17,7 @@ from gguf import MODEL_TENSOR as T
 from gguf import TENSOR_NAMES, GGMLQuantizationType
 
 from converters.archs.rope import rope_parameters
-from converters.archs.spec import ArchSpec
+from converters.archs.spec import ArchSpec, TensorKind
 from converters.archs.tensors import (
     GLOBAL_TENSORS,
     SPLIT_KV_B,
@@ -43,6 +43,7 @@ FUSED_GATE, FUSED_UP = "fused_gate", "fused_up"  # halves of transformers 5's ga
 # Interleaved gate_up (gpt-oss): which rows of the fused projection a part takes
 EVEN_ROWS, ODD_ROWS = "even_rows", "odd_rows"
 MXFP4_ROWS = "mxfp4"  # MXFP4 blocks + scales, per expert (rows: ROW_PARTS[transform])
+FP4_EXPERTS = "fp4_experts"  # one expert per source: DeepSeek-V4's int8 codes + e8m0 .scale
 MXFP4_GATE, MXFP4_UP = "mxfp4_gate", "mxfp4_up"
 IN_OUT_GATE, IN_OUT_UP, IN_OUT = "in_out_gate", "in_out_up", "in_out"  # [E, in, out] floats
 ROW_PARTS = {
@@ -51,12 +52,23 @@ ROW_PARTS = {
     IN_OUT_UP: slice(1, None, 2), IN_OUT: slice(None),
 }  # fmt: skip
 PACKED_SUFFIXES = (BLOCKS_SUFFIX, SCALES_SUFFIX, "_bias")
+# The type llama.cpp's converter gives a tensor by its published dtype, for a family whose
+# converter pins them (ArchSpec.gguf_types_by_source; DeepSeek-V4's `tensor_force_quant`)
+TYPE_BY_SOURCE = {
+    "F8_E4M3": GGMLQuantizationType.Q8_0,  # FP8 dequantized, then Q8_0 ("faster than BF16")
+    "F8_E5M2": GGMLQuantizationType.Q8_0,
+    "BF16": GGMLQuantizationType.BF16,
+    "F32": GGMLQuantizationType.F32,
+    "I64": GGMLQuantizationType.I32,  # hash-routing tables, token id -> expert ids
+    "I32": GGMLQuantizationType.I32,
+}
+INTEGER_TYPES = (GGMLQuantizationType.I32,)
 
 
 @dataclass
 class PlannedTensor:
     name: str  # GGUF name, e.g. "blk.3.ffn_up_exps.weight"
-    kind: T
+    kind: TensorKind
     bid: int | None
     shape: tuple[int, ...]  # numpy order (outermost first); ggml's ne is the reverse
     sources: tuple[str, ...]  # HF names; one per expert for stacked experts
@@ -65,6 +77,8 @@ class PlannedTensor:
     # The source already holds this GGUF type's blocks (MXFP4 experts): carried as they
     # are unless the recipe asks for full float (then dequantized, exactly).
     carried: GGMLQuantizationType | None = None
+    # The type llama.cpp's converter always gives it (TYPE_BY_SOURCE), where it pins one
+    pinned: GGMLQuantizationType | None = None
 
     @property
     def n_elements(self) -> int:
@@ -75,8 +89,9 @@ class PlannedTensor:
         return self.kind in (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP, T.FFN_GATE_UP_EXP)
 
 
-def gguf_name(kind: T, bid: int | None, suffix: str) -> str:
-    return TENSOR_NAMES[kind].format(bid=bid) + suffix
+def gguf_name(kind: TensorKind, bid: int | None, suffix: str) -> str:
+    template = kind if isinstance(kind, str) else TENSOR_NAMES[kind]
+    return template.format(bid=bid) + suffix
 
 
 def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
@@ -96,6 +111,10 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
         bid, rest = split_layer_name(name)
         if IGNORED.search(name) or (bid is not None and bid >= n_layers):
             continue  # buffers, and MTP layers the family's GGUF does not carry
+        if name.endswith(".scale") and name.removesuffix(".scale") + ".weight" in ckpt:
+            continue  # DeepSeek-V4's FP8 / FP4 scales, read with their weight
+        if spec.gguf_drops(config, bid, rest):
+            continue
         m = expert_name.match(rest) if bid is not None and spec.expert_prefix else None
         if m and m.group(2) in spec.expert_projections:
             experts.setdefault((bid, m.group(2)), {})[int(m.group(1))] = name
@@ -108,7 +127,7 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
         if fused:
             planned += _plan_fused_experts(ckpt, spec, name, bid, fused.group(1))
             continue
-        table = spec.layer_tensors if bid is not None else GLOBAL_TENSORS
+        table = spec.layer_tensors if bid is not None else {**GLOBAL_TENSORS, **spec.root_tensors}
         if rest not in table:
             unknown.append(name)
             continue
@@ -122,6 +141,8 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
     planned += _plan_experts(ckpt, spec, experts)
     planned += _plan_rope_freqs(config)
     _check_complete(ckpt, spec, planned)
+    if spec.gguf_types_by_source:
+        _pin_types(ckpt, planned)
     # token_embd first, then layer by layer, then the head; sorted so the file does not
     # depend on how the checkpoint is sharded
     order = {T.TOKEN_EMBD: 0, T.OUTPUT_NORM: 2, T.OUTPUT: 3}
@@ -189,13 +210,32 @@ def _plan_experts(ckpt, spec, experts) -> list[PlannedTensor]:
                 f"The {proj} experts of layer {bid} have different shapes: {sorted(shapes)}.",
                 "The checkpoint is damaged; re-download it.",
             )
-        kind = spec.expert_projections[proj]
+        kind, shape = spec.expert_projections[proj], shapes.pop()
+        if _is_fp4(ckpt, names[0]):  # two codes a byte, carried as MXFP4
+            rows, half = shape
+            planned.append(
+                PlannedTensor(
+                    gguf_name(kind, bid, ".weight"), kind, bid, (n_experts, rows, 2 * half),
+                    names, FP4_EXPERTS, carried=GGMLQuantizationType.MXFP4,
+                )
+            )  # fmt: skip
+            continue
         planned.append(
-            PlannedTensor(
-                gguf_name(kind, bid, ".weight"), kind, bid, (n_experts, *shapes.pop()), names
-            )
+            PlannedTensor(gguf_name(kind, bid, ".weight"), kind, bid, (n_experts, *shape), names)
         )
     return planned
+
+
+def _is_fp4(ckpt: HFCheckpoint, name: str) -> bool:
+    """DeepSeek-V4's FP4 expert: int8 codes with an e8m0 `.scale` (one per 32 values)."""
+    scale = name.removesuffix(".weight") + ".scale"
+    return ckpt.dtype_name(name) == "I8" and scale in ckpt
+
+
+def _pin_types(ckpt: HFCheckpoint, planned: list[PlannedTensor]) -> None:
+    for p in planned:
+        if p.carried is None and p.sources:
+            p.pinned = TYPE_BY_SOURCE.get(ckpt.dtype_name(p.sources[0]))
 
 
 def _plan_fused_experts(ckpt, spec, name, bid, proj) -> list[PlannedTensor]:

@@ -74,6 +74,10 @@ def encode(data: torch.Tensor, qtype: Q) -> np.ndarray:
         return data.float().contiguous().numpy().view(np.uint8).reshape(-1)
     if qtype == Q.F16:
         return data.half().contiguous().numpy().view(np.uint8).reshape(-1)
+    if qtype == Q.I32:  # integer tables (DeepSeek-V4's hash routing), never from floats
+        if data.is_floating_point():
+            raise ValueError("I32 is written from integer sources only")
+        return data.to(torch.int32).contiguous().numpy().view(np.uint8).reshape(-1)
     if qtype == Q.MXFP4:
         # never computed here: MXFP4 arrives as ggml blocks already (gguf_plan, mxfp4.py)
         if data.dtype != torch.uint8:

@@ -4,7 +4,9 @@ Handles a single `model.safetensors` or shards listed in `model.safetensors.inde
 and FP8 block-scaled weights as DeepSeek-V3/R1 and Qwen3-FP8 publish them: a
 `float8_e4m3fn` weight with a float32 `<name>_scale_inv` holding one scale per
 `weight_block_size` block (128x128), edge blocks partial. Those are dequantized here
-(`weight * scale_inv` per block, on the CPU) so nothing downstream sees FP8.
+(`weight * scale_inv` per block, on the CPU) so nothing downstream sees FP8. DeepSeek-V4
+names the scale `<stem>.scale` beside `<stem>.weight` and stores it as e8m0 (a power of
+two); it is read the same way.
 Only safetensors is read; pickled `.bin` checkpoints are refused. Each file is opened
 once and kept open (3,000 tensors read one by one, as measured for issue 17: 9.3 s
 reopening, 0.05 s kept open), and one expert of a fused [E, ...] expert tensor is read as
@@ -25,6 +27,7 @@ from converters.core.errors import BadModelFile, ItamaeError
 from converters.core.json_files import read_model_json
 
 SCALE_SUFFIX = "_scale_inv"
+V4_SCALE_SUFFIX = ".scale"  # DeepSeek-V4: `<stem>.scale` beside `<stem>.weight`
 FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}
 
 
@@ -246,10 +249,17 @@ class HFCheckpoint:
                                "The checkpoint does not match its config.json.")  # fmt: skip
         return self._dequantized(name, index, dtype)
 
+    def scale_of(self, name: str) -> str:
+        """The block-scale tensor published beside weight `name` ("" if none)."""
+        for scale in (name + SCALE_SUFFIX, name.removesuffix(".weight") + V4_SCALE_SUFFIX):
+            if scale != name and scale in self._meta:
+                return scale
+        return ""
+
     def _dequantized(self, name: str, index: int | None, dtype) -> torch.Tensor:
         tensor = self._raw(name, index)
         if self.is_fp8(name):
-            scale_name = name + SCALE_SUFFIX
+            scale_name = self.scale_of(name) or name + SCALE_SUFFIX
             if scale_name not in self._meta:
                 raise BadModelFile(
                     f"FP8 tensor {name!r} has no {scale_name!r} to dequantize it with.",

@@ -11,6 +11,11 @@ ggml's `block_mxfp4` (ggml-common.h): the scale byte, then 16 bytes where byte j
 j in its low nibble and value j+16 in its high nibble. Going from one to the other only
 moves nibbles (llama.cpp's conversion/gpt_oss.py `repack_mxfp4` does the same); no value
 is dequantized or rounded on the way.
+
+DeepSeek-V4 publishes its routed experts in the same format row by row (compressed-tensors'
+"mxfp4-pack-quantized" layout): int8 codes [rows, cols / 2], element 2i in the low nibble,
+and a float8_e8m0fnu `.scale` [rows, cols / 32]: the published blocks, unsplit
+(`packed_rows_as_blocks`; llama.cpp's conversion/base.py `repack_mxfp4_blocks`).
 """
 
 from __future__ import annotations
@@ -75,6 +80,21 @@ def to_ggml_blocks(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     np.bitwise_or(first & 0x0F, second << 4, out=pairs[..., 0])
     np.bitwise_or(first >> 4, second & 0xF0, out=pairs[..., 1])
     return torch.from_numpy(out).flatten(-2)
+
+
+def packed_rows_as_blocks(
+    codes: torch.Tensor, scales: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V4's int8 [rows, cols/2] codes and e8m0 [rows, cols/32] scales -> the
+    published-blocks layout above ([rows, G, 16] and [rows, G] uint8), bits unchanged."""
+    rows, half = codes.shape
+    if half * 2 % BLOCK or tuple(scales.shape) != (rows, half * 2 // BLOCK):
+        raise ValueError(
+            f"FP4 codes {tuple(codes.shape)} with scales {tuple(scales.shape)} are not "
+            f"one scale per {BLOCK} values"
+        )
+    blocks = codes.contiguous().view(torch.uint8).reshape(rows, -1, BLOCK_BYTES)
+    return blocks, scales.contiguous().view(torch.uint8)
 
 
 def mxfp4_expert(ckpt, prefix: str, e: int):

@@ -174,7 +174,13 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         # layers, one for the rest
         n_masks=2 if _attention_window(metadata, key) else 1,
         conv_channels=_conv_channels(key),
-        state_bytes=[_recurrent_state_bytes(key) if r else 0 for r in recurrent],
+        state_bytes=[
+            _recurrent_state_bytes(key) if r else _compressor_state_bytes(key, bid)
+            for bid, r in enumerate(recurrent)
+        ],
+        compress_ratios=_per_block(key("attention.compress_ratios", 0), n_layers),
+        k_only=f"{arch}.attention.compress_ratios" in metadata,  # DeepSeek-V4's raw cache
+        indexer_heads=int(key("attention.indexer.head_count", 0) or 0),
     )
 
 
@@ -186,6 +192,22 @@ def _attention_window(metadata: dict, key) -> int:
         spec = archs.find(archs.family_from_gguf(metadata))
         window = spec.llamacpp_default_window if spec else 0
     return int(window or 0)
+
+
+def _compressor_state_bytes(key, bid: int) -> int:
+    """DeepSeek-V4's compressor state of one layer (llama_dsv4_comp_state: F32 kv and score
+    rows of the window being compressed): ratio 4 keeps two windows of 2 x key_length rows,
+    and its indexer's compressor two of 2 x indexer key_length; ratio 128 one window of
+    key_length. 0 for a layer without compression."""
+    ratios = key("attention.compress_ratios", None)
+    ratio = int(ratios[bid]) if isinstance(ratios, list) and bid < len(ratios) else 0
+    head, indexer = (
+        int(key("attention.key_length", 0) or 0),
+        int(key("attention.indexer.key_length", 0) or 0),
+    )
+    if ratio == 4:
+        return 2 * 4 * (2 * ratio) * 2 * (head + indexer)
+    return 2 * 4 * ratio * head if ratio else 0
 
 
 def _shared_ffn(key, tensors) -> int:

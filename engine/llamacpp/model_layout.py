@@ -8,6 +8,11 @@ GGUFs with `attention.key_length_mla`) cache one latent of `kv_lora_rank + qk_ro
 (written as key_length with one KV head) and no V (`has_v = !is_mla`). DeepSeek-V3.2's
 sparse attention adds one `attention.indexer.key_length` key per token and layer
 (src/llama-kv-cache-dsa.cpp: a second cache beside the main one).
+DeepSeek-V4 GGUFs (`attention.compress_ratios`; src/llama-kv-cache-dsv4.cpp) cache one K-only
+head of key_length per token and layer, and per compressed layer one more entry per
+`ratio` tokens (cells padded to 256): ratio-4 layers (CSA) a key and an indexer key, ratio-128
+layers (HCA) a key; each compressed layer also keeps its compressor's F32 state of the
+window being filled (kv and score rows, a fixed size, counted with the recurrent states).
 Linear-attention and state-space layers (`attention.recurrent_layers`) keep no KV cache but a fixed recurrent
 state per sequence, in F32 whatever the KV cache type (src/llama-memory-recurrent.cpp;
 sizes from llama_hparams::n_embd_r and n_embd_s): (conv_kernel - 1) * (inner_size +
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field, replace
 
 # Bytes per KV cache element for llama.cpp's cache types (ggml block sizes).
 KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+CSA_RATIO = 4  # llama.cpp's DSV4_CSA_RATIO: the compressed layers that also have an indexer
+CELL_PAD = 256  # compressed caches' cells are padded to this (GGML_PAD(..., 256u))
 
 
 @dataclass
@@ -70,6 +77,10 @@ class ModelLayout:
     n_masks: int = 1  # attention masks llama.cpp builds per ubatch (2 with sliding windows)
     conv_channels: int = 0  # linear attention's conv1d channels (ssm inner + 2 groups x state)
     state_bytes: list[int] = field(default_factory=list)  # per block: recurrent state, fixed
+    # DeepSeek-V4: per block 0 (window only), 4 or 128; its raw cache holds K alone
+    compress_ratios: list[int] = field(default_factory=list)
+    k_only: bool = False
+    indexer_heads: int = 0
 
     @property
     def n_layers(self) -> int:
@@ -102,21 +113,35 @@ class ModelLayout:
         swa = block < len(self.swa_blocks) and self.swa_blocks[block] and self.key_length_swa
         if swa:
             return heads * (self.key_length_swa + self.value_length_swa) * per_element
+        if self.k_only:
+            return heads * self.key_length * per_element
         return heads * (self.key_length + self.value_length) * per_element
+
+    def compressed_cache_bytes(self, block: int, n_ctx: int, cache_type: str = "f16") -> int:
+        """DeepSeek-V4's compressed entries of block `block` for a context of n_ctx."""
+        ratio = self.compress_ratios[block] if block < len(self.compress_ratios) else 0
+        if not ratio or not (self.kv_heads[block] if block < len(self.kv_heads) else 0):
+            return 0
+        cells = -(-max(1, -(-n_ctx // ratio)) // CELL_PAD) * CELL_PAD
+        width = self.key_length + (self.indexer_key_length if ratio == CSA_RATIO else 0)
+        return int(cells * width * KV_TYPE_BYTES[cache_type])
 
     def block_cache_bytes(self, block: int, n_ctx: int, cache_type: str = "f16") -> int:
         """What block `block` keeps for a context of n_ctx: KV or recurrent state."""
         state = self.state_bytes[block] if block < len(self.state_bytes) else 0
-        return int(self.kv_bytes_per_token(block, cache_type) * n_ctx) + state
+        kv = int(self.kv_bytes_per_token(block, cache_type) * n_ctx)
+        return kv + self.compressed_cache_bytes(block, n_ctx, cache_type) + state
 
     @property
     def recurrent_state_bytes(self) -> int:
         return sum(self.state_bytes)
 
     def kv_cache_bytes(self, n_ctx: int, cache_type: str = "f16") -> int:
-        return int(
-            sum(self.kv_bytes_per_token(i, cache_type) for i in range(self.n_layers)) * n_ctx
+        per_token = sum(self.kv_bytes_per_token(i, cache_type) for i in range(self.n_layers))
+        compressed = (
+            self.compressed_cache_bytes(i, n_ctx, cache_type) for i in range(self.n_layers)
         )
+        return int(per_token * n_ctx) + sum(compressed)
 
     def requantized(self, name: str, bits_per_weight: float) -> ModelLayout:
         """The same model if its matrices were stored at `bits_per_weight` on average."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from .devices import GIB, Hardware
-from .model_layout import ModelLayout
+from .model_layout import CSA_RATIO, ModelLayout
 
 MIB = 1024**2
 
@@ -201,6 +201,8 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
     compare the sum with llama.cpp's log at several contexts and a real 152k vocabulary."""
     tokens = min(n_ubatch, _padded(n_ctx))
     n_kv = _padded(n_ctx)
+    if layout.compress_ratios and any(layout.compress_ratios):
+        return _compressed_attention_compute(layout, n_ctx, tokens, n_kv)
     embd = layout.n_embd
     attention = any(layout.kv_heads)
     masks = 2 * n_kv * tokens * layout.n_masks if attention else 0
@@ -217,6 +219,33 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
     if layout.indexer_key_length:
         stages.append(8 * n_kv * tokens + 4 * tokens * 9 * embd)
     return max(stages)
+
+
+# DeepSeek-V4's activations per token besides the masks and the indexer (F32 values): seven
+# n_embd rows (the four hyper-connection streams and their mixes) and a remainder that does
+# not follow one dimension, read off the fixture's graph (shapes varied one at a time)
+V4_ROWS_PER_EMBD, V4_REST = 7, 2227
+
+
+def _compressed_attention_compute(layout: ModelLayout, n_ctx: int, tokens: int, n_kv: int) -> int:
+    """DeepSeek-V4's compute buffer (src/models/deepseek4.cpp), the larger of two stages:
+      - the CSA layers' indexer: the F16 window mask (n_kv x ubatch), the CSA and indexer
+        masks over the compressed entries (n_ctx / 4 padded to 256, F16 each) and the
+        indexer's queries (heads x key_length, twice, F32) beside the rows every layer keeps;
+      - the window attention at long contexts: its F16 mask and F32 scores, 6 bytes per
+        (key, query) with one compressed mask, beside the same rows without the indexer's.
+    The output head's logits (n_vocab F32 per token, as for every model) when they are more.
+    Fitted on llama.cpp's reported sizes for the fixture's shapes with n_embd and the indexer
+    varied, contexts 256-16k (within 1% there); a doubled expert width came out 20% under the
+    estimate (ggml-alloc reuses buffers differently), so other shapes are approximate."""
+    csa = CSA_RATIO in layout.compress_ratios
+    quarter = _padded(max(1, -(-n_ctx // CSA_RATIO))) if csa else 0
+    rows = V4_ROWS_PER_EMBD * layout.n_embd + V4_REST
+    indexer = 2 * layout.indexer_heads * layout.indexer_key_length if csa else 0
+    with_indexer = tokens * (2 * n_kv + 4 * quarter) + 4 * tokens * (rows + indexer)
+    window = tokens * (6 * n_kv + 2 * quarter) + 4 * tokens * rows
+    output = 4 * tokens * (layout.n_vocab + 2 * layout.n_embd)
+    return max(with_indexer, window, output)
 
 
 def place(
