@@ -13,14 +13,29 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from gguf import GGUFReader
 
 from app.cli import main
 from converters.conversion.convert import convert
 from converters.facts.inspection import inspect
+from converters.formats.hf_reader import HFCheckpoint
+from engine.torch.backend import load as load_torch
+from engine.types import GenerationRequest, Message, SamplingParams
 from tests.convert_helpers import llama_cpp_logits, relative_error, transformers_logits
+from tests.fixtures import gemma4 as gemma4_fixture
 from tests.fixtures.llamacpp_reference import run_llamacpp_converter
-from tests.fixtures.reference import reference_model
+from tests.fixtures.reference import reference_model, reference_tokenizer
+from tests.test_torch_parity import (
+    DECODE,
+    PREFILL,
+    TOL,
+    load_model,
+    prompt_ids,
+    rel_err,
+    run_ours,
+    run_reference,
+)
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -121,3 +136,139 @@ def test_inspect_counts_as_transformers(folder, gguf_of, capsys):
     assert (gguf["n_experts"], gguf["experts_per_token"], gguf["n_moe_layers"]) == (8, 2, 6)
     # the GGUF adds rope_freqs (32 frequency factors), which transformers computes instead
     assert (gguf["total_params"], gguf["active_params"]) == (total + 32, active + 32)
+
+
+# -- the torch engine ------------------------------------------------------------------------
+
+
+class GemmaRouterCounts:
+    """Experts transformers' Gemma4TextRouter chose, per MoE layer (forward hooks)."""
+
+    def __init__(self, ref, n_experts: int):
+        routers = [m for m in ref.modules() if type(m).__name__ == "Gemma4TextRouter"]
+        assert routers, "no Gemma 4 routers found"
+        self.counts = torch.zeros(len(routers), n_experts, dtype=torch.int64)
+        for i, router in enumerate(routers):
+            router.register_forward_hook(self._hook(i))
+
+    def _hook(self, layer):
+        def hook(module, args, output):
+            self.counts[layer] += torch.bincount(output[2].flatten(), minlength=8)
+
+        return hook
+
+
+def full_logits(ref, ids: list[int]) -> torch.Tensor:
+    """transformers' logits at every position, recomputed from nothing (no cache)."""
+    with torch.no_grad():
+        return ref(torch.tensor([ids]), use_cache=False).logits[0]
+
+
+def test_torch_engine_matches_transformers_fp32(folder):
+    """32-token prefill (twice the sliding window) and 16 decode steps."""
+    ref = reference_model(folder)
+    ids = prompt_ids(folder)
+    assert ids[0, 0].item() == 2 and ids.shape[1] == PREFILL > 16  # <bos>, past the window
+    model = load_model(folder)
+    counter = GemmaRouterCounts(ref, model.args.n_experts)
+    ref_prefill, ref_steps, fed = run_reference(ref, ids)
+    prefill, steps = run_ours(model, ids, fed)
+    assert rel_err(prefill, ref_prefill) < TOL
+    for i, (ours, theirs) in enumerate(zip(steps, ref_steps, strict=True)):
+        assert rel_err(ours, theirs) < TOL, f"decode step {i}"
+    assert model.usage.counts.tolist() == counter.counts.tolist()
+    assert int(model.usage.counts.sum()) == (PREFILL + DECODE) * 2 * 6
+
+
+def test_torch_greedy_generation_identical(folder):
+    ref, tok = reference_model(folder), reference_tokenizer(folder)
+    prompt = "板前は寿司を握る。 The chef"
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = ref.generate(ids, do_sample=False, max_new_tokens=16)[0, ids.shape[1] :]
+    expected = expected.tolist()
+    backend = load_torch(folder, dtype="float32")  # the reference's; the folder is bf16
+    if expected and expected[-1] in backend.generator.text.eos_ids:
+        expected = expected[:-1]
+    request = GenerationRequest(
+        prompt=prompt, sampling=SamplingParams(temperature=0, max_tokens=16)
+    )
+    final = list(backend.stream(request))[-1]
+    assert final.token_ids == expected
+
+
+def test_sliding_layers_keep_only_their_window(folder):
+    """600 positions, then rewinds: within the slack behind the window, and further back to
+    a checkpoint; every logit equal to transformers' recomputed from nothing."""
+    ref, model = reference_model(folder), load_model(folder)
+    ids = [2] + [300 + (i * 37) % 800 for i in range(899)]
+    want = full_logits(ref, ids)
+    cache = model.new_cache()
+    model.forward(torch.tensor([ids[:200]]), cache)
+    cache.checkpoint()
+    got = model.forward(torch.tensor([ids[200:600]]), cache, all_logits=True)[0]
+    assert rel_err(got, want[200:600]) < TOL
+    sliding = [i for i, t in enumerate(model.args.layer_types) if t == "sliding_attention"]
+    for layer in sliding:  # the prefill chunk's keys, and the window before it
+        first, (k, _) = cache.windowed[layer]
+        assert cache.layers[layer] is None and first > 0 and k.shape[2] < 600 - first + 300
+    for layer in set(range(6)) - set(sliding):
+        assert cache.layers[layer][0].shape[2] >= 600
+    assert cache.truncate(250) == 250  # inside the slack the compaction kept
+    assert rel_err(model.forward(torch.tensor([ids[250:260]]), cache)[0, -1], want[259]) < TOL
+    for token in ids[260:900]:  # decode: compacts again, far past 300
+        model.forward(torch.tensor([[token]]), cache)
+    window, slack = 16, cache.SLACK
+    for layer in sliding:  # decode holds the window, the slack and one growth step
+        first, (k, _) = cache.windowed[layer]
+        assert first >= 900 - (window + slack + 256) and k.shape[2] <= window + slack + 256
+    assert cache.truncate(300) == 200  # back to the checkpoint, the window there
+    got = model.forward(torch.tensor([ids[200:300]]), cache, all_logits=True)[0]
+    assert rel_err(got, want[200:300]) < TOL
+
+
+def test_three_turn_chat_reuses_the_cache_exactly(folder):
+    """Each turn's prompt extends the last one; the generator resumes from what its
+    windowed cache can rewind to and must give the logits of a fresh run."""
+    backend = load_torch(folder, dtype="float32")
+    gen, model = backend.generator, backend.generator.model
+    messages: list[Message] = []
+    for turn, text in enumerate(("Hello there.", "板前は何を切る?", "And the rice?")):
+        messages.append(Message("user", text))
+        request = GenerationRequest(
+            messages=list(messages),
+            sampling=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+        )
+        ids = gen.prompt_ids(request)
+        reused, ran = gen._prefill(ids, None, None)
+        fresh = model.forward(torch.tensor([ids]), model.new_cache())[0, -1]
+        assert rel_err(reused, fresh) < 1e-5, f"turn {turn}"
+        if turn:
+            assert len(ids) > 16 and ran < len(ids)  # the earlier turns were not recomputed
+        final = list(gen.stream(request))[-1]
+        messages.append(Message("assistant", gen.text.decode(final.token_ids)))
+
+
+@pytest.fixture(scope="module")
+def shared_kv_folder(tmp_path_factory):
+    """The smaller Gemma 4 sizes' extras on the same tiny model: the last two layers reuse
+    the keys and values of layers 3 (sliding) and 2 (global), per-layer inputs (PLE)."""
+    dest = tmp_path_factory.mktemp("gemma4-shared-kv")
+    gemma4_fixture.build(dest, 4321, num_kv_shared_layers=2, hidden_size_per_layer_input=16)
+    return dest
+
+
+def test_shared_kv_and_per_layer_inputs_match_transformers(shared_kv_folder):
+    folder = shared_kv_folder
+    names = HFCheckpoint(folder).tensor_names()
+    assert "model.layers.4.self_attn.k_proj.weight" not in names  # shared: no keys of its own
+    assert "model.layers.0.per_layer_input_gate.weight" in names
+    ref = reference_model(folder)
+    ids = prompt_ids(folder)
+    model = load_model(folder)
+    assert model.kv_sources == {4: 3, 5: 2}
+    ref_prefill, ref_steps, fed = run_reference(ref, ids)
+    prefill, steps = run_ours(model, ids, fed)
+    assert rel_err(prefill, ref_prefill) < TOL
+    for i, (ours, theirs) in enumerate(zip(steps, ref_steps, strict=True)):
+        assert rel_err(ours, theirs) < TOL, f"decode step {i}"
