@@ -9,11 +9,13 @@ logits llama.cpp computes from Itamae's F32 file; inspect's parameter counts).
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from gguf import GGUFReader
 
 from app.cli import main
@@ -21,6 +23,11 @@ from converters.conversion.convert import convert
 from converters.facts.inspection import inspect
 from converters.formats.hf_reader import HFCheckpoint
 from engine.torch.backend import load as load_torch
+from engine.torch.layers import ACTIVATIONS
+from engine.torch.models import model_class
+from engine.torch.models.gemma4 import attend, gemma_norm
+from engine.torch.transformer import PlacementOptions
+from engine.torch.weights import open_weights
 from engine.types import GenerationRequest, Message, SamplingParams
 from tests.convert_helpers import llama_cpp_logits, relative_error, transformers_logits
 from tests.fixtures import gemma4 as gemma4_fixture
@@ -88,16 +95,143 @@ def test_gguf_equals_llama_cpps_own_conversion(folder, gguf_of, tmp_path):
         assert ours_fields[key].contents() == their_fields[key].contents(), key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llama.cpp's CPU GELU rounds its input to fp16 and reads an fp16 table "
-    "(ggml-cpu/vec.h GGML_GELU_FP16), about 1e-3 relative per activation; with that GELU "
-    "emulated in transformers positions 0-3 agree to 2e-5, later ones to 1.4e-3 (not found)",
-)
-def test_f32_gguf_matches_transformers_in_llama_cpp(folder, gguf_of):
+def test_f32_gguf_differs_from_transformers_by_llama_cpps_fp16_gelu(folder, gguf_of, monkeypatch):
+    """The measured gap (6.4e-3 relative): llama.cpp's CPU GELU rounds its input to fp16 and
+    reads an fp16 table (ggml-cpu/vec.h GGML_GELU_FP16), and this model (attention scale 1
+    over normalised q and k, logits of tens) amplifies those roundings. Transformers with
+    only that rounding added moves from itself by as much; every other op of llama.cpp's
+    graph is transformers' to fp32 rounding (test_llama_cpp_graph_is_transformers_but_gelu)."""
     got = llama_cpp_logits(gguf_of("F32"), PROMPT)
     want = transformers_logits(folder, PROMPT)
-    assert relative_error(got, want) <= 1e-4
+    gap = relative_error(got, want)
+    monkeypatch.setitem(ACTIVATIONS, LLAMA_CPP_GELU, fp16_table_gelu)
+    model = engine_model(folder, LLAMA_CPP_GELU)
+    emulated = model.forward(torch.tensor([PROMPT]), model.new_cache(), all_logits=True)[0]
+    rounding_alone = relative_error(emulated.double().numpy(), want)
+    print(f"llama.cpp {gap:.1e}, fp16 GELU alone {rounding_alone:.1e} from transformers")
+    assert 1e-4 < gap < 1e-2 and 1e-3 < rounding_alone < 1e-2
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+# -- llama.cpp's graph, op by op --------------------------------------------------------------
+
+LLAMA_CPP_GELU = "gelu_fp16_table"  # an activation name for the engine, registered per test
+
+
+def fp16_table_gelu(x: torch.Tensor) -> torch.Tensor:
+    """ggml-cpu's GELU (vec.h, GGML_GELU_FP16): x rounded to fp16 indexes a table of
+    fp16(gelu_tanh(x)); 0 below -10, x above 10."""
+    table = F.gelu(x.half().float(), approximate="tanh").half().float()
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
+
+
+def engine_model(folder, act: str | None = None):
+    """The torch engine's model in fp32; `act` replaces the GELU (dense MLPs and experts)."""
+    weights = open_weights(folder, torch.float32, torch.device("cpu"))
+    cls = model_class(weights.config["model_type"])
+    args = cls.Args.from_dict(weights.config)
+    if act is not None:
+        args.hidden_act = act
+    return cls(args, weights, PlacementOptions())
+
+
+class GGMLTensor(ctypes.Structure):
+    """ggml.h's struct ggml_tensor (GGML_MAX_DIMS 4, GGML_MAX_SRC 10, GGML_MAX_NAME 64)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8),
+    ]  # fmt: skip
+
+
+def llama_cpp_tensors(path, tokens: list[int]) -> dict[str, torch.Tensor]:
+    """llama.cpp's named F32 tensors of one prefill [tokens, -1], read by its eval callback
+    (each node computed alone, then copied), configured as llama_cpp_logits runs it: F32 KV
+    cache, flash attention off."""
+    seen: dict[str, torch.Tensor] = {}
+
+    @llama_cpp.ggml_backend_sched_eval_callback
+    def record(pointer, ask, user_data):
+        t = ctypes.cast(pointer, ctypes.POINTER(GGMLTensor)).contents
+        contiguous = t.nb[0] == 4 and t.nb[1] == 4 * t.ne[0] and t.nb[2] == t.nb[1] * t.ne[1]
+        if not ask and t.type == 0 and t.data and contiguous:  # GGML_TYPE_F32
+            n = t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
+            data = np.ctypeslib.as_array((ctypes.c_float * n).from_address(t.data))
+            seen[t.name.decode()] = torch.from_numpy(data.copy()).view(-1, t.ne[0])
+        return True
+
+    default = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), default)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = 64
+    params.n_threads = params.n_threads_batch = 2
+    params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params.cb_eval = record
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    try:
+        ids = (llama_cpp.llama_token * len(tokens))(*tokens)  # alive until decode returns
+        assert llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(ids, len(tokens))) == 0
+    finally:
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+    return {name: t.reshape(len(tokens), -1) if t.numel() % len(tokens) == 0 else t
+            for name, t in seen.items()}  # fmt: skip
+
+
+def test_llama_cpp_graph_is_transformers_but_gelu(folder, gguf_of, monkeypatch):
+    """Every op of llama.cpp's Gemma 4 graph (src/models/gemma4.cpp), fed llama.cpp's own
+    inputs, computed again by the torch engine (transformers' logits exactly, tests above):
+    norms, proportional RoPE, attention, router, experts' combination, layer scalars,
+    soft-capped logits agree to fp32 rounding; its GELU (dense MLP and experts) is the fp16
+    table's bit for bit and differs from the exact GELU."""
+    got = llama_cpp_tensors(gguf_of("F32"), PROMPT)
+    monkeypatch.setitem(ACTIVATIONS, LLAMA_CPP_GELU, fp16_table_gelu)
+    model = engine_model(folder, LLAMA_CPP_GELU)
+    n = len(PROMPT)
+    cos_sin = {k: r.cos_sin(torch.arange(n), torch.float32) for k, r in model.rotaries.items()}
+
+    def close(ours: torch.Tensor, name: str, tol: float = 1e-5) -> None:
+        assert rel_err(ours.reshape(n, -1), got[name]) < tol, name
+
+    for i, layer in enumerate(model.layers):
+        a, kind = layer.attn, model.args.layer_types[i]
+        x = got[f"l_out-{i - 1}"] if i else got["inp_scaled"]
+        close(layer.norm(x, "input_layernorm"), f"attn_norm-{i}")
+        heads = {"Q": a.n_heads, "K": a.n_kv_heads, "V": a.n_kv_heads}
+        qkv = {}
+        for part in "QK":
+            normed = got[f"{part}cur_normed-{i}"].view(1, n, heads[part], a.head_dim)
+            qkv[part] = a.rotary.apply(normed.transpose(1, 2), *cos_sin[kind])
+            close(qkv[part].transpose(1, 2), f"{part}cur_pos-{i}")
+            qkv[part] = got[f"{part}cur_pos-{i}"].view(1, n, -1, a.head_dim).transpose(1, 2)
+        v = got[f"Vcur_normed-{i}"].view(1, n, -1, a.head_dim).transpose(1, 2)
+        close(attend(qkv["Q"], qkv["K"], v, 0, 0, a.window).transpose(1, 2), f"kqv_out-{i}")
+        attn_out = x + layer.norm(a.o(got[f"kqv_out-{i}"]), "post_attention_layernorm")
+        close(attn_out, f"attn_out-{i}")
+        residual = got[f"attn_out-{i}"]
+        gate, up = got[f"ffn_gate-{i}"], got[f"ffn_up-{i}"]
+        assert torch.equal(fp16_table_gelu(gate) * up, got[f"ffn_geglu-{i}"])
+        assert rel_err(F.gelu(gate, approximate="tanh") * up, got[f"ffn_geglu-{i}"]) > 1e-4
+        dense = layer.norm(layer.mlp.down(got[f"ffn_geglu-{i}"]), "post_feedforward_layernorm_1")
+        close(dense, f"ffn_mlp-{i}")
+        weights, experts = layer.ffn.router(residual)  # llama.cpp scales the experts' outputs
+        close(weights / layer.ffn.router.per_expert_scale[experts], f"ffn_moe_weights_norm-{i}")
+        gate_up = got[f"ffn_moe_gate_up-{i}"].view(n, 2, -1)  # the two experts of each token
+        g, u = gate_up.chunk(2, dim=-1)
+        assert torch.equal(fp16_table_gelu(g) * u, got[f"ffn_moe_geglu-{i}"].view(n, 2, -1))
+        routed = layer.ffn(layer.norm(residual, "pre_feedforward_layernorm_2"), residual)
+        close(layer.norm(routed, "post_feedforward_layernorm_2"), f"ffn_moe-{i}", 1e-4)
+        combined = got[f"ffn_moe_combined-{i}"]
+        close(layer.norm(combined, "post_feedforward_layernorm"), f"ffn_post_norm-{i}")
+        close((got[f"ffn_post_norm-{i}"] + residual) * layer.scalar, f"l_out-{i}")
+    last = got["l_out-5"][-1:]  # llama.cpp's output rows: the last position's
+    assert rel_err(gemma_norm(last, model.norm, 1e-6), got["result_norm"]) < 1e-5
+    logits, cap = model.lm_head(got["result_norm"]), model.args.final_logit_softcapping
+    assert rel_err(torch.tanh(logits / cap) * cap, got["result_output"]) < 1e-5
 
 
 def test_f32_gguf_greedy_equals_transformers_in_llama_cpp(folder, gguf_of):
