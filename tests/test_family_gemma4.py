@@ -332,10 +332,10 @@ def test_torch_greedy_generation_identical(folder):
 
 
 def test_sliding_layers_keep_only_their_window(folder):
-    """600 positions, then rewinds: within the slack behind the window, and further back to
-    a checkpoint; every logit equal to transformers' recomputed from nothing."""
+    """870 positions, rewinds within the slack behind the window and further back to a
+    checkpoint; every logit equal to transformers' recomputed from nothing."""
     ref, model = reference_model(folder), load_model(folder)
-    ids = [2] + [300 + (i * 37) % 800 for i in range(899)]
+    ids = [2] + [300 + (i * 37) % 800 for i in range(869)]
     want = full_logits(ref, ids)
     cache = model.new_cache()
     model.forward(torch.tensor([ids[:200]]), cache)
@@ -343,20 +343,22 @@ def test_sliding_layers_keep_only_their_window(folder):
     got = model.forward(torch.tensor([ids[200:600]]), cache, all_logits=True)[0]
     assert rel_err(got, want[200:600]) < TOL
     sliding = [i for i, t in enumerate(model.args.layer_types) if t == "sliding_attention"]
-    for layer in sliding:  # the prefill chunk's keys, and the window before it
+    for layer in sliding:  # the prefill chunk's keys and the window before it, not 600
         first, (k, _) = cache.windowed[layer]
         assert cache.layers[layer] is None and first > 0 and k.shape[2] < 600 - first + 300
     for layer in set(range(6)) - set(sliding):
         assert cache.layers[layer][0].shape[2] >= 600
     assert cache.truncate(250) == 250  # inside the slack the compaction kept
     assert rel_err(model.forward(torch.tensor([ids[250:260]]), cache)[0, -1], want[259]) < TOL
-    for token in ids[260:900]:  # decode: compacts again, far past 300
-        model.forward(torch.tensor([[token]]), cache)
-    window, slack = 16, cache.SLACK
+    model.forward(torch.tensor([ids[260:850]]), cache)
+    for at in range(850, 870):  # decode: the buffer fills up and compacts
+        step = model.forward(torch.tensor([[ids[at]]]), cache)[0, -1]
+        assert rel_err(step, want[at]) < TOL
+    window, slack, grow = 16, cache.SLACK, 256
     for layer in sliding:  # decode holds the window, the slack and one growth step
         first, (k, _) = cache.windowed[layer]
-        assert first >= 900 - (window + slack + 256) and k.shape[2] <= window + slack + 256
-    assert cache.truncate(300) == 200  # back to the checkpoint, the window there
+        assert first >= 870 - (window + slack + grow) and k.shape[2] <= window + slack + grow
+    assert cache.truncate(300) == 200  # too far back for the window: the checkpoint's
     got = model.forward(torch.tensor([ids[200:300]]), cache, all_logits=True)[0]
     assert rel_err(got, want[200:300]) < TOL
 
