@@ -408,3 +408,16 @@ def test_shared_kv_and_per_layer_inputs_match_transformers(shared_kv_folder):
     assert rel_err(prefill, ref_prefill) < TOL
     for i, (ours, theirs) in enumerate(zip(steps, ref_steps, strict=True)):
         assert rel_err(ours, theirs) < TOL, f"decode step {i}"
+
+
+def test_torch_format_runs_as_the_checkpoint(folder, tmp_path):
+    """The torch format finds Gemma 4's experts right under the layer (no `mlp.` block):
+    bf16 (the checkpoint's own dtype) gives the checkpoint's logits exactly."""
+    dest = tmp_path / "gemma4-torch"
+    convert(folder, dest, "bf16", fmt="torch")
+    ids = prompt_ids(folder)
+    ours, theirs = load_model(dest), load_model(folder)
+    got = ours.forward(ids, ours.new_cache(), all_logits=True)[0]
+    want = theirs.forward(ids, theirs.new_cache(), all_logits=True)[0]
+    assert torch.equal(got, want)
+    assert ours.cache.slow.n_experts(0) == 8
