@@ -3,7 +3,8 @@
 Standard attention stores K and V as [B, kv_heads, S, D]; MLA stores its compressed latent
 [B, S, kv_lora_rank] and the shared rotated key [B, S, rope_dim] (DeepSeek-V2 paper, §2.1),
 about 1/30 of the bytes of expanded keys and values. Storage grows in chunks so a long
-context costs memory only once it is used.
+context costs memory only once it is used. Sliding-window layers (Gemma 4) keep only the
+positions their window still sees (WindowedKVCache).
 """
 
 from __future__ import annotations
