@@ -25,7 +25,7 @@ from converters.formats.hf_reader import HFCheckpoint
 from engine.torch.backend import load as load_torch
 from engine.torch.layers import ACTIVATIONS
 from engine.torch.models import model_class
-from engine.torch.models.gemma4 import attend, gemma_norm
+from engine.torch.normed_attention import attend, normed
 from engine.torch.transformer import PlacementOptions
 from engine.torch.weights import open_weights
 from engine.types import GenerationRequest, Message, SamplingParams
@@ -204,8 +204,8 @@ def test_llama_cpp_graph_is_transformers_but_gelu(folder, gguf_of, monkeypatch):
         heads = {"Q": a.n_heads, "K": a.n_kv_heads, "V": a.n_kv_heads}
         qkv = {}
         for part in "QK":
-            normed = got[f"{part}cur_normed-{i}"].view(1, n, heads[part], a.head_dim)
-            qkv[part] = a.rotary.apply(normed.transpose(1, 2), *cos_sin[kind])
+            unroped = got[f"{part}cur_normed-{i}"].view(1, n, heads[part], a.head_dim)
+            qkv[part] = a.rotary.apply(unroped.transpose(1, 2), *cos_sin[kind])
             close(qkv[part].transpose(1, 2), f"{part}cur_pos-{i}")
             qkv[part] = got[f"{part}cur_pos-{i}"].view(1, n, -1, a.head_dim).transpose(1, 2)
         v = got[f"Vcur_normed-{i}"].view(1, n, -1, a.head_dim).transpose(1, 2)
@@ -229,7 +229,7 @@ def test_llama_cpp_graph_is_transformers_but_gelu(folder, gguf_of, monkeypatch):
         close(layer.norm(combined, "post_feedforward_layernorm"), f"ffn_post_norm-{i}")
         close((got[f"ffn_post_norm-{i}"] + residual) * layer.scalar, f"l_out-{i}")
     last = got["l_out-5"][-1:]  # llama.cpp's output rows: the last position's
-    assert rel_err(gemma_norm(last, model.norm, 1e-6), got["result_norm"]) < 1e-5
+    assert rel_err(normed(last, model.norm, 1e-6), got["result_norm"]) < 1e-5
     logits, cap = model.lm_head(got["result_norm"]), model.args.final_logit_softcapping
     assert rel_err(torch.tanh(logits / cap) * cap, got["result_output"]) < 1e-5
 

@@ -1,20 +1,13 @@
-"""Gemma 4 (google/gemma-4-26B-A4B; the dense sizes run too): sliding-window and global
-attention layers (`layer_types`), global layers with their own head size (`global_head_dim`),
-KV-head count (`num_global_key_value_heads`, when K = V) and proportional RoPE; q and k
-RMS-normalised with a learned scale, v without one, attention scale 1; K = V on the global
-layers (`attention_k_eq_v`: the key projection, before k's norm and RoPE, is also the value);
-the last `num_kv_shared_layers` layers compute no keys and values and attend over those of
-the last earlier layer of their kind. Each layer: a dense GELU MLP and, beside it, the routed
-experts (`enable_moe_block`) on the same residual, each with its own pre/post norms, summed,
-then one more norm; the router RMS-normalises the residual, scales it by a learned vector
-and 1/sqrt(hidden), takes a softmax over all experts, the top-k renormalised, times a
-per-expert scale. Then the per-layer input (PLE, `hidden_size_per_layer_input`) and a
-learned scalar that multiplies the whole residual stream. Embeddings scaled by sqrt(hidden)
-(rounded to the compute dtype, as transformers does), final logits soft-capped.
-
-Norms scale by w (not Gemma 3's 1 + w) and compute as transformers' Gemma4RMSNorm does:
-in float32, times w in float32, then cast. Sliding layers keep only their window in the
-KV cache (kv_cache.WindowedKVCache). Reference: transformers' models/gemma4
+"""Gemma 4 (google/gemma-4-26B-A4B; the dense sizes too), as converters/archs/gemma4.py
+describes it: sliding-window and global layers, the global ones with their own head size,
+KV heads and proportional RoPE, K = V; q/k/v RMS-normalised, attention scale 1; the last
+`num_kv_shared_layers` layers attend over the keys and values of the last earlier layer of
+their kind; a dense GELU MLP beside the routed experts, the router on the residual; per-layer
+inputs (PLE), a scalar on the whole residual stream per layer, embeddings times sqrt(hidden)
+(rounded to the compute dtype, as transformers does), soft-capped logits. Norms compute as
+Gemma4RMSNorm: float32, times w (not 1 + w) in float32, then cast; the attention is
+normed_attention.py's; sliding layers keep only their window (kv_cache.WindowedKVCache).
+Reference: transformers' models/gemma4
 (modeling_gemma4.py, configuration_gemma4.py) and modeling_rope_utils.py
 (`_compute_proportional_rope_parameters`).
 """
@@ -30,11 +23,11 @@ from converters.archs.gemma4 import SLIDING_ATTENTION, text_layer_types
 from converters.archs.spec import FULL_ATTENTION
 from converters.core.errors import BadModelFile, UnsupportedArchitecture
 
-from ..attention import decode_attention
 from ..config import BaseArgs, RopeParams
 from ..kv_cache import WindowedKVCache
 from ..layers import ACTIVATIONS, GatedMLP, Linear
 from ..moe import MoEBlock, Router
+from ..normed_attention import NormedAttention, SharedKV, normed
 from ..rope import Rotary
 from ..transformer import DecoderModel
 
@@ -44,15 +37,6 @@ DEFAULT_ROPE = {
     FULL_ATTENTION: {"rope_type": "proportional", "partial_rotary_factor": 0.25,
                      "rope_theta": 1_000_000.0},
 }  # fmt: skip
-
-
-def gemma_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Gemma4RMSNorm: x * (mean(x^2) + eps)^-0.5 in float32, times w (None: no scale)."""
-    h = x.float()
-    h = h * torch.pow(h.pow(2).mean(-1, keepdim=True) + eps, -0.5)
-    if weight is not None:
-        h = h * weight.float()
-    return h.to(x.dtype)
 
 
 def layer_rotary(params: dict, head_dim: int) -> Rotary:
@@ -154,75 +138,6 @@ class ModelArgs(BaseArgs):
         return {i: producers[self.layer_types[i]] for i in range(first, n)}
 
 
-class SharedKV:
-    """The keys and values a producing layer made in this forward pass, for the shared
-    layers after it: (first position, k, v)."""
-
-    kv: tuple[int, torch.Tensor, torch.Tensor] | None = None
-
-
-def attend(q, k, v, start: int, seen: int, window: int | None) -> torch.Tensor:
-    """q [B, Hq, T, D] at positions start.., k and v [B, Hkv, S, D] at positions seen..;
-    scale 1 (q and k are normalised). One query sees only keys inside its window already."""
-    t, s = q.shape[2], k.shape[2]
-    if t == 1:
-        return decode_attention(q, k, v, scale=1.0)
-    rows = torch.arange(start, start + t, device=q.device)[:, None]
-    cols = torch.arange(seen, seen + s, device=q.device)[None, :]
-    allowed = cols <= rows
-    if window is not None:
-        allowed &= cols > rows - window
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, scale=1.0, enable_gqa=q.shape[1] != k.shape[1]
-    )
-
-
-@dataclass
-class Gemma4Attention:
-    """B = batch, T = new tokens, S = keys seen, Hq/Hkv = heads, D = head dim."""
-
-    q: Linear
-    o: Linear
-    q_norm: torch.Tensor
-    k: Linear | None  # None: a shared-KV layer
-    v: Linear | None  # None: K = V (or shared)
-    k_norm: torch.Tensor | None
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    rotary: Rotary
-    layer: int
-    eps: float
-    window: int | None  # sliding layers
-    shared: SharedKV | None = None  # written by a producer, read by a shared layer
-    reuse: bool = False
-
-    def __call__(self, x, cos, sin, cache: WindowedKVCache, start: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = gemma_norm(self.q(x).view(b, t, self.n_heads, self.head_dim), self.q_norm, self.eps)
-        q = self.rotary.apply(q.transpose(1, 2), cos, sin)
-        if self.reuse:
-            seen, k, v = self.shared.kv
-        else:
-            seen, k, v = self._keys_values(x, cos, sin, cache, start)
-            if self.shared is not None:
-                self.shared.kv = (seen, k, v)
-        out = attend(q, k, v, start, seen, self.window)
-        return self.o(out.transpose(1, 2).reshape(b, t, -1))
-
-    def _keys_values(self, x, cos, sin, cache: WindowedKVCache, start: int):
-        b, t, _ = x.shape
-        k = self.k(x).view(b, t, self.n_kv_heads, self.head_dim)
-        v = k if self.v is None else self.v(x).view(b, t, self.n_kv_heads, self.head_dim)
-        k = self.rotary.apply(gemma_norm(k, self.k_norm, self.eps).transpose(1, 2), cos, sin)
-        v = gemma_norm(v, None, self.eps).transpose(1, 2)
-        if self.window is not None:
-            seen, (k, v) = cache.update_window(self.layer, start, k, v)
-            return seen, k, v
-        k, v = cache.update(self.layer, start, 2, k, v)  # [B, Hkv, S, D]
-        return 0, k, v
-
-
 @dataclass
 class Gemma4Router(Router):
     scale: torch.Tensor | None = None  # [H] float32
@@ -234,7 +149,7 @@ class Gemma4Router(Router):
         k = top_k or self.top_k
         if self.uniform is not None:
             return self._uniform(x.shape[0], k, x.device)
-        h = gemma_norm(x.float(), None, self.eps) * self.scale * x.shape[-1] ** -0.5
+        h = normed(x.float(), None, self.eps) * self.scale * x.shape[-1] ** -0.5
         probs = F.linear(h, self.weight).softmax(dim=-1)  # [T, E]
         weights, experts = torch.topk(probs, k, dim=-1)
         weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -267,12 +182,12 @@ class PerLayerInput:
 
     def __call__(self, x: torch.Tensor, per_layer_input: torch.Tensor) -> torch.Tensor:
         h = ACTIVATIONS[self.act](self.gate(x)) * per_layer_input
-        return x + gemma_norm(self.projection(h), self.norm, self.eps)
+        return x + normed(self.projection(h), self.norm, self.eps)
 
 
 @dataclass
 class Gemma4Layer:
-    attn: Gemma4Attention
+    attn: NormedAttention
     mlp: GatedMLP
     ffn: Gemma4MoE | None  # `ffn`: where set_experts_per_token looks for the MoE block
     norms: dict[str, torch.Tensor]
@@ -281,7 +196,7 @@ class Gemma4Layer:
     per_layer: PerLayerInput | None = None
 
     def norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return gemma_norm(x, self.norms[name], self.eps)
+        return normed(x, self.norms[name], self.eps)
 
     def __call__(self, x, cos, sin, cache, start, per_layer_input=None):
         h = self.attn(self.norm(x, "input_layernorm"), cos, sin, cache, start)
@@ -343,11 +258,11 @@ class Model(DecoderModel):
             eps=self.args.rms_norm_eps,
         )  # fmt: skip
 
-    def build_attention(self, i: int) -> Gemma4Attention:
+    def build_attention(self, i: int) -> NormedAttention:
         a, w, p = self.args, self.w, f"model.layers.{i}.self_attn"
         head_dim, kv_heads, k_eq_v = a.attention_shape(i)
         reuse = i in self.kv_sources
-        return Gemma4Attention(
+        return NormedAttention(
             q=w.linear(f"{p}.q_proj"), o=w.linear(f"{p}.o_proj"),
             q_norm=w.get(f"{p}.q_norm.weight"),
             k=None if reuse else w.linear(f"{p}.k_proj"),
@@ -400,7 +315,7 @@ class Model(DecoderModel):
         shape = (*tokens.shape, a.num_hidden_layers, a.hidden_size_per_layer_input)
         own = (table[tokens] * scale).reshape(shape)
         projected = (projection(x) * a.hidden_size**-0.5).reshape(shape)
-        return (gemma_norm(projected, norm, a.rms_norm_eps) + own) * 2.0**-0.5
+        return (normed(projected, norm, a.rms_norm_eps) + own) * 2.0**-0.5
 
     @torch.inference_mode()
     def forward(
@@ -421,7 +336,7 @@ class Model(DecoderModel):
         cache.length = start + tokens.shape[1]
         if not all_logits:
             x = x[:, -1:]
-        logits = self.lm_head(gemma_norm(x, self.norm, a.rms_norm_eps)).float()
+        logits = self.lm_head(normed(x, self.norm, a.rms_norm_eps)).float()
         if cap := a.final_logit_softcapping:
             logits = torch.tanh(logits / cap) * cap
         return logits
