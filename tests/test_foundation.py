@@ -33,18 +33,7 @@ def test_cli_help_and_version():
 
 # DeepSeek-V4 ships under DeepSeek's own tensor names in FP8/FP4, which transformers reads
 # through its conversion mapping: tests/test_family_deepseek_v4.py loads it that way.
-LOADED_AS_PUBLISHED = [
-    pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            strict=True, reason="the gemma4 fixture's tokenizer adds no BOS, as Gemma's does"
-        ),
-    )
-    if name == "gemma4"
-    else name
-    for name in FIXTURES
-    if name != "deepseek_v4"
-]
+LOADED_AS_PUBLISHED = [name for name in FIXTURES if name != "deepseek_v4"]
 
 
 @pytest.mark.parametrize("name", LOADED_AS_PUBLISHED)

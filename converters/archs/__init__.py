@@ -150,7 +150,8 @@ def expert_tensor_names() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
     Per-expert: `model.layers.{bid}.{prefix}.{e}.{proj}.weight` (groups: bid, block, e, proj);
     fused (transformers 5): `model.layers.{bid}.{prefix}.{gate_up_proj|down_proj}`."""
     specs = all_specs()
-    blocks = sorted({s.expert_prefix.removesuffix(".experts") for s in specs if s.expert_prefix})
+    prefixes = {s.expert_prefix for s in specs if s.expert_prefix.endswith(".experts")}
+    blocks = sorted(p.removesuffix(".experts") for p in prefixes)
     parts: dict[str, str] = {}
     for spec in specs:
         parts.update(spec.expert_parts())
@@ -158,7 +159,11 @@ def expert_tensor_names() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
     per_expert = re.compile(
         rf"^model\.layers\.(\d+)\.({block})\.experts\.(\d+)\.({'|'.join(sorted(parts))})\.weight$"
     )
-    fused = re.compile(rf"^model\.layers\.(\d+)\.({block})\.experts\.(gate_up_proj|down_proj)$")
+    # Gemma 4 keeps its fused experts right under the layer (`model.layers.{bid}.experts.`):
+    # no block there, group 2 is None
+    fused = re.compile(
+        rf"^model\.layers\.(\d+)\.(?:({block})\.)?experts\.(gate_up_proj|down_proj)$"
+    )
     return per_expert, fused, parts
 
 

@@ -3,7 +3,8 @@
 Standard attention stores K and V as [B, kv_heads, S, D]; MLA stores its compressed latent
 [B, S, kv_lora_rank] and the shared rotated key [B, S, rope_dim] (DeepSeek-V2 paper, §2.1),
 about 1/30 of the bytes of expanded keys and values. Storage grows in chunks so a long
-context costs memory only once it is used.
+context costs memory only once it is used. Sliding-window layers (Gemma 4) keep only the
+positions their window still sees (WindowedKVCache).
 """
 
 from __future__ import annotations
@@ -95,4 +96,83 @@ class StateCache(KVCache):
         kept = {id(t): t for ts in self.states.values() for t in ts}
         for _, states in self.checkpoints:
             kept.update({id(t): t for ts in states.values() for t in ts})
+        return super().nbytes() + sum(t.numel() * t.element_size() for t in kept.values())
+
+
+class WindowedKVCache(KVCache):
+    """Full KV for global layers (as KVCache) and, for sliding-window layers (Gemma 4), only
+    the positions their window still sees. A sliding layer's keys and values [B, Hkv, S, D]
+    live in a buffer that holds positions [first, first + capacity); when it fills up, the
+    last `window - 1 + SLACK` positions move to a fresh buffer and the rest are forgotten.
+
+    Going back to a shorter prefix (`truncate`) needs the window before it: kept if the
+    prefix is at most SLACK positions shorter than the last compaction left, else the latest
+    `checkpoint()` at or before it (turn boundaries) holds it, else the cache starts over.
+    Positions before a checkpoint's length are never written again while the checkpoint is
+    kept (writes start at the current length, and a truncate drops later checkpoints), and a
+    compaction writes into a fresh buffer, so a checkpoint holds references, not copies.
+    """
+
+    SLACK = 64  # positions kept behind the window: short rewinds need no checkpoint
+    KEEP = 4  # checkpoints kept: the last turns of one conversation
+
+    def __init__(self, n_layers: int, max_positions: int, windows: dict[int, int]):
+        super().__init__(n_layers, max_positions)
+        self.windows = windows  # sliding layer -> its window
+        self.windowed: dict[int, tuple[int, list[torch.Tensor]]] = {}  # layer -> (first, kv)
+        self.checkpoints: list[tuple[int, dict[int, tuple[int, list[torch.Tensor]]]]] = []
+
+    def update_window(
+        self, layer: int, start: int, *new: torch.Tensor
+    ) -> tuple[int, list[torch.Tensor]]:
+        """Write `new` [B, H, T, D] at positions [start, start+T); returns the first position
+        the new queries may see and views of [that position, start+T)."""
+        window, end = self.windows[layer], start + new[0].shape[2]
+        seen = max(0, start - (window - 1))
+        first, stored = self.windowed.get(layer, (0, None))
+        if (stored is None and start > 0) or (stored is not None and first > seen):
+            raise RuntimeError(f"sliding layer {layer} lost positions before {start}")
+        if stored is None or end - first > stored[0].shape[2]:
+            kept = max(first, start - (window - 1 + self.SLACK))
+            capacity = end - kept + GROW
+            grown = []
+            for i, t in enumerate(new):
+                buf = t.new_zeros(*t.shape[:2], capacity, t.shape[3])
+                if stored is not None:
+                    buf[:, :, : start - kept].copy_(stored[i][:, :, kept - first : start - first])
+                grown.append(buf)
+            first, stored = kept, grown
+            self.windowed[layer] = (first, stored)
+        for buf, t in zip(stored, new, strict=True):
+            buf[:, :, start - first : end - first].copy_(t)
+        return seen, [buf[:, :, seen - first : end - first] for buf in stored]
+
+    def _rewinds_to(self, windowed: dict, length: int) -> bool:
+        return all(
+            first <= max(0, length - (self.windows[layer] - 1))
+            for layer, (first, _) in windowed.items()
+        )
+
+    def checkpoint(self) -> None:
+        if self.checkpoints and self.checkpoints[-1][0] == self.length:
+            return
+        self.checkpoints.append((self.length, dict(self.windowed)))
+        del self.checkpoints[: -self.KEEP]
+
+    def truncate(self, length: int) -> int:
+        if length >= self.length:
+            return self.length
+        self.checkpoints = [c for c in self.checkpoints if c[0] <= length]
+        if self._rewinds_to(self.windowed, length):
+            self.length = length
+            return length
+        usable = [c for c in self.checkpoints if self._rewinds_to(c[1], c[0])]
+        self.length, windowed = usable[-1] if usable else (0, {})
+        self.windowed = dict(windowed)
+        return self.length
+
+    def nbytes(self) -> int:
+        kept = {id(t): t for _, ts in self.windowed.values() for t in ts}
+        for _, windowed in self.checkpoints:
+            kept.update({id(t): t for _, ts in windowed.values() for t in ts})
         return super().nbytes() + sum(t.numel() * t.element_size() for t in kept.values())

@@ -29,7 +29,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(dtype)
 
 
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    # Gemma's GELU: transformers' PytorchGELUTanh, the tanh approximation
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 CLAMPED_SWIGLU = "clamped_swiglu:"  # + limit; gpt-oss's expert activation
 SWIGLU_ALPHA = 1.702  # its sigmoid gain (transformers' GptOssExperts.alpha)
 
