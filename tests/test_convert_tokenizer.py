@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from converters.core.errors import UnsupportedArchitecture
-from converters.formats.gguf_tokenizer import (
+from converters.formats.gguf_pre_tokenizer import (
     DEEPSEEK_V3_REGEXES,
     GPT2_REGEX,
     LLAMA3_REGEX,
