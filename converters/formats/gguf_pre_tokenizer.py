@@ -37,6 +37,22 @@ GPT4O_REGEX = (
     r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Kimi-K2's `pat_str` (tokenization_kimi.py; tiktoken's regex crate and Oniguruma both read
+# `&&` as class intersection): GPT-4o's with Han characters runs of their own
+KIMI_K2_REGEX = "|".join(
+    [
+        r"[\p{Han}]+",
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*"
+        r"[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+"
+        r"[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"\p{N}{1,3}",
+        r" ?[^\s\p{L}\p{N}]+[\r\n]*",
+        r"\s*[\r\n]+",
+        r"\s+(?!\S)",
+        r"\s+",
+    ]
+)
 DEEPSEEK_V3_REGEXES = (
     r"\p{N}{1,3}",
     r"[一-龥぀-ゟ゠-ヿ]+",
@@ -83,6 +99,7 @@ PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
     ): "gpt-2",  # GPT-2 and GPT-NeoX vocabularies (OLMoE; llama.cpp's "olmo", "mpt" are the same)
     (QWEN35_REGEX,): "qwen35",  # Qwen3.5
     (GPT4O_REGEX,): "gpt-4o",  # gpt-oss (o200k_harmony), GPT-4o
+    (KIMI_K2_REGEX,): "kimi-k2",  # Kimi-K2, K2.5 (a tiktoken vocabulary)
     DEEPSEEK_V3_REGEXES: "deepseek-v3",  # DeepSeek-V3, V3.1, R1
     DEEPSEEK_LLM_REGEXES: "deepseek-llm",  # DeepSeek-LLM, DeepSeek-V2, V2.5
     DEEPSEEK_CODER_REGEXES: "deepseek-coder",  # DeepSeek-Coder (V1)

@@ -23,6 +23,11 @@ from converters.formats.gguf_pre_tokenizer import (
     GPT4O_REGEX as GPT4O_REGEX,  # fixtures read it here
 )
 from converters.formats.gguf_pre_tokenizer import pre_tokenizer_name
+from converters.formats.tiktoken_vocab import (
+    TIKTOKEN_FILE,
+    has_tiktoken_vocabulary,
+    tiktoken_tokenizer_json,
+)
 
 
 def looks_special(token: str) -> bool:
@@ -40,18 +45,30 @@ class Vocabulary:
     token_types: list[int]
     scores: list[float] | None = None  # SentencePiece only
     add_space_prefix: bool = False
+    merges: list[str] | None = None  # where no tokenizer.json file has them (tiktoken)
 
 
-def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+def read_tokenizer(folder: Path) -> tuple[dict, Path]:
+    """The folder's tokenizer.json, or the one its tiktoken vocabulary (Kimi-K2) amounts to;
+    and the file it came from."""
+    if has_tiktoken_vocabulary(folder):
+        return tiktoken_tokenizer_json(folder), folder / TIKTOKEN_FILE
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise BadModelFile(
             f"{folder} has no tokenizer.json.",
             "Download the model's tokenizer files too (tokenizer.json, tokenizer_config.json).",
         )
-    tokenizer = read_model_json(path, "Re-download it.")
+    return read_model_json(path, "Re-download it."), path
+
+
+def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+    tokenizer, path = read_tokenizer(folder)
     try:
-        return _vocabulary(tokenizer, vocab_size)
+        vocab = _vocabulary(tokenizer, vocab_size)
+        if path.name == TIKTOKEN_FILE:  # no tokenizer.json for SpecialVocab to read them from
+            vocab.merges = list(tokenizer["model"]["merges"])
+        return vocab
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
         # tokenizer.json comes from the model's publisher: a field of the wrong type or shape
         raise BadModelFile(
@@ -194,6 +211,8 @@ def add_tokenizer(
         writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
+    if vocab.merges is not None:
+        writer.add_token_merges(vocab.merges)
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
         writer.add_add_space_prefix(vocab.add_space_prefix)
@@ -204,7 +223,7 @@ def add_tokenizer(
     vocab_logger.setLevel(logging.ERROR)
     try:
         # SentencePiece merges by score in llama.cpp; only byte-level BPE carries merges
-        merges = vocab.model == "gpt2" or own_model
+        merges = (vocab.model == "gpt2" or own_model) and vocab.merges is None
         special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=vocab_size)
     finally:
         vocab_logger.setLevel(level)
