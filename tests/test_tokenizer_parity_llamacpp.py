@@ -181,13 +181,21 @@ def test_itamae_scores_at_least_llama_cpps_own_conversion(parity, name):
 
 
 @pytest.mark.parametrize("name", BPE_VOCABS)
-def test_combining_marks_tokenize_as_llama_cpps_own_conversion(parity, name):
-    """NFD and NFC text with combining marks: Itamae's file gives llama.cpp's own conversion's
-    ids (or, where that refuses, the ids it gives the HF tokenizer's pieces)."""
+def test_combining_marks_tokenize_as_the_hf_tokenizer(parity, name):
+    """Text with combining marks (issue 15's Vietnamese). In NFC, Itamae's file gives the HF
+    tokenizer's ids. In NFD, a tokenizer that normalizes to NFC (Qwen2, GPT-NeoX, Cohere)
+    cannot be followed by llama.cpp, which has no normalizer: there Itamae's file agrees
+    with the HF tokenizer at least as often as llama.cpp's own conversion does."""
     texts, want, ours, theirs, refusal, hf = parity(name)
     n = len(want)
-    reference = theirs if theirs is not None else hf
-    assert ours[n:] == reference[n:], _shown(EXTRA_TEXTS, ours[n:], reference[n:])
+    nfc = [i for i, t in enumerate(EXTRA_TEXTS) if unicodedata.is_normalized("NFC", t)]
+    got, ref = [ours[n + i] for i in nfc], [hf[n + i] for i in nfc]
+    assert got == ref, _shown([EXTRA_TEXTS[i] for i in nfc], got, ref)
+    our_score = score(ours[n:], hf[n:])
+    if theirs is not None:
+        assert our_score >= score(theirs[n:], hf[n:]), _shown(EXTRA_TEXTS, ours[n:], hf[n:])
+    if name == "llama-bpe":  # the vocabulary the issue saw it on: every form agrees
+        assert ours[n:] == hf[n:], _shown(EXTRA_TEXTS, ours[n:], hf[n:])
 
 
 def test_wordpiece_vocabularies_are_refused_with_advice(tmp_path):
