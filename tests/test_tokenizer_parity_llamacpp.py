@@ -137,7 +137,8 @@ def llama_cpp_ids(path: Path, texts: list[str]) -> tuple[list[list[int]] | None,
     done = subprocess.run(cmd, input=json.dumps(texts), capture_output=True, text=True)
     if done.returncode != 0:
         asserts = [line for line in done.stderr.splitlines() if "GGML_ASSERT" in line]
-        return None, (asserts or done.stderr.splitlines()[-1:] or ["no output"])[0].strip()
+        # llama-cpp-python silences llama.cpp's own stderr while loading: the status may be all
+        return None, (asserts or [f"exit status {done.returncode}"])[0].strip()
     return json.loads(done.stdout), ""
 
 
