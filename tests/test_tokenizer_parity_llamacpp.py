@@ -10,10 +10,14 @@ tests/test-tokenizer-0 does), and each file scores the share of texts whose ids 
 expected ones. Itamae must score at least what llama.cpp's own conversion scores.
 
 llama.cpp's converter recognises a tokenizer only by hashing its ids on a test string; where it
-refuses a folder (or writes a file llama.cpp then cannot load: the rebuilt DeepSeek-Coder
-folder's converted file has thirteen added tokens all spelled U+FFFD, and llama.cpp aborts on
-the duplicates), Itamae is held to the HF tokenizer's own score on the folder instead (it
+refuses a folder (mpt: its hash is not recognised) or writes a file llama.cpp then cannot load
+(deepseek-coder, deepseek-llm: the converted DeepSeek-Coder file has thirteen added tokens all
+spelled U+FFFD, and llama.cpp aborts on the duplicates), Itamae is held to the HF tokenizer's own score on the folder instead (it
 cannot do better than the tokenizer it converts). Where they differ, the failing texts are shown.
+
+Every vocabulary goes through the Llama family on both sides, gemma-4's too (llama.cpp's
+Llama converter writes it as SentencePiece and scores about 0.02; its Gemma 4 converter,
+which needs a Gemma 4 checkpoint, is not run here).
 
 bert-bge is WordPiece (an encoder's vocabulary): neither transformers' GGUF loader nor Itamae
 builds WordPiece, and Itamae's refusal says so (checked below, not skipped).

@@ -154,7 +154,9 @@ def tiktoken_tokenizer_json(folder: Path) -> dict:
 
     vocab = {spelled(token): rank for token, rank in ranks.items()}
     merges = [f"{spelled(a)} {spelled(b)}" for a, b in recovered_merges(ranks)]
-    named = {int(i): t.get("content") for i, t in (config.get("added_tokens_decoder") or {}).items()}
+    named = {
+        int(i): t.get("content") for i, t in (config.get("added_tokens_decoder") or {}).items()
+    }
     n_base = len(ranks)
     added = [
         {
@@ -178,11 +180,15 @@ def tiktoken_tokenizer_json(folder: Path) -> dict:
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
-                 "invert": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": pattern},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
                 {"type": "ByteLevel", **byte_level},
             ],
-        },  # fmt: skip
+        },
         "post_processor": None,
         "decoder": {"type": "ByteLevel", **byte_level},
         "model": {
