@@ -14,7 +14,7 @@ import pytest
 from gguf import GGUFReader
 
 from converters.conversion.convert import convert
-from converters.formats.gguf_tokenizer import pre_tokenizer_name
+from converters.formats.gguf_pre_tokenizer import pre_tokenizer_name
 from tests.convert_helpers import llama_cpp_logits, relative_error
 from tests.fixtures.llamacpp_reference import (
     reference_pair,

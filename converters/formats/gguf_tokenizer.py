@@ -1,22 +1,14 @@
-"""A Hugging Face `tokenizer.json` (byte-level BPE) -> the `tokenizer.ggml.*` keys of GGUF.
+"""A Hugging Face `tokenizer.json` (byte-level or SentencePiece-style BPE) -> the
+`tokenizer.ggml.*` keys of GGUF.
 
-llama.cpp does not read the pre-tokenizer's regexes from the file: it recognises the
-pre-tokenizer by name (`tokenizer.ggml.pre`) and runs its own copy of the regexes
-(src/llama-vocab.cpp, `llm_tokenizer_bpe`). llama.cpp's converter picks that name by
-hashing the token ids of a test string, which fails for every vocabulary nobody has hashed
-yet. Itamae decides it from the tokenizer's own definition instead: the split regexes of
-its pre-tokenizer, compared with the patterns llama.cpp implements (table below; each
-pattern is spelled as the model's tokenizer.json spells it). A pattern llama.cpp does not
-implement is refused, because a guessed pre-tokenizer silently tokenizes differently.
-
-Token list, token types and the rules for added tokens follow llama.cpp's
-`TextModel.get_vocab_base`; merges, special token ids, add_bos/add_eos and the chat
-template come from the gguf package's own `SpecialVocab`.
+The pre-tokenizer's name (`tokenizer.ggml.pre`) is decided from the tokenizer's own split
+steps (converters/formats/gguf_pre_tokenizer.py). Token list, token types and the rules for
+added tokens follow llama.cpp's `TextModel.get_vocab_base`; merges, special token ids,
+add_bos/add_eos and the chat template come from the gguf package's own `SpecialVocab`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -27,114 +19,15 @@ from gguf import TokenType
 
 from converters.core.errors import BadModelFile, UnsupportedArchitecture
 from converters.core.json_files import read_model_json
-
-# GPT-2's regex, which the ByteLevel pre-tokenizer applies itself when `use_regex` is true.
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+from converters.formats.gguf_pre_tokenizer import (
+    GPT4O_REGEX as GPT4O_REGEX,  # fixtures read it here
 )
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+from converters.formats.gguf_pre_tokenizer import pre_tokenizer_name
+from converters.formats.tiktoken_vocab import (
+    TIKTOKEN_FILE,
+    has_tiktoken_vocabulary,
+    tiktoken_tokenizer_json,
 )
-QWEN35_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+"
-    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# o200k (GPT-4o's, gpt-oss's o200k_harmony): llama.cpp's "gpt-4o" pre-tokenizer
-GPT4O_REGEX = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
-    r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-DEEPSEEK_V3_REGEXES = (
-    r"\p{N}{1,3}",
-    r"[一-龥぀-ゟ゠-ヿ]+",
-    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
-    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-)
-DEEPSEEK_LLM_REGEXES = (
-    r"[\r\n]",
-    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
-    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
-    r"\s+$",
-    r"[一-龥ࠀ-一가-퟿]+",
-    r"\p{N}+",
-)
-
-# A `Digits` step with individual_digits: every digit (Unicode numeric, as Rust's
-# char::is_numeric, which takes ½ too) is a piece of its own.
-DIGIT_REGEX = r"\p{N}"
-
-# The split regexes of a tokenizer (in order) -> the name llama.cpp knows them by.
-PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
-    (QWEN2_REGEX,): "qwen2",  # Qwen1.5/2/2.5/3, Qwen-MoE, Qwen3-MoE, DeepSeek-R1-Distill-Qwen
-    (LLAMA3_REGEX,): "llama-bpe",  # Llama 3.x
-    (
-        GPT2_REGEX,
-    ): "gpt-2",  # GPT-2 and GPT-NeoX vocabularies (OLMoE; llama.cpp's "olmo" is the same)
-    (QWEN35_REGEX,): "qwen35",  # Qwen3.5
-    (GPT4O_REGEX,): "gpt-4o",  # gpt-oss (o200k_harmony), GPT-4o
-    DEEPSEEK_V3_REGEXES: "deepseek-v3",  # DeepSeek-V3, V3.1, R1
-    DEEPSEEK_LLM_REGEXES: "deepseek-llm",  # DeepSeek-LLM, DeepSeek-V2, V2.5
-    (DIGIT_REGEX, GPT2_REGEX): "starcoder",  # StarCoder, SmolLM (Digits then ByteLevel)
-}
-
-
-def canonical_regex(pattern: str) -> str:
-    """Regex text with raw control characters spelled as escapes (`\\n` and a newline match
-    the same), so that equivalent spellings compare equal."""
-    return pattern.replace("\r", r"\r").replace("\n", r"\n").replace("\t", r"\t")
-
-
-CANONICAL_PRE = {
-    tuple(canonical_regex(p) for p in key): name for key, name in PRE_TOKENIZERS.items()
-}
-
-
-def split_regexes(pre_tokenizer: dict | None) -> tuple[str, ...]:
-    """The regexes a tokenizer.json pre-tokenizer splits text with, in order."""
-    if not pre_tokenizer:
-        return ()
-    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else None
-    regexes: list[str] = []
-    for step in steps if steps is not None else [pre_tokenizer]:
-        kind = step.get("type")
-        if kind == "Split":
-            pattern = step.get("pattern", {})
-            if "Regex" not in pattern or step.get("behavior", "Isolated") != "Isolated":
-                raise UnsupportedArchitecture(
-                    f"The tokenizer splits text with {json.dumps(step)[:200]}, which llama.cpp "
-                    "does not implement.",
-                    "Convert a model whose tokenizer llama.cpp knows (Qwen, Llama 3, DeepSeek, GPT-2).",
-                )
-            regexes.append(pattern["Regex"])
-        elif kind == "Digits" and step.get("individual_digits"):
-            regexes.append(DIGIT_REGEX)
-        elif kind == "ByteLevel":
-            if step.get("use_regex", True):
-                regexes.append(GPT2_REGEX)
-        else:
-            raise UnsupportedArchitecture(
-                f"The tokenizer's pre-tokenizer step {kind!r} is not one llama.cpp implements.",
-                "Convert a model whose tokenizer llama.cpp knows (Qwen, Llama 3, DeepSeek, GPT-2).",
-            )
-    return tuple(regexes)
-
-
-def pre_tokenizer_name(tokenizer: dict) -> str:
-    regexes = split_regexes(tokenizer.get("pre_tokenizer"))
-    name = CANONICAL_PRE.get(tuple(canonical_regex(r) for r in regexes))
-    if name is None:
-        shown = " then ".join(repr(r[:80]) for r in regexes) or "(no split pattern)"
-        raise UnsupportedArchitecture(
-            f"The tokenizer's split pattern {shown} is not one llama.cpp implements, so llama.cpp "
-            "would tokenize text differently from the model's own tokenizer.",
-            "Known patterns: " + ", ".join(sorted(set(PRE_TOKENIZERS.values()))) + ".",
-        )
-    return name
 
 
 def looks_special(token: str) -> bool:
@@ -152,18 +45,30 @@ class Vocabulary:
     token_types: list[int]
     scores: list[float] | None = None  # SentencePiece only
     add_space_prefix: bool = False
+    merges: list[str] | None = None  # where no tokenizer.json file has them (tiktoken)
 
 
-def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+def read_tokenizer(folder: Path) -> tuple[dict, Path]:
+    """The folder's tokenizer.json, or the one its tiktoken vocabulary (Kimi-K2) amounts to;
+    and the file it came from."""
+    if has_tiktoken_vocabulary(folder):
+        return tiktoken_tokenizer_json(folder), folder / TIKTOKEN_FILE
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise BadModelFile(
             f"{folder} has no tokenizer.json.",
             "Download the model's tokenizer files too (tokenizer.json, tokenizer_config.json).",
         )
-    tokenizer = read_model_json(path, "Re-download it.")
+    return read_model_json(path, "Re-download it."), path
+
+
+def read_vocabulary(folder: Path, vocab_size: int) -> Vocabulary:
+    tokenizer, path = read_tokenizer(folder)
     try:
-        return _vocabulary(tokenizer, vocab_size)
+        vocab = _vocabulary(tokenizer, vocab_size)
+        if path.name == TIKTOKEN_FILE:  # no tokenizer.json for SpecialVocab to read them from
+            vocab.merges = list(tokenizer["model"]["merges"])
+        return vocab
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
         # tokenizer.json comes from the model's publisher: a field of the wrong type or shape
         raise BadModelFile(
@@ -306,6 +211,8 @@ def add_tokenizer(
         writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
+    if vocab.merges is not None:
+        writer.add_token_merges(vocab.merges)
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
         writer.add_add_space_prefix(vocab.add_space_prefix)
@@ -316,7 +223,7 @@ def add_tokenizer(
     vocab_logger.setLevel(logging.ERROR)
     try:
         # SentencePiece merges by score in llama.cpp; only byte-level BPE carries merges
-        merges = vocab.model == "gpt2" or own_model
+        merges = (vocab.model == "gpt2" or own_model) and vocab.merges is None
         special = gguf.SpecialVocab(folder, load_merges=merges, n_vocab=vocab_size)
     finally:
         vocab_logger.setLevel(level)

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from converters import archs
 from converters.core.errors import Cancelled, ItamaeError, OutputExists, UnsupportedArchitecture
 from converters.formats.hf_reader import HFCheckpoint
 from converters.formats.mxfp4 import mxfp4_expert
+from converters.formats.tiktoken_vocab import has_tiktoken_vocabulary, tiktoken_tokenizer_json
 from converters.formats.torch_format import (
     ALIGN,
     DTYPE_NAMES,
@@ -180,6 +182,9 @@ def convert_to_torch(
         for f in TOKENIZER_FILES:
             if (src / f).is_file():
                 shutil.copy2(src / f, tmp / f)
+        if has_tiktoken_vocabulary(src):  # Kimi-K2: the engine reads a tokenizer.json
+            spec = json.dumps(tiktoken_tokenizer_json(src), ensure_ascii=False)
+            Tokenizer.from_str(spec).save(str(tmp / "tokenizer.json"))
         config = dict(ckpt.config)
         config.pop("quantization_config", None)  # FP8/MXFP4 were dequantized: scales are gone
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
