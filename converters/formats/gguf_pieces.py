@@ -99,6 +99,9 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
     if p.transform in (MXFP4_ROWS, MXFP4_GATE, MXFP4_UP, IN_OUT, IN_OUT_GATE, IN_OUT_UP):
         yield from _expert_pieces(ckpt, p)
         return
+    if not p.transform and len(p.sources) == 1:
+        yield from _row_pieces(ckpt, p.sources[0])
+        return
     for source in p.sources:
         data = ckpt.get(source)
         if p.transform in (EVEN_ROWS, ODD_ROWS):
@@ -122,6 +125,25 @@ def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor
         yield data.contiguous()
 
 
+# A large tensor taken as it is (an embedding, an output head) is read this many source
+# bytes at a time: memory holds one piece and its encoding, not the whole 0.9 GB tensor and
+# its 0.5 GB Q8_0 encoding, and each piece is small enough to be written on a thread while
+# the next is encoded (gguf_writer.BackgroundWrites). Rows are encoded independently, so
+# the bytes are those of the whole tensor encoded at once.
+ROW_PIECE_BYTES = 16 << 20
+
+
+def _row_pieces(ckpt: HFCheckpoint, source: str) -> Iterator[torch.Tensor]:
+    shape = ckpt.shape(source)
+    row_bytes = math.prod(shape[1:]) * 4  # as float32: the width an encoding works in
+    step = max(1, ROW_PIECE_BYTES // max(1, row_bytes))
+    if len(shape) < 2 or ckpt.is_fp8(source) or step >= shape[0]:
+        yield ckpt.get(source).contiguous()
+        return
+    for start in range(0, shape[0], step):
+        yield ckpt.get_rows(source, slice(start, start + step)).contiguous()
+
+
 def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
     """One expert at a time: MXFP4 blocks repacked for ggml (or dequantized for a float
     recipe), or an [in, out] float expert transposed; gate/up rows picked out."""
@@ -130,8 +152,9 @@ def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tenso
         if p.transform in (IN_OUT, IN_OUT_GATE, IN_OUT_UP):
             yield ckpt.get_row(source, e)[:, rows].t().contiguous()
             continue
-        blocks = ckpt.get_row(source, e)[rows]
-        scales = ckpt.get_row(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
+        # only the rows this tensor takes (gate or up) are read, not the whole fused expert
+        blocks = ckpt.get_rows(source, rows, e)
+        scales = ckpt.get_rows(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, rows, e)
         if p.qtype == GGMLQuantizationType.MXFP4:
             yield to_ggml_blocks(blocks, scales)
         else:
