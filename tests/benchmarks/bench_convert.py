@@ -165,15 +165,19 @@ def measure(args: list[str], workdir: Path, tree: Path | None = None) -> dict:
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(  # (`-m` puts the working folder first on the path)
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tree
     )
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{args[:2]} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
     return {
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),  # user + system, all threads: the work, less load-dependent
         "peak_rss_bytes": json.loads(report.read_text())["peak_rss_bytes"],
     }
 
@@ -273,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1} (order {', '.join(order)}; load {one['load_before']} -> "
                   f"{one['load_after']}):", flush=True)  # fmt: skip
             for who in runners:
-                print(f"  {who:18s} {quant}: {one[who]['wall_s']:7.1f} s   peak RSS "
+                print(f"  {who:18s} {quant}: {one[who]['wall_s']:7.1f} s   CPU "
+                      f"{one[who]['cpu_s']:6.1f} s   peak RSS "
                       f"{one[who]['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
             print(f"  Itamae is {one['speedup']}x faster at {one['rss_ratio']}x the peak memory",
                   flush=True)  # fmt: skip
