@@ -1,8 +1,10 @@
 """The data of a planned GGUF tensor (converters/formats/gguf_plan.py), streamed.
 
-One source tensor at a time, and a stacked expert tensor `[n_experts, out, in]` one expert
-at a time (each expert is a contiguous slice of the stacked tensor in ggml's layout, so it
-can be encoded and written on its own), with the plan's transform applied: llama.cpp's
+One source tensor at a time, a stacked expert tensor `[n_experts, out, in]` one expert at
+a time (each expert is a contiguous slice of the stacked tensor in ggml's layout, so it
+can be encoded and written on its own), and a large plain tensor a few MB of rows at a
+time; each piece is a separate read, so the writer can run several at once on threads
+(gguf_writer.PiecesAhead). The plan's transform is applied on the way: llama.cpp's
 rope permutation (conversion/llama.py `permute`), DeepSeek's kv_b_proj split, halves of
 fused gate/up projections, MXFP4 blocks repacked for ggml, linear-attention reorders.
 """
@@ -10,7 +12,7 @@ fused gate/up projections, MXFP4 blocks repacked for ggml, linear-attention reor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -86,12 +88,6 @@ def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Te
         elif step.startswith(V_REORDER):
             data = v_reordered(data, config, step.removeprefix(V_REORDER))
     return data
-
-
-def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
-    """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
-    for read in piece_reads(ckpt, p):
-        yield read()
 
 
 def piece_reads(ckpt: HFCheckpoint, p: PlannedTensor) -> list[Callable[[], torch.Tensor]]:

@@ -1,10 +1,12 @@
 """Write a GGUF file from a Hugging Face checkpoint, streaming tensor by tensor.
 
 The header, metadata and tensor index go through the gguf package's `GGUFWriter`
-(gguf-py, the same writer llama.cpp's converter uses); tensor data is then appended piece
-by piece (one source tensor, or one expert of a stacked expert tensor, at a time) with
-the writer's own alignment, so memory stays bounded by the largest single piece whatever
-the model's size. Layout: GGUF v3 (llama.cpp docs/gguf.md).
+(gguf-py, the same writer llama.cpp's converter uses; long arrays packed in bulk, see
+BulkArrayWriter); tensor data is then appended piece by piece (one source tensor, one
+expert of a stacked expert tensor, or a few MB of rows, at a time: gguf_pieces) with the
+writer's own alignment, the next pieces read and encoded on threads while one is written,
+so memory stays bounded by a few pieces whatever the model's size. Layout: GGUF v3
+(llama.cpp docs/gguf.md).
 """
 
 from __future__ import annotations
@@ -232,9 +234,9 @@ class PiecesAhead:
     """Reads and encodes the next pieces of a tensor on threads while the writer takes the
     current one, results in order. At most AHEAD pieces of the same tensor are in progress
     beyond the one being written (pieces are one expert, one source or a few MB of rows:
-    gguf_pieces.piece_reads), so memory stays a few pieces. Measured on the gpt-oss
-    benchmark: the MXFP4 repack and the safetensors reads of one piece run beside the
-    Q8_0 encoding or repack of another (numpy and torch release the GIL)."""
+    gguf_pieces.piece_reads), so memory stays a few pieces. The safetensors read and the
+    MXFP4 repack or Q8_0 encoding of one piece run beside those of the next and beside
+    the write of the last (numpy, torch and file writes release the GIL)."""
 
     AHEAD = 2
 
