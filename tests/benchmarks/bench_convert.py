@@ -25,9 +25,10 @@ rounds and checks that both Itamae files are the same bytes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import hashlib
+import resource
 import shutil
 import statistics
 import subprocess
