@@ -21,7 +21,7 @@ def reference_bytes(data: torch.Tensor, qtype: Q) -> np.ndarray:
 def awkward_rows() -> torch.Tensor:
     """Rows that hit the rounding edges: zeros, ties at .5, equal-magnitude signs, huge and
     tiny values, a single outlier."""
-    rows = torch.zeros(8, 64)
+    rows = torch.zeros(9, 64)
     rows[1] = 0.5
     rows[2] = torch.linspace(-1, 1, 64)
     rows[3, ::2], rows[3, 1::2] = 3.0, -3.0
@@ -29,6 +29,9 @@ def awkward_rows() -> torch.Tensor:
     rows[5] = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 1e-6
     rows[6] = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 1e4
     rows[7, 5] = -42.0
+    # scale exactly 1 (block max 127), so every other value is an exact tie k + 0.5
+    rows[8] = torch.arange(-32, 32) + 0.5
+    rows[8, ::32] = 127.0
     return rows
 
 

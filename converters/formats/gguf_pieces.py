@@ -1,8 +1,10 @@
 """The data of a planned GGUF tensor (converters/formats/gguf_plan.py), streamed.
 
-One source tensor at a time, and a stacked expert tensor `[n_experts, out, in]` one expert
-at a time (each expert is a contiguous slice of the stacked tensor in ggml's layout, so it
-can be encoded and written on its own), with the plan's transform applied: llama.cpp's
+One source tensor at a time, a stacked expert tensor `[n_experts, out, in]` one expert at
+a time (each expert is a contiguous slice of the stacked tensor in ggml's layout, so it
+can be encoded and written on its own), and a large plain tensor a few MB of rows at a
+time; each piece is a separate read, so the writer can run several at once on threads
+(gguf_writer.PiecesAhead). The plan's transform is applied on the way: llama.cpp's
 rope permutation (conversion/llama.py `permute`), DeepSeek's kv_b_proj split, halves of
 fused gate/up projections, MXFP4 blocks repacked for ggml, linear-attention reorders.
 """
@@ -10,7 +12,8 @@ fused gate/up projections, MXFP4 blocks repacked for ggml, linear-attention reor
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from gguf import GGMLQuantizationType
@@ -94,67 +97,91 @@ def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Te
     return data
 
 
-def tensor_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
-    """The data of `p` as consecutive pieces in storage order (one per expert when stacked)."""
+def piece_reads(ckpt: HFCheckpoint, p: PlannedTensor) -> list[Callable[[], torch.Tensor]]:
+    """The pieces of `p` in storage order, each as a function that reads and transforms it:
+    one per expert, per source, or per few MB of rows of a large plain tensor. They are
+    independent, so a writer may run the next ones on threads while it writes one."""
     config = ckpt.config
     if p.transform == ROPE_FREQS:
-        yield llama3_rope_factors(config)
-        return
+        return [partial(llama3_rope_factors, config)]
     if p.transform == PROPORTIONAL_FREQS:
-        yield proportional_rope_factors(config, p.shape[0])
-        return
+        return [partial(proportional_rope_factors, config, p.shape[0])]
     if p.transform in (MXFP4_ROWS, MXFP4_GATE, MXFP4_UP, IN_OUT, IN_OUT_GATE, IN_OUT_UP):
-        yield from _expert_pieces(ckpt, p)
-        return
+        return [partial(_expert_piece, ckpt, p, e) for e in range(p.shape[0])]
     if p.transform == FP4_EXPERTS:
-        yield from _fp4_expert_pieces(ckpt, p)
-        return
-    for source in p.sources:
-        data = ckpt.get(source)
-        if p.transform in (EVEN_ROWS, ODD_ROWS):
-            data = data[:, ROW_PARTS[p.transform]]
-        if p.transform == PERMUTE_Q:
-            data = permute_for_llama_rope(data, int(config["num_attention_heads"]))
-        elif p.transform == PERMUTE_K:
-            heads = config.get("num_key_value_heads") or config["num_attention_heads"]
-            data = permute_for_llama_rope(data, int(heads))
-        elif p.transform in (K_B, V_B):
-            heads, nope = int(config["num_attention_heads"]), int(config["qk_nope_head_dim"])
-            kv_b = data.view(heads, -1, data.shape[-1])  # [H, nope + v, kv_lora]
-            data = kv_b[:, :nope].transpose(1, 2) if p.transform == K_B else kv_b[:, nope:]
-        elif p.transform in (FUSED_GATE, FUSED_UP):
-            rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
-            data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
-        elif p.transform in (QKVZ_QKV, QKVZ_Z):
-            data = split_qkvz(data, config, p.transform)
-        else:
-            data = _elementwise(data, p, config)
-        yield data.contiguous()
+        return [partial(_fp4_expert_piece, ckpt, p, source) for source in p.sources]
+    if not p.transform and len(p.sources) == 1:
+        return _row_pieces(ckpt, p.sources[0])
+    return [partial(_source_piece, ckpt, p, source) for source in p.sources]
 
 
-def _expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
-    """One expert at a time: MXFP4 blocks repacked for ggml (or dequantized for a float
-    recipe), or an [in, out] float expert transposed; gate/up rows picked out."""
+def _source_piece(ckpt: HFCheckpoint, p: PlannedTensor, source: str) -> torch.Tensor:
+    config = ckpt.config
+    data = ckpt.get(source)
+    if p.transform in (EVEN_ROWS, ODD_ROWS):
+        data = data[:, ROW_PARTS[p.transform]]
+    if p.transform == PERMUTE_Q:
+        data = permute_for_llama_rope(data, int(config["num_attention_heads"]))
+    elif p.transform == PERMUTE_K:
+        heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+        data = permute_for_llama_rope(data, int(heads))
+    elif p.transform in (K_B, V_B):
+        heads, nope = int(config["num_attention_heads"]), int(config["qk_nope_head_dim"])
+        kv_b = data.view(heads, -1, data.shape[-1])  # [H, nope + v, kv_lora]
+        data = kv_b[:, :nope].transpose(1, 2) if p.transform == K_B else kv_b[:, nope:]
+    elif p.transform in (FUSED_GATE, FUSED_UP):
+        rows = data.shape[1] // 2  # [E, 2F, H]: gate rows, then up rows
+        data = data[:, :rows] if p.transform == FUSED_GATE else data[:, rows:]
+    elif p.transform in (QKVZ_QKV, QKVZ_Z):
+        data = split_qkvz(data, config, p.transform)
+    else:
+        data = _elementwise(data, p, config)
+    return data.contiguous()
+
+
+# A large tensor taken as it is (an embedding, an output head) is read this many source
+# bytes at a time: memory holds a few pieces and their encodings, not the whole 0.9 GB
+# tensor and its 0.5 GB Q8_0 encoding, and pieces are encoded on threads while the last
+# one is written (gguf_writer). Rows are encoded independently, so the bytes are those of
+# the whole tensor encoded at once.
+ROW_PIECE_BYTES = 16 << 20
+
+
+def _row_pieces(ckpt: HFCheckpoint, source: str) -> list[Callable[[], torch.Tensor]]:
+    shape = ckpt.shape(source)
+    row_bytes = math.prod(shape[1:]) * 4  # as float32: the width an encoding works in
+    step = max(1, ROW_PIECE_BYTES // max(1, row_bytes))
+    if len(shape) < 2 or ckpt.is_fp8(source) or step >= shape[0]:
+        return [lambda: ckpt.get(source).contiguous()]
+    return [
+        partial(_rows, ckpt, source, slice(start, start + step))
+        for start in range(0, shape[0], step)
+    ]
+
+
+def _rows(ckpt: HFCheckpoint, source: str, rows: slice) -> torch.Tensor:
+    return ckpt.get_rows(source, rows).contiguous()
+
+
+def _expert_piece(ckpt: HFCheckpoint, p: PlannedTensor, e: int) -> torch.Tensor:
+    """Expert `e`: MXFP4 blocks repacked for ggml (or dequantized for a float recipe), or an
+    [in, out] float expert transposed; gate/up rows picked out."""
     rows, source = ROW_PARTS[p.transform], p.sources[0]
-    for e in range(p.shape[0]):
-        if p.transform in (IN_OUT, IN_OUT_GATE, IN_OUT_UP):
-            yield ckpt.get_row(source, e)[:, rows].t().contiguous()
-            continue
-        blocks = ckpt.get_row(source, e)[rows]
-        scales = ckpt.get_row(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, e)[rows]
-        if p.qtype == GGMLQuantizationType.MXFP4:
-            yield to_ggml_blocks(blocks, scales)
-        else:
-            yield dequantize_mxfp4(blocks, scales)
+    if p.transform in (IN_OUT, IN_OUT_GATE, IN_OUT_UP):
+        return ckpt.get_row(source, e)[:, rows].t().contiguous()
+    # only the rows this tensor takes (gate or up) are read, not the whole fused expert
+    blocks = ckpt.get_rows(source, rows, e)
+    scales = ckpt.get_rows(source.removesuffix(BLOCKS_SUFFIX) + SCALES_SUFFIX, rows, e)
+    if p.qtype == GGMLQuantizationType.MXFP4:
+        return to_ggml_blocks(blocks, scales)
+    return dequantize_mxfp4(blocks, scales)
 
 
-def _fp4_expert_pieces(ckpt: HFCheckpoint, p: PlannedTensor) -> Iterator[torch.Tensor]:
+def _fp4_expert_piece(ckpt: HFCheckpoint, p: PlannedTensor, source: str) -> torch.Tensor:
     """DeepSeek-V4's FP4 experts, one source per expert: ggml's MXFP4 blocks (the codes and
     e8m0 scales moved, llama.cpp's `repack_mxfp4_blocks`), or their exact float values."""
-    for source in p.sources:
-        codes = ckpt.get(source)
-        blocks, scales = packed_rows_as_blocks(codes, ckpt.get(ckpt.scale_of(source)))
-        if p.qtype == GGMLQuantizationType.MXFP4:
-            yield to_ggml_blocks(blocks, scales)
-        else:
-            yield dequantize_mxfp4(blocks, scales)
+    codes = ckpt.get(source)
+    blocks, scales = packed_rows_as_blocks(codes, ckpt.get(ckpt.scale_of(source)))
+    if p.qtype == GGMLQuantizationType.MXFP4:
+        return to_ggml_blocks(blocks, scales)
+    return dequantize_mxfp4(blocks, scales)

@@ -256,6 +256,21 @@ class HFCheckpoint:
                 return scale
         return ""
 
+    def get_rows(self, name: str, rows: slice, index: int | None = None) -> torch.Tensor:
+        """tensor[rows], or tensor[index][rows], without reading the rest: a conversion reads
+        a large embedding a few MB at a time, and only the gate (even) rows of a gpt-oss
+        expert for ffn_gate_exps. In the stored dtype: not for FP8 weights, whose scales
+        cover blocks of rows (use get / get_row)."""
+        if self.is_fp8(name):
+            raise ValueError(f"{name} is FP8; read it with get() or get_row()")
+        if index is None:
+            return self._raw(name, rows)
+        shape = self.shape(name)
+        if not shape or not 0 <= index < shape[0]:
+            raise BadModelFile(f"{name!r} has shape {shape}; it has no row {index}.",
+                               "The checkpoint does not match its config.json.")  # fmt: skip
+        return self._raw(name, (index, rows))
+
     def _dequantized(self, name: str, index: int | None, dtype) -> torch.Tensor:
         tensor = self._raw(name, index)
         if self.is_fp8(name):

@@ -64,21 +64,30 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
     return torch.ldexp(values, exponents[..., None]).flatten(-2)
 
 
+_LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+_HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
+_FOUR = np.uint64(4)
+
+
 def to_ggml_blocks(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """Published [..., rows, G, 16] + [..., rows, G] -> ggml's block_mxfp4 bytes
     [..., rows, G * 17]: the scale byte, then value j | value j+16 << 4 for j < 16.
 
     Value k sits in source byte k // 2 (low nibble if k is even), so ggml's byte 2i takes
-    the low nibbles of source bytes i and 8 + i, and byte 2i + 1 their high nibbles."""
-    source = blocks.numpy()
-    first, second = source[..., :8], source[..., 8:]  # values 0-15 and 16-31
-    out = np.empty((*blocks.shape[:-1], 1 + BLOCK_BYTES), dtype=np.uint8)
+    the low nibbles of source bytes i and 8 + i, and byte 2i + 1 their high nibbles. The
+    nibbles are moved eight bytes at a time (each half of a block as one uint64), then the
+    even and odd bytes are interleaved into the output: half the time of the byte-wise
+    version (this repack is the MXFP4 experts' whole cost in a conversion)."""
+    source = np.ascontiguousarray(blocks.numpy()).view(np.uint64)  # [..., G, 2]
+    first, second = source[..., 0], source[..., 1]  # bytes 0-7 (values 0-15), 8-15 (16-31)
+    even = (first & _LOW_NIBBLES) | ((second & _LOW_NIBBLES) << _FOUR)
+    odd = ((first >> _FOUR) & _LOW_NIBBLES) | (second & _HIGH_NIBBLES)
+    lead = blocks.shape[:-1]
+    out = np.empty((*lead, 1 + BLOCK_BYTES), dtype=np.uint8)
     out[..., 0] = scales.numpy()
-    pairs = out[..., 1:].reshape(*blocks.shape[:-1], BLOCK_BYTES // 2, 2)
-    # numpy ufuncs writing straight into the interleaved output: half the time of torch's
-    # strided assignment of temporaries (this repack is the MXFP4 experts' whole cost)
-    np.bitwise_or(first & 0x0F, second << 4, out=pairs[..., 0])
-    np.bitwise_or(first >> 4, second & 0xF0, out=pairs[..., 1])
+    pairs = out[..., 1:].reshape(*lead, BLOCK_BYTES // 2, 2)
+    pairs[..., 0] = even.view(np.uint8).reshape(*lead, BLOCK_BYTES // 2)
+    pairs[..., 1] = odd.view(np.uint8).reshape(*lead, BLOCK_BYTES // 2)
     return torch.from_numpy(out).flatten(-2)
 
 

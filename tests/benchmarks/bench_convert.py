@@ -3,7 +3,8 @@
 Not a test (it reports figures); run it by hand:
 
     python -m tests.benchmarks.bench_convert [--quant q8_0] [--workdir DIR] [--json]
-    python -m tests.benchmarks.bench_convert --model gpt-oss [--layers 2]
+    python -m tests.benchmarks.bench_convert --model gpt-oss [--layers 2] [--rounds 3]
+        [--compare-tree DIR]
 
 Builds (once, cached in --workdir) a synthetic Qwen3-MoE checkpoint with realistic shapes:
 hidden 1024, 12 layers, 32 experts with top-4, expert FFN 768, Qwen2's real 151,936-token
@@ -12,7 +13,10 @@ converter accepts it), bf16 weights in ~1 GB shards with an index, as published 
 That is about 1.3B parameters. Then converts it to Q8_0 with each converter in its own
 process, in the same run, and reports wall time and peak RSS (VmHWM of that process
 alone, see tests/benchmarks/peak_rss.py) of each, the ratios, and how many tensors of the
-two files are byte-identical.
+two files are byte-identical. With --rounds N the converters run N times in rotating order
+(on a shared, noisy machine compare the ratios within a round, not times across runs), and
+--compare-tree runs a second Itamae checkout (e.g. main, to measure a change) in the same
+rounds and checks that both Itamae files are the same bytes.
 
 `--model gpt-oss` converts a gpt-oss-20b-shaped checkpoint with MXFP4 experts instead
 (tests/benchmarks/gpt_oss_checkpoint.py; a few layers, so it fits a small shared machine).
@@ -21,9 +25,12 @@ two files are byte-identical.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -150,20 +157,42 @@ def write_checkpoint(
     return dest
 
 
-def measure(args: list[str], workdir: Path) -> dict:
+def measure(args: list[str], workdir: Path, tree: Path | None = None) -> dict:
     """Wall time and peak RSS of one conversion in its own process (tests.benchmarks.peak_rss:
-    VmHWM of that process alone). `args`: ["-m", module, ...] or [script, ...]."""
+    VmHWM of that process alone). `args`: ["-m", module, ...] or [script, ...]; `tree`: run
+    the modules of that Itamae checkout instead of this one."""
     report = workdir / "peak_rss.json"
     cmd = [sys.executable, "-m", "tests.benchmarks.peak_rss", str(report), *args]
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(  # (`-m` puts the working folder first on the path)
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=tree
+    )
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{args[:2]} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
     return {
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),  # user + system, all threads: the work, less load-dependent
         "peak_rss_bytes": json.loads(report.read_text())["peak_rss_bytes"],
     }
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 1)
 
 
 def identical_tensors(a: Path, b: Path) -> str:
@@ -190,7 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--model", choices=("qwen3-moe", "gpt-oss"), default="qwen3-moe")
     parser.add_argument("--layers", type=int, default=2, help="gpt-oss: decoder layers")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, in rotating order")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also convert with the Itamae checkout in this folder (e.g. `git worktree add` "
+        "of main) in the same rounds; reports whether both wrote the same bytes",
+    )
     args = parser.parse_args(argv)
+    args.workdir = args.workdir.resolve()  # the converters may run in another folder
 
     if args.model == "gpt-oss":
         src = build_gpt_oss_checkpoint(
@@ -208,20 +245,45 @@ def main(argv: list[str] | None = None) -> int:
         )
         vocab = json.loads((src / "config.json").read_text())["vocab_size"]
         params += 2 * vocab * SHAPES["hidden_size"] + SHAPES["hidden_size"]
-    ours, theirs = args.workdir / "itamae.gguf", args.workdir / "llamacpp.gguf"
-    for f in (ours, theirs):
-        f.unlink(missing_ok=True)
     script = llama_cpp_source() / "convert_hf_to_gguf.py"
-    results = {
-        "itamae": measure(
-            ["-m", "app.cli", "convert", str(src), "-o", str(ours), "--quant", args.quant.upper()],
-            args.workdir,
-        ),
-        "llama.cpp": measure(
-            [str(script), str(src), "--outfile", str(theirs), "--outtype", args.quant.lower()],
-            args.workdir,
-        ),
-    }
+    quant = args.quant.upper()
+
+    def itamae(out: Path) -> list[str]:
+        return ["-m", "app.cli", "convert", str(src), "-o", str(out), "--quant", quant]
+
+    runners = {
+        "itamae": (itamae, None),
+        "llama.cpp": (lambda out: [str(script), str(src), "--outfile", str(out),
+                                   "--outtype", args.quant.lower()], None),
+    }  # fmt: skip
+    if args.compare_tree is not None:
+        runners["itamae@" + args.compare_tree.name] = (itamae, args.compare_tree.resolve())
+    outputs = {who: args.workdir / f"{who.replace('@', '-')}.gguf" for who in runners}
+    rounds = []
+    for r in range(args.rounds):
+        names = list(runners)
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotating, so neither
+        one = {"order": order, "load_before": load_average()}  # always runs first
+        for who in order:
+            outputs[who].unlink(missing_ok=True)
+            make_args, tree = runners[who]
+            one[who] = measure(make_args(outputs[who]), args.workdir, tree)
+        one["load_after"] = load_average()
+        one["speedup"] = round(one["llama.cpp"]["wall_s"] / one["itamae"]["wall_s"], 2)
+        one["rss_ratio"] = round(
+            one["itamae"]["peak_rss_bytes"] / one["llama.cpp"]["peak_rss_bytes"], 2
+        )
+        rounds.append(one)
+        if not args.json:
+            print(f"round {r + 1} (order {', '.join(order)}; load {one['load_before']} -> "
+                  f"{one['load_after']}):", flush=True)  # fmt: skip
+            for who in runners:
+                print(f"  {who:18s} {quant}: {one[who]['wall_s']:7.1f} s   CPU "
+                      f"{one[who]['cpu_s']:6.1f} s   peak RSS "
+                      f"{one[who]['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
+            print(f"  Itamae is {one['speedup']}x faster at {one['rss_ratio']}x the peak memory",
+                  flush=True)  # fmt: skip
+    ours, theirs = outputs["itamae"], outputs["llama.cpp"]
     report = {
         "checkpoint": {
             "params": params,
@@ -229,31 +291,30 @@ def main(argv: list[str] | None = None) -> int:
         },
         "quant": args.quant,
         "cpus": os.cpu_count(),
-        **results,
-        "speedup": round(results["llama.cpp"]["wall_s"] / results["itamae"]["wall_s"], 2),
-        "rss_ratio": round(
-            results["itamae"]["peak_rss_bytes"] / results["llama.cpp"]["peak_rss_bytes"], 2
-        ),
+        "rounds": rounds,
+        "speedup_median": statistics.median(r["speedup"] for r in rounds),
+        "rss_ratio_max": max(r["rss_ratio"] for r in rounds),
         "output_bytes": {"itamae": ours.stat().st_size, "llama.cpp": theirs.stat().st_size},
     }
     report["identical_tensors"] = identical_tensors(ours, theirs)
+    if args.compare_tree is not None:
+        same = [sha256(outputs[who]) for who in runners if who.startswith("itamae")]
+        report["itamae_outputs_identical"] = len(set(same)) == 1
     if not args.keep:
-        ours.unlink()
-        theirs.unlink()
+        for f in outputs.values():
+            f.unlink(missing_ok=True)
     if args.json:
         print(json.dumps(report))
     else:
         print(
             f"checkpoint ({args.model}): {params / 1e9:.2f}B parameters, "
-            f"{report['checkpoint']['bytes'] / 2**30:.2f} GiB on disk"
+            f"{report['checkpoint']['bytes'] / 2**30:.2f} GiB on disk; {args.rounds} rounds"
         )
-        for who in ("itamae", "llama.cpp"):
-            r = results[who]
-            print(
-                f"{who:10s} {args.quant}: {r['wall_s']:7.1f} s   peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB"
-            )
-        print(f"Itamae is {report['speedup']}x faster at {report['rss_ratio']}x the peak memory")
+        print(f"Itamae's speed-up, median of the rounds: {report['speedup_median']}x; "
+              f"peak memory ratio at most {report['rss_ratio_max']}x")  # fmt: skip
         print(f"tensors identical in both files (type and bytes): {report['identical_tensors']}")
+        if "itamae_outputs_identical" in report:
+            print(f"both Itamae trees wrote the same file: {report['itamae_outputs_identical']}")
     return 0
 
 
