@@ -1,26 +1,23 @@
 """The whole decode step compiled: each decoder layer one Inductor graph, float32 throughout.
 
-Run op by op, a decode step of the bench model is some 400 small ops and 444 bf16 <-> float32
+Op by op, a decode step of the bench model is some 400 small ops and 444 bf16 <-> float32
 conversions (norms, RoPE, attention, router, residual adds) around the weight reads, each a
-dispatch and a thread-pool wake-up: about as long as reading the weights. Compiled as
-gpt-fast compiles its decode step, a layer's glue fuses into a few C++ loops, and keeping
-activations in float32 end to end removes the conversions (the KV cache stays in the model's
-dtype, rounded where it is written). One graph serves every decoder layer of a kind (the
-layers are its arguments, not constants), and the cached sequence length is a dynamic
-dimension, so a model compiles two or three graphs once, at load.
-
-What stays outside Inductor, as opaque operators of the graph:
-- int8 matrix-vector products run FBGEMM's kernel (cpu_kernels.py) as the eager path does,
-  through `itamae::int8_linear`: Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on
-  the 151,936-row output layer and on 1024x1024 (2 threads; one accumulator per row, no
-  VNNI), so generating that loop would be slower than the library.
-- the routed experts, through `itamae::routed_experts`: the MoE block's own decode path
-  (the expert cache's placement, its compiled fused kernel, usage counts), so every budget
-  and policy decodes through this step and outputs stay placement-independent.
-The KV cache is not written inside the graph: attention reads the cached keys as an input
-and the new key on its own, and the layer returns the new key and value for the cache.
-Eligible: GQA layers without sinks, sliding window, output gate or clipping (MLA, linear
-attention and gpt-oss decode op by op as before), on the CPU, one sequence.
+dispatch and a thread-pool wake-up. Compiled as gpt-fast compiles its decode step, a layer's
+glue fuses into a few C++ loops, and float32 activations end to end remove the conversions
+(the KV cache keeps the model's dtype). A layer enters its graph as constants (kinds, head
+counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
+kind, and the cached length is a dynamic dimension: a model compiles two or three graphs,
+at load. When every expert is resident, the chosen experts are gathered from the cache's
+slots inside the graph (compiled.py's kernel); otherwise the MoE block's own path runs.
+Outside Inductor, as opaque operators:
+- `itamae::int8_linear`: FBGEMM's int8 product (cpu_kernels.py), as the eager path runs it.
+  Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on the 151,936-row output layer and
+  on 1024x1024 (2 threads: one accumulator per row, no VNNI). q, k and v are one product.
+- `itamae::routed_experts`: the MoE block's decode path (placement, misses, usage counts),
+  for budgets that leave experts on the slow tier: outputs stay placement-independent.
+The KV cache is written outside the graph: attention reads the cached keys as an input and
+the new key on its own. Eligible: GQA layers without sinks, window, output gate or clipping
+(MLA, linear attention and gpt-oss decode op by op), on the CPU, one sequence.
 """
 
 from __future__ import annotations
@@ -34,51 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from .attention import GQAttention
-from .cpu_kernels import _reduce_range
-from .layers import ACTIVATIONS, GatedMLP, Int4Linear, Int8Linear, Linear
 from .compiled import _ACTS, _ARGS, _KERNELS
+from .layers import ACTIVATIONS, GatedMLP, Int4Linear, Int8Linear, Linear
 from .moe import MoEBlock, route
-
-# ---- opaque operators ------------------------------------------------------------------------
-
-_LINEARS: dict[int, weakref.ref] = {}  # int8 weight's data_ptr -> its Int8Linear (FBGEMM copy)
-_BLOCKS: list[weakref.ref] = []  # MoE blocks by handle
-
-_lib = torch.library.Library("itamae", "FRAGMENT")
-_lib.define("int8_linear(Tensor x, Tensor qweight, Tensor scale, bool fbgemm) -> Tensor")
-_lib.define("routed_experts(Tensor x, Tensor weights, Tensor experts, Tensor block) -> Tensor")
-
-
-def _int8_linear(x, qweight, scale, fbgemm: bool):
-    """x [1, in] float32 -> [1, out] float32 with the very kernel Int8Linear runs for it."""
-    ref = _LINEARS.get(qweight.data_ptr())
-    linear = ref() if ref is not None else None
-    if fbgemm and linear is not None and linear._packed is not None:
-        return torch.ops.quantized.linear_dynamic(x, linear._packed, _reduce_range())
-    if fbgemm and linear is not None:  # bf16 model, no FBGEMM: torch's weight-only kernel
-        return linear(x.bfloat16()).float()
-    return F.linear(x, qweight.float()) * scale  # float32 model: dequantize, as eager does
-
-
-def _routed_experts(x, weights, experts, block):
-    """x [1, H] float32 -> [1, H] float32: the block's own one-token path in its dtype."""
-    moe: MoEBlock = _BLOCKS[int(block)]()
-    return moe._one_token(x.to(moe.dtype), weights[0], experts[0]).float()
-
-
-_lib.impl("int8_linear", _int8_linear, "CPU")
-_lib.impl("routed_experts", _routed_experts, "CPU")
-
-
-@torch.library.register_fake("itamae::int8_linear")
-def _int8_linear_fake(x, qweight, scale, fbgemm):
-    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
-
-
-@torch.library.register_fake("itamae::routed_experts")
-def _routed_experts_fake(x, weights, experts, block):
-    return torch.empty_like(x)
-
+from .step_ops import _BLOCKS, _LINEARS
 
 # ---- the traced layer ------------------------------------------------------------------------
 # A layer reaches the graph as constants C (kinds, head counts, routing settings: the graph
@@ -132,10 +88,8 @@ def _attention(C, T, x, past_k, past_v, cos, sin):
     k, v = k.to(past_k.dtype), v.to(past_v.dtype)  # as the cache keeps them
     grouped = q.view(hkv, hq // hkv, d)  # query heads sharing a KV head as rows
     kf, vf = k.float(), v.float()
-    scores = torch.cat(
-        [grouped @ past_k[0].float().transpose(-1, -2), (grouped * kf[:, None]).sum(-1, True)],
-        dim=-1,
-    ) * d**-0.5  # [Hkv, G, S + 1]
+    past_scores = grouped @ past_k[0].float().transpose(-1, -2)  # [Hkv, G, S]
+    scores = torch.cat([past_scores, (grouped * kf[:, None]).sum(-1, True)], dim=-1) * d**-0.5
     probs = scores.softmax(dim=-1)
     out = probs[..., :-1] @ past_v[0].float() + probs[..., -1:] * vf[:, None]  # [Hkv, G, D]
     out = _linear(C, T, "o", out.reshape(1, hq * d))
@@ -171,8 +125,9 @@ def _layer_fn(consts: tuple, names: tuple):
 
     def layer_step(x, past_k, past_v, cos, sin, block, *tensors):
         """One decoder layer for one token: x [1, H] float32 -> (x, new k, new v, experts)."""
-        T = dict(zip(names, tensors))
-        attn, k, v = _attention(C, T, _rms(x, T["input_norm"], C["eps"]), past_k, past_v, cos, sin)
+        T = dict(zip(names, tensors, strict=True))
+        h = _rms(x, T["input_norm"], C["eps"])
+        attn, k, v = _attention(C, T, h, past_k, past_v, cos, sin)
         x = x + attn
         h = _rms(x, T["post_norm"], C["eps"])
         if C["ffn"] == "mlp":
