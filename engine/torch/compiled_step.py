@@ -6,7 +6,7 @@ dispatch and a thread-pool wake-up. Compiled as gpt-fast compiles its decode ste
 glue fuses into a few C++ loops, and float32 activations end to end remove the conversions
 (the KV cache keeps the model's dtype). A layer enters its graph as constants (kinds, head
 counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
-kind, and the cached length is a dynamic dimension: a model compiles two or three graphs,
+kind, and the cache's capacity is a dynamic dimension: a model compiles two or three graphs,
 at load. When every expert is resident, the chosen experts are gathered from the cache's
 slots inside the graph (compiled.py's kernel); otherwise the MoE block's own path runs.
 Outside Inductor, as opaque operators:
@@ -15,9 +15,9 @@ Outside Inductor, as opaque operators:
   on 1024x1024 (2 threads: one accumulator per row, no VNNI). q, k and v are one product.
 - `itamae::routed_experts`: the MoE block's decode path (placement, misses, usage counts),
   for budgets that leave experts on the slow tier: outputs stay placement-independent.
-The KV cache is written outside the graph: attention reads the cached keys as an input and
-the new key on its own. Eligible: GQA layers without sinks, window, output gate or clipping
-(MLA, linear attention and gpt-oss decode op by op), on the CPU, one sequence.
+The KV cache is written outside the graph: attention reads its whole buffers (the unused
+positions masked) and the new key on its own. Eligible: GQA layers without sinks, window,
+output gate or clipping (MLA, linear attention, gpt-oss decode op by op), CPU, one sequence.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int, inter
     return out if rest.shape[-1] == 0 else torch.cat([out, rest], dim=-1)
 
 
-def _attention(C, T, x, past_k, past_v, cos, sin):
-    """x [1, H] float32; past_k/v [1, Hkv, S, D] in the cache's dtype -> (out [1, H] float32,
-    k and v [1, Hkv, 1, D] in the cache's dtype, for the cache)."""
+def _attention(C, T, x, past_k, past_v, length, cos, sin):
+    """x [1, H] float32; past_k/v [1, Hkv, capacity, D]: the cache's whole buffers (contiguous,
+    so a grown cache is the same graph), of which `length` (0-d) positions hold keys ->
+    (out [1, H] float32, k and v [1, Hkv, 1, D] in the cache's dtype, for the cache)."""
     hq, hkv, d, qk_norm, eps, rot_dim, interleaved = C["attn"]
     if "qkv" in C:  # q, k and v as one product (one FBGEMM call instead of three)
         q, k, v = _linear(C, T, "qkv", x).split([hq * d, hkv * d, hkv * d], dim=-1)
@@ -88,7 +89,9 @@ def _attention(C, T, x, past_k, past_v, cos, sin):
     k, v = k.to(past_k.dtype), v.to(past_v.dtype)  # as the cache keeps them
     grouped = q.view(hkv, hq // hkv, d)  # query heads sharing a KV head as rows
     kf, vf = k.float(), v.float()
-    past_scores = grouped @ past_k[0].float().transpose(-1, -2)  # [Hkv, G, S]
+    past_scores = grouped @ past_k[0].float().transpose(-1, -2)  # [Hkv, G, capacity]
+    unused = torch.arange(past_k.shape[2]) >= length
+    past_scores = past_scores.masked_fill(unused, float("-inf"))
     scores = torch.cat([past_scores, (grouped * kf[:, None]).sum(-1, True)], dim=-1) * d**-0.5
     probs = scores.softmax(dim=-1)
     out = probs[..., :-1] @ past_v[0].float() + probs[..., -1:] * vf[:, None]  # [Hkv, G, D]
@@ -123,11 +126,11 @@ def _moe(C, T, h, block):
 def _layer_fn(consts: tuple, names: tuple):
     C = dict(consts)
 
-    def layer_step(x, past_k, past_v, cos, sin, block, *tensors):
+    def layer_step(x, past_k, past_v, length, cos, sin, block, *tensors):
         """One decoder layer for one token: x [1, H] float32 -> (x, new k, new v, experts)."""
         T = dict(zip(names, tensors, strict=True))
         h = _rms(x, T["input_norm"], C["eps"])
-        attn, k, v = _attention(C, T, h, past_k, past_v, cos, sin)
+        attn, k, v = _attention(C, T, h, past_k, past_v, length, cos, sin)
         x = x + attn
         h = _rms(x, T["post_norm"], C["eps"])
         if C["ffn"] == "mlp":
@@ -320,14 +323,13 @@ class DecodeStep:
         if m.cache is not None:
             m.cache.begin_step()
         x = m.embed[tokens.reshape(-1)].float()  # [1, H]
-        chosen = []
+        length, chosen = torch.tensor(start), []
         for i, layer in enumerate(m.layers):
             fn, tensors, in_graph = self._plan(i, layer)
             k_buf, v_buf = kv.layers[i]
-            past_k, past_v = k_buf.narrow(2, 0, start), v_buf.narrow(2, 0, start)
-            torch._dynamo.maybe_mark_dynamic(past_k, 2)
-            torch._dynamo.maybe_mark_dynamic(past_v, 2)
-            x, k, v, experts = fn(x, past_k, past_v, cos, sin, self.blocks[i], *tensors)
+            torch._dynamo.maybe_mark_dynamic(k_buf, 2)
+            torch._dynamo.maybe_mark_dynamic(v_buf, 2)
+            x, k, v, experts = fn(x, k_buf, v_buf, length, cos, sin, self.blocks[i], *tensors)
             kv.update(i, start, 2, k, v)
             if in_graph:
                 chosen.append((layer.ffn.layer, experts))
@@ -353,8 +355,7 @@ class DecodeStep:
             kv = m.new_cache()
             m.forward(torch.tensor([[0, 1]]), kv, compiled=False)
             with torch.inference_mode():
-                self(torch.tensor([[2]]), kv)
-                self(torch.tensor([[3]]), kv)  # the cache length is dynamic from here on
+                self(torch.tensor([[2]]), kv)  # the cache's capacity is dynamic
         except Exception as e:  # Inductor raises many kinds (compiler missing, codegen bugs)
             self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(
