@@ -57,10 +57,13 @@ def test_compiled_and_plain_decode_give_the_same_tokens(hf_checkpoint, int8_mode
     assert compiled == plain
 
 
-def test_every_expert_count_runs_compiled_in_bf16(int8_model):
+def test_every_expert_count_runs_compiled_in_bf16(int8_model, monkeypatch):
     """experts_per_token 1, 3, 4, 8 (K = 1 is a graph of its own), bf16 as the app runs it,
     the same tokens fed to both paths: logits within bf16 rounding, and the same choice
     wherever the plain path's best token leads the next by more than that rounding."""
+    # the expert kernel alone: the compiled step keeps float32 activations between the
+    # projections, a difference of its own (tests/test_torch_compiled_step.py bounds it)
+    monkeypatch.setenv("ITAMAE_COMPILE_STEP", "0")
     ids = prompt_ids(int8_model, 8)
     fed = [5, 7, 11, 13, 17, 19, 23, 29]
     for k in (1, 3, 4, 8):

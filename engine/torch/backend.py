@@ -15,8 +15,10 @@ Options (all optional):
                    (the torch format is already quantized)
     preload        True (default): when all experts fit the budget, copy them in at load
     compile        "auto" (default) | True | False: decode's routed experts through the
-                   kernel torch.compile builds (engine/torch/compiled.py); ITAMAE_COMPILE=0
-                   turns it off as well
+                   kernel torch.compile builds (engine/torch/compiled.py) and each decoder
+                   layer's decode step as one compiled graph (compiled_step.py, only
+                   with True: "auto" compiles the experts alone);
+                   ITAMAE_COMPILE=0 turns both off, ITAMAE_COMPILE_STEP=0 the step alone
     uniform_routing_seed  benchmarks of expert placement only: route every token to experts
                    drawn uniformly at random (the output is then meaningless)
 Unknown options are ignored and listed in `info.extra["ignored_options"]`.
@@ -130,7 +132,9 @@ class TorchBackend:
         info.extra = {"engine": "torch", "device": str(m.device), "dtype": str(m.dtype),
                       "ignored_options": self.ignored,
                       "expert_cache_bytes": m.cache.budget_bytes if m.cache else 0,
-                      "compiled_experts": m.fused is not None, "compile_s": m.compile_s}  # fmt: skip
+                      "compiled_experts": m.fused is not None,
+                      "compiled_step": getattr(m, "step", None) is not None,
+                      "compile_s": m.compile_s}  # fmt: skip
         return info
 
     def stream(

@@ -97,14 +97,19 @@ _KERNELS = {"int8_row": routed_int8, "float": routed_float}
 _ACTS = {"silu": F.silu, "gelu": F.gelu}
 
 
-@functools.cache
-def _compiled(scheme: str, act: str):
-    """One compiled callable per scheme and activation for the whole process."""
+def setup_inductor() -> None:
+    """Inductor's settings for Itamae's compiled kernels (compiled_step.py uses them too)."""
     torch._inductor.config.fx_graph_cache = True
     # every model shape loaded in this process is a graph of the same function: let a
     # process that loads several models (tests, a model switch in the app) keep compiling
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+
+
+@functools.cache
+def _compiled(scheme: str, act: str):
+    """One compiled callable per scheme and activation for the whole process."""
+    setup_inductor()
     kernel, activation = _KERNELS[scheme], _ACTS[act]
 
     def routed(x, *weights_and_idx):

@@ -57,54 +57,67 @@ class Router:
         k = top_k or self.top_k
         if self.uniform is not None:
             return self._uniform(x.shape[0], k, x.device)
-        scores = self.scores(x)
-        choice = scores if self.correction_bias is None else scores + self.correction_bias
-        if self.group_score is not None:
-            choice = self._limit_groups(choice)
-        if self.group_score is None and self.correction_bias is None:
-            weights, experts = torch.topk(scores, k, dim=-1)
-        else:
-            experts = torch.topk(choice, k, dim=-1, sorted=False)[1]
-            weights = scores.gather(1, experts)
-        if self.deepseek_v2_norm:
-            if self.norm_topk_prob and k > 1:
-                weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-            else:
-                weights = weights * self.routed_scaling_factor
-            return weights, experts
-        if self.norm_topk_prob:
-            weights = weights / (
-                weights.sum(-1, keepdim=True) + (1e-20 if self.scoring != "softmax" else 0)
-            )
-        return weights * self.routed_scaling_factor, experts
+        return route(x, k, self.weight, self.bias, self.correction_bias, self.config())
+
+    def config(self) -> tuple:
+        """The routing's constants, in `route`'s order (a compiled graph keys on them)."""
+        return (self.scoring, self.norm_topk_prob, self.routed_scaling_factor, self.n_group,
+                self.topk_group, self.group_score, self.deepseek_v2_norm)  # fmt: skip
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, H] -> [T, E] float32 expert scores."""
-        logits = F.linear(x.float(), self.weight, self.bias)
-        if self.scoring == "sigmoid":
-            return logits.sigmoid()
-        if self.scoring == "sqrtsoftplus":  # DeepSeek-V4
-            return F.softplus(logits).sqrt()
-        return logits.softmax(dim=-1)
+        return expert_scores(F.linear(x.float(), self.weight, self.bias), self.scoring)
 
     def _uniform(self, n_tokens: int, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.weight.shape[0]
         experts = torch.rand(n_tokens, e, generator=self.uniform).argsort(dim=-1)[:, :k]
         return torch.full((n_tokens, k), 1.0 / k, device=device), experts.to(device)
 
-    def _limit_groups(self, choice: torch.Tensor) -> torch.Tensor:
-        t, e = choice.shape
-        grouped = choice.view(t, self.n_group, e // self.n_group)
-        if self.group_score == "max":
-            group_scores = grouped.max(dim=-1).values
+
+def route(x, k: int, weight, bias, correction_bias, config: tuple):
+    """Router.__call__ as a function of tensors and constants (compiled_step.py traces it)."""
+    scoring, norm_topk_prob, scaling, n_group, topk_group, group_score, v2_norm = config
+    scores = expert_scores(F.linear(x.float(), weight, bias), scoring)  # [T, E]
+    choice = scores if correction_bias is None else scores + correction_bias
+    if group_score is not None:
+        choice = _limit_groups(choice, n_group, topk_group, group_score)
+    if group_score is None and correction_bias is None:
+        weights, experts = torch.topk(scores, k, dim=-1)
+    else:
+        experts = torch.topk(choice, k, dim=-1, sorted=False)[1]
+        weights = scores.gather(1, experts)
+    if v2_norm:
+        if norm_topk_prob and k > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         else:
-            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
-        keep = torch.topk(group_scores, self.topk_group, dim=-1, sorted=False)[1]
-        mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
-        mask = mask[:, :, None].expand(t, self.n_group, e // self.n_group).reshape(t, e)
-        # V2 zeroes the other groups' softmax scores, V3 sets them to -inf: same choice
-        fill = 0.0 if self.group_score == "max" else float("-inf")
-        return choice.masked_fill(~mask, fill)
+            weights = weights * scaling
+        return weights, experts
+    if norm_topk_prob:
+        weights = weights / (weights.sum(-1, keepdim=True) + (1e-20 if scoring != "softmax" else 0))
+    return weights * scaling, experts
+
+
+def expert_scores(logits: torch.Tensor, scoring: str) -> torch.Tensor:
+    if scoring == "sigmoid":
+        return logits.sigmoid()
+    if scoring == "sqrtsoftplus":  # DeepSeek-V4
+        return F.softplus(logits).sqrt()
+    return logits.softmax(dim=-1)
+
+
+def _limit_groups(choice: torch.Tensor, n_group: int, topk_group: int, group_score: str):
+    t, e = choice.shape
+    grouped = choice.view(t, n_group, e // n_group)
+    if group_score == "max":
+        group_scores = grouped.max(dim=-1).values
+    else:
+        group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+    keep = torch.topk(group_scores, topk_group, dim=-1, sorted=False)[1]
+    mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+    mask = mask[:, :, None].expand(t, n_group, e // n_group).reshape(t, e)
+    # V2 zeroes the other groups' softmax scores, V3 sets them to -inf: same choice
+    fill = 0.0 if group_score == "max" else float("-inf")
+    return choice.masked_fill(~mask, fill)
 
 
 class ExpertUsage:

@@ -203,6 +203,26 @@ class ExpertCache:
             self.counters.bytes_moved += nbytes  # read out of the checkpoint
         return None
 
+    def all_resident(self) -> bool:
+        """Every expert of every layer in a slot: nothing can miss or be evicted."""
+        total = sum(self.slow.n_experts(layer) for layer in range(self.n_layers))
+        return len(self.slot_of) == total
+
+    def slot_table(self, layer: int) -> torch.Tensor:
+        """expert -> slot for `layer` (int64 [experts]); only when `all_resident()`."""
+        n = self.slow.n_experts(layer)
+        return torch.tensor([self.slot_of[(layer, e)] for e in range(n)], device=self.device)
+
+    def count_resident_uses(self, layer: int, experts: list[int]) -> None:
+        """What `locate` counts for experts that are all resident (hits, uses, LRU order),
+        for decode steps that gathered them by `slot_table` inside a compiled graph."""
+        self.counters.hits += len(experts)
+        for e in experts:
+            key = (layer, e)
+            self.uses[key] = self.uses.get(key, 0) + 1
+            if self.policy == "lru":
+                self.slot_of.move_to_end(key)
+
     def would_evict(self, layer: int, expert: int) -> int | None:
         """The slot a miss on (layer, expert) could take from another expert now, if any."""
         if (layer, expert) in self.slot_of or self.free or not self.slot_of:

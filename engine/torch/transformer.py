@@ -8,6 +8,7 @@ for the whole model: one `ExpertCache` serves every MoE layer.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 
 from .attention import GQAttention
 from .compiled import FusedExperts, compile_wanted
+from .compiled_step import DecodeStep, eligible
 from .config import BaseArgs
 from .experts import stacked_views
 from .kv_cache import KVCache
@@ -90,6 +92,7 @@ class DecoderModel:
             self.lm_head = weights.linear("lm_head")
         else:  # tie_word_embeddings
             self.lm_head = Linear(self.embed)
+        self.step = self._compile_step(placement.compile)
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -183,6 +186,27 @@ class DecoderModel:
         ok = fused(x, stacked_views(rows, slow.layout(0)[0]), torch.arange(k)) is not None
         return (fused if ok else None), time.perf_counter() - started
 
+    def _compile_step(self, wanted: bool | str) -> DecodeStep | None:
+        """The compiled decode step (compiled_step.py), compiled now; None where it does not
+        apply or compiling failed (then decode runs op by op)."""
+        if os.environ.get("ITAMAE_COMPILE_STEP", "1").strip().lower() in ("0", "off", "no"):
+            return None  # the expert kernel alone (benchmarks compare the two)
+        if not compile_wanted(wanted, self.cache.row_bytes if self.cache else 0):
+            return None
+        if wanted == "auto":
+            # opt-in (compile=True / --compile on) until a quiet-machine benchmark shows it
+            # faster than the expert kernel alone: under load it measured 0.9-1.4x, and it
+            # adds its own compile time to the first start
+            return None
+        if eligible(self) is not None:
+            return None
+        step = DecodeStep(self)
+        seconds = step.warm_up()
+        if seconds < 0:
+            return None
+        self.compile_s += seconds
+        return step
+
     def _build_layer(self, i: int) -> DecoderLayer:
         p = f"model.layers.{i}"
         if i in self.moe_layers:
@@ -219,10 +243,14 @@ class DecoderModel:
 
     @torch.inference_mode()
     def forward(
-        self, tokens: torch.Tensor, cache: KVCache, all_logits: bool = False
+        self, tokens: torch.Tensor, cache: KVCache, all_logits: bool = False, compiled=True
     ) -> torch.Tensor:
-        """tokens [B, T] at positions cache.length.. -> logits [B, T, V] (or [B, 1, V])."""
+        """tokens [B, T] at positions cache.length.. -> logits [B, T, V] (or [B, 1, V]).
+        One token after at least two cached ones runs the compiled step where there is one."""
         start = cache.length
+        step = getattr(self, "step", None) if compiled else None
+        if step is not None and tokens.shape == (1, 1) and start >= 2 and type(cache) is KVCache:
+            return step(tokens, cache)
         positions = torch.arange(start, start + tokens.shape[1], device=self.device)
         cos, sin = self.rotary.cos_sin(positions, self.dtype)
         if self.cache is not None:

@@ -4,7 +4,7 @@ Not a test (it prints figures, nothing is asserted); run it by hand:
 
     python -m tests.benchmarks.bench_engines [--threads 2] [--prompt-tokens 256]
         [--gen-tokens 64] [--rounds 3] [--workdir DIR] [--skip-transformers] [--json]
-        [--shape qwen3-30b-a3b --layers 2]
+        [--shape qwen3-30b-a3b --layers 2] [--skip-startup] [--only 'torch int8,...']
 
 The checkpoint is tests/benchmarks/bench_convert.py's synthetic Qwen3-MoE (hidden 1024,
 12 layers, 32 experts top-4, expert FFN 768, Qwen2's 151,936-token vocabulary, bf16, ~1.3B
@@ -13,8 +13,9 @@ parameters); `--shape` swaps in a published model's layer shapes (Qwen3-30B-A3B:
 and to GGUF (Q8_0, Q4_0) with Itamae's converters. Every measurement runs in its own
 process, one after the other, all with the same thread count, in --rounds rounds whose
 order rotates (medians reported, every round's figures kept):
-- `itamae bench --engine torch` on torch-int8 (compiled decode kernel, and `--compile off`
-  for today's per-expert kernels) and torch-int4,
+- `itamae bench --engine torch` on torch-int8 (compiled decode step and expert kernel; the
+  expert kernel alone, ITAMAE_COMPILE_STEP=0; `--compile off` for the per-expert kernels op
+  by op) and torch-int4 (compiled step, and without it),
 - `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
 - raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
 - transformers eager in bf16 on the HF folder.
@@ -95,20 +96,22 @@ def prepare(workdir: Path) -> dict[str, Path]:
 GOMP_SPINCOUNT = "10000"
 
 
-def child(args: list[str], timeout: int = 1800) -> dict:
+def child(args: list[str], timeout: int = 1800, env: dict | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     if out.returncode != 0:
         return {"error": out.stderr[-1500:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def itamae_bench(model: Path, engine: str, threads: int, prompt: int, gen: int, *extra) -> dict:
+def itamae_bench(model: Path, engine: str, threads: int, prompt: int, gen: int, *extra,
+                 env: dict | None = None) -> dict:  # fmt: skip
     return child(
         ["-m", "app.cli", "bench", "--model", str(model), "--engine", engine,
          "--threads", str(threads), "--prompt-tokens", str(prompt), "--gen-tokens", str(gen),
-         "--json", *extra]
+         "--json", *extra], env=env,
     )  # fmt: skip
 
 
@@ -211,14 +214,19 @@ def _runs(files, t: int, n: int, g: int, skip_transformers: bool) -> dict:
     me = ["-m", "tests.benchmarks.bench_engines", "--threads", str(t), "--prompt-tokens", str(n),
           "--gen-tokens", str(g), "--child"]  # fmt: skip
 
-    def torch_run(name, *extra):
-        return lambda: itamae_bench(files[name], "torch", t, n, g, *extra)
+    def torch_run(name, *extra, env=None):
+        return lambda: itamae_bench(files[name], "torch", t, n, g, *extra, env=env)
 
+    experts_only = {"ITAMAE_COMPILE_STEP": "0"}  # the compiled expert kernel, no compiled step
     runs = {
         "torch int8": (torch_run("torch-int8"), torch_format_active_bytes(files["torch-int8"])),
+        "torch int8 experts-only": (torch_run("torch-int8", env=experts_only),
+                                    torch_format_active_bytes(files["torch-int8"])),
         "torch int8 plain": (torch_run("torch-int8", "--compile", "off"),
                              torch_format_active_bytes(files["torch-int8"])),
         "torch int4": (torch_run("torch-int4"), torch_format_active_bytes(files["torch-int4"])),
+        "torch int4 uncompiled step": (torch_run("torch-int4", env=experts_only),
+                                       torch_format_active_bytes(files["torch-int4"])),
         "itamae llamacpp Q8_0": (lambda: itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
         "itamae llamacpp Q4_0": (lambda: itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
         "raw llama.cpp Q8_0": (lambda: child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
@@ -246,8 +254,10 @@ def _median_run(results: list[dict]) -> dict:
 
 
 def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transformers: bool,
-                 rounds: int) -> dict:  # fmt: skip
+                 rounds: int, only: list[str] | None = None) -> dict:  # fmt: skip
     runs = _runs(files, t, n, g, skip_transformers)
+    if only:
+        runs = {name: run for name, run in runs.items() if name in only}
     names = list(runs)
     results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):  # rotating order: no engine always runs first or last
@@ -271,14 +281,19 @@ def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transform
     base = table.get("transformers eager bf16", {}).get("decode_tps")
     pairs = (("torch int8", "raw llama.cpp Q8_0"), ("torch int8 plain", "raw llama.cpp Q8_0"),
              ("torch int4", "raw llama.cpp Q4_0"), ("torch int8", "torch int8 plain"),
+             ("torch int8", "torch int8 experts-only"),
+             ("torch int8 experts-only", "raw llama.cpp Q8_0"),
+             ("torch int4", "torch int4 uncompiled step"),
              ("itamae llamacpp Q8_0", "raw llama.cpp Q8_0"),
              ("itamae llamacpp Q4_0", "raw llama.cpp Q4_0"))  # fmt: skip
     for name, other in pairs:
         for key in ("decode_tps", "prefill_tps"):
+            if name not in table or other not in table:
+                continue
             mine, theirs = table[name].get(key), table[other].get(key)
             if mine and theirs:
                 ratios[f"{name} / {other} ({key})"] = mine / theirs
-        if name.startswith("torch") and base and table[name].get("decode_tps"):
+        if name.startswith("torch") and base and table.get(name, {}).get("decode_tps"):
             ratios[f"{name} / transformers (decode_tps)"] = table[name]["decode_tps"] / base
     print(json.dumps(ratios, indent=1), file=sys.stderr)
     return {"engines": table, "ratios": ratios}
@@ -332,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every engine, rotated")
     p.add_argument("--skip-cache-table", action="store_true")
+    p.add_argument("--skip-startup", action="store_true")
+    p.add_argument("--only", help="comma-separated runner names (e.g. 'torch int8,raw "
+                   "llama.cpp Q8_0'), in the table's order")  # fmt: skip
     p.add_argument("--only-cache-table", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -369,8 +387,12 @@ def main(argv: list[str] | None = None) -> int:
               "omp_wait_policy": args.omp_wait_policy,
               "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}  # fmt: skip
     if not args.only_cache_table:
-        report["startup"] = startup_times(files, t, workdir)
-        report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers, args.rounds))
+        if not args.skip_startup:
+            report["startup"] = startup_times(files, t, workdir)
+        only = [name.strip() for name in args.only.split(",")] if args.only else None
+        report.update(engine_table(files, t, n, g, bandwidth, args.skip_transformers, args.rounds,
+                                   only))  # fmt: skip
+        report["load_average_after"] = os.getloadavg()
     if not args.skip_cache_table:
         report["expert_cache"] = expert_cache_tables(files, t, workdir)
     print(json.dumps(report, indent=1) if args.json else "")

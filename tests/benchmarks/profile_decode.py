@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load(args.model, threads=args.threads, compile=args.compile).model
     print(f"threads {torch.get_num_threads()}, compiled experts {model.fused is not None}, "
+          f"compiled step {getattr(model, 'step', None) is not None}, "
           f"compile {model.compile_s:.1f} s")  # fmt: skip
     rng = random.Random(0)
     vocab = model.embed.shape[0]
