@@ -32,7 +32,8 @@ def add_engine_options(p) -> None:
     )
     torch_opts.add_argument(
         "--compile", choices=["auto", "on", "off"],
-        help="decode's routed experts through a torch.compile'd kernel (default auto)",
+        help="decode's routed experts through a torch.compile'd kernel (default auto); "
+        "on: each layer's decode step compiled too",
     )  # fmt: skip
     torch_opts.add_argument(
         "--uniform-routing-seed", type=int,
