@@ -28,7 +28,8 @@ from engine.torch.models import model_class
 from engine.torch.normed_attention import attend, normed
 from engine.torch.transformer import PlacementOptions
 from engine.torch.weights import open_weights
-from engine.types import GenerationRequest, Message, SamplingParams
+from engine.types import GenerationRequest, SamplingParams
+from tests.chat_turns import assert_turns_reuse_exactly
 from tests.convert_helpers import llama_cpp_logits, relative_error, transformers_logits
 from tests.fixtures import gemma4 as gemma4_fixture
 from tests.fixtures.llamacpp_reference import run_llamacpp_converter
@@ -366,23 +367,8 @@ def test_sliding_layers_keep_only_their_window(folder):
 def test_three_turn_chat_reuses_the_cache_exactly(folder):
     """Each turn's prompt extends the last one; the generator resumes from what its
     windowed cache can rewind to and must give the logits of a fresh run."""
-    backend = load_torch(folder, dtype="float32")
-    gen, model = backend.generator, backend.generator.model
-    messages: list[Message] = []
-    for turn, text in enumerate(("Hello there.", "板前は何を切る?", "And the rice?")):
-        messages.append(Message("user", text))
-        request = GenerationRequest(
-            messages=list(messages),
-            sampling=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
-        )
-        ids = gen.prompt_ids(request)
-        reused, ran = gen._prefill(ids, None, None)
-        fresh = model.forward(torch.tensor([ids]), model.new_cache())[0, -1]
-        assert rel_err(reused, fresh) < 1e-5, f"turn {turn}"
-        if turn:
-            assert len(ids) > 16 and ran < len(ids)  # the earlier turns were not recomputed
-        final = list(gen.stream(request))[-1]
-        messages.append(Message("assistant", gen.text.decode(final.token_ids)))
+    ids = assert_turns_reuse_exactly(load_torch(folder, dtype="float32"))
+    assert len(ids) > 16  # past the sliding window
 
 
 @pytest.fixture(scope="module")

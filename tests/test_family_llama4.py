@@ -31,7 +31,8 @@ from gguf import GGUFReader
 from app.cli import main
 from converters.conversion.convert import convert
 from engine.torch.backend import load as load_torch
-from engine.types import GenerationRequest, Message, SamplingParams
+from engine.types import GenerationRequest, SamplingParams
+from tests.chat_turns import assert_turns_reuse_exactly
 from tests.convert_helpers import llama_cpp_logits, relative_error, transformers_logits
 from tests.fixtures.llama4 import VARIANTS, fixture_path
 from tests.fixtures.llamacpp_reference import reference_pair
@@ -212,23 +213,7 @@ def test_torch_greedy_generation_identical(variant):
 def test_three_turn_chat_reuses_cache_exactly(variant):
     """Each turn's prompt (Meta's template) extends the last one; the generator reuses the
     cached prefix and must give the logits of a fresh run of the whole conversation."""
-    backend = load_torch(fixture_path(variant), dtype="float32")
-    gen, model = backend.generator, backend.generator.model
-    messages: list[Message] = []
-    for turn, text in enumerate(("Hello there.", "板前は何を切る?", "And the rice?")):
-        messages.append(Message("user", text))
-        request = GenerationRequest(
-            messages=list(messages),
-            sampling=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
-        )
-        ids = gen.prompt_ids(request)
-        reused, ran = gen._prefill(ids, None, None)
-        fresh = model.forward(torch.tensor([ids]), model.new_cache())[0, -1]
-        assert rel_err(reused, fresh) < 1e-5, f"turn {turn}"
-        if turn:
-            assert ran < len(ids)  # the earlier turns were not recomputed
-        final = list(gen.stream(request))[-1]
-        messages.append(Message("assistant", gen.text.decode(final.token_ids)))
+    ids = assert_turns_reuse_exactly(load_torch(fixture_path(variant), dtype="float32"))
     assert len(ids) > 16  # the last prompt spans more than one chunk of llama4_chunked
 
 
