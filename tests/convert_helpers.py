@@ -28,9 +28,18 @@ def yarn_betas(path) -> dict[str, float]:
 
 
 def llama_cpp_logits(path, tokens=PROMPT, file_betas: bool = True) -> np.ndarray:
+    return llama_cpp_run(path, tokens, file_betas=file_betas)[0]
+
+
+def llama_cpp_run(
+    path, tokens=PROMPT, new_tokens: int = 0, n_ctx: int = 64, file_betas: bool = True
+) -> tuple[np.ndarray, list[int]]:
+    """llama.cpp with an F32 KV cache (the file's YaRN betas passed as Itamae's llama.cpp
+    engine passes them): the logits of every prompt position, and `new_tokens` greedy
+    tokens after the prompt."""
     llm = llama_cpp.Llama(
         str(path),
-        n_ctx=64,
+        n_ctx=n_ctx,
         n_threads=2,
         logits_all=True,
         type_k=llama_cpp.GGML_TYPE_F32,
@@ -40,7 +49,12 @@ def llama_cpp_logits(path, tokens=PROMPT, file_betas: bool = True) -> np.ndarray
     )
     try:
         llm.eval(tokens)
-        return np.array(llm.scores[: len(tokens)], dtype=np.float64)
+        logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+        greedy: list[int] = []
+        for _ in range(new_tokens):
+            greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([greedy[-1]])
+        return logits, greedy
     finally:
         llm.close()
 

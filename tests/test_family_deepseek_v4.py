@@ -215,38 +215,15 @@ def test_itamae_gguf_equals_llama_cpps_own_conversion(folder, tmp_path):
     }
 
 
-def _llama_cpp_run(path, prompt: list[int], new_tokens: int):
-    """(logits of every prompt position, greedy continuation) from llama.cpp, F32 KV."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(
-        str(path),
-        n_ctx=256,
-        n_threads=2,
-        logits_all=True,
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        verbose=False,
-    )
-    try:
-        llm.eval(prompt)
-        logits = np.array(llm.scores[: len(prompt)], dtype=np.float64)
-        greedy = [int(logits[-1].argmax())]
-        for _ in range(new_tokens - 1):
-            llm.eval([greedy[-1]])
-            greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        return logits, greedy
-    finally:
-        llm.close()
-
-
 def test_f32_gguf_matches_transformers_in_llama_cpp(folder, reference, tmp_path):
     from converters.conversion.convert import convert
+    from tests.convert_helpers import llama_cpp_run
 
     cfg = reference.config
     assert max(cfg.sliding_window, 128, 4 * cfg.index_topk) < PROMPT_TOKENS
     prompt = [cfg.bos_token_id] + list(range(40, 40 + PROMPT_TOKENS - 1))
     convert(folder, tmp_path / "f32.gguf", "F32")
-    got, greedy = _llama_cpp_run(tmp_path / "f32.gguf", prompt, 16)
+    got, greedy = llama_cpp_run(tmp_path / "f32.gguf", prompt, 16, n_ctx=256)
     with torch.no_grad():
         want = reference(torch.tensor([prompt])).logits[0].double().numpy()
         expected = reference.generate(
