@@ -191,12 +191,11 @@ class DecoderModel:
         apply or compiling failed (then decode runs op by op)."""
         if os.environ.get("ITAMAE_COMPILE_STEP", "1").strip().lower() in ("0", "off", "no"):
             return None  # the expert kernel alone (benchmarks compare the two)
-        if not compile_wanted(wanted, self.cache.row_bytes if self.cache else 0):
-            return None
         if wanted == "auto":
-            # opt-in (compile=True / --compile on) until a quiet-machine benchmark shows it
-            # faster than the expert kernel alone: under load it measured 0.9-1.4x, and it
-            # adds its own compile time to the first start
+            # opt-in (compile=True / --compile on): one quieter run measured 1.10x the
+            # expert kernel's decode, but its own compile time at first start is unmeasured
+            return None
+        if not compile_wanted(wanted, self.cache.row_bytes if self.cache else 0):
             return None
         if eligible(self) is not None:
             return None
