@@ -17,7 +17,10 @@ MXFP4 (`repack_mxfp4_blocks`), the hash tables as I32, the hash layers' unused r
 dropped. The gguf package (0.19.0) has neither the arch nor most of its tensor kinds and
 keys, so those are spelled here as llama.cpp's gguf-py (vendored in llama-cpp-python
 0.3.36, gguf-py/gguf/constants.py) spells them.
-The torch engine runs it as published (engine/torch/models/deepseek_v4.py).
+The torch engine runs it as published (engine/torch/models/deepseek_v4.py). The chat
+encoding DeepSeek publishes as Python (encoding/encoding_dsv4.py) is rendered by
+deepseek_v4_chat.jinja, also written into its GGUFs; its calls are DSML `tool_calls` blocks
+(engine/tool_calls/deepseek_dsml.py).
 
 References: transformers' models/deepseek_v4; llama.cpp's conversion/deepseek.py and
 src/models/deepseek4.cpp (what its loader reads).
@@ -26,6 +29,7 @@ src/models/deepseek4.cpp (what its loader reads).
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from gguf import MODEL_ARCH
 from gguf import MODEL_TENSOR as T
@@ -215,6 +219,8 @@ SPEC = ArchSpec(
     metadata=metadata,
     recognise_gguf=lambda metadata: True,  # the only family llama.cpp calls deepseek4
     chat_format="deepseek",
+    # V4 ships its chat encoding as Python and no template; this renders what it renders
+    chat_template=Path(__file__).with_name("deepseek_v4_chat.jinja").read_text(encoding="utf-8"),
     extra_facts=facts,
     required_layer_kinds=required,
     gguf_drops=drops,
