@@ -8,8 +8,9 @@ carries it. The references here are therefore published renderings:
   a call and its result) and test_output_2.txt (thinking mode, earlier reasoning dropped), as
   ms-swift's alignment test (tests/test_align/test_template/test_deepseek_v4_flash.py) quotes
   them byte for byte from the model repository, the tools section included;
-- GOLDEN_* renderings of what the published encoding's rules write where no golden file
-  shows it (chat mode, tools without a system message, several results in one turn).
+- renderings of what the published encoding's rules write where no golden file shows it
+  (chat mode, tools without a system message, several results in one turn), and
+  llama.cpp's own V4 templates (models/templates/), which render the goldens too.
 Itamae's template (converters/archs/deepseek_v4_chat.jinja, used when a V4 folder has no
 template) must render exactly those texts, and the torch engine's prompt for a V4 folder
 without a template must be their token ids, with the request's thinking switch and tools;
@@ -212,6 +213,41 @@ def test_results_and_a_user_message_after_them_are_one_user_turn():
     )
 
 
+LLAMA_CPP_V4 = ["deepseek-ai-DeepSeek-V4.jinja", "deepseek-ai-DeepSeek-V4-Flash-0731.jinja"]
+
+
+@pytest.mark.parametrize("name", LLAMA_CPP_V4)
+def test_llama_cpps_own_v4_templates_agree(name):
+    # llama.cpp's renderings of the same encoding (models/templates/ in its source tree):
+    # they give the published goldens too, and Itamae's text wherever a system message
+    # carries the tools and tools are given whenever results are. (Where those do not hold
+    # they depart from the encoding: tools text with no system message, which vLLM's V4
+    # tokenizer puts after an empty one, and reasoning kept for results without tools.)
+    from tests.fixtures.llamacpp_reference import llama_cpp_source
+
+    theirs = (llama_cpp_source() / "models" / "templates" / name).read_text(encoding="utf-8")
+    assert isinstance(format_for(theirs)[0], DeepSeekV4DSML)  # its calls read back as V4's
+    kw = {"bos_token": BOS, "add_generation_prompt": False, "thinking": True}
+    assert render_chat(theirs, tool_conversation(), tools=TOOLS, **kw) == PUBLISHED_THINKING_TOOLS
+    assert render_chat(theirs, CHAT, **kw) == PUBLISHED_THINKING
+    merged = tool_conversation()[:4] + [
+        {"role": "tool", "content": '{"temperature": 26}'},
+        {"role": "user", "content": "And Shanghai?"},
+    ]
+    for messages, tools in [(CHAT, []), (CHAT[:-1], []), (CHAT[:-1], TOOLS), (merged, TOOLS)]:
+        for thinking in (False, True):
+            ours = render_chat(TEMPLATE, messages, bos_token=BOS, tools=tools, thinking=thinking)
+            generation = messages[-1]["role"] != "assistant"
+            assert ours == render_chat(
+                theirs,
+                messages,
+                bos_token=BOS,
+                tools=tools,
+                thinking=thinking,
+                add_generation_prompt=generation,
+            )
+
+
 def test_the_encodings_calls_parse_back_to_the_same_calls():
     fmt, native = format_for(TEMPLATE)  # the tools module's parser for this template
     assert isinstance(fmt, DeepSeekV4DSML) and native
@@ -260,7 +296,8 @@ def test_a_forced_call_opens_the_tool_calls_block(thinking):
     texts = [part[1] for part in plan.constraint.sequences[0] if part[0] == "text"]
     assert texts[0] == 'get_weather">\n' and texts[-1].endswith("</｜DSML｜tool_calls>")
     written = plan.prefix + texts[0] + texts[1] + "Beijing" + "".join(texts[2:])
-    assert plan.read_reply(written) == ("", [ToolCall("get_weather", '{"location": "Beijing"}')])
+    call = ToolCall("get_weather", json.dumps({"location": "Beijing"}), "call_0")
+    assert plan.read_reply(written) == ("", [call])
 
 
 def test_reasoning_effort_is_the_thinking_switch():

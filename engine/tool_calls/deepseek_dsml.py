@@ -57,13 +57,14 @@ class DeepSeekDSML(ToolFormat):
 
 
 class DeepSeekV4DSML(DeepSeekDSML):
-    """DeepSeek-V4: the calls in a <｜DSML｜tool_calls> block (its template spells the tag
-    whole, which V3.2's does not)."""
+    """DeepSeek-V4: the calls in a <｜DSML｜tool_calls> block. Its templates (Itamae's and
+    llama.cpp's models/templates/deepseek-ai-DeepSeek-V4.jinja) close that tag, which no
+    V3.2 template has: `tool_calls>` tells them apart."""
 
     name = "deepseek_v4_dsml"
     block = "tool_calls"
-    markers = (f"<{DSML}tool_calls>",)
-    starts = markers
+    markers = (DSML, "tool_calls>")
+    starts = (f"<{DSML}tool_calls>",)
 
 
 def _call(tool: dict, block: str) -> list:
