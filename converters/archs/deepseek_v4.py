@@ -162,6 +162,22 @@ def facts(config: dict) -> dict:
     }
 
 
+def gguf_facts(metadata: dict) -> dict:
+    """`facts` from a GGUF header: the per-layer ratios and the hash layer count are keys
+    of llama.cpp's deepseek4 (the MTP layer's ratio last, beyond block_count)."""
+
+    def key(name: str):
+        return metadata.get(KEY[name].format(arch=ARCH))
+
+    return facts(
+        {
+            "num_hidden_layers": int(metadata.get(f"{ARCH}.block_count") or 0),
+            "compress_ratios": [int(r) for r in key("compress_ratios") or []],
+            "num_hash_layers": int(key("hash_layer_count") or 0),
+        }
+    )
+
+
 def metadata(config: dict) -> list[tuple[str, object]]:
     """llama.cpp's DeepseekV4Model.set_gguf_parameters, key for key."""
 
@@ -222,6 +238,7 @@ SPEC = ArchSpec(
     # V4 ships its chat encoding as Python and no template; this renders what it renders
     chat_template=Path(__file__).with_name("deepseek_v4_chat.jinja").read_text(encoding="utf-8"),
     extra_facts=facts,
+    gguf_extra_facts=gguf_facts,
     required_layer_kinds=required,
     gguf_drops=drops,
     gguf_types_by_source=True,
