@@ -22,6 +22,7 @@ opens that block, and `reasoning_effort` is the thinking switch.
 from __future__ import annotations
 
 import json
+
 import pytest
 
 import engine
@@ -91,7 +92,7 @@ TOOLS_SECTION = (
     '<｜DSML｜invoke name="$TOOL_NAME2">\n...\n</｜DSML｜invoke>\n'
     "</｜DSML｜tool_calls>\n\n"
     'String parameters should be specified as is and set `string="true"`. For all other types'
-    ' (numbers, booleans, arrays, objects), pass the value in JSON format and set'
+    " (numbers, booleans, arrays, objects), pass the value in JSON format and set"
     ' `string="false"`.\n\n'
     "If thinking_mode is enabled (triggered by <think>), you MUST output your complete"
     " reasoning inside <think>...</think> BEFORE any tool calls or final response.\n\n"
@@ -290,7 +291,7 @@ def test_a_forced_call_opens_the_tool_calls_block(thinking):
     plan = plan_prompt(TEMPLATE, req, bos_token=BOS)
     opener = "<think></think>" if thinking else "</think>"  # reasoning closed before a call
     assert plan.text.endswith(
-        f"{QUESTION}{ASSISTANT}{opener}\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\""
+        f'{QUESTION}{ASSISTANT}{opener}\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="'
     )
     # what constrained decoding then writes closes V4's block, and parses back
     texts = [part[1] for part in plan.constraint.sequences[0] if part[0] == "text"]
