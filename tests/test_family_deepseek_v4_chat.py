@@ -372,3 +372,47 @@ def test_itamae_gguf_carries_the_encoding_as_its_template(v4_folder, tmp_path):
     out = tmp_path / "v4.gguf"
     convert(v4_folder, out, "F32")
     assert GGUFReader(out).fields["tokenizer.chat_template"].contents() == TEMPLATE
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string", "maxLength": 8},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["location", "unit"],
+        },
+    },
+}
+
+
+@pytest.mark.slow  # two server starts on the V4 fixture
+@pytest.mark.parametrize("effort", ["none", "high"])
+def test_api_returns_a_forced_v4_call_in_both_modes(v4_folder, effort):
+    # `itamae serve` on the V4 folder: the call is written in V4's DSML block (forced),
+    # parsed back; in thinking mode the reasoning is closed before it
+    import jsonschema
+    import openai
+
+    from tests.serve_process import ServeProcess
+
+    with ServeProcess("--model", str(v4_folder), "--engine", "torch") as server:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=[{"role": "user", "content": QUESTION}],
+            tools=[WEATHER],
+            tool_choice="required",
+            reasoning_effort=effort,
+            temperature=0,
+            max_tokens=200,
+        )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
