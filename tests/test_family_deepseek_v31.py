@@ -2,7 +2,7 @@
 transformers' `apply_chat_template` token ids in both thinking modes and with tools, the
 request's thinking switch reaches the template through the torch engine's prompt builder
 and the remote backend's request body, a three-turn chat under it equals the recomputed
-conversation, and a tool call the template writes parses back to the same call. The same for
+conversation, `itamae inspect --json` is exact, and a tool call the template writes parses back to the same call. The same for
 DeepSeek-V3.2's template (its DSML tool calls)."""
 
 from __future__ import annotations
@@ -207,6 +207,50 @@ def test_three_turn_chat_under_v31s_template_equals_the_recomputed_conversation(
         assert_turns_reuse_exactly(backend)
     finally:
         backend.close()
+
+
+def test_inspect_json_is_exact(v31_folder, capsys):
+    # V3.1 as published: V3's layout (FP8 aside), an MTP layer, DeepSeek's tokenizer
+    from safetensors import safe_open
+
+    from app.cli import main
+    from tests.fixtures.reference import reference_model
+
+    state = reference_model(v31_folder).state_dict()  # transformers skips the MTP layer too
+    total = sum(t.numel() for t in state.values())
+    routed = sum(t.numel() for n, t in state.items() if ".experts." in n)
+    config = json.loads((v31_folder / "config.json").read_text())
+    mtp = f"model.layers.{config['num_hidden_layers']}."
+    with safe_open(v31_folder / "model.safetensors", "pt") as f:
+        n_tensors = sum(not k.startswith(mtp) for k in f.keys())
+    assert main(["inspect", str(v31_folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == {
+        "path": str(v31_folder),
+        "format": "hf",
+        "arch": "deepseek_v3",
+        "name": "itamae-tiny-deepseek_v3",
+        "total_params": total,
+        "active_params": total - routed + routed * 4 // 16,
+        "n_layers": 3,
+        "n_experts": 16,
+        "experts_per_token": 4,
+        "n_shared_experts": 1,
+        "n_moe_layers": 2,
+        "n_linear_attention_layers": 0,
+        "context_length": config["max_position_embeddings"],
+        "vocab_size": config["vocab_size"],
+        "dtypes": {"F32": n_tensors},
+        "quant": "f32",
+        "bits_per_weight": dict.fromkeys(
+            ("experts", "shared", "attention", "embeddings", "other"), 32.0
+        ),
+        "size_bytes": (v31_folder / "model.safetensors").stat().st_size,
+        "license": "apache-2.0",
+        "files": ["model.safetensors"],
+        "extra": {},
+        "is_moe": True,
+    }
 
 
 def test_remote_backend_sends_the_switch_as_llama_servers_template_kwargs():
