@@ -16,7 +16,8 @@ template) must render exactly those texts, and the torch engine's prompt for a V
 without a template must be their token ids, with the request's thinking switch and tools;
 an Itamae GGUF carries the template. The calls the encoding writes parse back with the
 tools module's parser for that template (DSML in a `tool_calls` block), a forced call
-opens that block, and `reasoning_effort` is the thinking switch.
+opens that block (through the API too), `reasoning_effort` is the thinking switch, and a
+three-turn chat under the encoding equals the recomputed conversation in both modes.
 """
 
 from __future__ import annotations
@@ -362,6 +363,23 @@ def test_torch_engine_prompt_is_the_encodings_ids(v4_folder, hf_tokenizer, think
     )
     assert got == hf_tokenizer.encode(want, add_special_tokens=False)
     assert got[-1] == hf_tokenizer.convert_tokens_to_ids(opener)
+
+
+@pytest.mark.slow  # ~45 s each on the shared 2-core machine
+@pytest.mark.parametrize("thinking", [False, True], ids=["chat", "thinking"])
+def test_three_turn_chat_under_the_encoding_equals_the_recomputed_conversation(v4_folder, thinking):
+    # in thinking mode a new user turn rewrites the last one's opener (<think> becomes
+    # </think>, its reasoning dropped), before the only checkpoint V4's cache keeps (the
+    # last turn's end): the turn is recomputed, and must still be exact
+    from tests.chat_turns import assert_turns_reuse_exactly
+
+    backend = engine.load(v4_folder, engine="torch", dtype="float32")
+    try:
+        ids = assert_turns_reuse_exactly(backend, reuses=not thinking, enable_thinking=thinking)
+        opener = "<think>" if thinking else "</think>"
+        assert ids[-1] == backend.generator.text.tokenizer.token_to_id(opener)
+    finally:
+        backend.close()
 
 
 def test_itamae_gguf_carries_the_encoding_as_its_template(v4_folder, tmp_path):
