@@ -146,6 +146,14 @@ class TorchBackend:
                       "compile_s": m.compile_s}  # fmt: skip
         return info
 
+    def prefetch_report(self) -> dict:
+        """Next-layer prefetch's counters since load (prefetch.py), for benchmarks."""
+        p = self.model.cache.prefetch_counters if self.model.cache else None
+        if p is None or self.model.prefetch is None:
+            return {}
+        return {"prefetch_prediction_hit_rate": p.prediction_hit_rate,
+                "prefetched": p.prefetched, "prefetch_predicted": p.predicted}  # fmt: skip
+
     def stream(
         self, req: GenerationRequest, cancel: threading.Event | None = None
     ) -> Iterator[Event]:
