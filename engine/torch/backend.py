@@ -149,7 +149,7 @@ class TorchBackend:
     def prefetch_report(self) -> dict:
         """Next-layer prefetch's counters since load (prefetch.py), for benchmarks."""
         p = self.model.cache.prefetch_counters if self.model.cache else None
-        if p is None or self.model.prefetch is None:
+        if p is None or getattr(self.model, "prefetch", None) is None:  # (DeepSeek-V4: none)
             return {}
         return {"prefetch_prediction_hit_rate": p.prediction_hit_rate,
                 "prefetched": p.prefetched, "prefetch_predicted": p.predicted}  # fmt: skip
@@ -182,7 +182,7 @@ class TorchBackend:
         if self.model is not None and self.model.cache is not None:
             self.model.cache.join_all()  # no prefetch copy left writing into freed memory
             self.model.cache.copier.close()
-        if self.model is not None and self.model.overlap is not None:
+        if getattr(self.model, "overlap", None) is not None:
             self.model.overlap.close()
         self.model = None
         self.generator = None
