@@ -52,6 +52,23 @@ def test_same_logits_with_prefetch_and_overlap_on_or_off(qwen2, qwen2_int8, sour
                     assert c.prefetch_counters.prefetched > 0, (budget, copier)
 
 
+def test_prefetch_keeps_the_logits_under_every_policy(qwen2_int8):  # noqa: F811
+    ids = torch.arange(3, 19)[None]
+    fed = [5, 9, 2, 7, 11, 4]
+    base_model, base = _logits(qwen2_int8, ids, fed, torch.bfloat16, expert_budget=1.0,
+                               compile=False)  # fmt: skip
+    usage = base_model.usage.counts.tolist()
+    for policy in ("frequency", "static"):
+        model, logits = _logits(qwen2_int8, ids, fed, torch.bfloat16, expert_budget=0.5,
+                                compile=False, policy=policy, prefetch="next_layer",
+                                expert_usage=usage if policy == "static" else None)  # fmt: skip
+        assert torch.equal(logits, base), policy
+        assert model.cache.used_bytes <= model.cache.budget_bytes
+        if policy == "static":  # a fixed hot set: guesses are counted, nothing is moved
+            assert model.cache.prefetch_counters.prefetched == 0
+            assert model.cache.prefetch_counters.predicted > 0
+
+
 def test_overlap_alone_gives_the_sequential_bits_and_counts(qwen2_int8):  # noqa: F811
     ids = torch.arange(3, 19)[None]
     fed = [5, 9, 2, 7, 11, 4]
