@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -165,3 +169,16 @@ def test_unknown_prefetch_and_overlap_values_are_refused(qwen2):  # noqa: F811
         load(folder, prefetch="next_two_layers", device="cpu")
     with pytest.raises(ItamaeError, match="overlap"):
         load(folder, overlap="sometimes", device="cpu")
+
+
+def test_bench_command_reports_the_prediction(qwen2):  # noqa: F811
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", "--model", str(qwen2[0]), "--engine", "torch",
+         "--prompt-tokens", "8", "--gen-tokens", "6", "--expert-budget", "0.5",
+         "--prefetch", "next_layer", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert 0 < result["prefetch_prediction_hit_rate"] <= 1
+    assert result["prefetch_predicted"] > 0
