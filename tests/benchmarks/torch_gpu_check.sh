@@ -6,6 +6,9 @@
 #   bash tests/benchmarks/torch_gpu_check.sh build     # there: llama-cpp-python with CUDA
 #   bash tests/benchmarks/torch_gpu_check.sh check     # there, same warm machine: tests + bench
 #   (`run` = build then check, for a machine where one 10-minute call holds both)
+# The device tool's run needs `carry: [".gpu-carry"]` (ignored, so not copied otherwise);
+# .gpu-build/ (the CUDA wheel) stays on a warm machine between build and check.
+# Unrun so far: no GPU machine has been lent to the session that wrote it.
 #
 # The GPU machine has no network: it needs torch with CUDA, transformers and safetensors
 # already (check refuses at once, saying which is missing). What it lacks and Itamae can
