@@ -21,7 +21,8 @@ Options (all optional):
                    ITAMAE_COMPILE=0 turns both off, ITAMAE_COMPILE_STEP=0 the step alone
     prefetch       "off" (default) | "next_layer": during decode, layer i+1's router applied
                    to layer i's output predicts its experts and the missing ones are copied
-                   into the fast tier ahead of need (engine/torch/prefetch.py)
+                   into the fast tier ahead of need (engine/torch/prefetch.py); it runs
+                   layer by layer, so compile=True's compiled decode step is left out
     overlap        "auto" (default: on with CUDA) | "on" | "off": decode computes the missed
                    experts on the CPU while the fast tier's run (engine/torch/overlap.py)
     uniform_routing_seed  benchmarks of expert placement only: route every token to experts
