@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio_pf:.2f}x", file=sys.stderr, flush=True)  # fmt: skip
         rows.append({"budget": b, **{k: v for k, v in med.items()}})
     if a.json:
-        print(json.dumps({"rows": rows, "rounds": {f"{k[0]} {k[1]}": v for k, v in results.items()}}))
+        print(
+            json.dumps({"rows": rows, "rounds": {f"{k[0]} {k[1]}": v for k, v in results.items()}})
+        )
     return 0
 
 
