@@ -47,13 +47,17 @@ COMPILED_SCHEMES = ("int8_row", "float")  # int4_group: see the module docstring
 AUTO_MIN_EXPERT_BYTES = 1 << 20
 
 
+def itamae_data_dir() -> Path:
+    """The data folder app/settings.py uses (ITAMAE_HOME moves it)."""
+    home = os.environ.get("ITAMAE_HOME")
+    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("itamae"))
+
+
 def inductor_cache_dir() -> Path:
     """Where Inductor keeps compiled kernels between runs."""
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    home = os.environ.get("ITAMAE_HOME")  # the data folder app/settings.py uses
-    data = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("itamae"))
-    return data / "inductor-cache"
+    return itamae_data_dir() / "inductor-cache"
 
 
 def compile_wanted(option: object = "auto", expert_bytes: int = AUTO_MIN_EXPERT_BYTES) -> bool:
