@@ -232,7 +232,8 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
             if ffn.shared_gate is not None:
                 _add_linear(C, T, "shared_gate", ffn.shared_gate)
         cache, fused = model.cache, model.fused
-        if GATHER_IN_GRAPH and fused is not None and fused.failed is None and cache.all_resident():
+        if (GATHER_IN_GRAPH and fused is not None and fused.failed is None
+                and fused.scheme in _ARGS and cache.all_resident()):  # fmt: skip
             C["experts"] = (fused.scheme, fused.act)
             views = cache.fast_views(ffn.layer)
             for n in _ARGS[fused.scheme]:

@@ -105,10 +105,11 @@ def _build() -> str | None:
             cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
                                build_directory=str(folder), is_python_module=False,
                                verbose=False)  # fmt: skip
-        return None
     except Exception as e:  # no compiler, no ninja, a failed build: many kinds
         text = str(e).strip().splitlines()
         return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
+    _register_fake()
+    return None
 
 
 def applies(in_features: int, group: int) -> bool:
@@ -122,3 +123,48 @@ def matvec(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Te
     [N, R, C/64] float16 (stacked views, any stride between matrices); idx [K] int64
     -> [K, R] float32: row k is x[k or 0] times matrix idx[k]."""
     return torch.ops.itamae_int4.matvec(x.float().contiguous(), q, scale, zero, idx)
+
+
+def _register_fake() -> None:
+    """Shapes for torch.compile: the compiled decode step calls the op inside its graph."""
+
+    @torch.library.register_fake("itamae_int4::matvec")
+    def _(x, q, scale, zero, idx):
+        return x.new_empty(idx.shape[0], q.shape[1])
+
+
+class Int4Experts:
+    """Decode's K chosen int4 experts in two kernel calls (gate/up for all K, then down):
+    `__call__(x, views, idx) -> [K, H]` float32 over stacked expert views
+    (experts.stacked_views), as compiled.FusedExperts does for int8; `None` from
+    `for_scheme` where the kernel does not apply. An expert's output depends on its own
+    row and the token only (each activation row is quantized on its own, each output row
+    summed by the same loop), so it is the same bits from the fast tier's slots or the
+    memory-mapped file, alone or with any other experts: placement does not change it."""
+
+    scheme = "int4_group"
+    failed: str | None = None  # the protocol of FusedExperts: this kernel never half-fails
+
+    def __init__(self, act: str):
+        from .layers import gated_activation
+
+        self.act, self._glu = act, gated_activation(act)
+
+    @classmethod
+    def for_scheme(cls, scheme: str, act: str, device: torch.device) -> Int4Experts | None:
+        if scheme != cls.scheme or device.type != "cpu" or not available():
+            return None
+        return cls(act)
+
+    def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
+        """None where the experts' shapes are not the kernel's (the caller runs the plain
+        path) or they carry biases (gpt-oss, whose sizes do not fit it either)."""
+        hidden, inter = views["down.q"].shape[1], views["down.q"].shape[2] * 2
+        if "gate_up.bias" in views or not (applies(hidden, GROUP) and applies(inter, GROUP)):
+            return None
+        gate_up = matvec(x.reshape(1, -1), *(views[f"gate_up.{p}"] for p in PARTS), idx)
+        gate, up = gate_up.chunk(2, dim=-1)  # [K, I] each
+        return matvec(self._glu(gate, up), *(views[f"down.{p}"] for p in PARTS), idx)
+
+
+PARTS = ("q", "scale", "zero")
