@@ -189,3 +189,25 @@ def test_int4_decode_is_placement_invariant(int4_model, budget):
         model = load_model(int4_model, torch.bfloat16, expert_budget=b, compile=True)
         runs.append(torch.stack(run_ours(model, ids, fed)[1]))
     assert torch.equal(runs[0], runs[1])
+
+
+@needs_vnni
+def test_compiled_step_with_the_int4_kernel_within_rounding(int4_model):
+    """The compiled decode step runs the int4 head through the VNNI op inside its graph:
+    as close to the float32 pass as op-by-op bf16 is (median step, as
+    tests/test_torch_compiled_step.py bounds it for int8)."""
+    ids = prompt_ids(int4_model, 8)
+    fed = [5, 7, 11, 13, 17, 19, 23, 29, 31, 37]
+    logits = {}
+    for label, dtype, compile in (("float32", torch.float32, False),
+                                  ("bf16", torch.bfloat16, False),
+                                  ("bf16 compiled", torch.bfloat16, True)):  # fmt: skip
+        model = load_model(int4_model, dtype, compile=compile)
+        assert (model.step is not None) == compile
+        _, steps = run_ours(model, ids, fed)
+        logits[label] = torch.stack(steps).float()
+    ref = logits["float32"]
+    plain_err = (logits["bf16"] - ref).abs().amax(-1).median()
+    compiled_err = (logits["bf16 compiled"] - ref).abs().amax(-1).median()
+    assert compiled_err <= 1.5 * plain_err, (compiled_err, plain_err)
+    assert model.step._head[0] == "int4_vnni"  # the head ran through the VNNI op
