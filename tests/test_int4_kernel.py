@@ -172,7 +172,9 @@ def test_an_int4_experts_rows_are_the_same_bits_from_a_slot_and_from_the_file(in
     cache, fused = model.cache, model.fused
     x = torch.randn(model.args.hidden_size).bfloat16()
     experts = [1, 4, 6]
-    from_slots = fused(x, cache.fast_views(2), torch.tensor([cache.slot_of[(2, e)] for e in experts]))
+    from_slots = fused(
+        x, cache.fast_views(2), torch.tensor([cache.slot_of[(2, e)] for e in experts])
+    )
     views, idx = cache.slow.stacked(2, experts)
     from_file = fused(x, views, idx)
     assert torch.equal(from_slots, from_file)

@@ -40,7 +40,6 @@ from converters.formats.torch_format import (
 )
 from converters.formats.torch_quant import INT4_GROUP, quantize_int4_groups, quantize_int8_rows
 
-
 # The output layer with int4 experts: at 151,936 x 1024 (Qwen's vocabulary) it is most of
 # what a decode step reads (148 MiB of 241 in int8 on the bench model), and llama.cpp's
 # Q4_0 file, the peer of this recipe, holds it at 4.5 bits too. Attention and shared

@@ -143,8 +143,13 @@ class TorchFormatWeights(Weights):
                 linear.weight = q.clone()
             return linear
         if self.fmt.scheme(name) == "int4_group":  # the int4 recipe's output layer
-            q, s, z = (self.fmt.get(f"{name}.{part}").to(self.device) for part in ("q", "scale", "zero"))
-            return Int4Linear(q, s, z, int4_group_size(q.shape[1] * 2))
+            q, s, z = (
+                self.fmt.get(f"{name}.{part}").to(self.device) for part in ("q", "scale", "zero")
+            )
+            linear = Int4Linear(q, s, z, int4_group_size(q.shape[1] * 2))
+            if self.dtype == torch.bfloat16:
+                linear.decode_kernel_applies()  # the kernel built at load, not on a token
+            return linear
         return super().linear(prefix)
 
     def slow_tier(self, prefixes, names, act) -> SlowTier:

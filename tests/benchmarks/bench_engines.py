@@ -15,7 +15,8 @@ process, one after the other, all with the same thread count, in --rounds rounds
 order rotates (medians reported, every round's figures kept):
 - `itamae bench --engine torch` on torch-int8 (the default, the compiled expert kernel; with
   `--compile on` the compiled decode step too; `--compile off` for the per-expert kernels op
-  by op) and torch-int4 (default, and with the compiled step),
+  by op) and torch-int4 (default: int4_kernel.py's VNNI kernel; with the compiled step; and
+  with ITAMAE_INT4_KERNEL=0, torch's `_weight_int4pack_mm_for_cpu`),
 - `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
 - raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
 - transformers eager in bf16 on the HF folder.
@@ -74,6 +75,8 @@ def prepare(workdir: Path) -> dict[str, Path]:
     files = {"hf": src}
     for quant in ("int8", "int4"):
         dest = workdir / f"torch-{quant}"
+        if dest.is_dir() and not _schemes_current(dest, quant):
+            shutil.rmtree(dest)  # converted before a recipe change (the int4 head): again
         if not dest.is_dir():
             convert_to_torch(src, dest, quant)
         files[f"torch-{quant}"] = dest
@@ -83,6 +86,16 @@ def prepare(workdir: Path) -> dict[str, Path]:
             convert(src, dest, recipe)
         files[recipe] = dest
     return files
+
+
+def _schemes_current(dest: Path, quant: str) -> bool:
+    """Every tensor of a cached conversion has the scheme today's writer gives it."""
+    from converters.formats.torch_format import MANIFEST
+    from converters.formats.torch_writer import _scheme_for
+
+    m = json.loads((dest / MANIFEST).read_text())
+    return all(t["scheme"] == _scheme_for(name, t["shape"], m["rest"], quant)
+               for name, t in m["tensors"].items())  # fmt: skip
 
 
 # ---- child processes ----------------------------------------------------------------------
@@ -225,6 +238,8 @@ def _runs(files, t: int, n: int, g: int, skip_transformers: bool) -> dict:
         "torch int8 plain": (torch_run("torch-int8", "--compile", "off"), int8),
         "torch int4": (torch_run("torch-int4"), int4),
         "torch int4 compiled step": (torch_run("torch-int4", *step), int4),
+        # torch's _weight_int4pack_mm_for_cpu instead of int4_kernel.py's VNNI kernel
+        "torch int4 int4pack": (torch_run("torch-int4", env={"ITAMAE_INT4_KERNEL": "0"}), int4),
         "itamae llamacpp Q8_0": (lambda: itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
         "itamae llamacpp Q4_0": (lambda: itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
         "raw llama.cpp Q8_0": (lambda: child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
@@ -281,6 +296,8 @@ def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transform
              ("torch int4", "raw llama.cpp Q4_0"), ("torch int8", "torch int8 plain"),
              ("torch int8 compiled step", "torch int8"),
              ("torch int8 compiled step", "raw llama.cpp Q8_0"),
+             ("torch int4", "torch int4 int4pack"),
+             ("torch int4 int4pack", "raw llama.cpp Q4_0"),
              ("torch int4 compiled step", "torch int4"),
              ("torch int4 compiled step", "raw llama.cpp Q4_0"),
              ("itamae llamacpp Q8_0", "raw llama.cpp Q8_0"),

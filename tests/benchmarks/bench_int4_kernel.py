@@ -2,7 +2,7 @@
 
 Not a test (it prints figures); run it by hand:
 
-    python -m tests.benchmarks.bench_int4_kernel [--threads 2] [--rounds 8]
+    python -m tests.benchmarks.bench_int4_kernel [--threads 2] [--rounds 8] [--only head]
 
 Bench-model shapes (tests/benchmarks/bench_convert.py): hidden 1024, expert FFN 768, top-4
 of 32 int4 experts (groups of 64, float16 scale and zero, as the torch format stores them),
@@ -99,8 +99,11 @@ def cases(x: torch.Tensor):
     q8, s8 = quantize_int8_rows(torch.randn(VOCAB, HIDDEN) * 0.02)
     packed8 = pack_int8(q8, s8)
     zero = torch.zeros(1, dtype=torch.long)
+
     def expert_bytes(scale_bytes: int) -> int:  # codes + scale and zero, K experts
-        return TOP_K * sum(q[0].numel() + s[0].numel() * 2 * scale_bytes for q, s, _ in (gate_up, down))
+        return TOP_K * sum(
+            q[0].numel() + s[0].numel() * 2 * scale_bytes for q, s, _ in (gate_up, down)
+        )
 
     head_bytes = head[0].numel() + head[1].numel() * 4
     pick = lambda: torch.randperm(EXPERTS)[:TOP_K]  # noqa: E731
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--only", choices=["experts", "head"], help="one of the two comparisons")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not int4_kernel.available():
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.manual_seed(0)
     table = cases(torch.randn(HIDDEN))
-    names = list(table)
+    names = [n for n in table if args.only is None or n.startswith(args.only)]
     calls = {n: 50 if n.startswith("experts") else 5 for n in names}
     best = {n: (float("inf"), float("inf")) for n in names}
     load = os.getloadavg()
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads {args.threads}, load average {load[0]:.1f} before / "
           f"{os.getloadavg()[0]:.1f} after, best of {args.rounds} rounds")  # fmt: skip
     for name in names:
-        base = best[names[0] if name.startswith("experts") else names[3]]
+        base = best[next(n for n in names if n.startswith(name.split(":")[0]))]
         wall, cpu = best[name]
         print(f"{name:52s} wall {wall * 1e3:7.3f} ms  cpu {cpu * 1e3:7.3f} ms  "
               f"{table[name][1] / wall / 1e9:5.1f} GB/s  vs torch int4pack: wall "
