@@ -6,9 +6,10 @@ linears use torch's CPU kernels when the activations are bf16: int8 per-row weig
 FBGEMM for a single activation row (decode, non-expert weights; see cpu_kernels.py) and
 through `torch._weight_int8pack_mm` otherwise, int4 group-wise weights through
 int4_kernel.py's VNNI kernel for a single row (decode) and `_weight_int4pack_mm_for_cpu`
-(gpt-fast's kernel) otherwise. FBGEMM and the int4 decode kernel round
-the activation row to 8 bits, about what bf16 keeps already; float32 activations ask for more, so they (and CUDA)
-run the same math as dequantize-then-matmul, and results agree across devices to rounding.
+(gpt-fast's kernel) otherwise. FBGEMM and the int4 decode kernel round the activation row
+to 8 bits, about what bf16 keeps already; float32 activations ask for more, so they (and
+CUDA) run the same math as dequantize-then-matmul, and results agree across devices to
+rounding.
 """
 
 from __future__ import annotations
