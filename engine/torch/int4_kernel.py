@@ -1,18 +1,19 @@
 """Decode's int4 matrix-vector product: a small AVX-512 VNNI kernel (int4_matvec.cpp).
 
-One activation row times int4 weights is bound by how fast the nibbles stream in. torch's
-`_weight_int4pack_mm_for_cpu` (gpt-fast's kernel) converts every code to float and reaches
-about 31 G weights/s a core on this class of CPU; the kernel here follows llama.cpp's Q4_0
-recipe instead: the row is rounded to int8 per group of 64 and the codes are multiplied as
-integers (vpdpbusd), with one float multiply-add per 128 weights. It reads the torch format's
-own nibble layout (no repacked copy), and gathers the chosen experts out of stacked rows
-in the same parallel loop, so decode's K experts of a layer are one call per projection.
+One activation row times int4 weights is bound by how fast the nibbles stream in and are
+unpacked. torch's `_weight_int4pack_mm_for_cpu` (gpt-fast's kernel) converts every code to
+float; the kernel here follows llama.cpp's Q4_0 recipe instead: the row is rounded to int8
+per group of 64 and the codes are multiplied as integers (vpdpbusd), with one float
+multiply-add per 128 weights. It reads the torch format's own nibble layout (no repacked
+copy), and gathers the chosen experts out of stacked rows in the same parallel loop, so
+decode's K experts of a layer are one call per projection.
 
-Measured against the peers on the bench shapes in one run (tests/benchmarks/bench_int4_kernel.py,
-figures in README's Engines section): the fused experts step (gate/up, activation, down;
-hidden 1024, FFN 768, top-4 of 32) and the 151,936 x 1024 output layer, with
-`_weight_int4pack_mm_for_cpu` per expert and an Inductor-generated gather + dequantize + dot
-(compiled.py's way for int8) as the others.
+Measured against the peers in one run (tests/benchmarks/bench_int4_kernel.py; figures and
+load in README's Engines section): the top-4 experts step (hidden 1024, FFN 768, 32 experts)
+1.14x torch's kernel at 1 thread and 2.19x at 2 (one thread-pool wake-up per projection
+instead of one per expert), an Inductor-generated gather + dequantize + dot 0.05x; the
+151,936 x 1024 output layer 0.88-0.91x torch's kernel (both near 15 GB/s a core, bound by
+unpacking, not memory), where it is used for reading the stored nibbles without a second copy.
 
 The activation row rounds to 8 bits per group of 64 (llama.cpp: per 32), as FBGEMM's int8
 decode kernel rounds it per row: about what bf16 keeps already, so the kernel runs for bf16
