@@ -19,6 +19,10 @@ os.environ.setdefault(
     "TORCHINDUCTOR_CACHE_DIR",
     str(Path(__file__).resolve().parents[1] / ".itamae-cache" / "inductor"),
 )
+# the int4 decode kernel (engine/torch/int4_kernel.py), built once for every test run
+os.environ.setdefault(
+    "ITAMAE_KERNEL_DIR", str(Path(__file__).resolve().parents[1] / ".itamae-cache" / "kernels")
+)
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import torch
 
 import engine
 from converters.formats.torch_writer import convert_to_torch
+from engine.torch import int4_kernel
 from engine.torch.compiled import FusedExperts, compile_wanted
 from engine.types import FinalEvent, GenerationRequest, SamplingParams
 from tests.test_torch_parity import load_model, prompt_ids, run_ours
@@ -109,7 +110,9 @@ def test_switches():
     finally:
         del os.environ["ITAMAE_COMPILE"]
     cpu = torch.device("cpu")
-    assert FusedExperts.for_scheme("int4_group", "silu", cpu) is None  # int4: see compiled.py
+    # int4: int4_kernel.py's VNNI kernel where it builds (tests/test_int4_kernel.py)
+    int4 = FusedExperts.for_scheme("int4_group", "silu", cpu)
+    assert (int4 is not None) == int4_kernel.available()
     assert FusedExperts.for_scheme("int8_row", "silu", torch.device("meta")) is None
 
 

@@ -38,16 +38,27 @@ from converters.formats.torch_format import (
     expert_layout,
     pack_expert,
 )
-from converters.formats.torch_quant import INT4_GROUP, quantize_int8_rows
+from converters.formats.torch_quant import INT4_GROUP, quantize_int4_groups, quantize_int8_rows
+
+# The output layer with int4 experts: at 151,936 x 1024 (Qwen's vocabulary) it is most of
+# what a decode step reads (148 MiB of 241 in int8 on the bench model), and llama.cpp's
+# Q4_0 file, the peer of this recipe, holds it at 4.5 bits too. Attention and shared
+# experts stay int8 (31 MiB a token there): every token's hidden state goes through them.
+# Half the bytes is not yet half the time: on a 2-core machine FBGEMM's int8 matvec beat
+# both int4 kernels on this layer (README, "int4 at Q4_0's bytes"); int4_head=False keeps
+# it int8.
+INT4_HEADS = ("lm_head.weight",)
 
 
-def _scheme_for(name: str, shape: list[int], rest: str) -> str:
+def _scheme_for(name: str, shape: list[int], rest: str, int4_head: bool = False) -> str:
     if rest == "bf16" or len(shape) != 2:
         return "float"
     float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj",
                   ".mlp.router.")  # fmt: skip
     if any(k in name for k in float_kept) or not name.endswith(".weight"):
         return "float"
+    if int4_head and name in INT4_HEADS and shape[1] % INT4_GROUP == 0:
+        return "int4_group"
     return "int8_row"
 
 
@@ -130,11 +141,13 @@ def convert_to_torch(
     progress: Callable[[int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
     rest: str | None = None,
+    int4_head: bool = True,
 ) -> Path:
     """Write the torch format of HF folder `src` into the new folder `dest`; returns dest.
 
     `quant` is the experts' scheme; `rest` ("bf16" | "int8") that of the other linear layers,
-    by default bf16 with bf16 experts and int8 otherwise. `progress(done, total, what)` is
+    by default bf16 with bf16 experts and int8 otherwise; `int4_head=False` keeps the int4
+    recipe's output layer int8 (benchmarks compare the two). `progress(done, total, what)` is
     called after each tensor or expert; `cancel` is checked as often and stops the
     conversion with `Cancelled`, leaving nothing at `dest`.
     """
@@ -177,8 +190,9 @@ def convert_to_torch(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        head = int4_head and quant == "int4"
         manifest = _write_all(
-            ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel
+            ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel, head
         )
         for f in TOKENIZER_FILES:
             if (src / f).is_file():
@@ -203,7 +217,9 @@ def _beyond_layers(name: str, n_layers: int) -> bool:
     return bool(m) and int(m.group(1)) >= n_layers
 
 
-def _write_all(ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel) -> dict:
+def _write_all(
+    ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel, int4_head
+) -> dict:
     done = 0
 
     def step(what: str) -> None:
@@ -216,11 +232,14 @@ def _write_all(ckpt, tmp, quant, rest_scheme, experts, others, total, progress, 
 
     tensors_manifest, out = {}, {}
     for name in others:
-        scheme = _scheme_for(name, ckpt.shape(name), rest_scheme)
+        scheme = _scheme_for(name, ckpt.shape(name), rest_scheme, int4_head)
         w = ckpt.get(name)
         if scheme == "int8_row":
             q, s = quantize_int8_rows(w)
             out[name + ".q"], out[name + ".scale"] = q, s
+        elif scheme == "int4_group":
+            q, s, z = quantize_int4_groups(w, INT4_GROUP)
+            out[name + ".q"], out[name + ".scale"], out[name + ".zero"] = q, s, z
         else:
             dtype = torch.float32 if _keep_float32(name) else torch.bfloat16
             out[name] = w.to(dtype).contiguous()

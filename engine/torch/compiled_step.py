@@ -51,6 +51,10 @@ def _linear(C, T, name: str, x: torch.Tensor) -> torch.Tensor:
     kind, w = C[name], T[name + ".w"]
     if kind == "int8":
         y = torch.ops.itamae.int8_linear(x, w, T[name + ".s"], C["fbgemm"])
+    elif kind == "int4_vnni":  # int4_kernel.py's decode kernel on the stored nibbles
+        zero = torch.zeros(1, dtype=torch.long, device=x.device)
+        y = torch.ops.itamae_int4.matvec(x.contiguous(), w[None], T[name + ".s"][None],
+                                         T[name + ".z"][None], zero)  # fmt: skip
     elif kind[0] == "int4":
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), w, kind[1], T[name + ".s"])
         y = y.float()
@@ -154,8 +158,8 @@ def _compiled_layer(consts: tuple, names: tuple):
     return torch.compile(_layer_fn(consts, names), dynamic=False, fullgraph=True)
 
 
-def head_step(x, norm: torch.Tensor, eps: float, kind, w, s, fbgemm: bool):
-    C, T = {"head": kind, "fbgemm": fbgemm}, {"head.w": w, "head.s": s}
+def head_step(x, norm: torch.Tensor, eps: float, kind, w, s, fbgemm: bool, z=None):
+    C, T = {"head": kind, "fbgemm": fbgemm}, {"head.w": w, "head.s": s, "head.z": z}
     return _linear(C, T, "head", _rms(x, norm, eps))
 
 
@@ -174,6 +178,9 @@ def _add_linear(C: dict, T: dict, name: str, lin: Linear) -> None:
     if isinstance(lin, Int8Linear):
         C[name], T[name + ".w"], T[name + ".s"] = "int8", lin.weight, lin.scale
         _LINEARS[lin.weight.data_ptr()] = weakref.ref(lin)
+    elif isinstance(lin, Int4Linear) and lin.decode_kernel_applies():
+        C[name], T[name + ".w"], T[name + ".s"], T[name + ".z"] = ("int4_vnni", lin.packed,
+                                                                   lin.scale, lin.zero)  # fmt: skip
     elif isinstance(lin, Int4Linear):
         packed, sz = lin._kernel
         C[name], T[name + ".w"], T[name + ".s"] = ("int4", lin.group), packed, sz
@@ -232,7 +239,8 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
             if ffn.shared_gate is not None:
                 _add_linear(C, T, "shared_gate", ffn.shared_gate)
         cache, fused = model.cache, model.fused
-        if GATHER_IN_GRAPH and fused is not None and fused.failed is None and cache.all_resident():
+        if (GATHER_IN_GRAPH and fused is not None and fused.failed is None
+                and fused.scheme in _ARGS and cache.all_resident()):  # fmt: skip
             C["experts"] = (fused.scheme, fused.act)
             views = cache.fast_views(ffn.layer)
             for n in _ARGS[fused.scheme]:
@@ -270,7 +278,8 @@ def eligible(model) -> str | None:
         if isinstance(layer.ffn, GatedMLP) and layer.ffn.act not in ACTIVATIONS:
             return "a dense activation of another kind"
     int4 = [lin for lin in _all_linears(model) if isinstance(lin, Int4Linear)]
-    if int4 and (model.dtype != torch.bfloat16 or not all(x.prepare_kernel() for x in int4)):
+    usable = (x.decode_kernel_applies() or x.prepare_kernel() for x in int4)
+    if int4 and (model.dtype != torch.bfloat16 or not all(usable)):
         return "int4 weights outside bf16"
     return None
 
@@ -309,7 +318,7 @@ class DecodeStep:
         head = model.lm_head
         C, T = {}, {}
         _add_linear(C, T, "head", head)
-        self._head = (C["head"], T["head.w"], T.get("head.s"))
+        self._head = (C["head"], T["head.w"], T.get("head.s"), T.get("head.z"))
         self.head_fn = _compiled_head()
 
     def _plan(self, i: int, layer):
@@ -344,8 +353,8 @@ class DecodeStep:
             for (moe_layer, _), row in zip(chosen, rows, strict=True):
                 m.usage.record(moe_layer, sorted(row), [1] * len(row))
                 m.cache.count_resident_uses(moe_layer, row)
-        kind, w, s = self._head
-        logits = self.head_fn(x, m.norm, m.args.rms_norm_eps, kind, w, s, self.fbgemm)
+        kind, w, s, z = self._head
+        logits = self.head_fn(x, m.norm, m.args.rms_norm_eps, kind, w, s, self.fbgemm, z)
         return logits.view(1, 1, -1)
 
     def warm_up(self) -> float:

@@ -5,9 +5,11 @@ RMSNorm computes in float32 and casts back, as transformers' `LlamaRMSNorm` does
 linears use torch's CPU kernels when the activations are bf16: int8 per-row weights through
 FBGEMM for a single activation row (decode, non-expert weights; see cpu_kernels.py) and
 through `torch._weight_int8pack_mm` otherwise, int4 group-wise weights through
-`_weight_int4pack_mm_for_cpu` (gpt-fast's kernels). FBGEMM rounds the activation row to 8
-bits, about what bf16 keeps already; float32 activations ask for more, so they (and CUDA)
-run the same math as dequantize-then-matmul, and results agree across devices to rounding.
+int4_kernel.py's VNNI kernel for a single row (decode) and `_weight_int4pack_mm_for_cpu`
+(gpt-fast's kernel) otherwise. FBGEMM and the int4 decode kernel round the activation row
+to 8 bits, about what bf16 keeps already; float32 activations ask for more, so they (and
+CUDA) run the same math as dequantize-then-matmul, and results agree across devices to
+rounding.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import torch.nn.functional as F
 
 from converters.formats.torch_quant import dequantize_int4_groups, unpack_int4
 
+from . import int4_kernel
 from .cpu_kernels import int8_kernel_available, int8_matvec, pack_int8
+
+_ZERO = torch.zeros(1, dtype=torch.long)  # the one matrix of an Int4Linear, by index
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -155,6 +160,7 @@ class Int4Linear(Linear):
         self.packed, self.scale, self.zero, self.group = packed, scale, zero, group
         self.bias = None
         self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._vnni: bool | None = None  # decode through int4_kernel.py (decided on first use)
 
     @property
     def out_features(self) -> int:
@@ -179,8 +185,25 @@ class Int4Linear(Linear):
             self._kernel = (packed, sz.to(torch.bfloat16))
         return True
 
+    def decode_kernel_applies(self) -> bool:
+        """One bf16 row on the CPU can run through int4_kernel.py's VNNI kernel."""
+        if self._vnni is None:
+            in_features = self.packed.shape[1] * 2
+            self._vnni = (
+                self.packed.device.type == "cpu"
+                and int4_kernel.applies(in_features, self.group)
+                and int4_kernel.available()
+            )
+        return self._vnni
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and self.prepare_kernel():
+        cpu_bf16 = x.device.type == "cpu" and x.dtype == torch.bfloat16
+        if cpu_bf16 and x.numel() == x.shape[-1] and self.decode_kernel_applies():
+            y = int4_kernel.matvec(
+                x.reshape(1, -1), self.packed[None], self.scale[None], self.zero[None], _ZERO
+            )  # one row: decode, read from the stored nibbles
+            return y.to(x.dtype).view(*x.shape[:-1], -1)
+        if cpu_bf16 and self.prepare_kernel():
             packed, sz = self._kernel
             shape = x.shape
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(

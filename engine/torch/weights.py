@@ -18,9 +18,14 @@ from converters.core.errors import BadModelFile
 from converters.formats.e8m0_scales import ScaledCheckpoint
 from converters.formats.mxfp4 import BLOCKS_SUFFIX, SCALES_SUFFIX
 from converters.formats.torch_format import EXPERT_RE, FUSED_RE, TorchFormat, is_torch_format
+from converters.formats.torch_quant import (
+    dequantize_int4_groups,
+    dequantize_int8_rows,
+    int4_group_size,
+)
 
 from .experts import CheckpointExperts, MappedExperts, SlowTier
-from .layers import Int8Linear, Linear
+from .layers import Int4Linear, Int8Linear, Linear
 
 PACKED_EXPERT_SUFFIXES = (BLOCKS_SUFFIX, SCALES_SUFFIX, "_bias")
 
@@ -116,11 +121,14 @@ class TorchFormatWeights(Weights):
         return self.fmt.get(name)
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        if self.fmt.scheme(name) == "int8_row":
-            from converters.formats.torch_quant import dequantize_int8_rows
-
+        scheme = self.fmt.scheme(name)
+        if scheme == "int8_row":
             q, s = self.fmt.get(name + ".q"), self.fmt.get(name + ".scale")
             return dequantize_int8_rows(q, s).to(device=self.device, dtype=dtype or self.dtype)
+        if scheme == "int4_group":
+            q, s, z = (self.fmt.get(f"{name}.{part}") for part in ("q", "scale", "zero"))
+            w = dequantize_int4_groups(q, s, z)
+            return w.to(device=self.device, dtype=dtype or self.dtype)
         return super().get(name, dtype)
 
     def linear(self, prefix: str) -> Linear:
@@ -133,6 +141,14 @@ class TorchFormatWeights(Weights):
             # token; without it the weight gets a fresh, aligned buffer for torch's kernels.
             if self.dtype != torch.bfloat16 or not linear.prepare_kernel():
                 linear.weight = q.clone()
+            return linear
+        if self.fmt.scheme(name) == "int4_group":  # the int4 recipe's output layer
+            q, s, z = (
+                self.fmt.get(f"{name}.{part}").to(self.device) for part in ("q", "scale", "zero")
+            )
+            linear = Int4Linear(q, s, z, int4_group_size(q.shape[1] * 2))
+            if self.dtype == torch.bfloat16:
+                linear.decode_kernel_applies()  # the kernel built at load, not on a token
             return linear
         return super().linear(prefix)
 

@@ -15,7 +15,9 @@ process, one after the other, all with the same thread count, in --rounds rounds
 order rotates (medians reported, every round's figures kept):
 - `itamae bench --engine torch` on torch-int8 (the default, the compiled expert kernel; with
   `--compile on` the compiled decode step too; `--compile off` for the per-expert kernels op
-  by op) and torch-int4 (default, and with the compiled step),
+  by op) and torch-int4 (default: int4_kernel.py's VNNI kernel; with the compiled step; and
+  with ITAMAE_INT4_KERNEL=0, torch's `_weight_int4pack_mm_for_cpu`; and converted with the
+  output layer int8, as the recipe was before),
 - `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
 - raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
 - transformers eager in bf16 on the HF folder.
@@ -72,17 +74,31 @@ def prepare(workdir: Path) -> dict[str, Path]:
 
     src = build_checkpoint(workdir / "synthetic-qwen3-moe-1b")
     files = {"hf": src}
-    for quant in ("int8", "int4"):
-        dest = workdir / f"torch-{quant}"
+    # torch-int4-int8-head: the int4 recipe as it was before its output layer went int4
+    for name, quant, int4_head in (("torch-int8", "int8", False), ("torch-int4", "int4", True),
+                                   ("torch-int4-int8-head", "int4", False)):  # fmt: skip
+        dest = workdir / name
+        if dest.is_dir() and not _schemes_current(dest, int4_head):
+            shutil.rmtree(dest)  # converted before a recipe change (the int4 head): again
         if not dest.is_dir():
-            convert_to_torch(src, dest, quant)
-        files[f"torch-{quant}"] = dest
+            convert_to_torch(src, dest, quant, int4_head=int4_head)
+        files[name] = dest
     for recipe in ("Q8_0", "Q4_0"):
         dest = workdir / f"synthetic-{recipe.lower()}.gguf"
         if not dest.is_file():
             convert(src, dest, recipe)
         files[recipe] = dest
     return files
+
+
+def _schemes_current(dest: Path, int4_head: bool) -> bool:
+    """Every tensor of a cached conversion has the scheme today's writer gives it."""
+    from converters.formats.torch_format import MANIFEST
+    from converters.formats.torch_writer import _scheme_for
+
+    m = json.loads((dest / MANIFEST).read_text())
+    return all(t["scheme"] == _scheme_for(name, t["shape"], m["rest"], int4_head)
+               for name, t in m["tensors"].items())  # fmt: skip
 
 
 # ---- child processes ----------------------------------------------------------------------
@@ -218,13 +234,17 @@ def _runs(files, t: int, n: int, g: int, skip_transformers: bool) -> dict:
         return lambda: itamae_bench(files[name], "torch", t, n, g, *extra, env=env)
 
     step = ("--compile", "on")  # the compiled decode step (opt-in; auto: the expert kernel)
-    int8, int4 = (torch_format_active_bytes(files[f]) for f in ("torch-int8", "torch-int4"))
+    int8, int4, int4_int8_head = (torch_format_active_bytes(files[f]) for f in
+                                  ("torch-int8", "torch-int4", "torch-int4-int8-head"))  # fmt: skip
     runs = {
         "torch int8": (torch_run("torch-int8"), int8),
         "torch int8 compiled step": (torch_run("torch-int8", *step), int8),
         "torch int8 plain": (torch_run("torch-int8", "--compile", "off"), int8),
         "torch int4": (torch_run("torch-int4"), int4),
         "torch int4 compiled step": (torch_run("torch-int4", *step), int4),
+        # torch's _weight_int4pack_mm_for_cpu instead of int4_kernel.py's VNNI kernel
+        "torch int4 int4pack": (torch_run("torch-int4", env={"ITAMAE_INT4_KERNEL": "0"}), int4),
+        "torch int4 int8 head": (torch_run("torch-int4-int8-head"), int4_int8_head),
         "itamae llamacpp Q8_0": (lambda: itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
         "itamae llamacpp Q4_0": (lambda: itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
         "raw llama.cpp Q8_0": (lambda: child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
@@ -281,6 +301,9 @@ def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transform
              ("torch int4", "raw llama.cpp Q4_0"), ("torch int8", "torch int8 plain"),
              ("torch int8 compiled step", "torch int8"),
              ("torch int8 compiled step", "raw llama.cpp Q8_0"),
+             ("torch int4", "torch int4 int4pack"), ("torch int4", "torch int4 int8 head"),
+             ("torch int4 int8 head", "raw llama.cpp Q4_0"),
+             ("torch int4 int4pack", "raw llama.cpp Q4_0"),
              ("torch int4 compiled step", "torch int4"),
              ("torch int4 compiled step", "raw llama.cpp Q4_0"),
              ("itamae llamacpp Q8_0", "raw llama.cpp Q8_0"),

@@ -37,6 +37,8 @@ def torch_format_active_bytes(folder: Path) -> int:
             total += cols * 2  # one bf16 row looked up
         elif t["scheme"] == "int8_row":
             total += rows * cols + rows * 4
+        elif t["scheme"] == "int4_group":  # nibbles, float16 scale and zero per 64
+            total += rows * cols // 2 + rows * (cols // 64) * 4
         else:
             total += rows * cols * (4 if ".mlp.gate." in name else 2)
     top_k = SHAPES["num_experts_per_tok"]

@@ -1,0 +1,171 @@
+"""Decode's int4 matrix-vector product: a small AVX-512 VNNI kernel (int4_matvec.cpp).
+
+One activation row times int4 weights is bound by how fast the nibbles stream in and are
+unpacked. torch's `_weight_int4pack_mm_for_cpu` (gpt-fast's kernel) converts every code to
+float; the kernel here follows llama.cpp's Q4_0 recipe instead: the row is rounded to int8
+per group of 64 and the codes are multiplied as integers (vpdpbusd), with one float
+multiply-add per 128 weights. It reads the torch format's own nibble layout (no repacked
+copy), and gathers the chosen experts out of stacked rows in the same parallel loop, so
+decode's K experts of a layer are one call per projection.
+
+Measured against the peers in one run (tests/benchmarks/bench_int4_kernel.py; figures and
+load in README's Engines section): the top-4 experts step (hidden 1024, FFN 768, 32 experts)
+1.14x torch's kernel at 1 thread and 2.19x at 2 (one thread-pool wake-up per projection
+instead of one per expert), an Inductor-generated gather + dequantize + dot 0.05x; the
+151,936 x 1024 output layer 0.88-0.91x torch's kernel (both near 15 GB/s a core, bound by
+unpacking, not memory), where it is used for reading the stored nibbles without a second copy.
+
+The activation row rounds to 8 bits per group of 64 (llama.cpp: per 32), as FBGEMM's int8
+decode kernel rounds it per row: about what bf16 keeps already, so the kernel runs for bf16
+decode only; float32 activations keep the exact dequantize-then-matmul (layers.Int4Linear).
+
+Built once per machine with torch's extension builder (g++ and ninja; about 15 s) into
+`kernels/` under Itamae's data folder (ITAMAE_KERNEL_DIR moves it), named by the source's
+hash and the torch version, so a new build of either compiles again. Where the CPU lacks
+AVX-512 VNNI, no compiler is present or the build fails, `available()` says False (with a
+warning naming the reason, once) and the engine runs today's kernel; ITAMAE_INT4_KERNEL=0
+turns it off (benchmarks compare the two).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("int4_matvec.cpp")
+GROUP = 64  # the only group the kernel reads (the torch format's INT4_GROUP)
+BLOCK = 128  # the input size must be a multiple of this (two groups a step)
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
+
+
+def kernel_dir() -> Path:
+    if os.environ.get("ITAMAE_KERNEL_DIR"):
+        return Path(os.environ["ITAMAE_KERNEL_DIR"])
+    from .compiled import itamae_data_dir
+
+    return itamae_data_dir() / "kernels"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def _unavailable_reason() -> str | None:
+    if os.environ.get("ITAMAE_INT4_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
+        return "off"  # asked for: no warning
+    if not sys.platform.startswith("linux"):
+        return "built on Linux only"
+    missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    return None
+
+
+@functools.cache
+def available() -> bool:
+    """True once the kernel is built and loaded into this process (the op
+    torch.ops.itamae_int4.matvec); False, with one warning, where it cannot be."""
+    reason = _unavailable_reason()
+    if reason is None:
+        reason = _build()
+    if reason is not None and reason != "off":
+        warnings.warn(
+            f"The int4 decode kernel is not available ({reason}); int4 weights run through "
+            "torch's _weight_int4pack_mm_for_cpu instead (slower). Set ITAMAE_INT4_KERNEL=0 "
+            "to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return reason is None
+
+
+def _build() -> str | None:
+    """Compile (or find compiled) and load the extension; the reason where that failed."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:12]
+    name = f"itamae_int4_{digest}"
+    folder = kernel_dir() / name
+    try:
+        from torch.utils import cpp_extension
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the builder's notes about compiler versions
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                               build_directory=str(folder), is_python_module=False,
+                               verbose=False)  # fmt: skip
+    except Exception as e:  # no compiler, no ninja, a failed build: many kinds
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
+    _register_fake()
+    return None
+
+
+def applies(in_features: int, group: int) -> bool:
+    """The shapes the kernel takes: groups of 64, an input size a multiple of 128."""
+    return group == GROUP and in_features % BLOCK == 0
+
+
+def matvec(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+           idx: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """x [A, C] (A = 1, or one row per chosen matrix); q [N, R, C/2] uint8, scale and zero
+    [N, R, C/64] float16 (stacked views, any stride between matrices); idx [K] int64
+    -> [K, R] float32: row k is x[k or 0] times matrix idx[k]."""
+    return torch.ops.itamae_int4.matvec(x.float().contiguous(), q, scale, zero, idx)
+
+
+def _register_fake() -> None:
+    """Shapes for torch.compile: the compiled decode step calls the op inside its graph."""
+
+    @torch.library.register_fake("itamae_int4::matvec")
+    def _(x, q, scale, zero, idx):
+        return x.new_empty(idx.shape[0], q.shape[1])
+
+
+class Int4Experts:
+    """Decode's K chosen int4 experts in two kernel calls (gate/up for all K, then down):
+    `__call__(x, views, idx) -> [K, H]` float32 over stacked expert views
+    (experts.stacked_views), as compiled.FusedExperts does for int8; `None` from
+    `for_scheme` where the kernel does not apply. An expert's output depends on its own
+    row and the token only (each activation row is quantized on its own, each output row
+    summed by the same loop), so it is the same bits from the fast tier's slots or the
+    memory-mapped file, alone or with any other experts: placement does not change it."""
+
+    scheme = "int4_group"
+    failed: str | None = None  # the protocol of FusedExperts: this kernel never half-fails
+
+    def __init__(self, act: str):
+        from .layers import gated_activation
+
+        self.act, self._glu = act, gated_activation(act)
+
+    @classmethod
+    def for_scheme(cls, scheme: str, act: str, device: torch.device) -> Int4Experts | None:
+        if scheme != cls.scheme or device.type != "cpu" or not available():
+            return None
+        return cls(act)
+
+    def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
+        """None where the experts' shapes are not the kernel's (the caller runs the plain
+        path) or they carry biases (gpt-oss, whose sizes do not fit it either)."""
+        hidden, inter = views["down.q"].shape[1], views["down.q"].shape[2] * 2
+        if "gate_up.bias" in views or not (applies(hidden, GROUP) and applies(inter, GROUP)):
+            return None
+        gate_up = matvec(x.reshape(1, -1), *(views[f"gate_up.{p}"] for p in PARTS), idx)
+        gate, up = gate_up.chunk(2, dim=-1)  # [K, I] each
+        return matvec(self._glu(gate, up), *(views[f"down.{p}"] for p in PARTS), idx)
+
+
+PARTS = ("q", "scale", "zero")

@@ -1,0 +1,166 @@
+// One activation row times int4 group-quantized weight rows, with AVX-512 VNNI.
+//
+// Decode reads every weight once per token, so the product is bound by how fast the
+// nibbles stream in. The kernel follows llama.cpp's CPU recipe for Q4_0 x Q8_0: the
+// activation row is rounded to int8 in blocks of 64 (one float scale per block, llama.cpp
+// uses 32; 64, the weight group, lets the two scales fold into one multiplier), and the
+// weights are multiplied as integers (vpdpbusd: 64 unsigned 4-bit codes x 64 signed
+// 8-bit activations -> 16 int32 sums per instruction), scaled in float32 once per 128 weights (two groups
+// at once: the low nibbles' and the high nibbles' products land in the same int32 lanes).
+// The Itamae layout (converters/formats/torch_quant.py): codes q in 0..15, nibble-packed low
+// nibble first along `in`, w = (q - 8) * scale[group] + zero[group], scale and zero float16.
+// So for one output row
+//   y = sum_g scale_g * sum_{i in g} q_i xq_i  +  sum_g (zero_g X_g - 8 scale_g Xq_g),
+// xq the int8-rounded x, Xq_g its sum over group g (so the -8 cancels exactly against the
+// codes' offset), X_g the exact float sum of x over the group.
+//
+// Shapes: x [A, C] float32 (A = 1: one row for all; else one row per chosen matrix);
+// q [N, R, C/2] uint8, scale / zero [N, R, C/group] float16 (inner two dims contiguous, any
+// stride between the N matrices: stacked expert rows of the torch format); idx [K] int64,
+// which of the N matrices to use -> [K, R] float32.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+namespace {
+
+constexpr int kGroup = 64;   // the torch format's int4 group (converters' INT4_GROUP)
+constexpr int kBlock = 128;  // weights per step: 64 bytes of nibbles, two groups
+constexpr int kWindow = 16;  // groups whose scales sit in one register
+
+// One row of x, quantized to int8 per group of 64 (one float scale each), laid out as the
+// nibbles are: per block of 128, the 64 even elements (the low nibbles' partners), then
+// the 64 odd ones. int32 lane l of a vpdpbusd over 64 such bytes sums elements 8l..8l+7 of
+// the block (four even, or four odd), so lanes 0-7 belong to the block's first group and
+// lanes 8-15 to its second, for the low and the high nibbles alike.
+struct QuantizedRow {
+  std::vector<int8_t> codes;
+  std::vector<float> scale;  // per group
+  std::vector<float> sum_q;  // per group: sum of the int8-rounded x, dequantized
+  std::vector<float> sum_x;  // per group: sum of x
+};
+
+void quantize_row(const float* x, int64_t C, QuantizedRow& out) {
+  const int64_t n_groups = C / kGroup;
+  out.codes.resize(C);
+  out.scale.resize(n_groups);
+  out.sum_q.resize(n_groups);
+  out.sum_x.resize(n_groups);
+  for (int64_t g = 0; g < n_groups; ++g) {
+    const float* xg = x + g * kGroup;
+    float amax = 0.f, sum_x = 0.f;
+    for (int i = 0; i < kGroup; ++i) amax = std::max(amax, std::abs(xg[i]));
+    const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    int sum_q = 0;
+    int8_t* block = out.codes.data() + (g / 2) * kBlock;
+    for (int i = 0; i < kGroup; ++i) {
+      const int code = static_cast<int>(std::nearbyint(xg[i] * inv));
+      const int e = (g % 2) * kGroup + i;  // element within the block of 128
+      block[(e & 1) * 64 + e / 2] = static_cast<int8_t>(code);
+      sum_q += code;
+      sum_x += xg[i];
+    }
+    out.scale[g] = d;
+    out.sum_q[g] = d * sum_q;
+    out.sum_x[g] = sum_x;
+  }
+}
+
+// NR rows of one matrix from row r; a template so the NR accumulators stay in registers.
+template <int NR>
+void rows_dot(const QuantizedRow& xr, const uint8_t* q, const at::Half* scale,
+              const at::Half* zero, int64_t C, int64_t r, float* y) {
+  const int64_t n_groups = C / kGroup;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  // lane -> group within a window of 16 groups, for block b of the window: 2b x8, 2b+1 x8
+  const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512 acc[NR];
+  for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t w0 = 0; w0 < n_groups; w0 += kWindow) {
+    const int64_t nw = std::min<int64_t>(kWindow, n_groups - w0);
+    const __mmask16 m = nw == kWindow ? 0xFFFF : (__mmask16)((1u << nw) - 1);
+    const __m512 xd = _mm512_maskz_loadu_ps(m, xr.scale.data() + w0);
+    const __m512 sum_q8 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr.sum_q.data() + w0), _mm512_set1_ps(8.f));
+    const __m512 sum_x = _mm512_maskz_loadu_ps(m, xr.sum_x.data() + w0);
+    __m512 lane_scale[NR];
+    for (int j = 0; j < NR; ++j) {  // the row's scales x x's, and its constant term
+      const int64_t row = (r + j) * n_groups + w0;
+      const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + row));
+      const __m512 z = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, zero + row));
+      acc[j] = _mm512_fnmadd_ps(s, sum_q8, _mm512_fmadd_ps(z, sum_x, acc[j]));
+      lane_scale[j] = _mm512_mul_ps(s, xd);
+    }
+    for (int64_t b = 0; b < nw / 2; ++b) {
+      const int64_t e0 = (w0 / 2 + b) * kBlock;  // first element of the block
+      const __m512i x_even = _mm512_loadu_si512(xr.codes.data() + e0);
+      const __m512i x_odd = _mm512_loadu_si512(xr.codes.data() + e0 + 64);
+      const __m512i sel = _mm512_add_epi32(pick, _mm512_set1_epi32(2 * b));
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) {
+        const __m512i packed = _mm512_loadu_si512(q + (r + j) * (C / 2) + e0 / 2);
+        const __m512i lo = _mm512_and_si512(packed, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x_even);
+        dot = _mm512_dpbusd_epi32(dot, hi, x_odd);
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                 _mm512_permutexvar_ps(sel, lane_scale[j]), acc[j]);
+      }
+    }
+  }
+  for (int j = 0; j < NR; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
+}
+
+constexpr int kRows = 4;  // rows per pass: each activation block is loaded once for four
+
+void rows_range(const QuantizedRow& xr, const uint8_t* q, const at::Half* scale,
+                const at::Half* zero, int64_t C, int64_t r0, int64_t r1, float* y) {
+  int64_t r = r0;
+  for (; r + kRows <= r1; r += kRows) rows_dot<kRows>(xr, q, scale, zero, C, r, y);
+  for (; r < r1; ++r) rows_dot<1>(xr, q, scale, zero, C, r, y);
+}
+
+at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                       const at::Tensor& zero, const at::Tensor& idx) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: [A, C] float32");
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kByte, "q: [N, R, C/2] uint8");
+  TORCH_CHECK(q.stride(2) == 1 && q.stride(1) == q.size(2), "q: rows must be contiguous");
+  TORCH_CHECK(scale.scalar_type() == at::kHalf && zero.scalar_type() == at::kHalf, "float16 scales");
+  TORCH_CHECK(scale.stride(2) == 1 && scale.stride(1) == scale.size(2), "scale: contiguous rows");
+  TORCH_CHECK(zero.stride(2) == 1 && zero.stride(1) == zero.size(2), "zero: contiguous rows");
+  TORCH_CHECK(idx.dim() == 1 && idx.scalar_type() == at::kLong, "idx: [K] int64");
+  const int64_t C = x.size(1), R = q.size(1), K = idx.size(0), A = x.size(0);
+  TORCH_CHECK(q.size(2) * 2 == C && C % kBlock == 0, "C must be a multiple of 128");
+  TORCH_CHECK(scale.size(2) == C / kGroup && zero.size(2) == C / kGroup, "groups of 64");
+  TORCH_CHECK(A == 1 || A == K, "x: one row, or one per chosen matrix");
+  const auto idx_c = idx.contiguous();
+  const int64_t* ids = idx_c.data_ptr<int64_t>();
+  for (int64_t k = 0; k < K; ++k) TORCH_CHECK(ids[k] >= 0 && ids[k] < q.size(0), "idx out of range");
+  std::vector<QuantizedRow> xr(A);
+  for (int64_t a = 0; a < A; ++a) quantize_row(x.data_ptr<float>() + a * C, C, xr[a]);
+  auto y = at::empty({K, R}, x.options());
+  float* out = y.data_ptr<float>();
+  const uint8_t* q0 = q.data_ptr<uint8_t>();
+  const at::Half* s0 = scale.data_ptr<at::Half>();
+  const at::Half* z0 = zero.data_ptr<at::Half>();
+  // one parallel loop over all K x R output rows, in tiles of 16 rows (a few KiB of weights)
+  constexpr int64_t kTile = 16;
+  const int64_t tiles_per_matrix = (R + kTile - 1) / kTile;
+  at::parallel_for(0, K * tiles_per_matrix, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t k = t / tiles_per_matrix, r0 = (t % tiles_per_matrix) * kTile;
+      const int64_t e = ids[k];
+      rows_range(xr[A == 1 ? 0 : k], q0 + e * q.stride(0), s0 + e * scale.stride(0),
+                 z0 + e * zero.stride(0), C, r0, std::min(R, r0 + kTile), out + k * R);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(itamae_int4, m) {
+  m.def("matvec(Tensor x, Tensor q, Tensor scale, Tensor zero, Tensor idx) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(itamae_int4, CPU, m) { m.impl("matvec", int4_matvec); }
