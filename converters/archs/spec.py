@@ -80,6 +80,9 @@ class ArchSpec:
     # Per layer: "full_attention" (softmax over a KV cache) or "linear_attention" (a
     # recurrent state), as transformers' `layer_types` names them.
     layer_types: Callable[[dict], list[str]] = _all_full_attention
+    # (config, bid) -> is layer bid a MoE layer, for a family that names its MoE layers by
+    # kind (Nemotron-H's hybrid_override_pattern "E") instead of the common fields
+    moe_layer: Callable[[dict, int], bool] | None = None
     # The GGUF kinds besides the FFN's that every layer `bid` of a checkpoint must have.
     required_layer_kinds: Callable[[dict, int], tuple[T, ...]] = _standard_layer
     # Are the next-token-prediction layers (model.layers.{>= num_hidden_layers}) carried into
@@ -150,6 +153,8 @@ class ArchSpec:
     def is_moe_layer(self, config: dict, bid: int) -> bool:
         if not self.n_experts(config):
             return False
+        if self.moe_layer is not None:
+            return self.moe_layer(config, bid)
         if bid < int(config.get("first_k_dense_replace") or 0):
             return False
         if bid in (config.get("mlp_only_layers") or []):
