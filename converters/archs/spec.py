@@ -83,6 +83,9 @@ class ArchSpec:
     # (config, bid) -> is layer bid a MoE layer, for a family that names its MoE layers by
     # kind (Nemotron-H's hybrid_override_pattern "E") instead of the common fields
     moe_layer: Callable[[dict, int], bool] | None = None
+    # False where a layer is one mixer (Nemotron-H: Mamba-2, attention or MoE), so that
+    # required_layer_kinds names everything layer `bid` must have, FFN included
+    ffn_in_every_layer: bool = True
     # The GGUF kinds besides the FFN's that every layer `bid` of a checkpoint must have.
     required_layer_kinds: Callable[[dict, int], tuple[T, ...]] = _standard_layer
     # Are the next-token-prediction layers (model.layers.{>= num_hidden_layers}) carried into
