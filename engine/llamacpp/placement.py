@@ -196,6 +196,12 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
         attention out: Llama 4's top-1 of narrow experts sits on that floor).
       - a Gated DeltaNet layer (hybrids): five n_embd rows and five conv-channel rows
         (projections, conv input with its state, conv output), without a mask live.
+      - a Mamba-2 layer (Nemotron-H), masks live: three n_embd rows (the unused embeddings
+        input, the layer input, its norm), the fused input projection, the conv input (its
+        state and the ubatch: in the norm's freed rows when no wider), the conv output and
+        the gate z made contiguous, inner-wide. Read off ggml-alloc's addresses for the
+        first Mamba-2 layer with its inner width 0.5x-4x n_embd; a later one sat up to 8%
+        higher where the conv is six times n_embd.
       - DeepSeek-V3.2's indexer: its F32 scores and two F16 masks, n_kv x ubatch each.
     The coefficients were read off ggml-alloc's reported sizes on fixture shapes varied one
     dimension at a time (n_embd, expert and shared widths, context, ubatch); the tests
@@ -217,7 +223,12 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
             ffn = _interleaved_dense_rows(layout.ffn_width, embd)
         ffn = max(moe, ffn) if dense_lead else moe
     stages = [4 * tokens * output, masks + 4 * tokens * max(ffn, 5 * embd)]
-    if layout.conv_channels:
+    if layout.ssm_in_width:  # Mamba-2 (Nemotron-H)
+        conv = layout.conv_channels
+        conv_input = conv if conv > embd else 0  # else it takes the norm's freed rows
+        mamba = 3 * embd + layout.ssm_in_width + conv_input + conv + layout.ssm_inner
+        stages.append(masks + 4 * tokens * mamba)
+    elif layout.conv_channels:
         stages.append(4 * tokens * (5 * embd + 5 * layout.conv_channels))
     if layout.indexer_key_length:
         stages.append(8 * n_kv * tokens + 4 * tokens * 9 * embd)
