@@ -16,8 +16,9 @@ window being filled (kv and score rows, a fixed size, counted with the recurrent
 Linear-attention and state-space layers (`attention.recurrent_layers`; Nemotron-H's Mamba-2
 layers, which its GGUF does not list, are the blocks with a conv1d) keep no KV cache but a
 fixed recurrent state per sequence, in F32 whatever the KV cache type
-(src/llama-memory-recurrent.cpp; sizes from llama_hparams::n_embd_r and n_embd_s): (conv_kernel - 1) * (inner_size +
-2 * group_count * state_size) conv inputs and state_size * inner_size state values.
+(src/llama-memory-recurrent.cpp; sizes from llama_hparams::n_embd_r and n_embd_s):
+(conv_kernel - 1) * (inner_size + 2 * group_count * state_size) conv inputs and
+state_size * inner_size state values.
 """
 
 from __future__ import annotations
