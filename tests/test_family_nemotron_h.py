@@ -99,3 +99,13 @@ def test_llama_cpp_logits_and_greedy_match_transformers(converted_f32):
             torch.tensor([prompt]), do_sample=False, max_new_tokens=16, eos_token_id=None
         )[0, len(prompt) :]
     assert greedy == expected.tolist()
+
+
+def test_torch_format_refuses_with_advice(tmp_path, capsys):
+    """The torch engine does not run Nemotron-H yet: the torch format says so and names the
+    GGUF route that works, instead of failing on the missing gate projections."""
+    dest = tmp_path / "torch-format"
+    assert main(["convert", str(fixture_path()), "-o", str(dest), "--format", "torch"]) != 0
+    said = capsys.readouterr()
+    assert "nemotron_h" in said.err and "--engine llamacpp" in said.err
+    assert not dest.exists()

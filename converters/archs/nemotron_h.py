@@ -162,4 +162,5 @@ SPEC = ArchSpec(
     moe_layer=is_moe_layer,
     required_layer_kinds=required_layer_kinds,
     ffn_in_every_layer=False,
+    converts_to_torch_format=False,  # no torch engine model yet; its experts have no gate
 )

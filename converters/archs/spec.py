@@ -97,6 +97,9 @@ class ArchSpec:
     extra_facts: Callable[[dict], dict] = lambda config: {}
     # False for a family Itamae describes but does not yet write as GGUF (DeepSeek-V4)
     converts_to_gguf: bool = True
+    # False where the torch format cannot lay out the family's experts yet (Nemotron-H's
+    # two-matrix ReLU^2 experts: its slots are gate, up and down)
+    converts_to_torch_format: bool = True
     # A dense MLP runs beside the routed experts in every MoE layer, for every token
     # (Gemma 4): counted as the one shared expert.
     dense_mlp_beside_experts: bool = False
