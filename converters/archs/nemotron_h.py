@@ -19,6 +19,9 @@ Nemotron-H's attention has none), and, for want of RoPE, a context length of 2^2
 Its vocabulary is padded to a multiple of 8, which llama.cpp's loader then expects of the
 embedding rows: a published vocabulary (131072) already is one.
 
+The torch engine runs the folder as published (engine/torch/models/nemotron_h.py); the
+torch format does not lay out experts without a gate yet.
+
 References: transformers' models/nemotron_h (configuration_nemotron_h.py: the pattern and
 its mapping; modeling_nemotron_h.py: the mixers and the router).
 """
@@ -162,5 +165,5 @@ SPEC = ArchSpec(
     moe_layer=is_moe_layer,
     required_layer_kinds=required_layer_kinds,
     ffn_in_every_layer=False,
-    converts_to_torch_format=False,  # no torch engine model yet; its experts have no gate
+    converts_to_torch_format=False,  # its experts have no gate projection
 )

@@ -154,9 +154,10 @@ def convert_to_torch(
     if not spec.converts_to_torch_format:
         raise UnsupportedArchitecture(
             f"The torch format does not lay out {spec.model_type}'s experts yet (they have no "
-            "gate projection), and the torch engine does not run the family.",
-            f"Convert it to GGUF (`itamae convert {src} -o model.gguf`) and run that file "
-            "with the llama.cpp engine (--engine llamacpp).",
+            "gate projection).",
+            "Run the downloaded folder in the torch engine as it is (--engine torch), or "
+            f"convert it to GGUF (`itamae convert {src} -o model.gguf`) for the llama.cpp "
+            "engine (--engine llamacpp).",
         )
     experts = _find_experts(ckpt, n_layers)
     if spec.n_experts(ckpt.config) and not experts:  # DeepSeek-V4's `layers.N.ffn.experts.E`
