@@ -13,8 +13,13 @@ from tests.test_torch_parity import rel_err
 TURNS = ("Hello there.", "板前は何を切る?", "And the rice?")
 
 
-def assert_turns_reuse_exactly(backend, tolerance: float = 1e-5) -> list[int]:
-    """Runs the three turns through `backend` (torch engine); returns the last prompt's ids."""
+def assert_turns_reuse_exactly(
+    backend, tolerance: float = 1e-5, reuses: bool = True, **fields
+) -> list[int]:
+    """Runs the three turns through `backend` (torch engine); returns the last prompt's ids.
+    `fields`: more GenerationRequest fields (a thinking switch); `reuses`: whether a turn
+    must resume from the cache (False where the template rewrites the last turn before any
+    checkpoint the cache keeps)."""
     gen, model = backend.generator, backend.generator.model
     messages: list[Message] = []
     ids: list[int] = []
@@ -23,12 +28,13 @@ def assert_turns_reuse_exactly(backend, tolerance: float = 1e-5) -> list[int]:
         request = GenerationRequest(
             messages=list(messages),
             sampling=SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
+            **fields,
         )
         ids = gen.prompt_ids(request)
         reused, ran = gen._prefill(ids, None, None)
         fresh = model.forward(torch.tensor([ids]), model.new_cache())[0, -1]
         assert rel_err(reused, fresh) < tolerance, f"turn {turn}"
-        if turn:
+        if turn and reuses:
             assert ran < len(ids)  # the earlier turns were not recomputed
         final = list(gen.stream(request))[-1]
         messages.append(Message("assistant", gen.text.decode(final.token_ids)))

@@ -1,7 +1,8 @@
 """DeepSeek-V3.1's chat template (llama.cpp's copy of the published one): our renderer gives
 transformers' `apply_chat_template` token ids in both thinking modes and with tools, the
 request's thinking switch reaches the template through the torch engine's prompt builder
-and the remote backend's request body, and a tool call the template writes parses back to the same call. The same for
+and the remote backend's request body, a three-turn chat under it equals the recomputed
+conversation, `itamae inspect --json` is exact, and a tool call the template writes parses back to the same call. The same for
 DeepSeek-V3.2's template (its DSML tool calls)."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.fixtures.deepseek_tokenizer import (
     EOS,
     V31_TEMPLATE,
     V32_TEMPLATE,
+    grow_vocabulary,
     write_deepseek_v31_tokenizer,
 )
 
@@ -170,16 +172,22 @@ def test_v32_rendered_tool_calls_parse_back():
     assert fmt.parse("Today the tuna.", TOOLS) == ("Today the tuna.", [])
 
 
-@pytest.mark.parametrize("thinking", [None, True, False])
-def test_request_thinking_switch_reaches_the_template(
-    hf_checkpoint, tokenizer_dir, hf_tokenizer, tmp_path, thinking
-):
-    # the DeepSeek-V3 fixture (V3.1 has V3's weights layout) with V3.1's tokenizer and template
-    folder = tmp_path / "deepseek_v31"
+@pytest.fixture(scope="module")
+def v31_folder(hf_checkpoint, tokenizer_dir, tmp_path_factory):
+    """The DeepSeek-V3 fixture (V3.1 has V3's weights layout) with V3.1's tokenizer and
+    template."""
+    folder = tmp_path_factory.mktemp("v31") / "deepseek_v31"
     shutil.copytree(hf_checkpoint("deepseek_v3"), folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, folder / name)
-    backend = engine.load(folder, engine="torch")
+    tokenizer = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    grow_vocabulary(folder, 1 + max(t["id"] for t in tokenizer["added_tokens"]))
+    return folder
+
+
+@pytest.mark.parametrize("thinking", [None, True, False])
+def test_request_thinking_switch_reaches_the_template(v31_folder, hf_tokenizer, thinking):
+    backend = engine.load(v31_folder, engine="torch")
     try:
         req = GenerationRequest(messages=[Message(**m) for m in CHAT], enable_thinking=thinking)
         got = backend.generator.prompt_ids(req)
@@ -187,6 +195,62 @@ def test_request_thinking_switch_reaches_the_template(
         backend.close()
     kw = {} if thinking is None else {"enable_thinking": thinking}
     assert got == _hf_ids(hf_tokenizer, CHAT, **kw)
+
+
+def test_three_turn_chat_under_v31s_template_equals_the_recomputed_conversation(v31_folder):
+    # each turn resumes from the cached latent of the last one (V3.1's template rewrites
+    # no earlier turn), and gives the logits of a fresh run of the whole conversation
+    from tests.chat_turns import assert_turns_reuse_exactly
+
+    backend = engine.load(v31_folder, engine="torch", dtype="float32")
+    try:
+        assert_turns_reuse_exactly(backend)
+    finally:
+        backend.close()
+
+
+def test_inspect_json_is_exact(v31_folder, capsys):
+    # V3.1 as published: V3's layout (FP8 aside), an MTP layer, DeepSeek's tokenizer
+    from safetensors import safe_open
+
+    from app.cli import main
+    from tests.fixtures.reference import reference_model
+
+    state = reference_model(v31_folder).state_dict()  # transformers skips the MTP layer too
+    total = sum(t.numel() for t in state.values())
+    routed = sum(t.numel() for n, t in state.items() if ".experts." in n)
+    config = json.loads((v31_folder / "config.json").read_text())
+    mtp = f"model.layers.{config['num_hidden_layers']}."
+    with safe_open(v31_folder / "model.safetensors", "pt") as f:
+        n_tensors = sum(not k.startswith(mtp) for k in f.keys())
+    assert main(["inspect", str(v31_folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == {
+        "path": str(v31_folder),
+        "format": "hf",
+        "arch": "deepseek_v3",
+        "name": "itamae-tiny-deepseek_v3",
+        "total_params": total,
+        "active_params": total - routed + routed * 4 // 16,
+        "n_layers": 3,
+        "n_experts": 16,
+        "experts_per_token": 4,
+        "n_shared_experts": 1,
+        "n_moe_layers": 2,
+        "n_linear_attention_layers": 0,
+        "context_length": config["max_position_embeddings"],
+        "vocab_size": config["vocab_size"],
+        "dtypes": {"F32": n_tensors},
+        "quant": "f32",
+        "bits_per_weight": dict.fromkeys(
+            ("experts", "shared", "attention", "embeddings", "other"), 32.0
+        ),
+        "size_bytes": (v31_folder / "model.safetensors").stat().st_size,
+        "license": "apache-2.0",
+        "files": ["model.safetensors"],
+        "extra": {},
+        "is_moe": True,
+    }
 
 
 def test_remote_backend_sends_the_switch_as_llama_servers_template_kwargs():

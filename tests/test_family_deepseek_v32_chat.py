@@ -31,7 +31,7 @@ from engine.prompting import plan_prompt
 from engine.tool_calls import format_for
 from engine.tool_calls.deepseek_dsml import DeepSeekDSML
 from engine.types import GenerationRequest, Message, ToolCall
-from tests.fixtures.deepseek_tokenizer import BOS, write_deepseek_v31_tokenizer
+from tests.fixtures.deepseek_tokenizer import BOS, grow_vocabulary, write_deepseek_v31_tokenizer
 from tests.test_family_deepseek_v31 import TOOLS  # fish_price, the golden's one tool
 
 TEMPLATE = archs.publisher_chat_template("deepseek_v32")
@@ -185,28 +185,8 @@ def v32_folder(hf_checkpoint, tokenizer_dir, tmp_path_factory):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, folder / name)
     tokenizer = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    _grow_vocabulary(folder, 1 + max(t["id"] for t in tokenizer["added_tokens"]))
+    grow_vocabulary(folder, 1 + max(t["id"] for t in tokenizer["added_tokens"]))
     return folder
-
-
-def _grow_vocabulary(folder, n_vocab: int) -> None:
-    """Embedding and output rows for DeepSeek's added tokens (seeded), so that the
-    tokenizer belongs to the model."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    config = json.loads((folder / "config.json").read_text())
-    tensors = load_file(folder / "model.safetensors")
-    gen = torch.Generator().manual_seed(0)
-    for name, rows in tensors.items():
-        if rows.shape[0] == config["vocab_size"] and name.endswith(
-            ("embed_tokens.weight", "lm_head.weight", "shared_head.head.weight")
-        ):
-            extra = torch.randn(n_vocab - rows.shape[0], rows.shape[1], generator=gen) * 0.02
-            tensors[name] = torch.cat([rows, extra.to(rows.dtype)])
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    config["vocab_size"] = n_vocab
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
 @pytest.fixture(scope="module")

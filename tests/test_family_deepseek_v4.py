@@ -17,8 +17,9 @@ recipe) is byte-identical to llama.cpp's converter's on the same folder, with th
 tables I32, the MTP layer left out); the F32 recipe run in llama.cpp (F32 KV cache) gives
 transformers' fp32 logits within 1e-4 on a 160-token prompt, longer than the 16-token
 window, than the 4-per-entry CSA compression times the indexer's top-k and than one
-128-token HCA entry, and the same greedy tokens. The torch engine's refusal (while it does
-not run V4) advises a conversion that now works."""
+128-token HCA entry, and the same greedy tokens; `itamae inspect` of a V4 GGUF (Itamae's or
+llama.cpp's) reads the attention kinds and hash-routed layers from its keys. The torch
+format's refusal of V4 points to what works (tests/test_torch_deepseek_v4.py)."""
 
 from __future__ import annotations
 
@@ -266,6 +267,21 @@ def test_inspect_of_the_gguf_agrees_with_the_checkpoint(folder, tmp_path, capsys
             "experts_per_token", "n_shared_experts", "n_moe_layers", "vocab_size", "license")  # fmt: skip
     assert {k: gguf[k] for k in same} == {k: hf[k] for k in same}
     assert "quant_fallbacks" not in gguf["extra"] or not gguf["extra"]["quant_fallbacks"]["count"]
+    # the attention kind of each layer and the hash-routed layers, from the GGUF's own keys
+    v4_facts = ("attention_layers", "hash_routed_layers")
+    assert {k: gguf["extra"][k] for k in v4_facts} == {k: hf["extra"][k] for k in v4_facts}
+
+
+def test_inspect_of_llama_cpps_gguf_reads_the_same_v4_facts(folder, llamacpp_gguf, capsys):
+    # the keys llama.cpp's own converter writes (deepseek4.attention.compress_ratios,
+    # deepseek4.hash_layer_count) say the same as the checkpoint's config
+    assert main(["inspect", str(folder), "--json"]) == 0
+    hf = json.loads(capsys.readouterr().out)
+    assert main(["inspect", str(llamacpp_gguf), "--json"]) == 0
+    gguf = json.loads(capsys.readouterr().out)
+    assert gguf["arch"] == ARCH
+    for key in ("attention_layers", "hash_routed_layers"):
+        assert gguf["extra"][key] == hf["extra"][key], key
 
 
 def test_recipes_of_llama_cpps_quantizer_are_refused_with_what_works(folder, tmp_path):

@@ -12,7 +12,16 @@ from tests.fixtures.reference import reference_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-FAMILIES = ("glm4_moe", "minimax_m2", "minimax_m2_fp8", "kimi_k2", "glm4_moe_lite")
+# deepseek_v3: DeepSeek-V3 / R1 / V3.1 (one weights layout); deepseek_v32: sparse attention
+FAMILIES = (
+    "glm4_moe",
+    "minimax_m2",
+    "minimax_m2_fp8",
+    "kimi_k2",
+    "glm4_moe_lite",
+    "deepseek_v3",
+    "deepseek_v32",
+)
 STEPS = 16
 
 converted = converted_files()

@@ -67,6 +67,12 @@ WRITTEN = {
         '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n'
         "</｜DSML｜invoke>\n</｜DSML｜function_calls>",
     ),
+    "deepseek_v4_dsml": (  # DeepSeek-V4: the same markup in a tool_calls block
+        [],
+        'get_weather">\n<｜DSML｜parameter name="city" string="true">東京</｜DSML｜parameter>\n'
+        '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>\n'
+        "</｜DSML｜invoke>\n</｜DSML｜tool_calls>",
+    ),
     "minimax": (
         ["<minimax:tool_call>", "</minimax:tool_call>"],
         '<invoke name="get_weather">\n<parameter name="city">東京</parameter>\n'
@@ -188,6 +194,7 @@ FAMILY_TEMPLATES = {
     "glm45": "GLM-4.6.jinja",
     "minimax": "MiniMax-M2.jinja",
     "deepseek_dsml": "deepseek-ai-DeepSeek-V3.2.jinja",
+    "deepseek_v4_dsml": "deepseek-ai-DeepSeek-V4.jinja",
 }
 SMALL_TOOLS = [
     _tool("get_time", {"zone": {"type": "string", "maxLength": 6}}),

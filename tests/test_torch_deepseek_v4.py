@@ -14,7 +14,7 @@ or the hash table breaks the match (so the match tests what it claims); greedy g
 identical; a three-turn chat, each turn resuming from the cache's turn checkpoint (window,
 compressed entries, pending tokens), gives what a fresh engine computes, as does a prompt
 that diverges inside the cached one; bf16 is as close to fp32 as transformers' own bf16;
-the torch format refuses V4 with what to do instead.
+the torch format refuses V4 with what to do instead, and both ways it names work.
 """
 
 from __future__ import annotations
@@ -279,10 +279,21 @@ def test_bfloat16_is_as_close_to_fp32_as_transformers_bf16(small, ids):
 
 def test_the_torch_format_refuses_v4_and_says_what_to_do(published, tmp_path):
     # its experts are not under a Hugging Face name the torch format lays out: the folder
-    # runs as it is instead (the misleading 'no head.weight_scale_inv' was the old error)
+    # runs as it is instead (the misleading 'no head.weight_scale_inv' was the old error),
+    # and both ways the hint gives work
+    import re
+    import shlex
+
+    from app.cli import _command_modules, build_parser, main
     from converters.conversion.convert import convert
     from converters.core.errors import UnsupportedArchitecture
+    from engine.loader import detect
 
-    with pytest.raises(UnsupportedArchitecture, match="--engine torch"):
+    with pytest.raises(UnsupportedArchitecture) as refused:
         convert(published[0], tmp_path / "v4-torch", fmt="torch")
     assert not (tmp_path / "v4-torch").exists()
+    run, to_gguf = [shlex.split(c) for c in re.findall(r"`itamae ([^`]+)`", str(refused.value))]
+    assert detect(build_parser(_command_modules()).parse_args(run).model).engine == "torch"
+    assert to_gguf[-1] == "OUT.gguf"
+    assert main([*to_gguf[:-1], str(tmp_path / "v4.gguf")]) == 0
+    assert (tmp_path / "v4.gguf").is_file()

@@ -81,6 +81,8 @@ def run(args) -> int:
         "quant": backend.info.quant,
         "expert_counts": s.expert_counts,  # for a static hot set (--expert-usage)
     }
+    if hasattr(backend, "prefetch_report"):  # the torch engine with prefetch on
+        result.update(backend.prefetch_report())
     if final.error:
         result["error"] = final.error
     backend.close()

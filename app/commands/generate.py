@@ -36,6 +36,14 @@ def add_engine_options(p) -> None:
         "on: each layer's decode step compiled too",
     )  # fmt: skip
     torch_opts.add_argument(
+        "--prefetch", choices=["off", "next_layer"],
+        help="copy layer i+1's predicted experts to the fast tier while layer i runs",
+    )  # fmt: skip
+    torch_opts.add_argument(
+        "--overlap", choices=["auto", "on", "off"],
+        help="compute missed experts on the CPU while the GPU runs the resident ones",
+    )  # fmt: skip
+    torch_opts.add_argument(
         "--uniform-routing-seed", type=int,
         help="benchmarks only: send tokens to uniformly random experts (meaningless output)",
     )  # fmt: skip
@@ -48,6 +56,7 @@ def load_options(args) -> dict:
         "expert_budget": "expert_budget", "cache_policy": "cache_policy",
         "on_miss": "on_miss", "expert_usage": "expert_usage",
         "uniform_routing_seed": "uniform_routing_seed", "compile": "compile",
+        "prefetch": "prefetch", "overlap": "overlap",
     }  # fmt: skip
     return {
         key: getattr(args, attr)

@@ -17,7 +17,10 @@ MXFP4 (`repack_mxfp4_blocks`), the hash tables as I32, the hash layers' unused r
 dropped. The gguf package (0.19.0) has neither the arch nor most of its tensor kinds and
 keys, so those are spelled here as llama.cpp's gguf-py (vendored in llama-cpp-python
 0.3.36, gguf-py/gguf/constants.py) spells them.
-The torch engine runs it as published (engine/torch/models/deepseek_v4.py).
+The torch engine runs it as published (engine/torch/models/deepseek_v4.py). The chat
+encoding DeepSeek publishes as Python (encoding/encoding_dsv4.py) is rendered by
+deepseek_v4_chat.jinja, also written into its GGUFs; its calls are DSML `tool_calls` blocks
+(engine/tool_calls/deepseek_dsml.py).
 
 References: transformers' models/deepseek_v4; llama.cpp's conversion/deepseek.py and
 src/models/deepseek4.cpp (what its loader reads).
@@ -26,6 +29,7 @@ src/models/deepseek4.cpp (what its loader reads).
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from gguf import MODEL_ARCH
 from gguf import MODEL_TENSOR as T
@@ -158,6 +162,22 @@ def facts(config: dict) -> dict:
     }
 
 
+def gguf_facts(metadata: dict) -> dict:
+    """`facts` from a GGUF header: the per-layer ratios and the hash layer count are keys
+    of llama.cpp's deepseek4 (the MTP layer's ratio last, beyond block_count)."""
+
+    def key(name: str):
+        return metadata.get(KEY[name].format(arch=ARCH))
+
+    return facts(
+        {
+            "num_hidden_layers": int(metadata.get(f"{ARCH}.block_count") or 0),
+            "compress_ratios": [int(r) for r in key("compress_ratios") or []],
+            "num_hash_layers": int(key("hash_layer_count") or 0),
+        }
+    )
+
+
 def metadata(config: dict) -> list[tuple[str, object]]:
     """llama.cpp's DeepseekV4Model.set_gguf_parameters, key for key."""
 
@@ -215,7 +235,10 @@ SPEC = ArchSpec(
     metadata=metadata,
     recognise_gguf=lambda metadata: True,  # the only family llama.cpp calls deepseek4
     chat_format="deepseek",
+    # V4 ships its chat encoding as Python and no template; this renders what it renders
+    chat_template=Path(__file__).with_name("deepseek_v4_chat.jinja").read_text(encoding="utf-8"),
     extra_facts=facts,
+    gguf_extra_facts=gguf_facts,
     required_layer_kinds=required,
     gguf_drops=drops,
     gguf_types_by_source=True,

@@ -95,6 +95,8 @@ class ArchSpec:
     special_tokens: dict[str, str] = field(default_factory=dict)
     # config -> facts inspect reports in ModelInfo.extra (DeepSeek-V4's attention kinds)
     extra_facts: Callable[[dict], dict] = lambda config: {}
+    # GGUF metadata -> the same facts, read from the keys the family's GGUF carries them in
+    gguf_extra_facts: Callable[[dict], dict] = lambda metadata: {}
     # False for a family Itamae describes but does not yet write as GGUF (DeepSeek-V4)
     converts_to_gguf: bool = True
     # False where the torch format cannot lay out the family's experts yet (Nemotron-H's

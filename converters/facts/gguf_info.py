@@ -80,6 +80,8 @@ def _gguf_info(split: SplitContents) -> ModelInfo:
     file_type = metadata.get("general.file_type")
     info.quant = str(metadata.get(RECIPE_KEY) or quant_name(file_type, tensors))
     info.extra = {"gguf_arch": arch, "file_type": file_type}
+    if (spec := archs.find(info.arch)) is not None:
+        info.extra.update(spec.gguf_extra_facts(metadata))  # DeepSeek-V4's attention kinds
     if (fallbacks := read_record(metadata)) is not None:  # written by Itamae's converter
         info.extra["quant_fallbacks"] = fallbacks
     return info

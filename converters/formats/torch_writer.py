@@ -164,8 +164,9 @@ def convert_to_torch(
         raise UnsupportedArchitecture(
             f"The torch format does not lay out {spec.model_type}'s experts (it finds none of "
             "the Hugging Face expert names it knows).",
-            "Run the downloaded folder in the torch engine as it is (--engine torch), or "
-            "convert it to GGUF with llama.cpp's convert_hf_to_gguf.py.",
+            f"Run the downloaded folder as it is: `itamae --model {src}` (a model folder runs "
+            "in the torch engine, which reads the published low-bit experts), or convert it "
+            f"to GGUF for the llama.cpp engine: `itamae convert {src} -o OUT.gguf`.",
         )
     expert_names = {
         n

@@ -17,7 +17,7 @@ import json
 from converters.core.errors import ItamaeError
 from engine.types import GenerationRequest, Message, OutputConstraint, ToolCall
 
-from .deepseek_dsml import DeepSeekDSML
+from .deepseek_dsml import DeepSeekDSML, DeepSeekV4DSML
 from .formats import DeepSeek, Glm45, Harmony, Hermes, KimiK2, Llama3, MiniMaxM2, ToolFormat
 
 # Most specific first: GLM's <tool_call> also matches Hermes' marker.
@@ -25,6 +25,7 @@ FORMATS: tuple[ToolFormat, ...] = (
     Harmony(),
     KimiK2(),
     MiniMaxM2(),
+    DeepSeekV4DSML(),  # before V3.2's: both templates build tags from ｜DSML｜
     DeepSeekDSML(),
     DeepSeek(),
     Glm45(),

@@ -1,4 +1,4 @@
-"""DeepSeek-V3.2's tool calls (DSML), read back out of a reply and forced.
+"""DeepSeek-V3.2's and V4's tool calls (DSML), read back out of a reply and forced.
 
 DeepSeek's encoding (encoding/encoding_dsv32.py in deepseek-ai/DeepSeek-V3.2, rendered by
 converters/archs/deepseek_v32_chat.jinja; llama.cpp's own template in
@@ -12,8 +12,10 @@ write its calls after its content as
     </｜DSML｜invoke>
     </｜DSML｜function_calls>
 
-("｜DSML｜" is plain text to V3.2's tokenizer, not an added token). V3.1's format
-(<｜tool▁call▁begin｜>...) is formats.DeepSeek.
+("｜DSML｜" is plain text to V3.2's tokenizer, not an added token). DeepSeek-V4's encoding
+(encoding/encoding_dsv4.py in deepseek-ai/DeepSeek-V4-Flash, rendered by
+converters/archs/deepseek_v4_chat.jinja) writes the same markup in a `tool_calls` block
+instead of `function_calls`. V3.1's format (<｜tool▁call▁begin｜>...) is formats.DeepSeek.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ _PARAMETER = re.compile(
 
 class DeepSeekDSML(ToolFormat):
     name = "deepseek_dsml"
+    block = "function_calls"  # the element that holds a reply's calls
     markers = (DSML,)  # the template builds its tags from this token
     starts = (f"<{DSML}function_calls>",)
 
@@ -49,10 +52,22 @@ class DeepSeekDSML(ToolFormat):
 
     def forced(self, tools, name):
         # the encoding's blank line between content (none here) and the block
-        return _per_tool(f'\n\n<{DSML}function_calls>\n<{DSML}invoke name="', tools, name, _call)
+        opening = f'\n\n<{DSML}{self.block}>\n<{DSML}invoke name="'
+        return _per_tool(opening, tools, name, lambda tool: _call(tool, self.block))
 
 
-def _call(tool: dict) -> list:
+class DeepSeekV4DSML(DeepSeekDSML):
+    """DeepSeek-V4: the calls in a <｜DSML｜tool_calls> block. Its templates (Itamae's and
+    llama.cpp's models/templates/deepseek-ai-DeepSeek-V4.jinja) close that tag, which no
+    V3.2 template has: `tool_calls>` tells them apart."""
+
+    name = "deepseek_v4_dsml"
+    block = "tool_calls"
+    markers = (DSML, "tool_calls>")
+    starts = (f"<{DSML}tool_calls>",)
+
+
+def _call(tool: dict, block: str) -> list:
     """One call's parts after the opening: its name, then each required argument, strings
     bare (string="true"), other values as JSON of their schema, as the encoding writes."""
     parts: list = [("text", tool["function"]["name"] + '">\n')]
@@ -65,7 +80,7 @@ def _call(tool: dict) -> list:
             value,
             ("text", f"</{DSML}parameter>\n"),
         ]
-    return parts + [("text", f"</{DSML}invoke>\n</{DSML}function_calls>")]
+    return parts + [("text", f"</{DSML}invoke>\n</{DSML}{block}>")]
 
 
 def _arguments(body: str) -> dict:

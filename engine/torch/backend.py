@@ -19,6 +19,12 @@ Options (all optional):
                    layer's decode step as one compiled graph (compiled_step.py, only
                    with True: "auto" compiles the experts alone);
                    ITAMAE_COMPILE=0 turns both off, ITAMAE_COMPILE_STEP=0 the step alone
+    prefetch       "off" (default) | "next_layer": during decode, layer i+1's router applied
+                   to layer i's output predicts its experts and the missing ones are copied
+                   into the fast tier ahead of need (engine/torch/prefetch.py); it runs
+                   layer by layer, so compile=True's compiled decode step is left out
+    overlap        "auto" (default: on with CUDA) | "on" | "off": decode computes the missed
+                   experts on the CPU while the fast tier's run (engine/torch/overlap.py)
     uniform_routing_seed  benchmarks of expert placement only: route every token to experts
                    drawn uniformly at random (the output is then meaningless)
 Unknown options are ignored and listed in `info.extra["ignored_options"]`.
@@ -43,13 +49,15 @@ from engine.types import Event, GenerationRequest
 
 from .generate import Generator
 from .models import model_class
+from .overlap import overlap_mode
+from .prefetch import prefetch_mode
 from .text import ModelText
 from .transformer import PlacementOptions
 from .weights import open_weights
 
 KNOWN = {"device", "dtype", "threads", "expert_budget", "cache_policy", "on_miss",
          "expert_usage", "context_length", "expert_quant", "uniform_routing_seed", "preload",
-         "compile"}  # fmt: skip
+         "compile", "prefetch", "overlap"}  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -110,6 +118,8 @@ class TorchBackend:
             uniform_routing_seed=options.get("uniform_routing_seed"),
             preload=bool(options.get("preload", True)),
             compile=options.get("compile", "auto"),
+            prefetch=prefetch_mode(options.get("prefetch")),
+            overlap=overlap_mode(options.get("overlap", "auto")),
         )
         self.model = cls(self.args, weights, placement)
         self.text = ModelText(path, config)
@@ -137,6 +147,14 @@ class TorchBackend:
                       "compile_s": m.compile_s}  # fmt: skip
         return info
 
+    def prefetch_report(self) -> dict:
+        """Next-layer prefetch's counters since load (prefetch.py), for benchmarks."""
+        p = self.model.cache.prefetch_counters if self.model.cache else None
+        if p is None or getattr(self.model, "prefetch", None) is None:  # (DeepSeek-V4: none)
+            return {}
+        return {"prefetch_prediction_hit_rate": p.prediction_hit_rate,
+                "prefetched": p.prefetched, "prefetch_predicted": p.predicted}  # fmt: skip
+
     def stream(
         self, req: GenerationRequest, cancel: threading.Event | None = None
     ) -> Iterator[Event]:
@@ -162,6 +180,11 @@ class TorchBackend:
             grammar_for(plan.constraint, self.generator.special_token_id)
 
     def close(self) -> None:
+        if self.model is not None and self.model.cache is not None:
+            self.model.cache.join_all()  # no prefetch copy left writing into freed memory
+            self.model.cache.copier.close()
+        if getattr(self.model, "overlap", None) is not None:
+            self.model.overlap.close()
         self.model = None
         self.generator = None
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .compiled import FusedExperts
 from .layers import GatedMLP, Linear
+from .overlap import TierOverlap
 from .placement import ExpertCache
 
 
@@ -155,6 +156,7 @@ class MoEBlock:
     experts_per_token: int | None = None  # run-time override
     fused: FusedExperts | None = None  # decode's compiled kernel (compiled.py), None: plain
     weight_input: bool = False  # Llama 4: the routing weight scales the expert's input
+    overlap: TierOverlap | None = None  # both tiers at once (overlap.py), None: in turn
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # [T, H]
@@ -185,6 +187,8 @@ class MoEBlock:
             return sum(self.cache.run(self.layer, e, flat * w) for e, w in pairs).to(flat.dtype)
         if self.fused is not None:
             return self._fused(flat, chosen, [w for _, w in pairs])
+        if self.overlap is not None:
+            return self.overlap.mix(self.cache, self.layer, flat, pairs)
         out = None
         for expert, weight in pairs:
             y = self.cache.run(self.layer, expert, flat) * weight  # [1, H]

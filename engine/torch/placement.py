@@ -18,6 +18,11 @@ with an expert -> slot map: a miss that moves an expert is one copy into a free 
 evicted) slot, never a new tensor, and decode's compiled kernel (compiled.py) gathers the
 chosen experts straight out of the buffer by slot index, or out of the slow tier's own
 stacked rows by expert index for those computed in place.
+
+Prefetch (prefetch.py) puts predicted experts into slots ahead of need through a `Copier`
+that may copy in the background: the cache still does every bookkeeping step in the calling
+thread, and joins a slot's copy before the slot is read (`locate`) or given to another
+expert (`_evict_one`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .experts import ExpertFFN, SlowTier, expert_flops, stacked_views
+from .prefetch import Copier, PrefetchCounters
 
 POLICIES = ("lru", "frequency", "static")
 ON_MISS = ("auto", "move", "compute")
@@ -90,6 +96,8 @@ class ExpertCache:
     cost: CostModel | None = None
     counters: CacheCounters = field(default_factory=CacheCounters)
     n_layers: int = 1
+    copier: Copier = field(default_factory=Copier)  # how prefetch moves rows (prefetch.py)
+    prefetch_counters: PrefetchCounters = field(default_factory=PrefetchCounters)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -101,6 +109,7 @@ class ExpertCache:
         self.row_bytes = max(self.slow.layout(layer)[1] for layer in range(self.n_layers))
         n_experts = sum(self.slow.n_experts(layer) for layer in range(self.n_layers))
         self.n_slots = min(self.budget_bytes // self.row_bytes, n_experts)
+        self.n_experts_total = n_experts
         # pages are touched only when a slot is first written, so an unused budget costs nothing
         self.buffer = torch.empty(
             self.n_slots, self.row_bytes, dtype=torch.uint8, device=self.device
@@ -111,6 +120,9 @@ class ExpertCache:
         self._fast_views: dict[int, dict] = {}
         self.uses: dict[tuple[int, int], int] = {}
         self.steps = 0
+        self.inflight: dict[tuple[int, int], object] = {}  # prefetch copies not yet joined
+        self.predicted: dict[int, set[int]] = {}  # layer -> experts predicted this step
+        self.by_layer: list[set[int]] = [set() for _ in range(self.n_layers)]  # resident
         self.pin = self.device.type == "cuda" and torch.cuda.is_available()
         if self.policy == "static":
             for key in self.hot_set[: self.n_slots]:
@@ -130,9 +142,13 @@ class ExpertCache:
             row = row.pin_memory()  # a pinned staging copy lets the copy run asynchronously
         self.buffer[slot, : row.numel()].copy_(row, non_blocking=self.pin)
         self.counters.bytes_moved += row.numel()
-        self.slot_of[key] = slot
-        self.ffns[slot] = None  # views of the previous occupant's layout are stale
+        self._place(key, slot)
         return slot
+
+    def _place(self, key: tuple[int, int], slot: int) -> None:
+        self.slot_of[key] = slot
+        self.by_layer[key[0]].add(key[1])
+        self.ffns[slot] = None  # views of the previous occupant's layout are stale
 
     def ffn(self, slot: int, layer: int) -> ExpertFFN:
         """The per-expert compute object over slot `slot` (prefill and the plain decode path)."""
@@ -163,8 +179,21 @@ class ExpertCache:
             return next(iter(self.slot_of))
         return min(self.slot_of, key=lambda k: self.uses.get(k, 0))
 
-    def _evict_one(self) -> None:
-        self.free.append(self.slot_of.pop(self._victim()))
+    def _evict_one(self, victim: tuple[int, int] | None = None) -> None:
+        victim = victim or self._victim()
+        self._join(victim)  # its slot may still be being written
+        self.free.append(self.slot_of.pop(victim))
+        self.by_layer[victim[0]].discard(victim[1])
+
+    def _join(self, key: tuple[int, int]) -> None:
+        handle = self.inflight.pop(key, None)
+        if handle is not None:
+            self.copier.wait(handle)
+
+    def join_all(self) -> None:
+        """Every prefetch copy finished (before closing, and in tests)."""
+        for key in list(self.inflight):
+            self._join(key)
 
     def _admit(self, key) -> bool:
         """Make room for `key` if the policy lets it in."""
@@ -182,14 +211,60 @@ class ExpertCache:
     def begin_step(self) -> None:
         """Called once per forward pass (for the reuse estimate)."""
         self.steps += 1
+        self.predicted.clear()
+
+    def prefetch(self, layer: int, experts: list[int]) -> None:
+        """Bring `layer`'s predicted `experts` into slots ahead of need (prefetch.py); counts
+        nothing as a use, so hits and misses stay what the routed experts find."""
+        self.prefetch_counters.predicted += len(experts)
+        self.predicted[layer] = set(experts)
+        if self.policy == "static":
+            return  # a fixed hot set: nothing is ever evicted for a guess
+        # never more than the slots: the later ones would evict the earlier
+        for expert in experts[: self.n_slots]:
+            key = (layer, expert)
+            if key in self.slot_of:
+                continue
+            if not self.free:
+                victim = self._prefetch_victim(layer)
+                if victim is None:
+                    break
+                if self.policy == "frequency" and self.uses.get(victim, 0) > self.uses.get(key, 0):
+                    continue  # the frequency policy's admission rule, for a use not yet made
+                self._evict_one(victim)
+            slot = self.free.pop()
+            row = self.slow.row(*key)
+            handle = self.copier.start(self.buffer[slot, : row.numel()], row)
+            if handle is not None:  # None: copied already
+                self.inflight[key] = handle
+            self.counters.bytes_moved += row.numel()
+            self.prefetch_counters.prefetched += 1
+            self._place(key, slot)
+
+    def _prefetch_victim(self, layer: int) -> tuple[int, int] | None:
+        """The slot a guess for `layer` may take. Decode uses layers in a cycle, so LRU's
+        victim is the expert whose next use is nearest: `layer`'s own from the last token,
+        the likeliest hits. A guess takes instead from the layer whose next use is furthest
+        (the one that just ran, then the one before, ...), its least used expert, and never
+        from `layer` itself, whose routed experts are about to be looked up."""
+        for back in range(1, self.n_layers):
+            resident = self.by_layer[(layer - back) % self.n_layers]
+            if resident:
+                other = (layer - back) % self.n_layers
+                return other, min(resident, key=lambda e: (self.uses.get((other, e), 0), e))
+        return None
 
     def locate(self, layer: int, expert: int, n_tokens: int) -> int | None:
         """The slot serving (layer, expert) now, moving it in if that is the cheaper way;
         None: compute it where it lives. Counts the use (hit, miss, move) once."""
         key = (layer, expert)
         self.uses[key] = self.uses.get(key, 0) + 1
+        if layer in self.predicted:
+            self.prefetch_counters.routed += 1
+            self.prefetch_counters.routed_predicted += expert in self.predicted[layer]
         slot = self.slot_of.get(key)
         if slot is not None:
+            self._join(key)
             self.counters.hits += 1
             if self.policy == "lru":
                 self.slot_of.move_to_end(key)
@@ -205,8 +280,7 @@ class ExpertCache:
 
     def all_resident(self) -> bool:
         """Every expert of every layer in a slot: nothing can miss or be evicted."""
-        total = sum(self.slow.n_experts(layer) for layer in range(self.n_layers))
-        return len(self.slot_of) == total
+        return len(self.slot_of) == self.n_experts_total
 
     def slot_table(self, layer: int) -> torch.Tensor:
         """expert -> slot for `layer` (int64 [experts]); only when `all_resident()`."""

@@ -22,7 +22,9 @@ from .experts import stacked_views
 from .kv_cache import KVCache
 from .layers import GatedMLP, Linear, rms_norm
 from .moe import ExpertUsage, MoEBlock, Router
+from .overlap import TierOverlap, overlap_mode
 from .placement import ExpertCache
+from .prefetch import NextLayerPrefetch, default_copier, make_copier, prefetch_mode
 from .rope import Rotary
 from .weights import Weights
 
@@ -40,6 +42,12 @@ class PlacementOptions:
     preload: bool = True  # when every expert fits the budget, move them in at load
     # decode's routed experts through the compiled kernel: "auto" | True | False (compiled.py)
     compile: bool | str = "auto"
+    # next-layer expert prefetch (prefetch.py): "off" | "next_layer"; copier: "auto" (a
+    # thread on the CPU, a side stream on CUDA) | "thread" | "sync" | "cuda"
+    prefetch: str = "off"
+    prefetch_copier: str = "auto"
+    # decode's resident and missed experts at once (overlap.py): "auto" (on with CUDA) | on | off
+    overlap: str = "auto"
 
 
 def default_fast_tier_bytes(device: torch.device) -> int:
@@ -87,6 +95,8 @@ class DecoderModel:
         self.usage = ExpertUsage(len(self.moe_layers), max(args.n_experts, 1))
         self.cache = self._make_cache(placement) if self.moe_layers else None
         self.fused, self.compile_s = self._compile_experts(placement.compile)
+        mode = overlap_mode(placement.overlap)
+        self.overlap = TierOverlap.for_mode(mode, self.device) if self.cache else None
         self.embed = weights.get(self.embed_name)
         self.layers = [self._build_layer(i) for i in range(args.num_hidden_layers)]
         self.norm = weights.get(self.norm_name)
@@ -94,7 +104,8 @@ class DecoderModel:
             self.lm_head = weights.linear("lm_head")
         else:  # tie_word_embeddings
             self.lm_head = Linear(self.embed)
-        self.step = self._compile_step(placement.compile)
+        self.prefetch = self._make_prefetch(placement)
+        self.step = None if self.prefetch else self._compile_step(placement.compile)
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -162,8 +173,13 @@ class DecoderModel:
                 for e in range(self.args.n_experts)
                 for layer in range(len(self.moe_layers))
             ]
+        copier = "sync"
+        if prefetch_mode(placement.prefetch) != "off":
+            copier = placement.prefetch_copier
+            copier = default_copier(self.device) if copier == "auto" else copier
         cache = ExpertCache(slow, self.device, budget_bytes, placement.policy, placement.on_miss,
-                            hot, n_layers=len(self.moe_layers))  # fmt: skip
+                            hot, n_layers=len(self.moe_layers),
+                            copier=make_copier(copier, self.device))  # fmt: skip
         if placement.preload and budget_bytes >= total and placement.policy != "static":
             # like llama.cpp's load: first-token latency should not pay for copies and repacking
             n_layers, n_experts = len(self.moe_layers), self.args.n_experts
@@ -187,6 +203,21 @@ class DecoderModel:
         x = torch.zeros(self.args.hidden_size, dtype=self.dtype, device=self.device)
         ok = fused(x, stacked_views(rows, slow.layout(0)[0]), torch.arange(k)) is not None
         return (fused if ok else None), time.perf_counter() - started
+
+    def _make_prefetch(self, placement: PlacementOptions) -> NextLayerPrefetch | None:
+        """Layer i+1's router on layer i's output (prefetch.py), for every plain pre-norm
+        layer i+1 routed by its router; None when off or nothing can be predicted (the
+        compiled decode step, which runs layers as one graph, is then left out)."""
+        if self.cache is None or prefetch_mode(placement.prefetch) == "off":
+            return None
+        targets = {}
+        for i, nxt in enumerate(self.layers[1:]):
+            block = getattr(nxt, "ffn", None)
+            # (uniform routing, a benchmark setting: a guess would draw from its generator)
+            plain = type(nxt) is DecoderLayer and isinstance(block, MoEBlock)
+            if plain and block.router.uniform is None:
+                targets[i] = nxt
+        return NextLayerPrefetch(targets, self.cache) if targets else None
 
     def _compile_step(self, wanted: bool | str) -> DecodeStep | None:
         """The compiled decode step (compiled_step.py), compiled now; None where it does not
@@ -215,7 +246,7 @@ class DecoderModel:
             seed = self.placement.uniform_routing_seed + i
             router.uniform = torch.Generator().manual_seed(seed)
         return MoEBlock(self.moe_layers.index(i), router, self.cache, self.usage, shared, gate,
-                        fused=self.fused)  # fmt: skip
+                        fused=self.fused, overlap=self.overlap)  # fmt: skip
 
     def _build_layer(self, i: int) -> DecoderLayer:
         p = f"model.layers.{i}"
@@ -257,8 +288,11 @@ class DecoderModel:
         if self.cache is not None:
             self.cache.begin_step()
         x = self.embed[tokens.to(self.device)]
-        for layer in self.layers:
+        ahead = self.prefetch if tokens.shape[1] == 1 else None  # decode only
+        for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, start)
+            if ahead is not None:
+                ahead.after_layer(i, x)
         cache.length = start + tokens.shape[1]
         if not all_logits:
             x = x[:, -1:]
