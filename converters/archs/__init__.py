@@ -109,7 +109,8 @@ def publisher_chat_template(model_type: str) -> str:
 # Vision-language releases store the language model under another prefix, beside tensors
 # that are not the text model's (the vision tower, the multi-token-prediction head that
 # llama.cpp's converter drops as well): published spelling -> the language model's.
-TEXT_MODEL_PREFIXES = (("model.language_model.", "model."),)
+# Nemotron-H publishes its model under `backbone.` (transformers renames it to `model.` too).
+TEXT_MODEL_PREFIXES = (("model.language_model.", "model."), ("backbone.", "model."))
 OUTSIDE_TEXT_MODEL = (
     "model.visual.",
     "mtp.",

@@ -80,6 +80,12 @@ class ArchSpec:
     # Per layer: "full_attention" (softmax over a KV cache) or "linear_attention" (a
     # recurrent state), as transformers' `layer_types` names them.
     layer_types: Callable[[dict], list[str]] = _all_full_attention
+    # (config, bid) -> is layer bid a MoE layer, for a family that names its MoE layers by
+    # kind (Nemotron-H's hybrid_override_pattern "E") instead of the common fields
+    moe_layer: Callable[[dict, int], bool] | None = None
+    # False where a layer is one mixer (Nemotron-H: Mamba-2, attention or MoE), so that
+    # required_layer_kinds names everything layer `bid` must have, FFN included
+    ffn_in_every_layer: bool = True
     # The GGUF kinds besides the FFN's that every layer `bid` of a checkpoint must have.
     required_layer_kinds: Callable[[dict, int], tuple[T, ...]] = _standard_layer
     # Are the next-token-prediction layers (model.layers.{>= num_hidden_layers}) carried into
@@ -93,6 +99,9 @@ class ArchSpec:
     gguf_extra_facts: Callable[[dict], dict] = lambda metadata: {}
     # False for a family Itamae describes but does not yet write as GGUF (DeepSeek-V4)
     converts_to_gguf: bool = True
+    # False where the torch format cannot lay out the family's experts yet (Nemotron-H's
+    # two-matrix ReLU^2 experts: its slots are gate, up and down)
+    converts_to_torch_format: bool = True
     # A dense MLP runs beside the routed experts in every MoE layer, for every token
     # (Gemma 4): counted as the one shared expert.
     dense_mlp_beside_experts: bool = False
@@ -152,6 +161,8 @@ class ArchSpec:
     def is_moe_layer(self, config: dict, bid: int) -> bool:
         if not self.n_experts(config):
             return False
+        if self.moe_layer is not None:
+            return self.moe_layer(config, bid)
         if bid < int(config.get("first_k_dense_replace") or 0):
             return False
         if bid in (config.get("mlp_only_layers") or []):

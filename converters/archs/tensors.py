@@ -26,6 +26,9 @@ NEG_EXP = "neg_exp"  # A_log -> A = -exp(A_log), the decay rate llama.cpp reads
 SQUEEZE = "squeeze"  # depthwise conv1d weight [C, 1, K] -> [C, K]
 V_REORDER = "tile_v:"  # + "v_rows" | "rows" | "heads" | "columns": Qwen3.5's value-head order
 SPLIT_QKVZ = "split_qkvz"  # per-key-head [q, k, v, z] rows -> attn_qkv [q|k|v] + attn_gate [z]
+# Mamba-2 (Nemotron-H; llama.cpp's conversion/mamba.py Mamba2Model.modify_tensors)
+COLUMN = "column"  # a per-head vector [H] -> [H, 1] (A, D)
+GROUP_ROWS = "group_rows"  # the gated norm's weight [inner] -> [n_groups, inner / n_groups]
 
 
 def _linear(prefix: str, kind: T, bias: bool = True) -> dict[str, tuple[T, str]]:

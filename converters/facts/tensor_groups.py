@@ -27,7 +27,8 @@ def hf_group(name: str) -> str:
         return "shared"
     if "self_attn." in rest or "attention." in rest or re.match(r"layers\.\d+\.attn\.", name):
         return "attention"  # DeepSeek-V4 publishes `layers.N.attn.*`, `embed`, `head`
-    if name in ("model.embed_tokens.weight", "lm_head.weight", "embed.weight", "head.weight"):
+    if name in ("model.embed_tokens.weight", "lm_head.weight", "embed.weight", "head.weight",
+                "model.embeddings.weight"):  # fmt: skip
         return "embeddings"
     return "other"
 

@@ -19,7 +19,16 @@ import torch
 from gguf import GGMLQuantizationType
 
 from converters.archs.rope import rope_parameters
-from converters.archs.tensors import ADD_ONE, NEG_EXP, PERMUTE_K, PERMUTE_Q, SQUEEZE, V_REORDER
+from converters.archs.tensors import (
+    ADD_ONE,
+    COLUMN,
+    GROUP_ROWS,
+    NEG_EXP,
+    PERMUTE_K,
+    PERMUTE_Q,
+    SQUEEZE,
+    V_REORDER,
+)
 from converters.formats.gguf_linear_attention import QKVZ_QKV, QKVZ_Z, split_qkvz, v_reordered
 from converters.formats.gguf_plan import (
     EVEN_ROWS,
@@ -90,7 +99,7 @@ def _elementwise(data: torch.Tensor, p: PlannedTensor, config: dict) -> torch.Te
             data = data.float() + 1.0
         elif step == NEG_EXP:
             data = -torch.exp(data.float())
-        elif step == SQUEEZE:
+        elif step in (SQUEEZE, COLUMN, GROUP_ROWS):
             data = data.reshape(p.shape)
         elif step.startswith(V_REORDER):
             data = v_reordered(data, config, step.removeprefix(V_REORDER))

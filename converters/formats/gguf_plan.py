@@ -19,7 +19,9 @@ from gguf import TENSOR_NAMES, GGMLQuantizationType
 from converters.archs.rope import rope_parameters
 from converters.archs.spec import ArchSpec, TensorKind
 from converters.archs.tensors import (
+    COLUMN,
     GLOBAL_TENSORS,
+    GROUP_ROWS,
     SPLIT_KV_B,
     SPLIT_QKVZ,
     SQUEEZE,
@@ -152,8 +154,14 @@ def plan_tensors(ckpt: HFCheckpoint, spec: ArchSpec) -> list[PlannedTensor]:
 def _plan_one(ckpt, spec, name, bid, rest, kind, suffix) -> list[PlannedTensor]:
     shape = tuple(ckpt.shape(name))
     transform = spec.transforms.get(rest, "")
-    if SQUEEZE in transform.split("+"):
+    steps = transform.split("+")
+    if SQUEEZE in steps:
         shape = tuple(n for n in shape if n != 1)
+    if COLUMN in steps:
+        shape = (math.prod(shape), 1)
+    if GROUP_ROWS in steps:
+        groups = int(ckpt.config.get("n_groups") or 1)
+        shape = (groups, math.prod(shape) // groups)
     if transform == SPLIT_QKVZ:
         return _plan_qkvz(ckpt.config, name, bid, shape)
     if transform != SPLIT_KV_B:
@@ -360,6 +368,8 @@ def _check_complete(ckpt: HFCheckpoint, spec: ArchSpec, planned: list[PlannedTen
             (ffn_norm if k == T.FFN_NORM else k, bid)
             for k in spec.required_layer_kinds(config, bid)
         ]
+        if not spec.ffn_in_every_layer:
+            continue  # required_layer_kinds names all a layer needs (Nemotron-H's one mixer)
         if spec.is_moe_layer(config, bid):
             fused = ((T.FFN_GATE_UP_EXP, bid),) if spec.gguf_fused_gate_up else ()
             needed += [

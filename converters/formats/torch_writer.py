@@ -163,8 +163,16 @@ def convert_to_torch(
         raise OutputExists(f"{dest} already exists.", "Choose another output folder or delete it.")
     ckpt = HFCheckpoint(src, keep_files_open=False)
     n_layers = int(ckpt.config.get("num_hidden_layers", 0))
-    experts = _find_experts(ckpt, n_layers)
     spec = archs.spec_for_config(ckpt.config)
+    if not spec.converts_to_torch_format:
+        raise UnsupportedArchitecture(
+            f"The torch format does not lay out {spec.model_type}'s experts yet (they have no "
+            "gate projection).",
+            "Run the downloaded folder in the torch engine as it is (--engine torch), or "
+            f"convert it to GGUF (`itamae convert {src} -o model.gguf`) for the llama.cpp "
+            "engine (--engine llamacpp).",
+        )
+    experts = _find_experts(ckpt, n_layers)
     if spec.n_experts(ckpt.config) and not experts:  # DeepSeek-V4's `layers.N.ffn.experts.E`
         raise UnsupportedArchitecture(
             f"The torch format does not lay out {spec.model_type}'s experts (it finds none of "

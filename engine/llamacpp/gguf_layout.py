@@ -121,7 +121,9 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
     heads = _per_block(key("attention.head_count"), n_layers)
     kv_heads = _per_block(key("attention.head_count_kv", heads), n_layers)
     recurrent = key("attention.recurrent_layers", None)
-    recurrent = list(recurrent) if isinstance(recurrent, list) else []
+    # Nemotron-H names no recurrent layers: llama.cpp takes those with neither KV heads nor
+    # an FFN, its Mamba-2 layers, the blocks with a conv1d here
+    recurrent = list(recurrent) if isinstance(recurrent, list) else _conv_blocks(contents)
     recurrent = [bool(r) for r in (recurrent + [False] * n_layers)[:n_layers]]
     kv_heads = [0 if r else h for h, r in zip(kv_heads, recurrent, strict=False)]
     # next-token-prediction blocks (GLM's nextn) are loaded but get no KV cache in a chat
@@ -174,6 +176,8 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         # layers, one for the rest
         n_masks=2 if _attention_window(metadata, key) else 1,
         conv_channels=_conv_channels(key),
+        ssm_in_width=_ssm_in_width(contents.tensors),
+        ssm_inner=int(key("ssm.inner_size", 0) or 0),
         state_bytes=[
             _recurrent_state_bytes(key) if r else _compressor_state_bytes(key, bid)
             for bid, r in enumerate(recurrent)
@@ -182,6 +186,12 @@ def _layout(contents: GGUFContents, arch: str, n_vocab: int) -> ModelLayout:
         k_only=f"{arch}.attention.compress_ratios" in metadata,  # DeepSeek-V4's raw cache
         indexer_heads=int(key("attention.indexer.head_count", 0) or 0),
     )
+
+
+def _conv_blocks(contents: GGUFContents) -> list[bool]:
+    convs = {int(m.group(1)) for t in contents.tensors
+             if ".ssm_conv1d." in t.name and (m := BLOCK_TENSOR.match(t.name))}  # fmt: skip
+    return [b in convs for b in range(max(convs) + 1)] if convs else []
 
 
 def _attention_window(metadata: dict, key) -> int:
@@ -219,6 +229,13 @@ def _shared_ffn(key, tensors) -> int:
         return width or count * int(key("expert_feed_forward_length", 0) or 0)
     up = next((t for t in tensors if t.name.endswith(".ffn_up_shexp.weight")), None)
     return int(up.shape[1]) if up is not None and len(up.shape) == 2 else 0
+
+
+def _ssm_in_width(tensors) -> int:
+    """Mamba-2's input projection width (z, x, B, C and dt in one: 2 x inner + 2 x groups x
+    state + heads); 0 for a model without one (Gated DeltaNet projects apart)."""
+    proj = next((t for t in tensors if t.name.endswith(".ssm_in.weight")), None)
+    return int(proj.shape[1]) if proj is not None and len(proj.shape) == 2 else 0
 
 
 def _conv_channels(key) -> int:

@@ -13,10 +13,12 @@ head of key_length per token and layer, and per compressed layer one more entry 
 `ratio` tokens (cells padded to 256): ratio-4 layers (CSA) a key and an indexer key, ratio-128
 layers (HCA) a key; each compressed layer also keeps its compressor's F32 state of the
 window being filled (kv and score rows, a fixed size, counted with the recurrent states).
-Linear-attention and state-space layers (`attention.recurrent_layers`) keep no KV cache but a fixed recurrent
-state per sequence, in F32 whatever the KV cache type (src/llama-memory-recurrent.cpp;
-sizes from llama_hparams::n_embd_r and n_embd_s): (conv_kernel - 1) * (inner_size +
-2 * group_count * state_size) conv inputs and state_size * inner_size state values.
+Linear-attention and state-space layers (`attention.recurrent_layers`; Nemotron-H's Mamba-2
+layers, which its GGUF does not list, are the blocks with a conv1d) keep no KV cache but a
+fixed recurrent state per sequence, in F32 whatever the KV cache type
+(src/llama-memory-recurrent.cpp; sizes from llama_hparams::n_embd_r and n_embd_s):
+(conv_kernel - 1) * (inner_size + 2 * group_count * state_size) conv inputs and
+state_size * inner_size state values.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class ModelLayout:
     ffn_beside_experts: int = 0  # a dense FFN run beside the experts in each block (Gemma 4)
     n_masks: int = 1  # attention masks llama.cpp builds per ubatch (2 with sliding windows)
     conv_channels: int = 0  # linear attention's conv1d channels (ssm inner + 2 groups x state)
+    ssm_in_width: int = 0  # Mamba-2's fused input projection (0: Gated DeltaNet's, split)
+    ssm_inner: int = 0
     state_bytes: list[int] = field(default_factory=list)  # per block: recurrent state, fixed
     # DeepSeek-V4: per block 0 (window only), 4 or 128; its raw cache holds K alone
     compress_ratios: list[int] = field(default_factory=list)

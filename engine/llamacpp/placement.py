@@ -188,13 +188,20 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
         and its norm); the masks are freed by then. Real vocabularies make this the peak.
       - a block's FFN with the attention masks still live (F16, n_kv x ubatch each, n_kv
         the context padded to 256; two with sliding-window layers): gate, up and their
-        product for the top-k experts (or the dense FFN), four n_embd rows, half the shared
+        product for the top-k experts (or the dense FFN; fewer of them where a narrow dense
+        FFN between MoE blocks fits freed rows, Llama 4's), four n_embd rows, half the shared
         expert's width (all of a dense FFN run beside the experts, Gemma 4's), six rows
         of n_experts (router logits, probabilities, the sort of all experts: Kimi's 384
         make it a third of the peak); at least five n_embd rows (residual, norms,
         attention out: Llama 4's top-1 of narrow experts sits on that floor).
       - a Gated DeltaNet layer (hybrids): five n_embd rows and five conv-channel rows
         (projections, conv input with its state, conv output), without a mask live.
+      - a Mamba-2 layer (Nemotron-H), masks live: three n_embd rows (the unused embeddings
+        input, the layer input, its norm), the fused input projection, the conv input (its
+        state and the ubatch: in the norm's freed rows when no wider), the conv output and
+        the gate z made contiguous, inner-wide. Read off ggml-alloc's addresses for the
+        first Mamba-2 layer with its inner width 0.5x-4x n_embd; a later one sat up to 8%
+        higher where the conv is six times n_embd.
       - DeepSeek-V3.2's indexer: its F32 scores and two F16 masks, n_kv x ubatch each.
     The coefficients were read off ggml-alloc's reported sizes on fixture shapes varied one
     dimension at a time (n_embd, expert and shared widths, context, ubatch); the tests
@@ -212,13 +219,47 @@ def compute_buffer_bytes(layout: ModelLayout, n_ctx: int, n_ubatch: int = UBATCH
         routed = 3 * layout.expert_ffn * layout.experts_per_token + 6 * layout.n_experts
         moe = routed + 4 * embd + layout.shared_ffn // 2 + 3 * layout.ffn_beside_experts
         dense_lead = any(not b.expert_bytes for b in layout.blocks)
+        if _dense_between_moe(layout):
+            ffn = _interleaved_dense_rows(layout.ffn_width, embd)
         ffn = max(moe, ffn) if dense_lead else moe
     stages = [4 * tokens * output, masks + 4 * tokens * max(ffn, 5 * embd)]
-    if layout.conv_channels:
+    if layout.ssm_in_width:  # Mamba-2 (Nemotron-H)
+        conv = layout.conv_channels
+        conv_input = conv if conv > embd else 0  # else it takes the norm's freed rows
+        mamba = 3 * embd + layout.ssm_in_width + conv_input + conv + layout.ssm_inner
+        stages.append(masks + 4 * tokens * mamba)
+    elif layout.conv_channels:
         stages.append(4 * tokens * (5 * embd + 5 * layout.conv_channels))
     if layout.indexer_key_length:
         stages.append(8 * n_kv * tokens + 4 * tokens * 9 * embd)
     return max(stages)
+
+
+def _dense_between_moe(layout: ModelLayout) -> bool:
+    """Dense blocks interleaved with MoE ones (Llama 4 Maverick's `interleave_moe_layer_step`),
+    not only leading them (DeepSeek's first_k_dense_replace)."""
+    seen_moe = False
+    for block in layout.blocks:
+        seen_moe = seen_moe or bool(block.expert_bytes)
+        if seen_moe and not block.expert_bytes:
+            return True
+    return False
+
+
+def _interleaved_dense_rows(width: int, embd: int) -> int:
+    """F32 rows per ubatch token at a Llama 4 dense block's FFN (src/models/llama4.cpp):
+    four n_embd rows (the batch's unused embeddings input, the block input, ffn_inp,
+    ffn_norm) and the FFN's three `width` rows (gate, up, their SwiGLU product), less those
+    ggml-alloc fits into rows the block has already freed: the attention output's row is
+    free when gate is allocated, and ffn_norm's beside it once up is computed, so a width up
+    to n_embd puts only up on top and a width up to 2 x n_embd up and gate (the product goes
+    below). Read off the addresses ggml-alloc gave every node of the fixture's graph (widths
+    n_embd to 8 x n_embd, 4 and 8 blocks: within 1%, except 8 blocks at 2 x n_embd, where
+    a later dense block finds its free rows one n_embd higher: 9% under). Llama's own dense
+    blocks, back to back, find no such rows and keep the 3 x width count; real Maverick's
+    16384-wide dense FFN over 5120 puts all three on top, as that count does."""
+    on_top = 1 if width <= embd else 2 if width <= 2 * embd else 3
+    return on_top * width + 4 * embd
 
 
 # DeepSeek-V4's activations per token besides the masks and the indexer (F32 values): seven

@@ -36,6 +36,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 ACTIVATIONS = {
     "silu": F.silu,
+    # gated as relu(gate) * up with gate = up: Nemotron-H's ReLU^2, relu(u)^2 = relu(u) * u
+    "relu": F.relu,
     "gelu": F.gelu,
     # Gemma's GELU: transformers' PytorchGELUTanh, the tanh approximation
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),

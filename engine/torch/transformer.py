@@ -84,6 +84,8 @@ class DecoderModel:
 
     Args = BaseArgs
     expert_names = ("gate_proj", "up_proj", "down_proj")  # gate, up, down
+    # the root tensors' names (Nemotron-H publishes its own, read under `model.`)
+    embed_name, norm_name = "model.embed_tokens.weight", "model.norm.weight"
 
     def __init__(self, args: BaseArgs, weights: Weights, placement: PlacementOptions):
         self.args, self.w, self.placement = args, weights, placement
@@ -95,9 +97,9 @@ class DecoderModel:
         self.fused, self.compile_s = self._compile_experts(placement.compile)
         mode = overlap_mode(placement.overlap)
         self.overlap = TierOverlap.for_mode(mode, self.device) if self.cache else None
-        self.embed = weights.get("model.embed_tokens.weight")
+        self.embed = weights.get(self.embed_name)
         self.layers = [self._build_layer(i) for i in range(args.num_hidden_layers)]
-        self.norm = weights.get("model.norm.weight")
+        self.norm = weights.get(self.norm_name)
         if weights.has("lm_head.weight"):
             self.lm_head = weights.linear("lm_head")
         else:  # tie_word_embeddings
@@ -237,18 +239,18 @@ class DecoderModel:
         self.compile_s += seconds
         return step
 
+    def build_moe(self, i: int) -> MoEBlock:
+        shared, gate = self.build_shared(i)
+        router = self.build_router(i)
+        if self.placement.uniform_routing_seed is not None:
+            seed = self.placement.uniform_routing_seed + i
+            router.uniform = torch.Generator().manual_seed(seed)
+        return MoEBlock(self.moe_layers.index(i), router, self.cache, self.usage, shared, gate,
+                        fused=self.fused, overlap=self.overlap)  # fmt: skip
+
     def _build_layer(self, i: int) -> DecoderLayer:
         p = f"model.layers.{i}"
-        if i in self.moe_layers:
-            shared, gate = self.build_shared(i)
-            router = self.build_router(i)
-            if self.placement.uniform_routing_seed is not None:
-                seed = self.placement.uniform_routing_seed + i
-                router.uniform = torch.Generator().manual_seed(seed)
-            ffn = MoEBlock(self.moe_layers.index(i), router, self.cache, self.usage, shared, gate,
-                           fused=self.fused, overlap=self.overlap)  # fmt: skip
-        else:
-            ffn = self.build_dense_mlp(i)
+        ffn = self.build_moe(i) if i in self.moe_layers else self.build_dense_mlp(i)
         return DecoderLayer(
             self.build_attention(i), ffn, self.w.get(f"{p}.input_layernorm.weight"),
             self.w.get(f"{p}.post_attention_layernorm.weight"), self.args.rms_norm_eps,
