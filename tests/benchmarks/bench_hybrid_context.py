@@ -16,7 +16,9 @@ by the torch engine on the HF folder and by llama.cpp on Itamae's Q8_0 GGUF, thr
 context - gen tokens is prefilled, then gen tokens are decoded; decode tok/s after that
 prefill, prefill tok/s and llama.cpp's KV + recurrent state + compute buffer (from the
 memory plan) are printed per context, with the ratios
-and the machine's load average (the machine is shared). Order rotates per round.
+and the machine's load average (the machine is shared). Order rotates per round. A cell
+without a figure (a failed run, or a speed that is not a positive number) says NO FIGURE,
+its error goes to stderr, and the command exits 1.
 """
 
 from __future__ import annotations
