@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import engine
-from converters.core.errors import UnsupportedArchitecture
+from converters.core.errors import ContextTooLong, UnsupportedArchitecture
 from engine.torch.sampling import Sampler
 from engine.types import FinalEvent, GenerationRequest, Message, SamplingParams, TokenEvent
 from tests.fixtures.reference import reference_tokenizer
@@ -88,6 +88,15 @@ def test_context_limits(folder):
     _, final = _run(small, max_tokens=100)  # fits, but the context ends before 100 tokens
     assert final.finish_reason in ("length", "stop")
     assert final.stats.prompt_tokens + final.stats.completion_tokens <= 24
+
+
+def test_context_beyond_the_model_maximum_is_refused_at_load(folder):
+    """Not capped in silence: a capped load made every longer prompt fail later, with a
+    message about a context nobody asked for (the hybrid benchmark's 16k cells)."""
+    limit = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ContextTooLong, match=f"maximum of {limit} positions"):
+        engine.load(folder, engine="torch", context_length=limit + 1)
+    assert engine.load(folder, engine="torch", context_length=limit).info.context_length == limit
 
 
 def test_seeded_sampling_is_reproducible(backend):

@@ -10,7 +10,8 @@ Options (all optional):
     on_miss        "auto" (cost model) | "move" | "compute"
     expert_usage   recorded expert_counts (list of lists, or a JSON file holding them) for the
                    static hot set
-    context_length positions the KV cache may hold (default: the model's maximum)
+    context_length positions the KV cache may hold (default, and at most: the model's
+                   maximum, its config's max_position_embeddings)
     expert_quant   None | "int8" | "int4": quantize a hub checkpoint's experts as they load
                    (the torch format is already quantized)
     preload        True (default): when all experts fit the budget, copy them in at load
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from converters.core.errors import ItamaeError
+from converters.core.errors import ContextTooLong, ItamaeError
 from converters.core.model_info import ModelInfo
 from converters.facts.inspection import inspect
 from converters.formats.torch_format import is_torch_format
@@ -94,6 +95,21 @@ def _usage(value) -> list[list[int]] | None:
     )
 
 
+def _context_length(asked, args) -> int:
+    """The context to load with. More than the model's maximum is refused here, at load: a
+    silent cap made every longer prompt fail later with a message about the capped size."""
+    limit = args.max_position_embeddings
+    if not asked:
+        return limit
+    if int(asked) > limit:
+        raise ContextTooLong(
+            f"context_length {int(asked)} is more than this model's maximum of {limit} "
+            "positions (max_position_embeddings in its config.json).",
+            f"Load it with context_length {limit} or less.",
+        )
+    return int(asked)
+
+
 class TorchBackend:
     def __init__(self, path: Path, **options):
         self.ignored = sorted(set(options) - KNOWN)
@@ -110,6 +126,7 @@ class TorchBackend:
             )
         cls = model_class(str(config.get("model_type", "")))
         self.args = cls.Args.from_dict(config)
+        context = _context_length(options.get("context_length"), self.args)
         placement = PlacementOptions(
             expert_budget=options.get("expert_budget"),
             policy=options.get("cache_policy", "lru"),
@@ -123,10 +140,7 @@ class TorchBackend:
         )
         self.model = cls(self.args, weights, placement)
         self.text = ModelText(path, config)
-        context = int(options.get("context_length") or self.args.max_position_embeddings)
-        self.generator = Generator(
-            self.model, self.text, min(context, self.args.max_position_embeddings)
-        )
+        self.generator = Generator(self.model, self.text, context)
         self.info = self._info(path, weights)
         self._lock = threading.Lock()
 

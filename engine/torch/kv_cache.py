@@ -61,8 +61,9 @@ class StateCache(KVCache):
     recurrent state (linear_attention.py). A recurrent state sums the whole prefix, so it
     cannot be cut back: `checkpoint()` remembers the states at the current length (turn
     boundaries), and `truncate` goes back to the latest checkpoint at or before the length
-    asked for (or to nothing), so the caller recomputes from there. The layers replace their
-    state tensors rather than write into them, so a checkpoint holds references, not copies.
+    asked for (or to nothing), so the caller recomputes from there. Decode updates the state
+    tensors in place (no allocation per token), so a checkpoint is a copy, and going back to
+    one copies it again: the states are small (Qwen3.5-35B-A3B: about 2 MiB a layer).
     """
 
     KEEP = 4  # checkpoints kept: the last turns of one conversation
@@ -81,7 +82,7 @@ class StateCache(KVCache):
     def checkpoint(self) -> None:
         if self.checkpoints and self.checkpoints[-1][0] == self.length:
             return
-        self.checkpoints.append((self.length, dict(self.states)))
+        self.checkpoints.append((self.length, _copied(self.states)))
         del self.checkpoints[: -self.KEEP]
 
     def truncate(self, length: int) -> int:
@@ -89,7 +90,7 @@ class StateCache(KVCache):
             return self.length
         self.checkpoints = [c for c in self.checkpoints if c[0] <= length]
         self.length, states = self.checkpoints[-1] if self.checkpoints else (0, {})
-        self.states = dict(states)
+        self.states = _copied(states)  # decode writes into them; the checkpoint stays
         return self.length
 
     def nbytes(self) -> int:
@@ -97,6 +98,10 @@ class StateCache(KVCache):
         for _, states in self.checkpoints:
             kept.update({id(t): t for ts in states.values() for t in ts})
         return super().nbytes() + sum(t.numel() * t.element_size() for t in kept.values())
+
+
+def _copied(states: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
+    return {layer: [t.clone() for t in ts] for layer, ts in states.items()}
 
 
 class WindowedKVCache(KVCache):

@@ -102,6 +102,18 @@ class Linear:
         return [t for t in (self.weight, self.bias) if t is not None]
 
 
+def fuse_rows(*linears: Linear | None) -> Linear | None:
+    """One float Linear whose rows are those of `linears` in order (their outputs side by
+    side), so one matmul reads them all; None unless all are plain float weights without
+    bias (a quantized weight keeps its own kernel)."""
+    if any(type(p) is not Linear or p.bias is not None for p in linears):
+        return None
+    weights = [p.weight for p in linears]
+    if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1:
+        return None
+    return Linear(torch.cat(weights))
+
+
 class Int8Linear(Linear):
     """int8 weight [out, in] with one scale per output row: w = q * scale[row]."""
 

@@ -117,9 +117,21 @@ def child(args: list[str], timeout: int = 1800, env: dict | None = None) -> dict
         [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
+    result = _last_json(out.stdout)
     if out.returncode != 0:
-        return {"error": out.stderr[-1500:]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        # `itamae bench --json` reports a failed generation in its JSON on stdout and exits
+        # 1 with nothing on stderr; a killed child (out of memory) has neither
+        said = (result or {}).get("error") or out.stderr.strip()[-1500:]
+        return {"error": said or f"exited with {out.returncode} and said nothing"}
+    return result if result is not None else {"error": f"printed no JSON: {out.stdout[-300:]}"}
+
+
+def _last_json(stdout: str) -> dict | None:
+    lines = stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
 
 
 def itamae_bench(model: Path, engine: str, threads: int, prompt: int, gen: int, *extra,

@@ -16,7 +16,9 @@ by the torch engine on the HF folder and by llama.cpp on Itamae's Q8_0 GGUF, thr
 context - gen tokens is prefilled, then gen tokens are decoded; decode tok/s after that
 prefill, prefill tok/s and llama.cpp's KV + recurrent state + compute buffer (from the
 memory plan) are printed per context, with the ratios
-and the machine's load average (the machine is shared). Order rotates per round.
+and the machine's load average (the machine is shared). Order rotates per round. A cell
+without a figure (a failed run, or a speed that is not a positive number) says NO FIGURE,
+its error goes to stderr, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from tests.benchmarks.bench_engines import itamae_bench
@@ -33,6 +36,10 @@ from tests.fixtures.llamacpp_reference import CACHE, vocabulary_tokenizer
 
 MODELS = ("qwen3_5_moe", "qwen3_moe")
 ENGINES = ("torch", "llamacpp")
+# max_position_embeddings as the published config.json gives it (Qwen3.5-35B-A3B's
+# text_config, Qwen3-30B-A3B), not the fixtures' 4096: the torch engine refuses a context
+# beyond it (at 4096 every 16k cell failed)
+PUBLISHED_MAX_POSITIONS = {"qwen3_5_moe": 262144, "qwen3_moe": 40960}
 
 
 def _qwen2_tokenizer(dest: Path) -> dict[str, int]:
@@ -51,7 +58,8 @@ def _qwen2_tokenizer(dest: Path) -> dict[str, int]:
 def build(arch: str, dims: argparse.Namespace, workdir: Path) -> Path:
     from tests.fixtures import checkpoints as fixtures
 
-    tag = f"{arch}-{dims.hidden}x{dims.layers}-{dims.experts}e{dims.top_k}"
+    max_positions = PUBLISHED_MAX_POSITIONS[arch]
+    tag = f"{arch}-{dims.hidden}x{dims.layers}-{dims.experts}e{dims.top_k}-{max_positions // 1024}k"
     dest = workdir / tag
     if (dest / "config.json").is_file():
         return dest
@@ -59,7 +67,7 @@ def build(arch: str, dims: argparse.Namespace, workdir: Path) -> Path:
         hidden_size=dims.hidden, num_hidden_layers=dims.layers, num_experts=dims.experts,
         num_experts_per_tok=dims.top_k, moe_intermediate_size=dims.expert_ffn,
         num_attention_heads=dims.hidden // 64, num_key_value_heads=max(1, dims.hidden // 256),
-        head_dim=64,
+        head_dim=64, max_position_embeddings=max_positions,
     )  # fmt: skip
     kwargs, extra = copy.deepcopy(fixtures.SPECS[arch])
     if "text_config" in kwargs:  # Qwen3.5: hybrid layers every other one, a shared expert
@@ -123,30 +131,38 @@ def main(argv: list[str] | None = None) -> int:
                                args.gen_tokens, "--context-length", str(ctx))  # fmt: skip
             out["load_avg_1m"] = os.getloadavg()[0]
             results.setdefault((model, engine, ctx), []).append(out)
-    report(results, contexts, args)
-    return 0
+    return 1 if report(results, contexts, args) else 0
 
 
-def _median(values: list[float]) -> float:
+def _median(values: list[float]) -> float | None:
     values = sorted(values)
-    return values[len(values) // 2] if values else float("nan")
+    return values[len(values) // 2] if values else None
 
 
-def _planned_cache_mib(path: str | None, n_ctx: int) -> float:
+def _planned_cache_mib(path: str | None, n_ctx: int) -> float | None:
     from engine.llamacpp.devices import Hardware
     from engine.llamacpp.gguf_layout import read_gguf_layout
     from engine.llamacpp.memory_plan import plan_memory
 
     if not path:
-        return float("nan")
+        return None
     plan = plan_memory(read_gguf_layout(path), Hardware.of(ram_gb=64), n_ctx=n_ctx)
     return (plan.kv_bytes + plan.state_bytes + plan.compute_bytes) / 2**20
 
 
-def report(results: dict, contexts: list[int], args) -> None:
+def _figure(out: dict) -> str | None:
+    """Why a run gives no figure (its error, or a decode speed that is not a number)."""
+    if "error" in out:
+        return out["error"].strip() or "failed and said nothing"
+    if not out["decode_tps"] > 0 or not out["prefill_tps"] > 0:  # NaN, 0 or negative
+        return f"decode {out['decode_tps']} tok/s, prefill {out['prefill_tps']} tok/s"
+    return None
+
+
+def rows_of(results: dict) -> list[dict]:
     rows = []
     for (model, engine, ctx), outs in sorted(results.items(), key=lambda kv: kv[0][2]):
-        ok = [o for o in outs if "error" not in o]
+        ok = [o for o in outs if _figure(o) is None]
         rows.append({
             "model": model, "engine": engine, "context": ctx,
             "decode_tps": _median([o["decode_tps"] for o in ok]),
@@ -154,33 +170,51 @@ def report(results: dict, contexts: list[int], args) -> None:
             # ru_maxrss survives exec (the parent's high-water mark shows through), so the
             # memory column is llama.cpp's KV + state + compute as the memory plan gives it
             # (within 10% of llama.cpp's log, tests/test_memory_plan_llamacpp.py)
-            "cache_mib": _planned_cache_mib(outs[0].get("model"), ctx) if engine == "llamacpp" else 0,
+            "cache_mib": _planned_cache_mib(outs[0].get("model"), ctx) if engine == "llamacpp" else None,
             "load_avg_1m": _median([o["load_avg_1m"] for o in outs]),
-            "error": next((o["error"][-300:] for o in outs if "error" in o), ""),
+            "rounds_failed": len(outs) - len(ok),
+            "error": next((_figure(o)[-300:] for o in outs if _figure(o) is not None), ""),
         })  # fmt: skip
+    return rows
+
+
+def report(results: dict, contexts: list[int], args) -> int:
+    """Prints the table (or JSON; a cell without a figure is null there, never NaN) and
+    returns how many cells got no figure, each also named on stderr with its error."""
+    rows = rows_of(results)
+    failed = [r for r in rows if r["rounds_failed"]]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return
+    else:
+        print_table(rows, contexts, args)
+    for r in failed:
+        print(f"NO FIGURE in {r['rounds_failed']} round(s): {r['model']} {r['engine']} "
+              f"ctx {r['context']}: {r['error']}", file=sys.stderr)  # fmt: skip
+    return len(failed)
+
+
+def _cell(value: float | None, width: int, digits: int = 1) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}s}"
+
+
+def print_table(rows: list[dict], contexts: list[int], args) -> None:
     print(f"threads {args.threads}, hidden {args.hidden}, {args.layers} layers, "
           f"{args.experts} experts top-{args.top_k}, decode {args.gen_tokens} tokens after the prefill")  # fmt: skip
     print(f"{'model':12s} {'engine':9s} {'ctx':>6s} {'decode/s':>9s} {'prefill/s':>10s} "
           f"{'llama.cpp KV+state+compute':>27s} {'load':>5s}")  # fmt: skip
     for row in rows:
-        print(f"{row['model']:12s} {row['engine']:9s} {row['context']:6d} {row['decode_tps']:9.1f} "
-              f"{row['prefill_tps']:10.1f} {row['cache_mib']:26.0f}M {row['load_avg_1m']:5.1f} "
-              f"{row['error'][:80]}")  # fmt: skip
-    by = {(r["model"], r["engine"], r["context"]): r for r in rows}
+        mib = f"{row['cache_mib']:26.0f}M" if row["cache_mib"] is not None else " " * 27
+        print(f"{row['model']:12s} {row['engine']:9s} {row['context']:6d} "
+              f"{_cell(row['decode_tps'], 9)} {_cell(row['prefill_tps'], 10)} {mib} "
+              f"{row['load_avg_1m']:5.1f}" + ("  NO FIGURE (see below)" if row["error"] else ""))  # fmt: skip
+    by = {(r["model"], r["engine"], r["context"]): r["decode_tps"] for r in rows}
     print("ratios (decode tok/s): torch/llama.cpp per model, hybrid/softmax per engine")
     for ctx in contexts:
-        parts = []
-        for model in MODELS:
-            t, lc = by.get((model, "torch", ctx)), by.get((model, "llamacpp", ctx))
-            if t and lc:
-                parts.append(f"{model} torch/llama.cpp {t['decode_tps'] / lc['decode_tps']:.2f}")
-        for engine in ENGINES:
-            h, s = by.get((MODELS[0], engine, ctx)), by.get((MODELS[1], engine, ctx))
-            if h and s:
-                parts.append(f"{engine} hybrid/softmax {h['decode_tps'] / s['decode_tps']:.2f}")
+        pairs = [(f"{m} torch/llama.cpp", (m, "torch", ctx), (m, "llamacpp", ctx)) for m in MODELS]
+        pairs += [
+            (f"{e} hybrid/softmax", (MODELS[0], e, ctx), (MODELS[1], e, ctx)) for e in ENGINES
+        ]
+        parts = [f"{name} {by[a] / by[b]:.2f}" for name, a, b in pairs if by.get(a) and by.get(b)]
         print(f"  {ctx:6d}: " + "; ".join(parts))
 
 
