@@ -14,8 +14,8 @@ references transformers' modeling_nemotron_h.py falls back to, in float32, inclu
 quirk: the chunked form clamps dt to at least `time_step_min`, the recurrent one does not.
 
 The layer keeps its state in the cache (kv_cache.StateCache): the last K-1 conv inputs and
-S, replaced - never written in place - on every call, so a checkpoint of the state at a
-turn boundary is a reference, not a copy.
+S, replaced - never written in place - on every call. (The cache copies a state when it
+checkpoints a turn boundary anyway, since the Gated DeltaNet layers update theirs in place.)
 """
 
 from __future__ import annotations
