@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from app.commands.bench import peak_rss_bytes
 from tests.benchmarks.bench_convert import SHAPES, build_checkpoint
 from tests.benchmarks.roofline import (
     gguf_active_bytes,
@@ -122,8 +123,6 @@ def prompt_ids(tokenize, n: int) -> list[int]:
 
 def raw_llama_cpp(gguf: str, threads: int, prompt: int, gen: int) -> dict:
     """llama-cpp-python's low level loop: eval the prompt, then argmax + eval per token."""
-    import resource
-
     import numpy as np
     from llama_cpp import Llama
 
@@ -142,13 +141,11 @@ def raw_llama_cpp(gguf: str, threads: int, prompt: int, gen: int) -> dict:
     return {
         "engine": "llama-cpp-python (raw)", "model": gguf, "prefill_tps": len(ids) / prefill_s,
         "decode_tps": (gen - 1) / decode_s, "ttft_s": first - started,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }  # fmt: skip
 
 
 def transformers_eager(folder: str, threads: int, prompt: int, gen: int) -> dict:
-    import resource
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
@@ -172,7 +169,7 @@ def transformers_eager(folder: str, threads: int, prompt: int, gen: int) -> dict
         "engine": "transformers eager bf16", "model": folder,
         "prefill_tps": ids.shape[1] / (first - started), "decode_tps": (gen - 1) / decode_s,
         "ttft_s": first - started,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "experts_implementation": str(getattr(model.config, "_experts_implementation", "")),
     }  # fmt: skip
 
