@@ -16,8 +16,8 @@ Options (all optional):
     preload        True (default): when all experts fit the budget, copy them in at load
     compile        "auto" (default) | True | False: decode's routed experts through the
                    kernel torch.compile builds (engine/torch/compiled.py) and each decoder
-                   layer's decode step as one compiled graph (compiled_step.py, only
-                   with True: "auto" compiles the experts alone);
+                   layer's decode step as one compiled graph (compiled_step.py); "auto"
+                   compiles both for experts of 1 MiB and more, True always;
                    ITAMAE_COMPILE=0 turns both off, ITAMAE_COMPILE_STEP=0 the step alone
     uniform_routing_seed  benchmarks of expert placement only: route every token to experts
                    drawn uniformly at random (the output is then meaningless)

@@ -240,7 +240,9 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
             C["experts"] = (fused.scheme, fused.act)
             views = cache.fast_views(ffn.layer)
             for n in _ARGS[fused.scheme]:
-                T["experts." + n] = views[n]
+                # a tensor object of its own: FusedExperts marks the block path's views
+                # dynamic, and a marking the graph did not see at compile time recompiles it
+                T["experts." + n] = views[n].view(views[n].shape)
             T["slots"] = cache.slot_table(ffn.layer)
     names = tuple(T)
     return tuple(C.items()), names, [T[n] for n in names]

@@ -13,9 +13,10 @@ parameters); `--shape` swaps in a published model's layer shapes (Qwen3-30B-A3B:
 and to GGUF (Q8_0, Q4_0) with Itamae's converters. Every measurement runs in its own
 process, one after the other, all with the same thread count, in --rounds rounds whose
 order rotates (medians reported, every round's figures kept):
-- `itamae bench --engine torch` on torch-int8 (the default, the compiled expert kernel; with
-  `--compile on` the compiled decode step too; `--compile off` for the per-expert kernels op
-  by op) and torch-int4 (default, and with the compiled step),
+- `itamae bench --engine torch` on torch-int8 (the default: the compiled decode step with
+  the compiled expert kernel in it; "experts only", ITAMAE_COMPILE_STEP=0: the expert kernel
+  alone, decode op by op; "plain", `--compile off`: the per-expert kernels op by op) and
+  torch-int4 (default, and without the step),
 - `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
 - raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
 - transformers eager in bf16 on the HF folder.
@@ -214,14 +215,14 @@ def _runs(files, t: int, n: int, g: int, skip_transformers: bool) -> dict:
     def torch_run(name, *extra, env=None):
         return lambda: itamae_bench(files[name], "torch", t, n, g, *extra, env=env)
 
-    step = ("--compile", "on")  # the compiled decode step (opt-in; auto: the expert kernel)
+    no_step = {"ITAMAE_COMPILE_STEP": "0"}  # the expert kernel alone, decode op by op
     int8, int4 = (torch_format_active_bytes(files[f]) for f in ("torch-int8", "torch-int4"))
     runs = {
-        "torch int8": (torch_run("torch-int8"), int8),
-        "torch int8 compiled step": (torch_run("torch-int8", *step), int8),
+        "torch int8": (torch_run("torch-int8"), int8),  # auto: the compiled step
+        "torch int8 experts only": (torch_run("torch-int8", env=no_step), int8),
         "torch int8 plain": (torch_run("torch-int8", "--compile", "off"), int8),
         "torch int4": (torch_run("torch-int4"), int4),
-        "torch int4 compiled step": (torch_run("torch-int4", *step), int4),
+        "torch int4 no step": (torch_run("torch-int4", env=no_step), int4),
         "itamae llamacpp Q8_0": (lambda: itamae_bench(files["Q8_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q8_0"])),
         "itamae llamacpp Q4_0": (lambda: itamae_bench(files["Q4_0"], "llamacpp", t, n, g), gguf_active_bytes(files["Q4_0"])),
         "raw llama.cpp Q8_0": (lambda: child([*me, "raw", str(files["Q8_0"])]), gguf_active_bytes(files["Q8_0"])),
@@ -276,10 +277,9 @@ def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transform
     base = table.get("transformers eager bf16", {}).get("decode_tps")
     pairs = (("torch int8", "raw llama.cpp Q8_0"), ("torch int8 plain", "raw llama.cpp Q8_0"),
              ("torch int4", "raw llama.cpp Q4_0"), ("torch int8", "torch int8 plain"),
-             ("torch int8 compiled step", "torch int8"),
-             ("torch int8 compiled step", "raw llama.cpp Q8_0"),
-             ("torch int4 compiled step", "torch int4"),
-             ("torch int4 compiled step", "raw llama.cpp Q4_0"),
+             ("torch int8", "torch int8 experts only"),
+             ("torch int8 experts only", "raw llama.cpp Q8_0"),
+             ("torch int4", "torch int4 no step"),
              ("itamae llamacpp Q8_0", "raw llama.cpp Q8_0"),
              ("itamae llamacpp Q4_0", "raw llama.cpp Q4_0"))  # fmt: skip
     for name, other in pairs:
