@@ -99,3 +99,23 @@ def test_one_graph_for_every_layer_and_length(int8_model):
     for t in range(300):  # past the KV cache's growth step (256 positions)
         model.forward(torch.tensor([[t % 50]]), kv)
     assert counters["stats"].get("unique_graphs", 0) == before.get("unique_graphs", 0)
+
+
+def test_decoding_compiles_nothing_after_load(int8_model):
+    """Everything decode runs was compiled at load, in the mode decode runs it (inference
+    mode): a kernel compiled again on the first decoded token costs its time inside the
+    decode speed `itamae bench` reports. The step (experts gathered in its graph) and the
+    expert kernel's own path (a one-token forward op by op, as with ITAMAE_COMPILE_STEP=0)
+    run in turn; neither may recompile (the block path marks the views it passes dynamic,
+    which must not reach the step's graph). Broken on purpose, each cause adds a graph."""
+    from torch._dynamo.utils import counters
+
+    model = load_model(int8_model, torch.bfloat16, compile=True)
+    assert model.fused is not None and model.step is not None
+    kv = model.new_cache()
+    model.forward(prompt_ids(int8_model, 8), kv)
+    before = counters["stats"].get("unique_graphs", 0)
+    for t in range(4):
+        model.forward(torch.tensor([[t + 3]]), kv)
+        model.forward(torch.tensor([[t + 9]]), kv, compiled=False)
+    assert counters["stats"].get("unique_graphs", 0) == before

@@ -45,8 +45,9 @@ def _run(folder, ids, fed, dtype=torch.float32, **placement):
 @pytest.mark.parametrize("source", ["hf_fp32", "torch_int8_mmap", "torch_int8_compiled"])
 def test_same_logits_whatever_the_budget_and_policy(qwen2, qwen2_int8, source):
     """Plain kernels (hf_fp32, torch_int8_mmap) and the compiled decode kernel gathering from
-    the cache's slots and from the memory-mapped file (torch_int8_compiled); budget 10% is
-    fewer slots (2) than experts per token (4)."""
+    the cache's slots and from the memory-mapped file (torch_int8_compiled: the compiled step,
+    whose graphs gather the experts themselves at budget 1.0 and hand them to the MoE block's
+    path below it); budget 10% is fewer slots (2) than experts per token (4)."""
     folder, ref, ids = qwen2
     _, _, fed = run_reference(ref, ids, steps=DECODE)
     folder, dtype = (folder, torch.float32) if source == "hf_fp32" else (qwen2_int8, torch.bfloat16)
@@ -54,6 +55,8 @@ def test_same_logits_whatever_the_budget_and_policy(qwen2, qwen2_int8, source):
     _run_as = functools.partial(_run, compile=compiled)
     base_model, base = _run_as(folder, ids, fed, dtype, expert_budget=1.0)
     assert (base_model.fused is not None) == compiled
+    if compiled:  # all resident: the compiled step gathered the experts inside its graphs
+        assert all(plan[3] for plan in base_model.step._plans.values())
     usage = base_model.usage.counts.tolist()
     row_bytes = base_model.cache.slow.layout(0)[1]
     for policy in POLICIES:

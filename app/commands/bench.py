@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
+from pathlib import Path
 
 from .generate import add_engine_options, load_options
 
@@ -27,6 +29,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true")
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory: VmHWM of the address space exec() made.
+    Not ru_maxrss, which Linux carries across exec, so a child started by a process that
+    held more memory (bench_engines, which converts the models it measures) reports the
+    parent's peak instead of its own."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # no /proc (macOS: bytes)
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def prompt_of(backend, n_tokens: int) -> str:
@@ -66,7 +82,7 @@ def run(args) -> int:
         "prefill_tps": s.prefill_tps,
         "decode_tps": s.decode_tps,
         "ttft_s": s.ttft_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "finish_reason": final.finish_reason,

@@ -32,8 +32,8 @@ def add_engine_options(p) -> None:
     )
     torch_opts.add_argument(
         "--compile", choices=["auto", "on", "off"],
-        help="decode's routed experts through a torch.compile'd kernel (default auto); "
-        "on: each layer's decode step compiled too",
+        help="decode through torch.compile'd code: the routed experts' kernel and each "
+        "layer's decode step (auto, the default: for experts of 1 MiB and more; on: always)",
     )  # fmt: skip
     torch_opts.add_argument(
         "--prefetch", choices=["off", "next_layer"],

@@ -17,8 +17,8 @@ Options (all optional):
     preload        True (default): when all experts fit the budget, copy them in at load
     compile        "auto" (default) | True | False: decode's routed experts through the
                    kernel torch.compile builds (engine/torch/compiled.py) and each decoder
-                   layer's decode step as one compiled graph (compiled_step.py, only
-                   with True: "auto" compiles the experts alone);
+                   layer's decode step as one compiled graph (compiled_step.py); "auto"
+                   compiles both for experts of 1 MiB and more, True always;
                    ITAMAE_COMPILE=0 turns both off, ITAMAE_COMPILE_STEP=0 the step alone
     prefetch       "off" (default) | "next_layer": during decode, layer i+1's router applied
                    to layer i's output predicts its experts and the missing ones are copied

@@ -93,6 +93,19 @@ def routed_float(x, gate_up, down, idx, act):
     return _matvec_rows(down[idx], act(gate) * up)
 
 
+def weighted_sum(weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """weights [K] float32, y [K, H] float32 (rows in ascending expert order) -> [1, H]: the
+    chosen experts' outputs added one at a time in row order. Both the MoE block's path and
+    the compiled step's in-graph gather sum this way, so that where an expert was computed
+    (slot, file, inside or outside a graph) never changes the bits; a matmul or `.sum(0)`
+    is free to pick its own order (and did, differently in and out of Inductor)."""
+    terms = weights[:, None] * y  # [K, H]
+    out = terms[0]
+    for k in range(1, terms.shape[0]):
+        out = out + terms[k]
+    return out[None]
+
+
 _ARGS = {
     "int8_row": ("gate_up.q", "gate_up.scale", "down.q", "down.scale"),
     "float": ("gate_up", "down"),

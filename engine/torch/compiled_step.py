@@ -7,8 +7,9 @@ glue fuses into a few C++ loops, and float32 activations end to end remove the c
 (the KV cache keeps the model's dtype). A layer enters its graph as constants (kinds, head
 counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
 kind, and the cache's capacity is a dynamic dimension: a model compiles two or three graphs,
-at load. The routed experts run through the MoE block's own path (gathering them in the
-graph, GATHER_IN_GRAPH, is written but off: see there).
+at load. When every expert is resident, the chosen experts are gathered from the cache's
+slots inside the graph (compiled.py's kernel), sorted and summed as the MoE block sums
+them, so the bits do not depend on the budget; otherwise the MoE block's own path runs.
 Outside Inductor, as opaque operators:
 - `itamae::int8_linear`: FBGEMM's int8 product (cpu_kernels.py), as the eager path runs it.
   Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on the 151,936-row output layer and
@@ -31,15 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from .attention import GQAttention
-from .compiled import _ACTS, _ARGS, _KERNELS
+from .compiled import _ACTS, _ARGS, _KERNELS, weighted_sum
 from .layers import ACTIVATIONS, GatedMLP, Int4Linear, Int8Linear, Linear
 from .moe import MoEBlock, route
 from .step_ops import _BLOCKS, _LINEARS
 
-# The chosen experts gathered inside the graph (all resident) sum in another order and
-# precision than the block's own path that partial budgets take, which broke the placement
-# invariance test (bf16: 0.044 on logits of 4); off until both paths sum alike.
-GATHER_IN_GRAPH = False
+# The chosen experts gathered inside the graph when all are resident, instead of the MoE
+# block's Python path (placement, misses, usage counts: some 20 small ops a layer).
+GATHER_IN_GRAPH = True
 
 # ---- the traced layer ------------------------------------------------------------------------
 # A layer reaches the graph as constants C (kinds, head counts, routing settings: the graph
@@ -122,8 +122,11 @@ def _moe(C, T, h, block):
     else:  # every expert resident: gathered from the slots by the routing result
         scheme, act = C["experts"]
         rows = [T["experts." + n] for n in _ARGS[scheme]]
-        y = _KERNELS[scheme](h.reshape(-1), *rows, T["slots"][experts[0]], _ACTS[act])  # [K, H]
-        out = (weights[0][:, None] * y).sum(0, keepdim=True)
+        # in ascending expert order and summed as MoEBlock._fused sums: the same bits as
+        # the block's path that partial budgets take (placement invariance)
+        chosen, order = experts[0].sort()
+        y = _KERNELS[scheme](h.reshape(-1), *rows, T["slots"][chosen], _ACTS[act])  # [K, H]
+        out = weighted_sum(weights[0][order], y)
     if C["shared"]:
         shared = _mlp(C, T, "shared.", h)
         if "shared_gate" in C:
@@ -239,12 +242,15 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
             if ffn.shared_gate is not None:
                 _add_linear(C, T, "shared_gate", ffn.shared_gate)
         cache, fused = model.cache, model.fused
-        if (GATHER_IN_GRAPH and fused is not None and fused.failed is None
+        gather = GATHER_IN_GRAPH and not ffn.weight_input  # Llama 4 weights inputs
+        if (gather and fused is not None and fused.failed is None
                 and fused.scheme in _ARGS and cache.all_resident()):  # fmt: skip
             C["experts"] = (fused.scheme, fused.act)
             views = cache.fast_views(ffn.layer)
             for n in _ARGS[fused.scheme]:
-                T["experts." + n] = views[n]
+                # a tensor object of its own: FusedExperts marks the block path's views
+                # dynamic, and a marking the graph did not see at compile time recompiles it
+                T["experts." + n] = views[n].view(views[n].shape)
             T["slots"] = cache.slot_table(ffn.layer)
     names = tuple(T)
     return tuple(C.items()), names, [T[n] for n in names]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .compiled import FusedExperts
+from .compiled import FusedExperts, weighted_sum
 from .layers import GatedMLP, Linear
 from .overlap import TierOverlap
 from .placement import ExpertCache
@@ -221,7 +221,7 @@ class MoEBlock:
             for positions, out in done:
                 y[positions] = out.to(y.device)
         w = torch.tensor(weights, dtype=torch.float32, device=y.device)
-        return (w @ y).to(flat.dtype)[None]  # [1, H]
+        return weighted_sum(w, y).to(flat.dtype)  # [1, H], as the compiled step sums them
 
     def _batch(self, flat, experts, slots, positions: list[int]) -> torch.Tensor:
         """[len(positions), H] float32 outputs of those experts, all in one tier."""

@@ -36,9 +36,11 @@ def _int8_linear(x, qweight, scale, fbgemm: bool):
 
 
 def _routed_experts(x, weights, experts, block):
-    """x [1, H] float32 -> [1, H] float32: the block's own one-token path in its dtype."""
+    """x [1, H] float32 -> [1, H] float32: the block's own one-token path, in float32 where
+    the compiled expert kernel runs it (as the in-graph gather does), else in its dtype."""
     moe = _BLOCKS[int(block)]()
-    return moe._one_token(x.to(moe.dtype), weights[0], experts[0]).float()
+    fused = moe.fused is not None and moe.fused.failed is None and not moe.weight_input
+    return moe._one_token(x if fused else x.to(moe.dtype), weights[0], experts[0]).float()
 
 
 _lib.impl("int8_linear", _int8_linear, "CPU")

@@ -201,7 +201,11 @@ class DecoderModel:
         k = max(2, self.args.experts_per_token)  # K = 1 is its own graph, compiled on first use
         rows = torch.zeros(k, self.cache.row_bytes, dtype=torch.uint8, device=self.device)
         x = torch.zeros(self.args.hidden_size, dtype=self.dtype, device=self.device)
-        ok = fused(x, stacked_views(rows, slow.layout(0)[0]), torch.arange(k)) is not None
+        # under inference mode, as forward runs it: Dynamo guards on the grad mode, and a
+        # kernel compiled outside it was compiled again on the first decoded token, inside
+        # the time `itamae bench` measures (0.3-1 s from the disk cache, more when cold)
+        with torch.inference_mode():
+            ok = fused(x, stacked_views(rows, slow.layout(0)[0]), torch.arange(k)) is not None
         return (fused if ok else None), time.perf_counter() - started
 
     def _make_prefetch(self, placement: PlacementOptions) -> NextLayerPrefetch | None:
@@ -224,10 +228,10 @@ class DecoderModel:
         apply or compiling failed (then decode runs op by op)."""
         if os.environ.get("ITAMAE_COMPILE_STEP", "1").strip().lower() in ("0", "off", "no"):
             return None  # the expert kernel alone (benchmarks compare the two)
-        if wanted == "auto":
-            # opt-in (compile=True / --compile on): one quieter run measured 1.10x the
-            # expert kernel's decode, but its own compile time at first start is unmeasured
-            return None
+        # "auto" compiles the step where it compiles the expert kernel (experts of 1 MiB and
+        # more): on the bench model the step with the experts gathered in its graph took
+        # 0.82x the CPU time per token of the expert kernel alone (1 thread, one process,
+        # interleaved rounds); small models are not worth its compile
         if not compile_wanted(wanted, self.cache.row_bytes if self.cache else 0):
             return None
         if eligible(self) is not None:

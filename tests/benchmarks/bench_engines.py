@@ -13,11 +13,12 @@ parameters); `--shape` swaps in a published model's layer shapes (Qwen3-30B-A3B:
 and to GGUF (Q8_0, Q4_0) with Itamae's converters. Every measurement runs in its own
 process, one after the other, all with the same thread count, in --rounds rounds whose
 order rotates (medians reported, every round's figures kept):
-- `itamae bench --engine torch` on torch-int8 (the default, the compiled expert kernel; with
-  `--compile on` the compiled decode step too; `--compile off` for the per-expert kernels op
-  by op) and torch-int4 (default: int4_kernel.py's VNNI kernel; with the compiled step; and
-  with ITAMAE_INT4_KERNEL=0, torch's `_weight_int4pack_mm_for_cpu`; and converted with the
-  output layer int8, as the recipe was before),
+- `itamae bench --engine torch` on torch-int8 (the default: the compiled decode step with
+  the compiled expert kernel in it; "experts only", ITAMAE_COMPILE_STEP=0: the expert kernel
+  alone, decode op by op; "plain", `--compile off`: the per-expert kernels op by op) and
+  torch-int4 (default: int4_kernel.py's VNNI kernel, with the step; without the step; with
+  ITAMAE_INT4_KERNEL=0, torch's `_weight_int4pack_mm_for_cpu`; and converted with the output
+  layer int8, as the recipe was before),
 - `itamae bench --engine llamacpp` on the Q8_0 and Q4_0 GGUFs,
 - raw llama-cpp-python (Llama.eval, greedy argmax) on the same GGUFs,
 - transformers eager in bf16 on the HF folder.
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from app.commands.bench import peak_rss_bytes
 from tests.benchmarks.bench_convert import SHAPES, build_checkpoint
 from tests.benchmarks.roofline import (
     gguf_active_bytes,
@@ -150,8 +152,6 @@ def prompt_ids(tokenize, n: int) -> list[int]:
 
 def raw_llama_cpp(gguf: str, threads: int, prompt: int, gen: int) -> dict:
     """llama-cpp-python's low level loop: eval the prompt, then argmax + eval per token."""
-    import resource
-
     import numpy as np
     from llama_cpp import Llama
 
@@ -170,13 +170,11 @@ def raw_llama_cpp(gguf: str, threads: int, prompt: int, gen: int) -> dict:
     return {
         "engine": "llama-cpp-python (raw)", "model": gguf, "prefill_tps": len(ids) / prefill_s,
         "decode_tps": (gen - 1) / decode_s, "ttft_s": first - started,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }  # fmt: skip
 
 
 def transformers_eager(folder: str, threads: int, prompt: int, gen: int) -> dict:
-    import resource
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
@@ -200,7 +198,7 @@ def transformers_eager(folder: str, threads: int, prompt: int, gen: int) -> dict
         "engine": "transformers eager bf16", "model": folder,
         "prefill_tps": ids.shape[1] / (first - started), "decode_tps": (gen - 1) / decode_s,
         "ttft_s": first - started,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "experts_implementation": str(getattr(model.config, "_experts_implementation", "")),
     }  # fmt: skip
 
@@ -245,15 +243,15 @@ def _runs(files, t: int, n: int, g: int, skip_transformers: bool) -> dict:
     def torch_run(name, *extra, env=None):
         return lambda: itamae_bench(files[name], "torch", t, n, g, *extra, env=env)
 
-    step = ("--compile", "on")  # the compiled decode step (opt-in; auto: the expert kernel)
+    no_step = {"ITAMAE_COMPILE_STEP": "0"}  # the expert kernel alone, decode op by op
     int8, int4, int4_int8_head = (torch_format_active_bytes(files[f]) for f in
                                   ("torch-int8", "torch-int4", "torch-int4-int8-head"))  # fmt: skip
     runs = {
-        "torch int8": (torch_run("torch-int8"), int8),
-        "torch int8 compiled step": (torch_run("torch-int8", *step), int8),
+        "torch int8": (torch_run("torch-int8"), int8),  # auto: the compiled step
+        "torch int8 experts only": (torch_run("torch-int8", env=no_step), int8),
         "torch int8 plain": (torch_run("torch-int8", "--compile", "off"), int8),
         "torch int4": (torch_run("torch-int4"), int4),
-        "torch int4 compiled step": (torch_run("torch-int4", *step), int4),
+        "torch int4 no step": (torch_run("torch-int4", env=no_step), int4),
         # torch's _weight_int4pack_mm_for_cpu instead of int4_kernel.py's VNNI kernel
         "torch int4 int4pack": (torch_run("torch-int4", env={"ITAMAE_INT4_KERNEL": "0"}), int4),
         "torch int4 int8 head": (torch_run("torch-int4-int8-head"), int4_int8_head),
@@ -311,13 +309,12 @@ def engine_table(files, t: int, n: int, g: int, bandwidth: float, skip_transform
     base = table.get("transformers eager bf16", {}).get("decode_tps")
     pairs = (("torch int8", "raw llama.cpp Q8_0"), ("torch int8 plain", "raw llama.cpp Q8_0"),
              ("torch int4", "raw llama.cpp Q4_0"), ("torch int8", "torch int8 plain"),
-             ("torch int8 compiled step", "torch int8"),
-             ("torch int8 compiled step", "raw llama.cpp Q8_0"),
+             ("torch int8", "torch int8 experts only"),
+             ("torch int8 experts only", "raw llama.cpp Q8_0"),
+             ("torch int4", "torch int4 no step"),
              ("torch int4", "torch int4 int4pack"), ("torch int4", "torch int4 int8 head"),
              ("torch int4 int8 head", "raw llama.cpp Q4_0"),
              ("torch int4 int4pack", "raw llama.cpp Q4_0"),
-             ("torch int4 compiled step", "torch int4"),
-             ("torch int4 compiled step", "raw llama.cpp Q4_0"),
              ("itamae llamacpp Q8_0", "raw llama.cpp Q8_0"),
              ("itamae llamacpp Q4_0", "raw llama.cpp Q4_0"))  # fmt: skip
     for name, other in pairs:

@@ -13,12 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
-
-def peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+from app.commands.bench import peak_rss_bytes
 
 
 def main() -> None:
