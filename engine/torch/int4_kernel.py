@@ -100,6 +100,7 @@ def _build() -> str | None:
     try:
         from torch.utils import cpp_extension
 
+        _ninja_on_path()
         folder.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the builder's notes about compiler versions
@@ -111,6 +112,20 @@ def _build() -> str | None:
         return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
     _register_fake()
     return None
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs `ninja` from PATH; the `ninja` package (a dependency) puts it in
+    the environment's bin folder, which is not on PATH when Python runs without the
+    environment activated (`.venv/bin/python -m app.cli`)."""
+    try:
+        import ninja  # the PyPI package's binary
+    except ImportError:
+        return  # a system ninja, if any, is found on PATH as before
+    folder = str(ninja.BIN_DIR)
+    paths = os.environ.get("PATH", "").split(os.pathsep)
+    if folder not in paths:
+        os.environ["PATH"] = os.pathsep.join([folder, *paths])
 
 
 def applies(in_features: int, group: int) -> bool:
