@@ -7,6 +7,7 @@ allocates for the KV cache is checked against its own log in test_llamacpp_backe
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -275,3 +276,14 @@ def test_plan_json_has_the_numbers_scripts_read():
     for key in ("n_ctx", "n_gpu_layers", "cpu_moe_layers", "gpu_bytes", "ram_bytes", "kv_bytes"):
         assert isinstance(data[key], int)
     assert data["fits"] is True and data["bytes_per_token_ram"] > 0
+
+
+def test_a_deepseek_v4_file_is_not_offered_a_quant_itamae_refuses_to_write():
+    # Itamae's converter refuses llama.cpp-quantizer recipes (Q4_K_M, ...) for deepseek4,
+    # so a V4 file that does not fit must not be sent to `itamae convert --quant q4_k_m`
+    layout = dataclasses.replace(qwen3_30b_a3b(), arch="deepseek4")
+    with pytest.raises(NotEnoughMemory) as refusal:
+        plan_memory(layout, Hardware.of(ram_gb=16))
+    message = str(refusal.value)
+    assert "--quant" not in message and "only as Q8_0 or F32" in message
+    assert smaller_quant_that_fits(layout, Hardware.of(ram_gb=16)) is None

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 
+from converters import archs
 from converters.conversion.recipes import get_recipe
 from converters.core.errors import ItamaeError, NotEnoughMemory
 
@@ -144,7 +145,7 @@ def smaller_quant_that_fits(
 ) -> MemoryPlan | None:
     """The plan for the largest llama.cpp quant below this file's bits/weight that fits."""
     current = layout.bits_per_weight
-    for name, bpw in QUANT_LADDER:
+    for name, bpw in _ladder(layout):
         if bpw >= current - 0.05:
             continue
         plan = _choose(layout.requantized(name, bpw), hardware, None, None, None, cache_type)
@@ -153,8 +154,25 @@ def smaller_quant_that_fits(
     return None
 
 
+def _ladder(layout: ModelLayout) -> tuple[tuple[str, float], ...]:
+    """The quants Itamae can write for this file's family: a family whose GGUF types follow
+    its source tensors (DeepSeek-V4) takes no recipe of llama.cpp's quantizer, since
+    llama.cpp's own graph refuses the files it makes (converters/conversion/convert.py)."""
+    by_source = any(spec.gguf_types_by_source for spec in archs.all_specs()
+                    if spec.arch_name == layout.arch)  # fmt: skip
+    if not by_source:
+        return QUANT_LADDER
+    return tuple((n, b) for n, b in QUANT_LADDER if not get_recipe(n).uses_llama_quantizer)
+
+
 def _smaller_quant_hint(layout: ModelLayout, hardware: Hardware, cache_type: str) -> str:
     plan = smaller_quant_that_fits(layout, hardware, cache_type)
+    if plan is None and _ladder(layout) != QUANT_LADDER:
+        return (
+            f"Itamae writes {layout.arch} GGUFs only as Q8_0 or F32 (llama.cpp's quantizer "
+            "recipes make files its own graph refuses), so no smaller file of this model "
+            "fits: free memory, or run it on a bigger machine through the remote engine."
+        )
     if plan is None:
         return (
             f"No llama.cpp quant down to {QUANT_LADDER[-1][0]} fits either: free memory, "
