@@ -14,8 +14,8 @@ Qwen3-MoE (softmax attention everywhere), both with Qwen2's real 151,936-token v
 by the torch engine on the HF folder and by llama.cpp on Itamae's Q8_0 GGUF, through
 `itamae bench` in its own process (tests/benchmarks/bench_engines.py's helper): a prompt of
 context - gen tokens is prefilled, then gen tokens are decoded; decode tok/s after that
-prefill, prefill tok/s and llama.cpp's KV + recurrent state + compute buffer (from the
-memory plan) are printed per context, with the ratios
+prefill, prefill tok/s, llama.cpp's KV + recurrent state + compute buffer (from the
+memory plan) and each run's peak RSS (both engines) are printed per context, with the ratios
 and the machine's load average (the machine is shared). Order rotates per round. A cell
 without a figure (a failed run, or a speed that is not a positive number) says NO FIGURE,
 its error goes to stderr, and the command exits 1.
@@ -167,10 +167,11 @@ def rows_of(results: dict) -> list[dict]:
             "model": model, "engine": engine, "context": ctx,
             "decode_tps": _median([o["decode_tps"] for o in ok]),
             "prefill_tps": _median([o["prefill_tps"] for o in ok]),
-            # ru_maxrss survives exec (the parent's high-water mark shows through), so the
-            # memory column is llama.cpp's KV + state + compute as the memory plan gives it
-            # (within 10% of llama.cpp's log, tests/test_memory_plan_llamacpp.py)
+            # llama.cpp's KV + state + compute as the memory plan gives it (within 10% of
+            # llama.cpp's log, tests/test_memory_plan_llamacpp.py), and each run's own peak
+            # RSS (VmHWM of the child, app/commands/bench.py): weights read + cache + buffers
             "cache_mib": _planned_cache_mib(outs[0].get("model"), ctx) if engine == "llamacpp" else None,
+            "peak_rss_mib": _median([o["peak_rss_bytes"] / 2**20 for o in ok]),
             "load_avg_1m": _median([o["load_avg_1m"] for o in outs]),
             "rounds_failed": len(outs) - len(ok),
             "error": next((_figure(o)[-300:] for o in outs if _figure(o) is not None), ""),
@@ -201,12 +202,12 @@ def print_table(rows: list[dict], contexts: list[int], args) -> None:
     print(f"threads {args.threads}, hidden {args.hidden}, {args.layers} layers, "
           f"{args.experts} experts top-{args.top_k}, decode {args.gen_tokens} tokens after the prefill")  # fmt: skip
     print(f"{'model':12s} {'engine':9s} {'ctx':>6s} {'decode/s':>9s} {'prefill/s':>10s} "
-          f"{'llama.cpp KV+state+compute':>27s} {'load':>5s}")  # fmt: skip
+          f"{'llama.cpp KV+state+compute':>27s} {'peak RSS':>9s} {'load':>5s}")  # fmt: skip
     for row in rows:
         mib = f"{row['cache_mib']:26.0f}M" if row["cache_mib"] is not None else " " * 27
         print(f"{row['model']:12s} {row['engine']:9s} {row['context']:6d} "
               f"{_cell(row['decode_tps'], 9)} {_cell(row['prefill_tps'], 10)} {mib} "
-              f"{row['load_avg_1m']:5.1f}" + ("  NO FIGURE (see below)" if row["error"] else ""))  # fmt: skip
+              f"{_cell(row['peak_rss_mib'], 8, 0)}M {row['load_avg_1m']:5.1f}" + ("  NO FIGURE (see below)" if row["error"] else ""))  # fmt: skip
     by = {(r["model"], r["engine"], r["context"]): r["decode_tps"] for r in rows}
     print("ratios (decode tok/s): torch/llama.cpp per model, hybrid/softmax per engine")
     for ctx in contexts:
