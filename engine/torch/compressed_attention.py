@@ -60,6 +60,11 @@ class CompressedCache(StateCache):
     def set_state(self, layer: int, state: AttentionState) -> None:
         self.states[layer] = state
 
+    @staticmethod
+    def copy_states(states: dict[int, AttentionState]) -> dict[int, AttentionState]:
+        # the layers replace their AttentionState, never write into it: references suffice
+        return dict(states)
+
     def nbytes(self) -> int:
         kept = {id(t): t for s in self.states.values() for t in s.tensors()}
         for _, states in self.checkpoints:

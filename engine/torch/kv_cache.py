@@ -82,7 +82,7 @@ class StateCache(KVCache):
     def checkpoint(self) -> None:
         if self.checkpoints and self.checkpoints[-1][0] == self.length:
             return
-        self.checkpoints.append((self.length, _copied(self.states)))
+        self.checkpoints.append((self.length, self.copy_states(self.states)))
         del self.checkpoints[: -self.KEEP]
 
     def truncate(self, length: int) -> int:
@@ -90,18 +90,20 @@ class StateCache(KVCache):
             return self.length
         self.checkpoints = [c for c in self.checkpoints if c[0] <= length]
         self.length, states = self.checkpoints[-1] if self.checkpoints else (0, {})
-        self.states = _copied(states)  # decode writes into them; the checkpoint stays
+        self.states = self.copy_states(states)  # decode writes into them; the checkpoint stays
         return self.length
+
+    @staticmethod
+    def copy_states(states: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
+        """A copy a later decode step cannot write into (the Gated DeltaNet layers update
+        their state tensors in place)."""
+        return {layer: [t.clone() for t in ts] for layer, ts in states.items()}
 
     def nbytes(self) -> int:
         kept = {id(t): t for ts in self.states.values() for t in ts}
         for _, states in self.checkpoints:
             kept.update({id(t): t for ts in states.values() for t in ts})
         return super().nbytes() + sum(t.numel() * t.element_size() for t in kept.values())
-
-
-def _copied(states: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
-    return {layer: [t.clone() for t in ts] for layer, ts in states.items()}
 
 
 class WindowedKVCache(KVCache):
