@@ -102,6 +102,22 @@ class Linear:
         return [t for t in (self.weight, self.bias) if t is not None]
 
 
+def causal_conv(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    act: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The causal depthwise conv of the recurrent mixers (Gated DeltaNet, Mamba-2) over
+    [previous K-1 inputs | new]: x [B, T, C], conv_state [B, C, K-1], weight [C, 1, K] ->
+    (activated output [B, T, C], the new state: the last K-1 inputs)."""
+    seq = torch.cat([conv_state, x.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
+    bias = None if bias is None else bias.to(seq.dtype)
+    out = F.conv1d(seq, weight.to(seq.dtype), bias, groups=seq.shape[1])
+    return ACTIVATIONS[act](out).transpose(1, 2), seq[..., -(weight.shape[-1] - 1) :]
+
+
 def fuse_rows(*linears: Linear | None) -> Linear | None:
     """One float Linear whose rows are those of `linears` in order (their outputs side by
     side), so one matmul reads them all; None unless all are plain float weights without

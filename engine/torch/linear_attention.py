@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, Linear, fuse_rows
+from .layers import ACTIVATIONS, Linear, causal_conv, fuse_rows
 
 CHUNK = 64  # tokens per chunk of the prefill form
 
@@ -139,12 +139,6 @@ class GatedDeltaNet:
         z = z.reshape(b, t, self.v_heads, self.v_dim)
         return mixed, z, beta.reshape(b, t, -1), a.reshape(b, t, -1)
 
-    def _convolve(self, mixed, conv_state):
-        """Causal depthwise conv over [previous K-1 inputs | new]; returns (out, new state)."""
-        seq = torch.cat([conv_state, mixed.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
-        out = F.conv1d(seq, self.conv.to(seq.dtype), groups=seq.shape[1])
-        return ACTIVATIONS[self.act](out).transpose(1, 2), seq[..., -(self.conv.shape[-1] - 1) :]
-
     def _convolve_step_(self, mixed, conv_state):
         """One token: the conv as a dot product over its K-tap window (F.conv1d with C groups
         costs milliseconds of set-up per call on the CPU), the window shifted in place.
@@ -185,7 +179,7 @@ class GatedDeltaNet:
             o = delta_rule_step_(q[:, :, 0], k[:, :, 0], v[:, :, 0], g[..., 0], beta[..., 0], state)
             o = o[:, None]  # [B, 1, Hv, Dv]
         else:
-            mixed, conv_state = self._convolve(mixed, conv_state)
+            mixed, conv_state = causal_conv(mixed, conv_state, self.conv, None, self.act)
             q, k, v, g, beta = self._heads(mixed, beta, a)
             o, state = delta_rule_chunked(q, k, v, g, beta, state)
             o = o.transpose(1, 2)  # [B, T, Hv, Dv]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import ACTIVATIONS, Linear
+from .layers import Linear, causal_conv
 
 
 def ssd_step(x, dt, a, b, c, d, state):
@@ -85,13 +85,6 @@ class Mamba2Mixer:
     eps: float = 1e-5
     act: str = "silu"
 
-    def _convolve(self, xbc, conv_state):
-        """Causal depthwise conv over [previous K-1 inputs | new]; returns (out, new state)."""
-        seq = torch.cat([conv_state, xbc.transpose(1, 2)], dim=-1)  # [B, C, K-1+T]
-        bias = None if self.conv_bias is None else self.conv_bias.to(seq.dtype)
-        out = F.conv1d(seq, self.conv.to(seq.dtype), bias, groups=seq.shape[1])
-        return ACTIVATIONS[self.act](out).transpose(1, 2), seq[..., -(self.conv.shape[-1] - 1) :]
-
     def __call__(self, x, cache) -> torch.Tensor:
         bsz, t, _ = x.shape
         inner, n_bc = self.heads * self.head_dim, self.groups * self.state_size
@@ -104,7 +97,7 @@ class Mamba2Mixer:
             )
         else:
             conv_state, state = stored
-        xbc, conv_state = self._convolve(xbc, conv_state)
+        xbc, conv_state = causal_conv(xbc, conv_state, self.conv, self.conv_bias, self.act)
         xs, b, c = xbc.float().split([inner, n_bc, n_bc], -1)
         per = self.heads // self.groups
         b, c = (
