@@ -24,14 +24,14 @@ import torch
 from converters.formats.torch_format import MANIFEST, expert_layout, pack_expert
 from converters.formats.torch_quant import dequantize_int4_groups, quantize_int4_groups
 from converters.formats.torch_writer import convert_to_torch
-from engine.torch import int4_kernel
+from engine.torch import int4_kernel, native_build
 from engine.torch.experts import stacked_views
 from engine.torch.int4_kernel import Int4Experts
 from engine.torch.layers import Int4Linear
 from engine.torch.weights import open_weights
 from tests.test_torch_parity import load_model, prompt_ids, rel_err, run_ours
 
-VNNI = not [f for f in int4_kernel.CPU_FLAGS if f not in int4_kernel._cpu_flags()]
+VNNI = not [f for f in int4_kernel.CPU_FLAGS if f not in native_build.cpu_flags()]
 needs_vnni = pytest.mark.skipif(not VNNI, reason="the CPU lacks AVX-512 VNNI")
 
 

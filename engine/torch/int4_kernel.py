@@ -19,9 +19,8 @@ The activation row rounds to 8 bits per group of 64 (llama.cpp: per 32), as FBGE
 decode kernel rounds it per row: about what bf16 keeps already, so the kernel runs for bf16
 decode only; float32 activations keep the exact dequantize-then-matmul (layers.Int4Linear).
 
-Built once per machine with torch's extension builder (g++ and ninja; about 15 s) into
-`kernels/` under Itamae's data folder (ITAMAE_KERNEL_DIR moves it), named by the source's
-hash and the torch version, so a new build of either compiles again. Where the CPU lacks
+Built once per machine by native_build.py (g++ and ninja, about 15 s, with OpenMP so that
+`at::parallel_for` uses torch's threads). Where the CPU lacks
 AVX-512 VNNI, no compiler is present or the build fails, `available()` says False (with a
 warning naming the reason, once) and the engine runs today's kernel; ITAMAE_INT4_KERNEL=0
 turns it off (benchmarks compare the two).
@@ -30,13 +29,14 @@ turns it off (benchmarks compare the two).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import sys
 import warnings
 from pathlib import Path
 
 import torch
+
+from . import native_build
 
 SOURCE = Path(__file__).with_name("int4_matvec.cpp")
 GROUP = 64  # the only group the kernel reads (the torch format's INT4_GROUP)
@@ -45,29 +45,12 @@ CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
 CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
 
 
-def kernel_dir() -> Path:
-    if os.environ.get("ITAMAE_KERNEL_DIR"):
-        return Path(os.environ["ITAMAE_KERNEL_DIR"])
-    from .compiled import itamae_data_dir
-
-    return itamae_data_dir() / "kernels"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
 def _unavailable_reason() -> str | None:
     if os.environ.get("ITAMAE_INT4_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
         return "off"  # asked for: no warning
     if not sys.platform.startswith("linux"):
         return "built on Linux only"
-    missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
+    missing = [f for f in CPU_FLAGS if f not in native_build.cpu_flags()]
     if missing:
         return f"this CPU lacks {', '.join(missing)}"
     return None
@@ -93,39 +76,10 @@ def available() -> bool:
 
 def _build() -> str | None:
     """Compile (or find compiled) and load the extension; the reason where that failed."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + torch.__version__.encode()).hexdigest()[:12]
-    name = f"itamae_int4_{digest}"
-    folder = kernel_dir() / name
-    try:
-        from torch.utils import cpp_extension
-
-        _ninja_on_path()
-        folder.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the builder's notes about compiler versions
-            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                               build_directory=str(folder), is_python_module=False,
-                               verbose=False)  # fmt: skip
-    except Exception as e:  # no compiler, no ninja, a failed build: many kinds
-        text = str(e).strip().splitlines()
-        return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
-    _register_fake()
-    return None
-
-
-def _ninja_on_path() -> None:
-    """torch's builder runs `ninja` from PATH; the `ninja` package (a dependency) puts it in
-    the environment's bin folder, which is not on PATH when Python runs without the
-    environment activated (`.venv/bin/python -m app.cli`)."""
-    try:
-        import ninja  # the PyPI package's binary
-    except ImportError:
-        return  # a system ninja, if any, is found on PATH as before
-    folder = str(ninja.BIN_DIR)
-    paths = os.environ.get("PATH", "").split(os.pathsep)
-    if folder not in paths:
-        os.environ["PATH"] = os.pathsep.join([folder, *paths])
+    reason = native_build.build("itamae_int4", SOURCE, CFLAGS)
+    if reason is None:
+        _register_fake()
+    return reason
 
 
 def applies(in_features: int, group: int) -> bool:
