@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def cpu_flags() -> set[str]:
         return set()
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
     return set(line.split(":", 1)[-1].split())
+
+
+def unavailable_reason(switch: str, needed_flags: tuple[str, ...]) -> str | None:
+    """Why a kernel of ours cannot run here before building it: "off" where its environment
+    switch (e.g. ITAMAE_INT8_KERNEL=0) turns it off, else the platform or the CPU's missing
+    features; None where it may be built."""
+    if os.environ.get(switch, "1").strip().lower() in ("0", "false", "off", "no"):
+        return "off"  # asked for: no warning
+    if not sys.platform.startswith("linux"):
+        return "built on Linux only"
+    missing = [f for f in needed_flags if f not in cpu_flags()]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    return None
 
 
 def build(prefix: str, source: Path, cflags: list[str]) -> str | None:

@@ -1,0 +1,80 @@
+"""Decode's int8 matrix-vector product: a small AVX-512 VNNI kernel (int8_matvec.cpp).
+
+One activation row times int8 weights is bound by how fast the weight bytes stream in.
+FBGEMM's `quantized::linear_dynamic` (cpu_kernels.py) gets near that speed, but only on a
+packed copy of every weight (as large as the weight: the engine's RSS was 2.6 GiB on the
+bench model against llama.cpp's 1.5), and torch reaches it through a Python-implemented op
+per call in the compiled step (~48 us each). The kernel here follows llama.cpp's Q8_0 x Q8_0
+recipe instead: the row is rounded to int8 per block of 64 and multiplied by the stored
+int8 rows as integers (vpdpbusd), one float multiply-add per 64 weights. It reads the torch
+format's own rows (no packed copy), is a C++ op that Inductor calls from the graph, and
+gathers the chosen experts out of stacked rows in the same parallel loop, so decode's K
+experts of a layer are one call per projection (compiled.py's `routed_int8_vnni`).
+
+Why blocks of 64 and not one scale per row (FBGEMM's choice): activations have outlier
+channels, and one scale per row lets the largest element set the step for all of them;
+per block the error stays local. Measured on the bench shapes (tests/benchmarks/
+bench_int8_kernel.py prints it): relative error against float32 dequantize-then-matmul, a
+Gaussian row with a few 20x outliers, is about 4x smaller per block than per row, at the
+same speed (both are bound by memory, the extra multiply-add per block is free).
+
+Rounding the activation to 8 bits is about what bf16 keeps already, so the kernel runs for
+bf16 decode only; float32 activations keep the exact dequantize-then-matmul.
+
+Built once per machine by native_build.py (g++ and ninja, about 15 s, OpenMP so that
+`at::parallel_for` uses torch's threads). Where the CPU lacks AVX-512 VNNI, no compiler is
+present or the build fails, `available()` says False (with a warning naming the reason,
+once) and the engine runs FBGEMM as before; ITAMAE_INT8_KERNEL=0 turns it off (benchmarks
+compare the two).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import native_build
+
+SOURCE = Path(__file__).with_name("int8_matvec.cpp")
+BLOCK = 64  # activation codes per scale (int8_matvec.cpp's kBlock)
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma")
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma"]
+
+
+@functools.cache
+def available() -> bool:
+    """True once the kernel is built and loaded into this process (the op
+    torch.ops.itamae_int8.matvec); False, with one warning, where it cannot be."""
+    reason = native_build.unavailable_reason("ITAMAE_INT8_KERNEL", CPU_FLAGS)
+    if reason is None:
+        reason = native_build.build("itamae_int8", SOURCE, CFLAGS)
+        if reason is None:
+            _register_fake()
+    if reason is not None and reason != "off":
+        warnings.warn(
+            f"The int8 decode kernel is not available ({reason}); int8 weights run through "
+            "FBGEMM's packed copies instead (more memory, slower). Set ITAMAE_INT8_KERNEL=0 "
+            "to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return reason is None
+
+
+def matvec(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+           idx: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """x [A, C] (A = 1, or one row per chosen matrix); q [N, R, C] int8, scale [N, R]
+    float32 (stacked views, any stride between matrices); idx [K] int64 -> [K, R] float32:
+    row k is x[k or 0] times matrix idx[k]."""
+    return torch.ops.itamae_int8.matvec(x.float().contiguous(), q, scale, idx)
+
+
+def _register_fake() -> None:
+    """Shapes for torch.compile: the compiled decode step calls the op inside its graph."""
+
+    @torch.library.register_fake("itamae_int8::matvec")
+    def _(x, q, scale, idx):
+        return x.new_empty(idx.shape[0], q.shape[1])
