@@ -97,7 +97,10 @@ def test_an_experts_rows_are_the_same_bits_from_a_slot_and_from_the_file(int8_mo
     assert torch.equal(from_slots, from_file)
     assert torch.equal(alone[0], from_file[1])
     plain = cache.ffn(slots[1], 2)(x[None].float())  # float32 through the plain int8 path
-    assert (plain[0] - from_file[1]).abs().max() <= 1e-4 * plain.abs().max()
+    # bf16 runs int8_kernel.py's VNNI kernel where the CPU has it: the activation rounds to
+    # 8 bits per 64 (measured 1.4% here; another expert's rows are off by ~100%)
+    bound = 3e-2 if fused.kernel == "int8_vnni" else 1e-4
+    assert (plain[0] - from_file[1]).abs().max() <= bound * plain.abs().max()
 
 
 def test_switches():

@@ -11,9 +11,12 @@ at load. When every expert is resident, the chosen experts are gathered from the
 slots inside the graph (compiled.py's kernel), sorted and summed as the MoE block sums
 them, so the bits do not depend on the budget; otherwise the MoE block's own path runs.
 Outside Inductor, as opaque operators:
-- `itamae::int8_linear`: FBGEMM's int8 product (cpu_kernels.py), as the eager path runs it.
-  Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on the 151,936-row output layer and
-  on 1024x1024 (2 threads: one accumulator per row, no VNNI). q, k and v are one product.
+- `itamae_int8::matvec`: int8_kernel.py's VNNI kernel on the stored int8 rows (bf16 models,
+  as the eager path runs it): the head, q/k/v as one product, o, dense and shared MLPs, and
+  the routed experts gathered in the graph (compiled.py's routed_int8_vnni).
+- `itamae::int8_linear`: FBGEMM's int8 product (cpu_kernels.py) where that kernel is not
+  available. Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on the 151,936-row
+  output layer and on 1024x1024 (2 threads: one accumulator per row, no VNNI).
 - `itamae::routed_experts`: the MoE block's decode path (placement, misses, usage counts),
   for budgets that leave experts on the slow tier: outputs stay placement-independent.
 The KV cache is written outside the graph: attention reads its whole buffers (the unused
@@ -51,6 +54,9 @@ def _linear(C, T, name: str, x: torch.Tensor) -> torch.Tensor:
     kind, w = C[name], T[name + ".w"]
     if kind == "int8":
         y = torch.ops.itamae.int8_linear(x, w, T[name + ".s"], C["fbgemm"])
+    elif kind == "int8_vnni":  # int8_kernel.py's decode kernel on the stored rows
+        zero = torch.zeros(1, dtype=torch.long, device=x.device)
+        y = torch.ops.itamae_int8.matvec(x.contiguous(), w[None], T[name + ".s"][None], zero)
     elif kind == "int4_vnni":  # int4_kernel.py's decode kernel on the stored nibbles
         zero = torch.zeros(1, dtype=torch.long, device=x.device)
         y = torch.ops.itamae_int4.matvec(x.contiguous(), w[None], T[name + ".s"][None],
@@ -178,7 +184,9 @@ def _compiled_head():
 
 
 def _add_linear(C: dict, T: dict, name: str, lin: Linear) -> None:
-    if isinstance(lin, Int8Linear):
+    if isinstance(lin, Int8Linear) and C["fbgemm"] and lin.decode_kernel_applies():
+        C[name], T[name + ".w"], T[name + ".s"] = "int8_vnni", lin.weight, lin.scale
+    elif isinstance(lin, Int8Linear):
         C[name], T[name + ".w"], T[name + ".s"] = "int8", lin.weight, lin.scale
         _LINEARS[lin.weight.data_ptr()] = weakref.ref(lin)
     elif isinstance(lin, Int4Linear) and lin.decode_kernel_applies():
@@ -204,7 +212,7 @@ def _fused_qkv(a: GQAttention) -> Int8Linear | None:
                           torch.zeros(p.out_features) for p in parts])  # fmt: skip
     fused = Int8Linear(torch.cat([p.weight for p in parts]), torch.cat([p.scale for p in parts]),
                        bias)  # fmt: skip
-    if not (parts[0]._packed is not None and fused.prepare_kernel()):
+    if not (parts[0].prepared and fused.prepare_kernel()):
         fused.weight = fused.weight.clone()  # 64-byte aligned for the weight-only kernels
     return fused
 
@@ -245,9 +253,10 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
         gather = GATHER_IN_GRAPH and not ffn.weight_input  # Llama 4 weights inputs
         if (gather and fused is not None and fused.failed is None
                 and fused.scheme in _ARGS and cache.all_resident()):  # fmt: skip
-            C["experts"] = (fused.scheme, fused.act)
+            # the kernel the block's path compiled (FusedExperts.kernel): the same bits
+            C["experts"] = (fused.kernel, fused.act)
             views = cache.fast_views(ffn.layer)
-            for n in _ARGS[fused.scheme]:
+            for n in _ARGS[fused.kernel]:
                 # a tensor object of its own: FusedExperts marks the block path's views
                 # dynamic, and a marking the graph did not see at compile time recompiles it
                 T["experts." + n] = views[n].view(views[n].shape)
@@ -322,7 +331,7 @@ class DecodeStep:
             self.blocks.append(handle)
         self._plans: dict[int, tuple] = {}
         head = model.lm_head
-        C, T = {}, {}
+        C, T = {"fbgemm": self.fbgemm}, {}
         _add_linear(C, T, "head", head)
         self._head = (C["head"], T["head.w"], T.get("head.s"), T.get("head.z"))
         self.head_fn = _compiled_head()

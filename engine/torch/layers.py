@@ -2,14 +2,14 @@
 and the gated MLP used by dense layers and shared experts.
 
 RMSNorm computes in float32 and casts back, as transformers' `LlamaRMSNorm` does. Quantized
-linears use torch's CPU kernels when the activations are bf16: int8 per-row weights through
-FBGEMM for a single activation row (decode, non-expert weights; see cpu_kernels.py) and
-through `torch._weight_int8pack_mm` otherwise, int4 group-wise weights through
-int4_kernel.py's VNNI kernel for a single row (decode) and `_weight_int4pack_mm_for_cpu`
-(gpt-fast's kernel) otherwise. FBGEMM and the int4 decode kernel round the activation row
-to 8 bits, about what bf16 keeps already; float32 activations ask for more, so they (and
-CUDA) run the same math as dequantize-then-matmul, and results agree across devices to
-rounding.
+linears use CPU kernels when the activations are bf16: int8 per-row weights through
+int8_kernel.py's VNNI kernel for a single activation row (decode; FBGEMM's packed copy,
+cpu_kernels.py, where the CPU lacks VNNI) and through `torch._weight_int8pack_mm` otherwise,
+int4 group-wise weights through int4_kernel.py's VNNI kernel for a single row (decode) and
+`_weight_int4pack_mm_for_cpu` (gpt-fast's kernel) otherwise. The decode kernels and FBGEMM
+round the activation row to 8 bits, about what bf16 keeps already; float32 activations ask
+for more, so they (and CUDA) run the same math as dequantize-then-matmul, and results agree
+across devices to rounding.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from converters.formats.torch_quant import dequantize_int4_groups, unpack_int4
 
-from . import int4_kernel
+from . import int4_kernel, int8_kernel
 from .cpu_kernels import int8_kernel_available, int8_matvec, pack_int8
 
-_ZERO = torch.zeros(1, dtype=torch.long)  # the one matrix of an Int4Linear, by index
+_ZERO = torch.zeros(1, dtype=torch.long)  # the one matrix of an Int4/Int8Linear, by index
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -140,31 +140,52 @@ class Int8Linear(Linear):
         self._scale_cache: dict[torch.dtype, torch.Tensor] = {}
         self._packed: torch.ScriptObject | None = None  # FBGEMM's copy, see prepare_kernel
         self._pack_tried = False
+        self._vnni: bool | None = None  # decode through int8_kernel.py (decided on first use)
 
     def _scale(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._scale_cache:
             self._scale_cache[dtype] = self.scale.to(dtype)
         return self._scale_cache[dtype]
 
+    def decode_kernel_applies(self) -> bool:
+        """One bf16 row on the CPU can run through int8_kernel.py's VNNI kernel, which reads
+        the stored rows as they are (any shape, any alignment)."""
+        if self._vnni is None:
+            self._vnni = self.weight.device.type == "cpu" and int8_kernel.available()
+        return self._vnni
+
     def prepare_kernel(self) -> bool:
-        """Pack for the CPU decode kernel (once); False where it does not apply.
+        """Ready the CPU decode kernel (once); False where none applies.
 
         Called at load for the weights every token reads (attention, dense and shared MLPs,
-        the output layer). Routed experts are not packed: FBGEMM's packing runs at about
-        0.1 GB/s, so an expert cache that moves experts in and out would spend its time
-        packing, and an expert computed where it lives would need a packed copy too (the
-        same arithmetic wherever an expert is placed is what makes outputs placement-
-        independent). Experts run through the weight-only kernels."""
+        the output layer). With int8_kernel.py's VNNI kernel nothing is made: it reads the
+        stored rows. Without it, FBGEMM's packed copy is made (as large as the weight).
+        Routed experts are not packed: FBGEMM's packing runs at about 0.1 GB/s, so an
+        expert cache that moves experts in and out would spend its time packing, and an
+        expert computed where it lives would need a packed copy too (the same arithmetic
+        wherever an expert is placed is what makes outputs placement-independent). Experts
+        run through the VNNI kernel or the weight-only kernels."""
+        if self.decode_kernel_applies():
+            return True
         if not self._pack_tried:
             self._pack_tried = True
             if self.weight.device.type == "cpu" and int8_kernel_available():
                 self._packed = pack_int8(self.weight, self.scale)
         return self._packed is not None
 
+    @property
+    def prepared(self) -> bool:
+        """prepare_kernel ran and a decode kernel is ready (the VNNI kernel or FBGEMM's copy)."""
+        return bool(self._vnni) or self._packed is not None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         cpu_bf16 = x.device.type == "cpu" and x.dtype == torch.bfloat16
-        if cpu_bf16 and x.numel() == x.shape[-1] and self._packed is not None:
-            y = int8_matvec(x, self._packed)  # one row: decode
+        one_row = x.numel() == x.shape[-1]
+        if cpu_bf16 and one_row and self.decode_kernel_applies():  # decode, on the stored rows
+            y = int8_kernel.matvec(x.reshape(1, -1), self.weight[None], self.scale[None], _ZERO)
+            y = y.to(x.dtype).view(*x.shape[:-1], -1)
+        elif cpu_bf16 and one_row and self._packed is not None:
+            y = int8_matvec(x, self._packed)  # one row: decode, FBGEMM where VNNI is missing
         elif cpu_bf16 and is_aligned(self.weight):
             shape = x.shape
             y = torch._weight_int8pack_mm(

@@ -194,7 +194,7 @@ class DecoderModel:
         if self.cache is None or not compile_wanted(wanted, self.cache.row_bytes):
             return None, 0.0
         slow = self.cache.slow
-        fused = FusedExperts.for_scheme(slow.scheme, self.expert_act(), self.device)
+        fused = FusedExperts.for_scheme(slow.scheme, self.expert_act(), self.device, self.dtype)
         if fused is None:
             return None, 0.0
         started = time.perf_counter()

@@ -137,8 +137,9 @@ class TorchFormatWeights(Weights):
             q = self.fmt.get(name + ".q").to(self.device)
             scale = self.fmt.get(name + ".scale").to(self.device)
             linear = Int8Linear(q, scale, self.maybe(f"{prefix}.bias"))
-            # bf16 decode runs on FBGEMM's packed copy, made now rather than on the first
-            # token; without it the weight gets a fresh, aligned buffer for torch's kernels.
+            # bf16 decode reads the stored rows (int8_kernel.py: the kernel built now rather
+            # than on the first token) or, without VNNI, FBGEMM's packed copy made now; with
+            # neither, the weight gets a fresh, aligned buffer for torch's kernels.
             if self.dtype != torch.bfloat16 or not linear.prepare_kernel():
                 linear.weight = q.clone()
             return linear
