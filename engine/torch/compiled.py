@@ -18,8 +18,9 @@ int32 registers, group scales broadcast) the kernel reached 0.58x of torch's
 (Inductor converts a broadcast float16 scalar in software), so int4 experts run through a
 hand-written AVX-512 VNNI kernel instead (int4_kernel.py; `for_scheme` hands it out).
 int8 experts of bf16 models run int8_kernel.py's VNNI kernel inside the compiled function
-(`routed_int8_vnni`: two calls for all K, 1.2x this gather in bench_int8_kernel.py); it
-rounds the activation to 8 bits, so float32 models keep the gather above.
+(`routed_int8_vnni`: two calls for all K, 1.0-1.15x this gather in bench_int8_kernel.py,
+but on the stored rows without FBGEMM's copies); it rounds the activation to 8 bits, so
+float32 models keep the gather above.
 
 Compiled once per process and shape; Inductor's FX graph cache on disk (TORCHINDUCTOR_CACHE_DIR,
 else `inductor-cache` under Itamae's data folder, which ITAMAE_HOME moves) makes a second
