@@ -102,11 +102,12 @@ def test_an_output_row_is_the_same_bits_alone_or_with_others():
         alone = int8_kernel.matvec(x, q[e : e + 1], s[e : e + 1], ZERO)[0]
         assert torch.equal(together[k], alone)
     assert torch.equal(int8_kernel.matvec(x.repeat(3, 1), q, s, idx), together)  # A = K
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiles split over other threads: the same bits
     try:
         assert torch.equal(int8_kernel.matvec(x, q, s, idx), together)
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
 
 
 @needs_vnni
