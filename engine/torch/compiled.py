@@ -109,6 +109,8 @@ def weighted_sum(weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _ARGS = {
     "int8_row": ("gate_up.q", "gate_up.scale", "down.q", "down.scale"),
     "float": ("gate_up", "down"),
+    # not an Inductor kernel: int4_kernel.py's experts op, which the compiled step calls
+    "int4_group": tuple(f"{m}.{p}" for m in ("gate_up", "down") for p in ("q", "scale", "zero")),
 }
 _KERNELS = {"int8_row": routed_int8, "float": routed_float}
 _ACTS = {"silu": F.silu, "gelu": F.gelu}
@@ -155,6 +157,11 @@ class FusedExperts:
         if device.type != "cpu" or scheme not in COMPILED_SCHEMES or act not in _ACTS:
             return None
         return cls(scheme, act)
+
+    @staticmethod
+    def applies(views: dict) -> bool:
+        """Every layer's experts fit (Int4Experts checks its kernel's shapes)."""
+        return True
 
     def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
         """None where the compiled kernel is unavailable: the caller runs the plain path."""

@@ -125,7 +125,10 @@ def _moe(C, T, h, block):
         # in ascending expert order and summed as MoEBlock._fused sums: the same bits as
         # the block's path that partial budgets take (placement invariance)
         chosen, order = experts[0].sort()
-        y = _KERNELS[scheme](h.reshape(-1), *rows, T["slots"][chosen], _ACTS[act])  # [K, H]
+        if scheme == "int4_group":  # int4_kernel.py's C++ op, as the block's path calls it
+            y = torch.ops.itamae_int4.experts(h.contiguous(), *rows, T["slots"][chosen], act)
+        else:
+            y = _KERNELS[scheme](h.reshape(-1), *rows, T["slots"][chosen], _ACTS[act])
         out = weighted_sum(weights[0][order], y)
     if C["shared"]:
         shared = _mlp(C, T, "shared.", h)
@@ -243,8 +246,8 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
                 _add_linear(C, T, "shared_gate", ffn.shared_gate)
         cache, fused = model.cache, model.fused
         gather = GATHER_IN_GRAPH and not ffn.weight_input  # Llama 4 weights inputs
-        if (gather and fused is not None and fused.failed is None
-                and fused.scheme in _ARGS and cache.all_resident()):  # fmt: skip
+        if (gather and fused is not None and fused.failed is None and fused.scheme in _ARGS
+                and cache.all_resident() and fused.applies(cache.fast_views(ffn.layer))):  # fmt: skip
             C["experts"] = (fused.scheme, fused.act)
             views = cache.fast_views(ffn.layer)
             for n in _ARGS[fused.scheme]:

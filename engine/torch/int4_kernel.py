@@ -102,6 +102,22 @@ def _register_fake() -> None:
     def _(x, q, scale, zero, idx):
         return x.new_empty(idx.shape[0], q.shape[1])
 
+    @torch.library.register_fake("itamae_int4::experts")
+    def _(x, gate_up_q, gate_up_scale, gate_up_zero, down_q, down_scale, down_zero, idx, act):
+        return x.new_empty(idx.shape[0], down_q.shape[1])
+
+
+def experts(x: torch.Tensor, *rows_idx_act) -> torch.Tensor:
+    """x [1, H] float32; gate_up q, scale, zero, then down's (stacked views), idx [K], the
+    activation's name (one of KERNEL_ACTS) -> [K, H] float32: the K experts' outputs, in one
+    operator (gate/up, act(gate) * up with ATen's operators, down)."""
+    return torch.ops.itamae_int4.experts(x, *rows_idx_act)
+
+
+# the activations int4_matvec.cpp's `gated` runs (as layers.gated_activation does), and
+# DeepSeek-V4's clamped SiLU by prefix; others (gpt-oss's clamped SwiGLU) take the plain path
+KERNEL_ACTS = ("silu", "relu", "gelu", "gelu_pytorch_tanh")
+
 
 class Int4Experts:
     """Decode's K chosen int4 experts in two kernel calls (gate/up for all K, then down):
@@ -116,25 +132,29 @@ class Int4Experts:
     failed: str | None = None  # the protocol of FusedExperts: this kernel never half-fails
 
     def __init__(self, act: str):
-        from .layers import gated_activation
-
-        self.act, self._glu = act, gated_activation(act)
+        self.act = act
 
     @classmethod
     def for_scheme(cls, scheme: str, act: str, device: torch.device) -> Int4Experts | None:
-        if scheme != cls.scheme or device.type != "cpu" or not available():
+        from .layers import CLAMPED_SILU
+
+        known = act in KERNEL_ACTS or act.startswith(CLAMPED_SILU)
+        if scheme != cls.scheme or device.type != "cpu" or not known or not available():
             return None
         return cls(act)
 
-    def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
-        """None where the experts' shapes are not the kernel's (the caller runs the plain
-        path) or they carry biases (gpt-oss, whose sizes do not fit it either)."""
+    @staticmethod
+    def applies(views: dict) -> bool:
+        """The experts' shapes are the kernel's, without biases (gpt-oss carries them, and
+        its sizes do not fit either)."""
         hidden, inter = views["down.q"].shape[1], views["down.q"].shape[2] * 2
-        if "gate_up.bias" in views or not (applies(hidden, GROUP) and applies(inter, GROUP)):
+        return "gate_up.bias" not in views and applies(hidden, GROUP) and applies(inter, GROUP)
+
+    def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
+        """None where the kernel does not apply (`applies`): the caller runs the plain path."""
+        if not self.applies(views):
             return None
-        gate_up = matvec(x.reshape(1, -1), *(views[f"gate_up.{p}"] for p in PARTS), idx)
-        gate, up = gate_up.chunk(2, dim=-1)  # [K, I] each
-        return matvec(self._glu(gate, up), *(views[f"down.{p}"] for p in PARTS), idx)
+        from .compiled import _ARGS
 
-
-PARTS = ("q", "scale", "zero")
+        rows = (views[name] for name in _ARGS[self.scheme])
+        return experts(x.reshape(1, -1).float().contiguous(), *rows, idx, self.act)
