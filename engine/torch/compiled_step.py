@@ -8,8 +8,9 @@ glue fuses into a few C++ loops, and float32 activations end to end remove the c
 counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
 kind, and the cache's capacity is a dynamic dimension: a model compiles two or three graphs,
 at load. When every expert is resident, the chosen experts are gathered from the cache's
-slots inside the graph (compiled.py's kernel), sorted and summed as the MoE block sums
-them, so the bits do not depend on the budget; otherwise the MoE block's own path runs.
+slots inside the graph (compiled.py's kernel; for int4, int4_kernel.py's experts op, the
+very operator the MoE block calls), sorted and summed as the MoE block sums them, so the
+bits do not depend on the budget; otherwise the MoE block's own path runs.
 Outside Inductor, as opaque operators:
 - `itamae::int8_linear`: FBGEMM's int8 product (cpu_kernels.py), as the eager path runs it.
   Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on the 151,936-row output layer and
