@@ -6,14 +6,23 @@ float; the kernel here follows llama.cpp's Q4_0 recipe instead: the row is round
 per group of 64 and the codes are multiplied as integers (vpdpbusd), with one float
 multiply-add per 128 weights. It reads the torch format's own nibble layout (no repacked
 copy), and gathers the chosen experts out of stacked rows in the same parallel loop, so
-decode's K experts of a layer are one call per projection.
+decode's K experts of a layer are one call per projection; `experts` runs both projections
+and the activation between them as one operator, which the compiled decode step calls
+inside its graph (compiled_step._moe) and the MoE block calls outside it: the same bits.
 
 Measured against the peers in one run (tests/benchmarks/bench_int4_kernel.py; figures and
 load in README's Engines section): the top-4 experts step (hidden 1024, FFN 768, 32 experts)
 1.14x torch's kernel at 1 thread and 2.19x at 2 (one thread-pool wake-up per projection
-instead of one per expert), an Inductor-generated gather + dequantize + dot 0.05x; the
-151,936 x 1024 output layer 0.88-0.91x torch's kernel (both near 15 GB/s a core, bound by
-unpacking, not memory), where it is used for reading the stored nibbles without a second copy.
+instead of one per expert), an Inductor-generated gather + dequantize + dot 0.05x. The
+kernel once read four rows a pass (each activation block loaded once for four); their
+interleaved loads, 512 bytes apart, kept the hardware prefetcher at about 9 GB/s a core
+where a plain read of the same bytes streams 22, so it read like a compute-bound kernel
+although in cache it runs at 24-27 GB/s a core. Read one row a pass with a software
+prefetch, it streams about as the plain read does: on the 151,936 x 1024 output layer (2
+threads, load 7 on the 2 cores: every figure slow, the ratios within one run) 1.87x the
+four-row source in wall time and 1.94x in CPU time, 0.87x a plain read of its bytes in CPU
+time (the old source built beside it, one process), and 1.58x torch's kernel in wall time,
+1.76x in CPU time (bench_int4_kernel). Its output is the same bits as the four-row pass.
 
 The activation row rounds to 8 bits per group of 64 (llama.cpp: per 32), as FBGEMM's int8
 decode kernel rounds it per row: about what bf16 keeps already, so the kernel runs for bf16
