@@ -7,7 +7,8 @@ glue fuses into a few C++ loops, and float32 activations end to end remove the c
 (the KV cache keeps the model's dtype). A layer enters its graph as constants (kinds, head
 counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
 kind, and the cache's capacity is a dynamic dimension: a model compiles two or three graphs,
-at load. When every expert is resident, the chosen experts are gathered from the cache's
+at load; each is compiled ahead (`aot_compile`) and its code called without Dynamo's
+per-call guard checks (Graphs). When every expert is resident, the chosen experts are gathered from the cache's
 slots inside the graph (compiled.py's kernel), sorted and summed as the MoE block sums
 them, so the bits do not depend on the budget; otherwise the MoE block's own path runs.
 Outside Inductor, as opaque operators:
