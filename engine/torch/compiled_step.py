@@ -8,9 +8,10 @@ glue fuses into a few C++ loops, and float32 activations end to end remove the c
 counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
 kind, and the cache's capacity is a dynamic dimension: a model compiles two or three graphs,
 at load; each is compiled ahead (`aot_compile`) and its code called without Dynamo's
-per-call guard checks (Graphs). When every expert is resident, the chosen experts are gathered from the cache's
-slots inside the graph (compiled.py's kernel), sorted and summed as the MoE block sums
-them, so the bits do not depend on the budget; otherwise the MoE block's own path runs.
+per-call guard checks (Graphs). When every expert is resident, the chosen experts are
+gathered from the cache's slots inside the graph (compiled.py's kernel), sorted and summed
+as the MoE block sums them, so the bits do not depend on the budget; otherwise the MoE
+block's own path runs.
 Outside Inductor, as opaque operators:
 - `itamae::int8_linear`: FBGEMM's int8 product (cpu_kernels.py), as the eager path runs it.
   Inductor's own int8 reduction measured 0.5-0.6x FBGEMM on the 151,936-row output layer and
@@ -374,8 +375,8 @@ class DecodeStep:
         head = model.lm_head
         C, T = {}, {}
         _add_linear(C, T, "head", head)
-        self._head = (model.norm, model.args.rms_norm_eps, C["head"], T["head.w"],
-                      T.get("head.s"), self.fbgemm, T.get("head.z"))  # fmt: skip
+        self._head = kind, w, s, z = C["head"], T["head.w"], T.get("head.s"), T.get("head.z")
+        self._head_args = (model.norm, model.args.rms_norm_eps, kind, w, s, self.fbgemm, z)
         self._head_fn = None  # found on the first call, with its first input
 
     def _plan(self, i: int, layer) -> LayerPlan:
@@ -409,7 +410,7 @@ class DecodeStep:
             for (moe_layer, _), row in zip(chosen, rows, strict=True):
                 m.usage.record(moe_layer, sorted(row), [1] * len(row))
                 m.cache.count_resident_uses(moe_layer, row)
-        args = (x, *self._head)  # x [1, H] float32 and the step's own constants
+        args = (x, *self._head_args)  # x [1, H] float32 and the step's own constants
         if self._head_fn is None:
             self._head_fn = HEAD_GRAPHS.find(args)
         return self._head_fn(*args).view(1, 1, -1)
