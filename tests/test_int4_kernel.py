@@ -77,6 +77,30 @@ def test_kernel_matches_dequantized_experts(hidden, inter):
 
 
 @needs_vnni
+@pytest.mark.parametrize("act", [*int4_kernel.KERNEL_ACTS, "clamped_silu:0.05"])
+def test_experts_op_is_the_two_products_and_the_eager_activation(act):
+    """The one-operator path (what the compiled step's graph and the MoE block call) is the
+    same bits as matvec, layers.gated_activation in eager torch, matvec; an activation
+    the C++ side does not know is refused, not guessed."""
+    from engine.torch.layers import gated_activation
+
+    assert int4_kernel.available()  # loads the operators
+    torch.manual_seed(2)
+    layout, _ = expert_layout("int4_group", 256, 128)
+    rows = torch.stack([pack_expert("int4_group", *(torch.randn(128, 256), torch.randn(128, 256),
+                                                    torch.randn(256, 128))) for _ in range(4)])
+    views = stacked_views(rows, layout)
+    gate_up = [views[f"gate_up.{n}"] for n in ("q", "scale", "zero")]
+    down = [views[f"down.{n}"] for n in ("q", "scale", "zero")]
+    x, idx = torch.randn(1, 256) * 0.1, torch.tensor([3, 1])
+    gate, up = int4_kernel.matvec(x, *gate_up, idx).chunk(2, dim=-1)
+    ref = int4_kernel.matvec(gated_activation(act)(gate, up), *down, idx)
+    assert torch.equal(int4_kernel.experts(x, *gate_up, *down, idx, act), ref)
+    with pytest.raises(RuntimeError, match="no activation swish"):
+        int4_kernel.experts(x, *gate_up, *down, idx, "swish")
+
+
+@needs_vnni
 def test_one_bf16_row_runs_the_kernel_and_agrees():
     torch.manual_seed(1)
     w, x = torch.randn(200, 512), torch.randn(1, 512)
@@ -180,6 +204,10 @@ def test_int4_decode_is_placement_invariant(int4_model, budget):
     for b in (1.0, budget):
         model = load_model(int4_model, torch.bfloat16, expert_budget=b, compile=True)
         runs.append(torch.stack(run_ours(model, ids, fed)[1]))
+        # all resident: the compiled step's graphs call the experts op themselves; below
+        # that the MoE block's path calls it (itamae::routed_experts)
+        in_graph = [plan[3] for plan in model.step._plans.values()]
+        assert in_graph and all(g == (b == 1.0) for g in in_graph)
     assert torch.equal(runs[0], runs[1])
 
 

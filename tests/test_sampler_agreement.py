@@ -105,3 +105,20 @@ def test_greedy_follows_the_penalties_and_bias_in_both():
         with SamplerChain(params, 3, [0]) as chain:
             assert chain.sample_logits(logits) == expected
         assert Sampler(params)(torch.tensor(logits), [0]) == expected
+
+
+def test_greedy_reads_the_logits_without_editing_them():
+    """Greedy without a mask, bias or penalty reads the caller's logits in place (no copy):
+    torch.argmax's choice (the first of equal logits), and the caller's tensor as it was,
+    with or without edits (the generation loop reads the same logits for logprobs after)."""
+    logits = torch.randn(151_936)
+    logits[[7, 90_000]] = logits.max() + 1.0  # a tie: the first index wins
+    before = logits.clone()
+    greedy = SamplingParams(temperature=0.0)
+    assert Sampler(greedy)(logits, [1, 2, 3]) == int(torch.argmax(logits)) == 7
+    allowed = torch.ones(151_936, dtype=torch.bool)
+    allowed[7] = False
+    edited = SamplingParams(temperature=0.0, logit_bias={5: 100.0}, repeat_penalty=1.3)
+    assert Sampler(greedy)(logits, [], allowed) == 90_000
+    assert Sampler(edited)(logits, [7, 90_000]) == 5
+    assert torch.equal(logits, before)

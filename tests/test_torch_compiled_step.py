@@ -119,3 +119,21 @@ def test_decoding_compiles_nothing_after_load(int8_model):
         model.forward(torch.tensor([[t + 3]]), kv)
         model.forward(torch.tensor([[t + 9]]), kv, compiled=False)
     assert counters["stats"].get("unique_graphs", 0) == before
+
+
+def test_step_runs_its_graphs_without_dynamo(int8_model):
+    """The step calls its graphs' compiled code directly (compiled_step.Graphs): no Dynamo
+    cache lookup (its guards over every input) on any of a decode step's calls, and a new
+    KV cache (new buffers: the guards are checked again) still finds the graphs compiled."""
+    from torch.profiler import profile
+
+    model = load_model(int8_model, torch.bfloat16, compile=True)
+    assert model.step is not None
+    for _ in range(2):  # the second with buffers the step has not seen
+        kv = model.new_cache()
+        model.forward(prompt_ids(int8_model, 8), kv)
+        with profile() as prof:
+            model.forward(torch.tensor([[3]]), kv)
+        names = {e.name for e in prof.events()}
+        assert "TorchDynamo Cache Lookup" not in names
+        assert any(name.startswith("## Call CompiledFxGraph") for name in names)

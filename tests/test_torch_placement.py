@@ -56,7 +56,7 @@ def test_same_logits_whatever_the_budget_and_policy(qwen2, qwen2_int8, source):
     base_model, base = _run_as(folder, ids, fed, dtype, expert_budget=1.0)
     assert (base_model.fused is not None) == compiled
     if compiled:  # all resident: the compiled step gathered the experts inside its graphs
-        assert all(plan[3] for plan in base_model.step._plans.values())
+        assert all(plan.in_graph for plan in base_model.step._plans.values())
     usage = base_model.usage.counts.tolist()
     row_bytes = base_model.cache.slow.layout(0)[1]
     for policy in POLICIES:

@@ -120,6 +120,8 @@ def weighted_sum(weights: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _ARGS = {
     "int8_row": ("gate_up.q", "gate_up.scale", "down.q", "down.scale"),
     "float": ("gate_up", "down"),
+    # not an Inductor kernel: int4_kernel.py's experts op, which the compiled step calls
+    "int4_group": tuple(f"{m}.{p}" for m in ("gate_up", "down") for p in ("q", "scale", "zero")),
 }
 _ARGS["int8_vnni"] = _ARGS["int8_row"]  # the int8_row scheme's kernel for bf16 models
 _KERNELS = {"int8_row": routed_int8, "int8_vnni": routed_int8_vnni, "float": routed_float}
@@ -174,6 +176,11 @@ class FusedExperts:
             if int8_kernel.available():
                 return cls(scheme, act, "int8_vnni")
         return cls(scheme, act)
+
+    @staticmethod
+    def applies(views: dict) -> bool:
+        """Every layer's experts fit (Int4Experts checks its kernel's shapes)."""
+        return True
 
     def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
         """None where the compiled kernel is unavailable: the caller runs the plain path."""

@@ -7,9 +7,12 @@ glue fuses into a few C++ loops, and float32 activations end to end remove the c
 (the KV cache keeps the model's dtype). A layer enters its graph as constants (kinds, head
 counts, routing settings) and a flat list of tensors, so one graph serves every layer of a
 kind, and the cache's capacity is a dynamic dimension: a model compiles two or three graphs,
-at load. When every expert is resident, the chosen experts are gathered from the cache's
-slots inside the graph (compiled.py's kernel), sorted and summed as the MoE block sums
-them, so the bits do not depend on the budget; otherwise the MoE block's own path runs.
+at load; each is compiled ahead (`aot_compile`) and its code called without Dynamo's
+per-call guard checks (Graphs). When every expert is resident, the chosen experts are
+gathered from the cache's slots inside the graph (compiled.py's kernel; for int4,
+int4_kernel.py's experts op, the very operator the MoE block calls), sorted and summed as
+the MoE block sums them, so the bits do not depend on the budget; otherwise the MoE block's
+own path runs.
 Outside Inductor, as opaque operators:
 - `itamae_int8::matvec`: int8_kernel.py's VNNI kernel on the stored int8 rows (bf16 models,
   as the eager path runs it): the head, q/k/v as one product, o, dense and shared MLPs, and
@@ -131,7 +134,10 @@ def _moe(C, T, h, block):
         # in ascending expert order and summed as MoEBlock._fused sums: the same bits as
         # the block's path that partial budgets take (placement invariance)
         chosen, order = experts[0].sort()
-        y = _KERNELS[scheme](h.reshape(-1), *rows, T["slots"][chosen], _ACTS[act])  # [K, H]
+        if scheme == "int4_group":  # int4_kernel.py's C++ op, as the block's path calls it
+            y = torch.ops.itamae_int4.experts(h.contiguous(), *rows, T["slots"][chosen], act)
+        else:
+            y = _KERNELS[scheme](h.reshape(-1), *rows, T["slots"][chosen], _ACTS[act])
         out = weighted_sum(weights[0][order], y)
     if C["shared"]:
         shared = _mlp(C, T, "shared.", h)
@@ -159,12 +165,40 @@ def _layer_fn(consts: tuple, names: tuple):
     return layer_step
 
 
-@functools.cache
-def _compiled_layer(consts: tuple, names: tuple):
-    from .compiled import setup_inductor
+class Graphs:
+    """A traced function's graphs, compiled ahead of their calls (torch.compile's
+    `aot_compile`) and called without Dynamo. Through torch.compile every call pays
+    Dynamo's cache lookup, its guards checked over all inputs (a layer's 20-odd tensors),
+    13 calls a token: calling the compiled code directly measured 70 us less a layer (620 ->
+    551 us, 2 threads, one process, best of 6 rotated rounds). The same guards still decide
+    which graph serves which inputs, only checked where an input can have changed: `find`
+    runs them when a layer's plan is made and when its KV buffers are new (a grown or a new
+    cache); between those, a call's inputs are the plan's own tensors and ones the step makes
+    in fixed shapes and dtypes (DecodeStep), under the inference mode forward runs in."""
 
-    setup_inductor()
-    return torch.compile(_layer_fn(consts, names), dynamic=False, fullgraph=True)
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: list = []  # AOTCompiledFunction, one per set of guards
+        self.compiles = 0  # graphs compiled (tests: none after load)
+
+    def find(self, args: tuple):
+        """The compiled code whose guards accept `args` (compiled now if none does)."""
+        for graph in self.compiled:
+            if graph.guard_check(*args):
+                return graph.fn
+        from .compiled import setup_inductor
+
+        setup_inductor()
+        compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
+        graph = compiled.aot_compile((args, {}))  # the FX graph cache on disk still serves it
+        self.compiled.append(graph)
+        self.compiles += 1
+        return graph.fn
+
+
+@functools.cache
+def _layer_graphs(consts: tuple, names: tuple) -> Graphs:
+    return Graphs(_layer_fn(consts, names))
 
 
 def head_step(x, norm: torch.Tensor, eps: float, kind, w, s, fbgemm: bool, z=None):
@@ -172,12 +206,7 @@ def head_step(x, norm: torch.Tensor, eps: float, kind, w, s, fbgemm: bool, z=Non
     return _linear(C, T, "head", _rms(x, norm, eps))
 
 
-@functools.cache
-def _compiled_head():
-    from .compiled import setup_inductor
-
-    setup_inductor()
-    return torch.compile(head_step, dynamic=False, fullgraph=True)
+HEAD_GRAPHS = Graphs(head_step)
 
 
 # ---- a layer's constants and tensors ------------------------------------------------------
@@ -251,12 +280,14 @@ def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
                 _add_linear(C, T, "shared_gate", ffn.shared_gate)
         cache, fused = model.cache, model.fused
         gather = GATHER_IN_GRAPH and not ffn.weight_input  # Llama 4 weights inputs
-        if (gather and fused is not None and fused.failed is None
-                and fused.scheme in _ARGS and cache.all_resident()):  # fmt: skip
-            # the kernel the block's path compiled (FusedExperts.kernel): the same bits
-            C["experts"] = (fused.kernel, fused.act)
+        if (gather and fused is not None and fused.failed is None and fused.scheme in _ARGS
+                and cache.all_resident() and fused.applies(cache.fast_views(ffn.layer))):  # fmt: skip
+            # the kernel the block's path runs, for the same bits: FusedExperts.kernel
+            # (int8_vnni for int8_row in bf16); Int4Experts runs its scheme's op
+            kernel = getattr(fused, "kernel", fused.scheme)
+            C["experts"] = (kernel, fused.act)
             views = cache.fast_views(ffn.layer)
-            for n in _ARGS[fused.kernel]:
+            for n in _ARGS[kernel]:
                 # a tensor object of its own: FusedExperts marks the block path's views
                 # dynamic, and a marking the graph did not see at compile time recompiles it
                 T["experts." + n] = views[n].view(views[n].shape)
@@ -311,6 +342,32 @@ def _all_linears(model):
     yield model.lm_head
 
 
+class LayerPlan:
+    """A layer's graphs and tensors at one top-k, and the compiled code its current KV
+    buffers run (Graphs: guards checked when the buffers are new)."""
+
+    __slots__ = ("top_k", "graphs", "tensors", "in_graph", "_fn", "_kv")
+
+    def __init__(self, top_k, graphs: Graphs, tensors: list, in_graph: bool):
+        self.top_k, self.graphs, self.tensors, self.in_graph = top_k, graphs, tensors, in_graph
+        self._fn, self._kv = None, (_gone, _gone)  # weak: a dropped cache is freed
+
+    def fn_for(self, args: tuple):
+        """args: (x, k_buf, v_buf, ...) as layer_step takes them."""
+        k_buf, v_buf = args[1], args[2]
+        if self._kv[0]() is not k_buf or self._kv[1]() is not v_buf:
+            # the cache's capacity is a dynamic dimension: one graph as the cache grows
+            torch._dynamo.maybe_mark_dynamic(k_buf, 2)
+            torch._dynamo.maybe_mark_dynamic(v_buf, 2)
+            self._fn = self.graphs.find(args)
+            self._kv = (weakref.ref(k_buf), weakref.ref(v_buf))
+        return self._fn
+
+
+def _gone() -> None:  # a weak reference whose tensor is gone
+    return None
+
+
 class DecodeStep:
     """`__call__(token [1, 1], kv) -> logits [1, 1, V]` for a KV cache holding >= 2 positions;
     `failed` (with the reason) once compiling did not work (the model then runs op by op)."""
@@ -329,22 +386,23 @@ class DecodeStep:
                 handle = torch.tensor(len(_BLOCKS))
                 _BLOCKS.append(weakref.ref(layer.ffn))
             self.blocks.append(handle)
-        self._plans: dict[int, tuple] = {}
+        self._plans: dict[int, LayerPlan] = {}
         head = model.lm_head
         C, T = {"fbgemm": self.fbgemm}, {}
         _add_linear(C, T, "head", head)
-        self._head = (C["head"], T["head.w"], T.get("head.s"), T.get("head.z"))
-        self.head_fn = _compiled_head()
+        self._head = kind, w, s, z = C["head"], T["head.w"], T.get("head.s"), T.get("head.z")
+        self._head_args = (model.norm, model.args.rms_norm_eps, kind, w, s, self.fbgemm, z)
+        self._head_fn = None  # found on the first call, with its first input
 
-    def _plan(self, i: int, layer):
-        """(compiled fn, tensors, experts in graph) for layer i at its current top-k."""
+    def _plan(self, i: int, layer) -> LayerPlan:
+        """Layer i's plan at its current top-k."""
         k = getattr(layer.ffn, "experts_per_token", None)
         plan = self._plans.get(i)
-        if plan is None or plan[0] != k:
+        if plan is None or plan.top_k != k:
             consts, names, tensors = _layer_params(self, i, layer)
-            in_graph = dict(consts).get("experts") is not None
-            plan = self._plans[i] = (k, _compiled_layer(consts, names), tensors, in_graph)
-        return plan[1:]
+            plan = self._plans[i] = LayerPlan(k, _layer_graphs(consts, names), tensors,
+                                              dict(consts).get("experts") is not None)  # fmt: skip
+        return plan
 
     def __call__(self, tokens: torch.Tensor, kv) -> torch.Tensor:
         m, start = self.model, kv.length
@@ -354,13 +412,12 @@ class DecodeStep:
         x = m.embed[tokens.reshape(-1)].float()  # [1, H]
         length, chosen = torch.tensor(start), []
         for i, layer in enumerate(m.layers):
-            fn, tensors, in_graph = self._plan(i, layer)
+            plan = self._plan(i, layer)
             k_buf, v_buf = kv.layers[i]
-            torch._dynamo.maybe_mark_dynamic(k_buf, 2)
-            torch._dynamo.maybe_mark_dynamic(v_buf, 2)
-            x, k, v, experts = fn(x, k_buf, v_buf, length, cos, sin, self.blocks[i], *tensors)
-            kv.update(i, start, 2, k, v)
-            if in_graph:
+            args = (x, k_buf, v_buf, length, cos, sin, self.blocks[i], *plan.tensors)
+            x, k, v, experts = plan.fn_for(args)(*args)
+            kv.write(i, start, 2, k, v)
+            if plan.in_graph:
                 chosen.append((layer.ffn.layer, experts))
         kv.length = start + 1
         if chosen:  # what the block's own path counts, for the experts gathered in the graph
@@ -368,9 +425,10 @@ class DecodeStep:
             for (moe_layer, _), row in zip(chosen, rows, strict=True):
                 m.usage.record(moe_layer, sorted(row), [1] * len(row))
                 m.cache.count_resident_uses(moe_layer, row)
-        kind, w, s, z = self._head
-        logits = self.head_fn(x, m.norm, m.args.rms_norm_eps, kind, w, s, self.fbgemm, z)
-        return logits.view(1, 1, -1)
+        args = (x, *self._head_args)  # x [1, H] float32 and the step's own constants
+        if self._head_fn is None:
+            self._head_fn = HEAD_GRAPHS.find(args)
+        return self._head_fn(*args).view(1, 1, -1)
 
     def warm_up(self) -> float:
         """Compile now (at load) on a throw-away cache: seconds taken, or -1 where it failed.

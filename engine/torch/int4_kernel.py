@@ -6,14 +6,23 @@ float; the kernel here follows llama.cpp's Q4_0 recipe instead: the row is round
 per group of 64 and the codes are multiplied as integers (vpdpbusd), with one float
 multiply-add per 128 weights. It reads the torch format's own nibble layout (no repacked
 copy), and gathers the chosen experts out of stacked rows in the same parallel loop, so
-decode's K experts of a layer are one call per projection.
+decode's K experts of a layer are one call per projection; `experts` runs both projections
+and the activation between them as one operator, which the compiled decode step calls
+inside its graph (compiled_step._moe) and the MoE block calls outside it: the same bits.
 
 Measured against the peers in one run (tests/benchmarks/bench_int4_kernel.py; figures and
 load in README's Engines section): the top-4 experts step (hidden 1024, FFN 768, 32 experts)
 1.14x torch's kernel at 1 thread and 2.19x at 2 (one thread-pool wake-up per projection
-instead of one per expert), an Inductor-generated gather + dequantize + dot 0.05x; the
-151,936 x 1024 output layer 0.88-0.91x torch's kernel (both near 15 GB/s a core, bound by
-unpacking, not memory), where it is used for reading the stored nibbles without a second copy.
+instead of one per expert), an Inductor-generated gather + dequantize + dot 0.05x. The
+kernel once read four rows a pass (each activation block loaded once for four); their
+interleaved loads, 512 bytes apart, kept the hardware prefetcher at about 9 GB/s a core
+where a plain read of the same bytes streams 22, so it read like a compute-bound kernel
+although in cache it runs at 24-27 GB/s a core. Read one row a pass with a software
+prefetch, it streams about as the plain read does: on the 151,936 x 1024 output layer (2
+threads, load 7 on the 2 cores: every figure slow, the ratios within one run) 1.87x the
+four-row source in wall time and 1.94x in CPU time, 0.87x a plain read of its bytes in CPU
+time (the old source built beside it, one process), and 1.58x torch's kernel in wall time,
+1.76x in CPU time (bench_int4_kernel). Its output is the same bits as the four-row pass.
 
 The activation row rounds to 8 bits per group of 64 (llama.cpp: per 32), as FBGEMM's int8
 decode kernel rounds it per row: about what bf16 keeps already, so the kernel runs for bf16
@@ -102,6 +111,22 @@ def _register_fake() -> None:
     def _(x, q, scale, zero, idx):
         return x.new_empty(idx.shape[0], q.shape[1])
 
+    @torch.library.register_fake("itamae_int4::experts")
+    def _(x, gate_up_q, gate_up_scale, gate_up_zero, down_q, down_scale, down_zero, idx, act):
+        return x.new_empty(idx.shape[0], down_q.shape[1])
+
+
+def experts(x: torch.Tensor, *rows_idx_act) -> torch.Tensor:
+    """x [1, H] float32; gate_up q, scale, zero, then down's (stacked views), idx [K], the
+    activation's name (one of KERNEL_ACTS) -> [K, H] float32: the K experts' outputs, in one
+    operator (gate/up, act(gate) * up with ATen's operators, down)."""
+    return torch.ops.itamae_int4.experts(x, *rows_idx_act)
+
+
+# the activations int4_matvec.cpp's `gated` runs (as layers.gated_activation does), and
+# DeepSeek-V4's clamped SiLU by prefix; others (gpt-oss's clamped SwiGLU) take the plain path
+KERNEL_ACTS = ("silu", "relu", "gelu", "gelu_pytorch_tanh")
+
 
 class Int4Experts:
     """Decode's K chosen int4 experts in two kernel calls (gate/up for all K, then down):
@@ -116,25 +141,29 @@ class Int4Experts:
     failed: str | None = None  # the protocol of FusedExperts: this kernel never half-fails
 
     def __init__(self, act: str):
-        from .layers import gated_activation
-
-        self.act, self._glu = act, gated_activation(act)
+        self.act = act
 
     @classmethod
     def for_scheme(cls, scheme: str, act: str, device: torch.device) -> Int4Experts | None:
-        if scheme != cls.scheme or device.type != "cpu" or not available():
+        from .layers import CLAMPED_SILU
+
+        known = act in KERNEL_ACTS or act.startswith(CLAMPED_SILU)
+        if scheme != cls.scheme or device.type != "cpu" or not known or not available():
             return None
         return cls(act)
 
-    def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
-        """None where the experts' shapes are not the kernel's (the caller runs the plain
-        path) or they carry biases (gpt-oss, whose sizes do not fit it either)."""
+    @staticmethod
+    def applies(views: dict) -> bool:
+        """The experts' shapes are the kernel's, without biases (gpt-oss carries them, and
+        its sizes do not fit either)."""
         hidden, inter = views["down.q"].shape[1], views["down.q"].shape[2] * 2
-        if "gate_up.bias" in views or not (applies(hidden, GROUP) and applies(inter, GROUP)):
+        return "gate_up.bias" not in views and applies(hidden, GROUP) and applies(inter, GROUP)
+
+    def __call__(self, x: torch.Tensor, views: dict, idx: torch.Tensor) -> torch.Tensor | None:
+        """None where the kernel does not apply (`applies`): the caller runs the plain path."""
+        if not self.applies(views):
             return None
-        gate_up = matvec(x.reshape(1, -1), *(views[f"gate_up.{p}"] for p in PARTS), idx)
-        gate, up = gate_up.chunk(2, dim=-1)  # [K, I] each
-        return matvec(self._glu(gate, up), *(views[f"down.{p}"] for p in PARTS), idx)
+        from .compiled import _ARGS
 
-
-PARTS = ("q", "scale", "zero")
+        rows = (views[name] for name in _ARGS[self.scheme])
+        return experts(x.reshape(1, -1).float().contiguous(), *rows, idx, self.act)

@@ -23,6 +23,9 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <string>
+
 namespace {
 
 constexpr int kGroup = 64;   // the torch format's int4 group (converters' INT4_GROUP)
@@ -67,57 +70,49 @@ void quantize_row(const float* x, int64_t C, QuantizedRow& out) {
   }
 }
 
-// NR rows of one matrix from row r; a template so the NR accumulators stay in registers.
-template <int NR>
-void rows_dot(const QuantizedRow& xr, const uint8_t* q, const at::Half* scale,
-              const at::Half* zero, int64_t C, int64_t r, float* y) {
+// How far ahead of the loads the codes are prefetched: two rows of the 1024-wide bench
+// layers. Read row by row, the nibbles are one sequential stream; the hardware prefetcher
+// alone kept about 9 GB/s a core of it (a plain read: 22), and the four rows a pass this
+// kernel read before (each activation block loaded once for four, their loads interleaved
+// 512 bytes apart) ran at 9 even with prefetching. One row a pass with this prefetch
+// reads at the plain read's speed; the activation blocks it reloads per row come from L1.
+constexpr int kPrefetch = 1024;  // bytes
+
+// One row r of one matrix: its product with x, into y[r].
+void row_dot(const QuantizedRow& xr, const uint8_t* q, const at::Half* scale,
+             const at::Half* zero, int64_t C, int64_t r, float* y) {
   const int64_t n_groups = C / kGroup;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   // lane -> group within a window of 16 groups, for block b of the window: 2b x8, 2b+1 x8
   const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  __m512 acc[NR];
-  for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+  const uint8_t* codes = q + r * (C / 2);
+  __m512 acc = _mm512_setzero_ps();
   for (int64_t w0 = 0; w0 < n_groups; w0 += kWindow) {
     const int64_t nw = std::min<int64_t>(kWindow, n_groups - w0);
     const __mmask16 m = nw == kWindow ? 0xFFFF : (__mmask16)((1u << nw) - 1);
     const __m512 xd = _mm512_maskz_loadu_ps(m, xr.scale.data() + w0);
     const __m512 sum_q8 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr.sum_q.data() + w0), _mm512_set1_ps(8.f));
     const __m512 sum_x = _mm512_maskz_loadu_ps(m, xr.sum_x.data() + w0);
-    __m512 lane_scale[NR];
-    for (int j = 0; j < NR; ++j) {  // the row's scales x x's, and its constant term
-      const int64_t row = (r + j) * n_groups + w0;
-      const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + row));
-      const __m512 z = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, zero + row));
-      acc[j] = _mm512_fnmadd_ps(s, sum_q8, _mm512_fmadd_ps(z, sum_x, acc[j]));
-      lane_scale[j] = _mm512_mul_ps(s, xd);
-    }
+    // the row's scales x x's, and its constant term
+    const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, scale + r * n_groups + w0));
+    const __m512 z = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, zero + r * n_groups + w0));
+    acc = _mm512_fnmadd_ps(s, sum_q8, _mm512_fmadd_ps(z, sum_x, acc));
+    const __m512 lane_scale = _mm512_mul_ps(s, xd);
+#pragma GCC unroll 8
     for (int64_t b = 0; b < nw / 2; ++b) {
       const int64_t e0 = (w0 / 2 + b) * kBlock;  // first element of the block
-      const __m512i x_even = _mm512_loadu_si512(xr.codes.data() + e0);
-      const __m512i x_odd = _mm512_loadu_si512(xr.codes.data() + e0 + 64);
+      // past the matrix's end this touches the next rows or nothing: a prefetch never faults
+      _mm_prefetch(reinterpret_cast<const char*>(codes + e0 / 2) + kPrefetch, _MM_HINT_T0);
+      const __m512i packed = _mm512_loadu_si512(codes + e0 / 2);
+      const __m512i lo = _mm512_and_si512(packed, low4);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+      __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xr.codes.data() + e0));
+      dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xr.codes.data() + e0 + 64));
       const __m512i sel = _mm512_add_epi32(pick, _mm512_set1_epi32(2 * b));
-#pragma GCC unroll 4
-      for (int j = 0; j < NR; ++j) {
-        const __m512i packed = _mm512_loadu_si512(q + (r + j) * (C / 2) + e0 / 2);
-        const __m512i lo = _mm512_and_si512(packed, low4);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x_even);
-        dot = _mm512_dpbusd_epi32(dot, hi, x_odd);
-        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
-                                 _mm512_permutexvar_ps(sel, lane_scale[j]), acc[j]);
-      }
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(sel, lane_scale), acc);
     }
   }
-  for (int j = 0; j < NR; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
-}
-
-constexpr int kRows = 4;  // rows per pass: each activation block is loaded once for four
-
-void rows_range(const QuantizedRow& xr, const uint8_t* q, const at::Half* scale,
-                const at::Half* zero, int64_t C, int64_t r0, int64_t r1, float* y) {
-  int64_t r = r0;
-  for (; r + kRows <= r1; r += kRows) rows_dot<kRows>(xr, q, scale, zero, C, r, y);
-  for (; r < r1; ++r) rows_dot<1>(xr, q, scale, zero, C, r, y);
+  y[r] = _mm512_reduce_add_ps(acc);
 }
 
 at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
@@ -150,17 +145,55 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
     for (int64_t t = begin; t < end; ++t) {
       const int64_t k = t / tiles_per_matrix, r0 = (t % tiles_per_matrix) * kTile;
       const int64_t e = ids[k];
-      rows_range(xr[A == 1 ? 0 : k], q0 + e * q.stride(0), s0 + e * scale.stride(0),
-                 z0 + e * zero.stride(0), C, r0, std::min(R, r0 + kTile), out + k * R);
+      const uint8_t* qe = q0 + e * q.stride(0);
+      const at::Half *se = s0 + e * scale.stride(0), *ze = z0 + e * zero.stride(0);
+      for (int64_t r = r0; r < std::min(R, r0 + kTile); ++r)
+        row_dot(xr[A == 1 ? 0 : k], qe, se, ze, C, r, out + k * R);
     }
   });
   return y;
+}
+
+// act(gate) * up with the very ATen operators layers.gated_activation runs for `act`, so an
+// expert's output here is the bits of the eager path (and of the MoE block's, which calls
+// this op too); an activation not listed is refused (int4_kernel.KERNEL_ACTS lists them).
+at::Tensor gated(const at::Tensor& gate, const at::Tensor& up, c10::string_view act) {
+  constexpr c10::string_view clamped = "clamped_silu:";  // + limit: DeepSeek-V4's experts
+  if (act == "silu") return at::silu(gate) * up;
+  if (act == "relu") return at::relu(gate) * up;
+  if (act == "gelu") return at::gelu(gate) * up;
+  if (act == "gelu_pytorch_tanh") return at::gelu(gate, "tanh") * up;
+  if (act.substr(0, clamped.size()) == clamped) {
+    const double limit = std::stod(std::string(act.substr(clamped.size())));
+    return at::silu(at::clamp(gate, std::nullopt, limit)) * at::clamp(up, -limit, limit);
+  }
+  TORCH_CHECK(false, "int4 experts: no activation ", act, " in the kernel");
+}
+
+// Decode's K chosen experts for one row x [1, H]: gate/up for all K in one pass, the
+// activation, then down for all K -> [K, H]. One operator, so the compiled decode step
+// calls it inside its graph with no Python in between (compiled_step._moe).
+at::Tensor int4_experts(const at::Tensor& x, const at::Tensor& gate_up_q,
+                        const at::Tensor& gate_up_scale, const at::Tensor& gate_up_zero,
+                        const at::Tensor& down_q, const at::Tensor& down_scale,
+                        const at::Tensor& down_zero, const at::Tensor& idx,
+                        c10::string_view act) {
+  TORCH_CHECK(x.size(0) == 1, "int4 experts: one row");
+  const auto gate_up = int4_matvec(x, gate_up_q, gate_up_scale, gate_up_zero, idx);  // [K, 2I]
+  const int64_t inter = gate_up.size(1) / 2;
+  const auto a = gated(gate_up.narrow(1, 0, inter), gate_up.narrow(1, inter, inter), act);
+  return int4_matvec(a.contiguous(), down_q, down_scale, down_zero, idx);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(itamae_int4, m) {
   m.def("matvec(Tensor x, Tensor q, Tensor scale, Tensor zero, Tensor idx) -> Tensor");
+  m.def("experts(Tensor x, Tensor gate_up_q, Tensor gate_up_scale, Tensor gate_up_zero, "
+        "Tensor down_q, Tensor down_scale, Tensor down_zero, Tensor idx, str act) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(itamae_int4, CPU, m) { m.impl("matvec", int4_matvec); }
+TORCH_LIBRARY_IMPL(itamae_int4, CPU, m) {
+  m.impl("matvec", int4_matvec);
+  m.impl("experts", int4_experts);
+}

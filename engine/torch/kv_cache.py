@@ -43,6 +43,16 @@ class KVCache:
             out.append(buf.narrow(seq_dim, 0, end))
         return out
 
+    def write(self, layer: int, start: int, seq_dim: int, *new: torch.Tensor) -> None:
+        """As `update`, without the views it returns: the compiled decode step reads the
+        whole buffers, and 24 views a token are some 40 us of Python (12 layers)."""
+        stored = self.layers[layer]
+        if stored is None or stored[0].shape[seq_dim] < start + new[0].shape[seq_dim]:
+            self.update(layer, start, seq_dim, *new)  # grown first
+            return
+        for buf, t in zip(stored, new, strict=True):
+            buf.narrow(seq_dim, start, t.shape[seq_dim]).copy_(t)
+
     def truncate(self, length: int) -> int:
         """Forget positions from `length` on (reuse of a common prompt prefix); returns the
         length kept (a cache of recurrent states may have to go back further)."""

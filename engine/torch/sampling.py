@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import torch
 
 from engine.types import SamplingParams, TokenLogprob
@@ -35,24 +36,34 @@ class Sampler:
     ) -> int:
         """logits [V] -> token id. `allowed` [V] bool: the tokens a constraint permits."""
         p = self.p
-        logits = logits.float().cpu().clone()  # a normal tensor, edited in place below
+        window = context[-REPEAT_WINDOW:]
+        logits = logits.float().cpu()
+        greedy = p.temperature <= 0
+        # greedy decoding with nothing to edit reads the caller's logits as they are: a copy
+        # of the 151,936 floats of a Qwen3 vocabulary is a cost per token for nothing
+        if not greedy or allowed is not None or p.logit_bias or self._penalizes(window):
+            logits = logits.clone()  # a normal tensor, edited in place below
         if allowed is not None:
             logits.masked_fill_(~allowed, float("-inf"))
         for token, bias in p.logit_bias.items():
             if 0 <= token < logits.numel():
                 logits[token] += bias
-        self._penalize(logits, context[-REPEAT_WINDOW:])
-        if p.temperature <= 0:
-            return int(torch.argmax(logits))
+        self._penalize(logits, window)
+        if greedy:
+            return greedy_token(logits)
         logits = self._truncate(logits)
         probs = torch.softmax(logits / p.temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
-    def _penalize(self, logits: torch.Tensor, window: list[int]) -> None:
+    def _penalizes(self, window: list[int]) -> bool:
         p = self.p
         off = p.repeat_penalty == 1.0 and p.frequency_penalty == 0 and p.presence_penalty == 0
-        if off or not window:
+        return bool(window) and not off
+
+    def _penalize(self, logits: torch.Tensor, window: list[int]) -> None:
+        if not self._penalizes(window):
             return
+        p = self.p
         counts = Counter(window)
         seen = torch.tensor(list(counts), dtype=torch.long)
         times = torch.tensor(list(counts.values()), dtype=torch.float32)
@@ -76,6 +87,13 @@ class Sampler:
             floor = logits.max() + torch.log(torch.tensor(p.min_p))
             logits = logits.masked_fill(logits < floor, float("-inf"))
         return logits
+
+
+def greedy_token(logits: torch.Tensor) -> int:
+    """The index of the largest of logits [V] float32 (the first of equal ones, as
+    torch.argmax). NumPy's argmax: on a 151,936-float row it measured 12 us against
+    torch.argmax's 130 us (2 threads, this machine's Zen 4: NumPy's loop is vectorised)."""
+    return int(np.argmax(logits.numpy()))
 
 
 def token_logprob(logits: torch.Tensor, token: int, top: int, piece) -> TokenLogprob:

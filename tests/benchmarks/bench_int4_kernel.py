@@ -11,7 +11,9 @@ rotating order, best round kept, wall and CPU time (process_time: all threads) p
 - experts: torch's `_weight_int4pack_mm_for_cpu` per expert and projection (the engine's
   kernel before int4_kernel.py), an Inductor-generated gather + dequantize + dot over the
   stacked experts (compiled.py's way for int8; float32 scales, as Inductor converts a
-  float16 scalar in software), and int4_kernel.py's VNNI kernel (two calls for all K);
+  float16 scalar in software), and int4_kernel.py's VNNI kernel: two matvec calls for all
+  K with the activation between them in Python, and the experts op (both and the
+  activation in one operator, as the compiled decode step calls it);
 - the head: `_weight_int4pack_mm_for_cpu`, the VNNI kernel, and FBGEMM's int8 matvec on
   the int8 head the torch format stored before (the int4 recipe's old output layer).
 GB/s counts the bytes each reads (codes and scales) per call.
@@ -87,6 +89,9 @@ def cases(x: torch.Tensor):
         gate, up = int4_kernel.matvec(x[None], *gate_up, idx).chunk(2, dim=-1)
         return int4_kernel.matvec(F.silu(gate) * up, *down, idx)
 
+    def vnni_op(idx):
+        return int4_kernel.experts(x[None], *gate_up, *down, idx, "silu")
+
     setup_inductor()
     compiled = torch.compile(inductor_experts, dynamic=False)
     f32 = [(q, s.float(), z.float()) for q, s, z in (gate_up, down)]
@@ -111,6 +116,7 @@ def cases(x: torch.Tensor):
         "experts: _weight_int4pack_mm_for_cpu per expert": (lambda: per_expert(pick()), expert_bytes(2)),
         "experts: Inductor gather+dequant+dot (f32 scales)": (lambda: inductor(pick()), expert_bytes(4)),
         "experts: VNNI kernel, 2 calls for K": (lambda: vnni(pick()), expert_bytes(2)),
+        "experts: VNNI experts op, 1 call for K": (lambda: vnni_op(pick()), expert_bytes(2)),
         "head: _weight_int4pack_mm_for_cpu": (lambda: pack_mm(head_lin, xb), head_bytes),
         "head: VNNI kernel": (lambda: int4_kernel.matvec(x[None], *head, zero), head_bytes),
         "head: int8 FBGEMM (the old int8 head)": (lambda: int8_matvec(xb, packed8), VOCAB * (HIDDEN + 4)),
