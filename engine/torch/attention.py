@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import kv_attention
 from .kv_cache import KVCache
 from .layers import Linear, rms_norm
 from .rope import Rotary
@@ -113,23 +114,29 @@ def sink_attention(q, k, v, sinks: torch.Tensor, mask: torch.Tensor | None) -> t
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """One query per head (decode) against every cached key: two small matmuls.
+    """One query per head (decode) against every cached key: two small products.
 
     q [B, Hq, 1, D], k and v [B, Hkv, S, D] -> [B, Hq, 1, D]. The query heads sharing a KV
-    head become rows of one matmul, so K and V are read once and never repeated per head.
-    On the CPU this is several times faster than scaled_dot_product_attention, whose
-    flash kernel is built for long queries, and float32 is faster than bf16 here (CPUs
-    without bf16 matmul units convert per call): 0.05 ms against 0.12 ms (bf16) and 0.2 ms
-    (sdpa) for 16 heads over an 80-token cache on 2 threads. `scale`: head_dim^-0.5 if None
-    (Gemma 4 normalises q and k instead and scales by 1).
+    head become rows of one product, so K and V are read once and never repeated per head.
+    Scores, softmax and sums are float32 (as in prefill's flash kernel), whatever the cache's
+    dtype. A bf16 cache is read as it is stored (kv_attention.py's kernel widens each row in
+    registers): converting it for a float32 matmul copied the whole cache on every step, 32 MB
+    a layer at 16k positions of the bench model. Other caches (float32: nothing to convert)
+    take two matmuls, several times faster on the CPU than scaled_dot_product_attention,
+    whose flash kernel is built for long queries. `scale`: head_dim^-0.5 if None (Gemma 4
+    normalises q and k instead and scales by 1).
     """
     b, hq, _, d = q.shape
     hkv = k.shape[1]
     grouped = q.reshape(b, hkv, hq // hkv, d).float()  # [B, Hkv, G, D]
     scale = d**-0.5 if scale is None else scale
-    scores = (grouped @ k.float().transpose(-1, -2)) * scale  # [B, Hkv, G, S]
-    probs = scores.softmax(dim=-1)
-    return (probs @ v.float()).to(q.dtype).reshape(b, hq, 1, d)
+    if b == 1 and kv_attention.applies(k) and kv_attention.applies(v):
+        probs = (kv_attention.scores(grouped[0], k[0]) * scale).softmax(dim=-1)
+        out = kv_attention.mix(probs, v[0])
+    else:
+        scores = (grouped @ k.float().transpose(-1, -2)) * scale  # [B, Hkv, G, S]
+        out = scores.softmax(dim=-1) @ v.float()
+    return out.to(q.dtype).reshape(b, hq, 1, d)
 
 
 @dataclass
