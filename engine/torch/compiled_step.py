@@ -16,6 +16,9 @@ Outside Inductor, as opaque operators:
   on 1024x1024 (2 threads: one accumulator per row, no VNNI). q, k and v are one product.
 - `itamae::routed_experts`: the MoE block's decode path (placement, misses, usage counts),
   for budgets that leave experts on the slow tier: outputs stay placement-independent.
+- `itamae_attn::scores` / `mix`: attention's two products over a bf16 cache read as stored
+  (kv_attention.py): Inductor lowered `past_k.float()` to a float32 copy of the cache's
+  whole capacity before its matmul, every step (32 MB a layer at 16k for the bench model).
 The KV cache is written outside the graph: attention reads its whole buffers (the unused
 positions masked) and the new key on its own. Eligible: GQA layers without sinks, window,
 output gate or clipping (MLA, linear attention, gpt-oss decode op by op), CPU, one sequence.
