@@ -28,6 +28,7 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as app/cli.py, before torch loads
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -61,6 +62,12 @@ def time_steps(fn, steps: int) -> tuple[list[float], float]:
     return walls, (time.process_time() - cpu) / steps
 
 
+def decode_at(model, kv, n: int, compiled: bool, rng, vocab: int) -> None:
+    """One random token decoded at position n; the cache is cut back to n after it."""
+    model.forward(torch.tensor([[rng.randrange(vocab)]]), kv, compiled=compiled)
+    kv.truncate(n)
+
+
 def bench_steps(model, steps_by_mode: dict, positions: list[int], steps: int, rounds: int):
     from engine.torch import kv_attention
 
@@ -72,16 +79,12 @@ def bench_steps(model, steps_by_mode: dict, positions: list[int], steps: int, ro
         results = {mode: ([], []) for mode in steps_by_mode}
         modes = list(steps_by_mode)
         for r in range(rounds):
-            for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
+            for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
                 step, in_place = steps_by_mode[mode]
                 kv_attention.READ_IN_PLACE = in_place
                 model.step = step
 
-                def one():
-                    model.forward(torch.tensor([[rng.randrange(vocab)]]), kv,
-                                  compiled=step is not None)  # fmt: skip
-                    kv.truncate(n)
-
+                one = functools.partial(decode_at, model, kv, n, step is not None, rng, vocab)
                 one()  # a first call after switching (caches, page faults) is not timed
                 walls, cpu = time_steps(one, steps)
                 results[mode][0].extend(walls)
@@ -128,9 +131,9 @@ def bench_attention(model, positions: list[int], rounds: int) -> None:
         best = {name: [1e9, 1e9] for name in candidates}
         names = list(candidates)
         for r in range(rounds * 3):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 kv_attention.READ_IN_PLACE = True
-                walls, cpu = time_steps(lambda f=candidates[name]: f(q, k, v), 5)
+                walls, cpu = time_steps(functools.partial(candidates[name], q, k, v), 5)
                 best[name] = [min(best[name][0], min(walls)), min(best[name][1], cpu)]
         for name, fn in candidates.items():
             err = (fn(q, k, v).double() - ref).abs().max().item()
@@ -163,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             copy_step = DecodeStep(model)
             copy_step.warm_up()
             kv_attention.READ_IN_PLACE = True
-            steps_by_mode = {"compiled, kernel": (model.step, True),
-                             "compiled, float32 copy": (copy_step, False), **steps_by_mode}
+            compiled = {"compiled, kernel": (model.step, True),
+                        "compiled, float32 copy": (copy_step, False)}  # fmt: skip
+            steps_by_mode = {**compiled, **steps_by_mode}
         bench_steps(model, steps_by_mode, positions, args.steps, args.rounds)
     bench_attention(model, positions, args.rounds)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
