@@ -6,13 +6,18 @@
   and G = 1..8 query heads per KV head.
 - decode_attention on a bf16 cache: the kernel path gives what the float32 copy gave (the
   same values up to the bf16 rounding of the output), and is the path taken.
-- It builds on this machine where the CPU has AVX-512 (a broken build fails here).
+- It builds on this machine where the CPU has AVX-512 (a broken build fails here); without
+  a compiler the engine warns and attention converts the cache as before.
 The compiled decode step's use of it (bf16, head dim 64) is covered by
 test_torch_compiled_step.py: the same tokens within bf16 rounding, no recompiles as the
 cache grows.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -71,3 +76,25 @@ def test_decode_attention_reads_the_bf16_cache_in_place(monkeypatch):
     monkeypatch.setattr(kv_attention, "mix", lambda p, v: calls.append(v.shape) or p @ v.float())
     decode_attention(q, k, v)
     assert calls == [(4, 700, 64)]
+
+
+def test_without_a_compiler_the_engine_warns_and_converts_the_cache(tmp_path):
+    code = (
+        "import warnings, torch\n"
+        "from engine.torch import kv_attention\n"
+        "from engine.torch.attention import decode_attention\n"
+        "torch.manual_seed(0)\n"
+        "q, k, v = torch.randn(1, 8, 1, 64), torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = decode_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()\n"
+        "ref = decode_attention(q, k, v)\n"
+        "print(kv_attention.applies(k.bfloat16()), any('KV-cache attention kernel' in "
+        "str(c.message) for c in caught), float((out - ref).abs().max()))\n"
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
+           "ITAMAE_KERNEL_DIR": str(tmp_path / "kernels")}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=300, check=True)  # fmt: skip
+    applies, warned, err = out.stdout.split()
+    assert applies == "False" and (warned == "True" or not AVX512) and float(err) < 3e-2
