@@ -16,6 +16,7 @@ only the positions it chose: decode gathers them from the cache, prefill masks t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,21 @@ def causal_mask(q_len: int, start: int, window: int | None, device) -> torch.Ten
     if window is not None:
         allowed &= cols > rows - window
     return allowed
+
+
+@functools.lru_cache(maxsize=2)
+def causal_bias(q_len: int, start: int, window: int | None, device, dtype) -> torch.Tensor | None:
+    """causal_mask as the additive mask scaled_dot_product_attention applies (0 or -inf), made
+    once per prefill chunk and shared by its layers. Given the bool mask, each layer built a
+    [T, S] mask and each call converted it to this float one again (fresh allocations of
+    16-32 MB a call at 16k): a 16k-token chunked prefill of the qwen3_moe fixture (3 layers,
+    bf16) took 50.1 s CPU with them and 27.7 s with this, in one run, the same logits. Two
+    kept (a chunk's [T, S] in the model's dtype each): the layers of one chunk share one."""
+    allowed = causal_mask(q_len, start, window, device)
+    if allowed is None:
+        return None
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill_(~allowed, float("-inf"))
 
 
 @dataclass
@@ -87,9 +103,9 @@ class GQAttention:
         elif t == 1 and self.sliding_window is None:
             out = decode_attention(q, k, v)
         else:
-            mask = causal_mask(t, start, self.sliding_window, x.device)
+            bias = causal_bias(t, start, self.sliding_window, x.device, q.dtype)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+                q, k, v, attn_mask=bias, enable_gqa=self.n_heads != self.n_kv_heads
             )
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.o(out if gate is None else out * torch.sigmoid(gate))
