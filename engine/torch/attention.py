@@ -46,9 +46,11 @@ def causal_bias(q_len: int, start: int, window: int | None, device, dtype) -> to
     """causal_mask as the additive mask scaled_dot_product_attention applies (0 or -inf), made
     once per prefill chunk and shared by its layers. Given the bool mask, each layer built a
     [T, S] mask and each call converted it to this float one again (fresh allocations of
-    16-32 MB a call at 16k): a 16k-token chunked prefill of the qwen3_moe fixture (3 layers,
-    bf16) took 50.1 s CPU with them and 27.7 s with this, in one run, the same logits. Two
-    kept (a chunk's [T, S] in the model's dtype each): the layers of one chunk share one."""
+    16-32 MB a call at 16k). What that cost depends on the machine's load: a 16k-token
+    chunked prefill of the qwen3_moe fixture (3 layers, bf16) took 50.1 s CPU with them and
+    27.7 s with this in one run at load average 7.5, and the same (13.5-15.8 s) at 2.5-4.5
+    (tests/benchmarks/bench_chunked_prefill.py); the logits are the same bits. Two kept (a
+    chunk's [T, S] in the model's dtype each): the layers of one chunk share one."""
     allowed = causal_mask(q_len, start, window, device)
     if allowed is None:
         return None
