@@ -206,7 +206,7 @@ def test_int4_decode_is_placement_invariant(int4_model, budget):
         runs.append(torch.stack(run_ours(model, ids, fed)[1]))
         # all resident: the compiled step's graphs call the experts op themselves; below
         # that the MoE block's path calls it (itamae::routed_experts)
-        in_graph = [plan[3] for plan in model.step._plans.values()]
+        in_graph = [plan.in_graph for plan in model.step._plans.values()]
         assert in_graph and all(g == (b == 1.0) for g in in_graph)
     assert torch.equal(runs[0], runs[1])
 

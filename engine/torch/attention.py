@@ -16,11 +16,13 @@ only the positions it chose: decode gathers them from the cache, prefill masks t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from . import kv_attention
 from .kv_cache import KVCache
 from .layers import Linear, rms_norm
 from .rope import Rotary
@@ -37,6 +39,23 @@ def causal_mask(q_len: int, start: int, window: int | None, device) -> torch.Ten
     if window is not None:
         allowed &= cols > rows - window
     return allowed
+
+
+@functools.lru_cache(maxsize=2)
+def causal_bias(q_len: int, start: int, window: int | None, device, dtype) -> torch.Tensor | None:
+    """causal_mask as the additive mask scaled_dot_product_attention applies (0 or -inf), made
+    once per prefill chunk and shared by its layers. Given the bool mask, each layer built a
+    [T, S] mask and each call converted it to this float one again (fresh allocations of
+    16-32 MB a call at 16k). What that cost depends on the machine's load: a 16k-token
+    chunked prefill of the qwen3_moe fixture (3 layers, bf16) took 50.1 s CPU with them and
+    27.7 s with this in one run at load average 7.5, and the same (13.5-15.8 s) at 2.5-4.5
+    (tests/benchmarks/bench_chunked_prefill.py); the logits are the same bits. Two kept (a
+    chunk's [T, S] in the model's dtype each): the layers of one chunk share one."""
+    allowed = causal_mask(q_len, start, window, device)
+    if allowed is None:
+        return None
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return bias.masked_fill_(~allowed, float("-inf"))
 
 
 @dataclass
@@ -86,9 +105,9 @@ class GQAttention:
         elif t == 1 and self.sliding_window is None:
             out = decode_attention(q, k, v)
         else:
-            mask = causal_mask(t, start, self.sliding_window, x.device)
+            bias = causal_bias(t, start, self.sliding_window, x.device, q.dtype)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv_heads
+                q, k, v, attn_mask=bias, enable_gqa=self.n_heads != self.n_kv_heads
             )
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.o(out if gate is None else out * torch.sigmoid(gate))
@@ -113,23 +132,29 @@ def sink_attention(q, k, v, sinks: torch.Tensor, mask: torch.Tensor | None) -> t
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
-    """One query per head (decode) against every cached key: two small matmuls.
+    """One query per head (decode) against every cached key: two small products.
 
     q [B, Hq, 1, D], k and v [B, Hkv, S, D] -> [B, Hq, 1, D]. The query heads sharing a KV
-    head become rows of one matmul, so K and V are read once and never repeated per head.
-    On the CPU this is several times faster than scaled_dot_product_attention, whose
-    flash kernel is built for long queries, and float32 is faster than bf16 here (CPUs
-    without bf16 matmul units convert per call): 0.05 ms against 0.12 ms (bf16) and 0.2 ms
-    (sdpa) for 16 heads over an 80-token cache on 2 threads. `scale`: head_dim^-0.5 if None
-    (Gemma 4 normalises q and k instead and scales by 1).
+    head become rows of one product, so K and V are read once and never repeated per head.
+    Scores, softmax and sums are float32 (as in prefill's flash kernel), whatever the cache's
+    dtype. A bf16 cache is read as it is stored (kv_attention.py's kernel widens each row in
+    registers): converting it for a float32 matmul copied the whole cache on every step, 32 MB
+    a layer at 16k positions of the bench model. Other caches (float32: nothing to convert)
+    take two matmuls, several times faster on the CPU than scaled_dot_product_attention,
+    whose flash kernel is built for long queries. `scale`: head_dim^-0.5 if None (Gemma 4
+    normalises q and k instead and scales by 1).
     """
     b, hq, _, d = q.shape
     hkv = k.shape[1]
     grouped = q.reshape(b, hkv, hq // hkv, d).float()  # [B, Hkv, G, D]
     scale = d**-0.5 if scale is None else scale
-    scores = (grouped @ k.float().transpose(-1, -2)) * scale  # [B, Hkv, G, S]
-    probs = scores.softmax(dim=-1)
-    return (probs @ v.float()).to(q.dtype).reshape(b, hq, 1, d)
+    if b == 1 and kv_attention.applies(k) and kv_attention.applies(v):
+        probs = (kv_attention.scores(grouped[0], k[0]) * scale).softmax(dim=-1)
+        out = kv_attention.mix(probs, v[0])
+    else:
+        scores = (grouped @ k.float().transpose(-1, -2)) * scale  # [B, Hkv, G, S]
+        out = scores.softmax(dim=-1) @ v.float()
+    return out.to(q.dtype).reshape(b, hq, 1, d)
 
 
 @dataclass

@@ -22,6 +22,9 @@ Outside Inductor, as opaque operators:
   output layer and on 1024x1024 (2 threads: one accumulator per row, no VNNI).
 - `itamae::routed_experts`: the MoE block's decode path (placement, misses, usage counts),
   for budgets that leave experts on the slow tier: outputs stay placement-independent.
+- `itamae_attn::scores` / `mix`: attention's two products over a bf16 cache read as stored
+  (kv_attention.py): Inductor lowered `past_k.float()` to a float32 copy of the cache's
+  whole capacity before its matmul, every step (32 MB a layer at 16k for the bench model).
 The KV cache is written outside the graph: attention reads its whole buffers (the unused
 positions masked) and the new key on its own. Eligible: GQA layers without sinks, window,
 output gate or clipping (MLA, linear attention, gpt-oss decode op by op), CPU, one sequence.
@@ -37,6 +40,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from . import kv_attention
 from .attention import GQAttention
 from .compiled import _ACTS, _ARGS, _KERNELS, weighted_sum
 from .layers import ACTIVATIONS, GatedMLP, Int4Linear, Int8Linear, Linear
@@ -107,12 +111,18 @@ def _attention(C, T, x, past_k, past_v, length, cos, sin):
     k, v = k.to(past_k.dtype), v.to(past_v.dtype)  # as the cache keeps them
     grouped = q.view(hkv, hq // hkv, d)  # query heads sharing a KV head as rows
     kf, vf = k.float(), v.float()
-    past_scores = grouped @ past_k[0].float().transpose(-1, -2)  # [Hkv, G, capacity]
+    in_place = C["kv_kernel"] and kv_attention.fits(past_k)  # bf16: read as stored
+    if in_place:  # kv_attention.py: no float32 copy of the cache's capacity per step
+        past_scores = kv_attention.scores(grouped, past_k[0])  # [Hkv, G, capacity]
+    else:
+        past_scores = grouped @ past_k[0].float().transpose(-1, -2)
     unused = torch.arange(past_k.shape[2]) >= length
     past_scores = past_scores.masked_fill(unused, float("-inf"))
     scores = torch.cat([past_scores, (grouped * kf[:, None]).sum(-1, True)], dim=-1) * d**-0.5
     probs = scores.softmax(dim=-1)
-    out = probs[..., :-1] @ past_v[0].float() + probs[..., -1:] * vf[:, None]  # [Hkv, G, D]
+    past = kv_attention.mix(probs[..., :-1], past_v[0]) if in_place else (
+        probs[..., :-1] @ past_v[0].float())  # fmt: skip
+    out = past + probs[..., -1:] * vf[:, None]  # [Hkv, G, D]
     out = _linear(C, T, "o", out.reshape(1, hq * d))
     return out, k.view(1, hkv, 1, d), v.view(1, hkv, 1, d)
 
@@ -249,7 +259,8 @@ def _fused_qkv(a: GQAttention) -> Int8Linear | None:
 def _layer_params(step, i: int, layer) -> tuple[tuple, tuple, list]:
     a, ffn, model = layer.attn, layer.ffn, step.model
     qk_norm = None if a.q_norm is None else ("head" if a.qk_norm_per_head else "proj")
-    C = {"eps": layer.eps, "fbgemm": step.fbgemm,
+    C = {"eps": layer.eps, "fbgemm": step.fbgemm, "kv_kernel": model.dtype == torch.bfloat16
+         and kv_attention.READ_IN_PLACE and kv_attention.available(),
          "attn": (a.n_heads, a.n_kv_heads, a.head_dim, qk_norm, a.eps, model.rotary.rotary_dim,
                   model.rotary.interleaved)}  # fmt: skip
     T = {"input_norm": layer.input_norm, "post_norm": layer.post_attention_norm}
