@@ -38,9 +38,6 @@ turns it off (benchmarks compare the two).
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -54,41 +51,14 @@ CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
 CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
 
 
-def _unavailable_reason() -> str | None:
-    if os.environ.get("ITAMAE_INT4_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
-        return "off"  # asked for: no warning
-    if not sys.platform.startswith("linux"):
-        return "built on Linux only"
-    missing = [f for f in CPU_FLAGS if f not in native_build.cpu_flags()]
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}"
-    return None
-
-
 @functools.cache
 def available() -> bool:
     """True once the kernel is built and loaded into this process (the op
     torch.ops.itamae_int4.matvec); False, with one warning, where it cannot be."""
-    reason = _unavailable_reason()
-    if reason is None:
-        reason = _build()
-    if reason is not None and reason != "off":
-        warnings.warn(
-            f"The int4 decode kernel is not available ({reason}); int4 weights run through "
-            "torch's _weight_int4pack_mm_for_cpu instead (slower). Set ITAMAE_INT4_KERNEL=0 "
-            "to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return reason is None
-
-
-def _build() -> str | None:
-    """Compile (or find compiled) and load the extension; the reason where that failed."""
-    reason = native_build.build("itamae_int4", SOURCE, CFLAGS)
-    if reason is None:
-        _register_fake()
-    return reason
+    return native_build.load_kernel("int4 decode kernel", "ITAMAE_INT4_KERNEL", CPU_FLAGS,
+                                    "itamae_int4", SOURCE, CFLAGS, _register_fake,
+                                    "int4 weights run through torch's "
+                                    "_weight_int4pack_mm_for_cpu instead (slower)")  # fmt: skip
 
 
 def applies(in_features: int, group: int) -> bool:

@@ -37,7 +37,6 @@ compare the two).
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
 import torch
@@ -54,20 +53,8 @@ CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma
 def available() -> bool:
     """True once the kernel is built and loaded into this process (the op
     torch.ops.itamae_int8.matvec); False, with one warning, where it cannot be."""
-    reason = native_build.unavailable_reason("ITAMAE_INT8_KERNEL", CPU_FLAGS)
-    if reason is None:
-        reason = native_build.build("itamae_int8", SOURCE, CFLAGS)
-        if reason is None:
-            _register_fake()
-    if reason is not None and reason != "off":
-        warnings.warn(
-            f"The int8 decode kernel is not available ({reason}); int8 weights run through "
-            "FBGEMM's packed copies instead (more memory, slower). Set ITAMAE_INT8_KERNEL=0 "
-            "to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return reason is None
+    return native_build.load_kernel("int8 decode kernel", "ITAMAE_INT8_KERNEL", CPU_FLAGS, "itamae_int8", SOURCE, CFLAGS,
+                                    _register_fake, "int8 weights run through FBGEMM's packed copies instead (more memory, slower)")  # fmt: skip
 
 
 def matvec(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,

@@ -19,9 +19,6 @@ off (the benchmark compares the two).
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -37,34 +34,11 @@ CFLAGS = ["-O3", "-mavx512f", "-mfma"]
 READ_IN_PLACE = True
 
 
-def _unavailable_reason() -> str | None:
-    if os.environ.get("ITAMAE_KV_KERNEL", "1").strip().lower() in ("0", "false", "off", "no"):
-        return "off"  # asked for: no warning
-    if not sys.platform.startswith("linux"):
-        return "built on Linux only"
-    missing = [f for f in CPU_FLAGS if f not in native_build.cpu_flags()]
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}"
-    return None
-
-
 @functools.cache
 def available() -> bool:
     """True once the kernel is built and loaded (the ops torch.ops.itamae_attn.*)."""
-    reason = _unavailable_reason()
-    if reason is None:
-        reason = native_build.build("itamae_attn", SOURCE, CFLAGS)
-        if reason is None:
-            _register_fake()
-    if reason is not None and reason != "off":
-        warnings.warn(
-            f"The bf16 KV-cache attention kernel is not available ({reason}); decode "
-            "attention converts the cache to float32 instead (slower at long contexts). Set "
-            "ITAMAE_KV_KERNEL=0 to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return reason is None
+    return native_build.load_kernel("bf16 KV-cache attention kernel", "ITAMAE_KV_KERNEL", CPU_FLAGS, "itamae_attn", SOURCE, CFLAGS,
+                                    _register_fake, "decode attention converts the cache to float32 instead (slower at long contexts)")  # fmt: skip
 
 
 def applies(cache: torch.Tensor) -> bool:

@@ -56,6 +56,27 @@ def unavailable_reason(switch: str, needed_flags: tuple[str, ...]) -> str | None
     return None
 
 
+def load_kernel(what: str, switch: str, needed_flags: tuple[str, ...], prefix: str,
+                source: Path, cflags: list[str], on_load, instead: str) -> bool:  # fmt: skip
+    """Build and load one of the engine's kernels: True once its operators are registered
+    (`on_load` then adds what torch.compile needs, e.g. fake implementations); False where
+    it cannot run, with one warning that says why and what runs `instead` (none where its
+    environment switch turned it off)."""
+    reason = unavailable_reason(switch, needed_flags)
+    if reason is None:
+        reason = build(prefix, source, cflags)
+        if reason is None:
+            on_load()
+    if reason is not None and reason != "off":
+        warnings.warn(
+            f"The {what} is not available ({reason}); {instead}. Set {switch}=0 to skip the "
+            "attempt.",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of the kernel module's available()
+        )
+    return reason is None
+
+
 def build(prefix: str, source: Path, cflags: list[str]) -> str | None:
     """Compile (or find compiled) and load `source` as a library of torch operators (its
     TORCH_LIBRARY block registers them): None, or the reason it failed."""
