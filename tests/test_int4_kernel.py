@@ -30,6 +30,7 @@ from engine.torch.int4_kernel import Int4Experts
 from engine.torch.layers import Int4Linear
 from engine.torch.weights import open_weights
 from tests.test_torch_parity import (
+    assert_expert_rows_same_from_slot_and_file,
     assert_grouped_agrees_with_per_expert,
     load_model,
     prompt_ids,
@@ -87,8 +88,14 @@ def test_experts_op_is_the_two_products_and_the_eager_activation(act):
     assert int4_kernel.available()  # loads the operators
     torch.manual_seed(2)
     layout, _ = expert_layout("int4_group", 256, 128)
-    rows = torch.stack([pack_expert("int4_group", *(torch.randn(128, 256), torch.randn(128, 256),
-                                                    torch.randn(256, 128))) for _ in range(4)])
+    rows = torch.stack(
+        [
+            pack_expert(
+                "int4_group", *(torch.randn(128, 256), torch.randn(128, 256), torch.randn(256, 128))
+            )
+            for _ in range(4)
+        ]
+    )
     views = stacked_views(rows, layout)
     gate_up = [views[f"gate_up.{n}"] for n in ("q", "scale", "zero")]
     down = [views[f"down.{n}"] for n in ("q", "scale", "zero")]
@@ -182,17 +189,7 @@ def test_grouped_and_per_expert_int4_decode_agree(int4_model, monkeypatch):
 
 @needs_vnni
 def test_an_int4_experts_rows_are_the_same_bits_from_a_slot_and_from_the_file(int4_model):
-    model = load_model(int4_model, torch.bfloat16, expert_budget=1.0, compile=True)
-    cache, fused = model.cache, model.fused
-    x = torch.randn(model.args.hidden_size).bfloat16()
-    experts = [1, 4, 6]
-    from_slots = fused(
-        x, cache.fast_views(2), torch.tensor([cache.slot_of[(2, e)] for e in experts])
-    )
-    views, idx = cache.slow.stacked(2, experts)
-    from_file = fused(x, views, idx)
-    assert torch.equal(from_slots, from_file)
-    assert torch.equal(fused(x, views, idx[1:2])[0], from_file[1])  # alone or with others
+    assert_expert_rows_same_from_slot_and_file(int4_model)
 
 
 @needs_vnni

@@ -29,7 +29,12 @@ from engine.torch import int8_kernel, native_build
 from engine.torch.compiled_step import _layer_params
 from engine.torch.experts import stacked_views
 from engine.torch.layers import Int8Linear
-from tests.test_torch_parity import assert_grouped_agrees_with_per_expert, load_model, rel_err
+from tests.test_torch_parity import (
+    assert_expert_rows_same_from_slot_and_file,
+    assert_grouped_agrees_with_per_expert,
+    load_model,
+    rel_err,
+)
 
 VNNI = not [f for f in int8_kernel.CPU_FLAGS if f not in native_build.cpu_flags()]
 needs_vnni = pytest.mark.skipif(not VNNI, reason="the CPU lacks AVX-512 VNNI")
@@ -192,14 +197,4 @@ def test_grouped_and_per_expert_int8_decode_agree(int8_model, monkeypatch):
 
 @needs_vnni
 def test_an_int8_experts_rows_are_the_same_bits_from_a_slot_and_from_the_file(int8_model):
-    model = load_model(int8_model, torch.bfloat16, expert_budget=1.0, compile=True)
-    cache, fused = model.cache, model.fused
-    x = torch.randn(model.args.hidden_size).bfloat16()
-    experts = [1, 4, 6]
-    from_slots = fused(
-        x, cache.fast_views(2), torch.tensor([cache.slot_of[(2, e)] for e in experts])
-    )
-    views, idx = cache.slow.stacked(2, experts)
-    from_file = fused(x, views, idx)
-    assert torch.equal(from_slots, from_file)
-    assert torch.equal(fused(x, views, idx[1:2])[0], from_file[1])  # alone or with others
+    assert_expert_rows_same_from_slot_and_file(int8_model)

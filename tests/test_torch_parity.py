@@ -121,6 +121,22 @@ class RouterCounts:
         return hook
 
 
+def assert_expert_rows_same_from_slot_and_file(folder) -> None:
+    """bf16, every expert resident: the grouped kernel gives an expert's output the same bits
+    from the fast tier's slots as from the memory-mapped file, alone or beside others (what
+    keeps decode placement-independent)."""
+    model = load_model(folder, torch.bfloat16, expert_budget=1.0, compile=True)
+    cache, fused = model.cache, model.fused
+    x = torch.randn(model.args.hidden_size).bfloat16()
+    experts = [1, 4, 6]
+    slots = torch.tensor([cache.slot_of[(2, e)] for e in experts])
+    from_slots = fused(x, cache.fast_views(2), slots)
+    views, idx = cache.slow.stacked(2, experts)
+    from_file = fused(x, views, idx)
+    assert torch.equal(from_slots, from_file)
+    assert torch.equal(fused(x, views, idx[1:2])[0], from_file[1])
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_match_transformers_fp32(hf_checkpoint, arch):
     folder = hf_checkpoint(arch)

@@ -26,7 +26,6 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # as app/cli.py, before torch loads
 
 import argparse  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -36,6 +35,7 @@ from engine.torch import int4_kernel  # noqa: E402
 from engine.torch.compiled import setup_inductor  # noqa: E402
 from engine.torch.cpu_kernels import int8_matvec, pack_int8  # noqa: E402
 from engine.torch.layers import Int4Linear  # noqa: E402
+from tests.benchmarks.kernel_rounds import report  # noqa: E402
 
 HIDDEN, INTER, EXPERTS, TOP_K, VOCAB, GROUP = 1024, 768, 32, 4, 151_936, 64
 
@@ -137,26 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     table = cases(torch.randn(HIDDEN))
     names = [n for n in table if args.only is None or n.startswith(args.only)]
     calls = {n: 50 if n.startswith("experts") else 5 for n in names}
-    best = {n: (float("inf"), float("inf")) for n in names}
-    load = os.getloadavg()
-    for r in range(args.rounds):  # rotating order: none always first
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = table[name][0]
-            fn()  # warm (and, for Inductor, compile)
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(calls[name]):
-                fn()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            b = best[name]
-            best[name] = (min(b[0], wall / calls[name]), min(b[1], cpu / calls[name]))
-    print(f"threads {args.threads}, load average {load[0]:.1f} before / "
-          f"{os.getloadavg()[0]:.1f} after, best of {args.rounds} rounds")  # fmt: skip
-    for name in names:
-        base = best[next(n for n in names if n.startswith(name.split(":")[0]))]
-        wall, cpu = best[name]
-        print(f"{name:52s} wall {wall * 1e3:7.3f} ms  cpu {cpu * 1e3:7.3f} ms  "
-              f"{table[name][1] / wall / 1e9:5.1f} GB/s  vs torch int4pack: wall "
-              f"{base[0] / wall:4.2f}x cpu {base[1] / cpu:4.2f}x")  # fmt: skip
+    report(table, calls, args.rounds, args.threads, "torch int4pack", 52)
     return 0
 
 
