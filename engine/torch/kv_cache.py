@@ -25,6 +25,17 @@ class KVCache:
     ) -> list[torch.Tensor]:
         """Write `new` tensors at positions [start, start+T) and return views of [0, start+T)."""
         end = start + new[0].shape[seq_dim]
+        return [buf.narrow(seq_dim, 0, end) for buf in self._store(layer, start, seq_dim, new)]
+
+    def write(self, layer: int, start: int, seq_dim: int, *new: torch.Tensor) -> None:
+        """As `update`, without the views it returns: the compiled decode step reads the
+        whole buffers, and 24 views a token are some 40 us of Python (12 layers)."""
+        self._store(layer, start, seq_dim, new)
+
+    def _store(self, layer: int, start: int, seq_dim: int, new) -> list[torch.Tensor]:
+        """Copy `new` into the layer's buffers at [start, start+T), grown first where they
+        are too short; the buffers."""
+        end = start + new[0].shape[seq_dim]
         stored = self.layers[layer]
         if stored is None or stored[0].shape[seq_dim] < end:
             capacity = min(max(end, -(-end // GROW) * GROW), max(self.max_positions, end))
@@ -37,21 +48,9 @@ class KVCache:
                     buf.narrow(seq_dim, 0, start).copy_(stored[i].narrow(seq_dim, 0, start))
                 grown.append(buf)
             stored = self.layers[layer] = grown
-        out = []
         for buf, t in zip(stored, new, strict=True):
             buf.narrow(seq_dim, start, t.shape[seq_dim]).copy_(t)
-            out.append(buf.narrow(seq_dim, 0, end))
-        return out
-
-    def write(self, layer: int, start: int, seq_dim: int, *new: torch.Tensor) -> None:
-        """As `update`, without the views it returns: the compiled decode step reads the
-        whole buffers, and 24 views a token are some 40 us of Python (12 layers)."""
-        stored = self.layers[layer]
-        if stored is None or stored[0].shape[seq_dim] < start + new[0].shape[seq_dim]:
-            self.update(layer, start, seq_dim, *new)  # grown first
-            return
-        for buf, t in zip(stored, new, strict=True):
-            buf.narrow(seq_dim, start, t.shape[seq_dim]).copy_(t)
+        return stored
 
     def truncate(self, length: int) -> int:
         """Forget positions from `length` on (reuse of a common prompt prefix); returns the
