@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,6 +26,7 @@ from engine.torch.experts import stacked_views
 from engine.torch.int4_kernel import Int4Experts
 from engine.torch.layers import Int4Linear
 from engine.torch.weights import open_weights
+from tests.kernel_fallback import no_compiler, printed_in_fresh_python
 from tests.test_torch_parity import (
     assert_expert_rows_same_from_slot_and_file,
     assert_grouped_agrees_with_per_expert,
@@ -38,7 +36,7 @@ from tests.test_torch_parity import (
     run_ours,
 )
 
-VNNI = not [f for f in int4_kernel.CPU_FLAGS if f not in native_build.cpu_flags()]
+VNNI = not native_build.missing_flags(int4_kernel.CPU_FLAGS)
 needs_vnni = pytest.mark.skipif(not VNNI, reason="the CPU lacks AVX-512 VNNI")
 
 
@@ -135,11 +133,7 @@ def test_without_a_compiler_the_engine_warns_and_keeps_todays_kernel(tmp_path):
         "print(lin.decode_kernel_applies(), any('int4 decode kernel' in str(c.message) "
         "for c in caught), float((y - ref).norm() / ref.norm()))\n"
     )
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
-           "ITAMAE_KERNEL_DIR": str(tmp_path / "kernels")}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=300, check=True)  # fmt: skip
-    applies, warned, err = out.stdout.split()
+    applies, warned, err = printed_in_fresh_python(code, no_compiler(tmp_path))
     assert applies == "False" and (warned == "True" or not VNNI) and float(err) < 2e-2
 
 

@@ -15,10 +15,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -29,6 +25,7 @@ from engine.torch import int8_kernel, native_build
 from engine.torch.compiled_step import _layer_params
 from engine.torch.experts import stacked_views
 from engine.torch.layers import Int8Linear
+from tests.kernel_fallback import no_compiler, printed_in_fresh_python
 from tests.test_torch_parity import (
     assert_expert_rows_same_from_slot_and_file,
     assert_grouped_agrees_with_per_expert,
@@ -36,7 +33,7 @@ from tests.test_torch_parity import (
     rel_err,
 )
 
-VNNI = not [f for f in int8_kernel.CPU_FLAGS if f not in native_build.cpu_flags()]
+VNNI = not native_build.missing_flags(int8_kernel.CPU_FLAGS)
 needs_vnni = pytest.mark.skipif(not VNNI, reason="the CPU lacks AVX-512 VNNI")
 ZERO = torch.zeros(1, dtype=torch.long)
 
@@ -148,16 +145,11 @@ def _fallback_run(env_extra: dict) -> list[str]:
         "      any('int8 decode kernel' in str(c.message) for c in caught),\n"
         "      float((y - ref).norm() / ref.norm()))\n"
     )
-    env = {**os.environ, **env_extra}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=300, check=True)  # fmt: skip
-    return out.stdout.split()
+    return printed_in_fresh_python(code, env_extra)
 
 
 def test_without_a_compiler_the_engine_warns_and_runs_fbgemm(tmp_path):
-    applies, fbgemm, warned, err = _fallback_run(
-        {"CXX": str(tmp_path / "no-such-compiler"), "ITAMAE_KERNEL_DIR": str(tmp_path / "k")}
-    )
+    applies, fbgemm, warned, err = _fallback_run(no_compiler(tmp_path))
     assert applies == "False" and fbgemm == "True" and float(err) < 2e-2
     assert warned == "True" or not VNNI
 

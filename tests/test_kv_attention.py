@@ -15,17 +15,14 @@ cache grows.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from engine.torch import kv_attention, native_build
 from engine.torch.attention import decode_attention
+from tests.kernel_fallback import no_compiler, printed_in_fresh_python
 
-AVX512 = not [f for f in kv_attention.CPU_FLAGS if f not in native_build.cpu_flags()]
+AVX512 = not native_build.missing_flags(kv_attention.CPU_FLAGS)
 needs_avx512 = pytest.mark.skipif(not AVX512, reason="the CPU lacks AVX-512")
 
 
@@ -92,9 +89,5 @@ def test_without_a_compiler_the_engine_warns_and_converts_the_cache(tmp_path):
         "print(kv_attention.applies(k.bfloat16()), any('KV-cache attention kernel' in "
         "str(c.message) for c in caught), float((out - ref).abs().max()))\n"
     )
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
-           "ITAMAE_KERNEL_DIR": str(tmp_path / "kernels")}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=300, check=True)  # fmt: skip
-    applies, warned, err = out.stdout.split()
+    applies, warned, err = printed_in_fresh_python(code, no_compiler(tmp_path))
     assert applies == "False" and (warned == "True" or not AVX512) and float(err) < 3e-2

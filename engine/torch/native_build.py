@@ -42,6 +42,12 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def missing_flags(needed: tuple[str, ...]) -> list[str]:
+    """Which of a kernel's CPU features this CPU lacks."""
+    flags = cpu_flags()
+    return [f for f in needed if f not in flags]
+
+
 def unavailable_reason(switch: str, needed_flags: tuple[str, ...]) -> str | None:
     """Why a kernel of ours cannot run here before building it: "off" where its environment
     switch (e.g. ITAMAE_INT8_KERNEL=0) turns it off, else the platform or the CPU's missing
@@ -50,7 +56,7 @@ def unavailable_reason(switch: str, needed_flags: tuple[str, ...]) -> str | None
         return "off"  # asked for: no warning
     if not sys.platform.startswith("linux"):
         return "built on Linux only"
-    missing = [f for f in needed_flags if f not in cpu_flags()]
+    missing = missing_flags(needed_flags)
     if missing:
         return f"this CPU lacks {', '.join(missing)}"
     return None
