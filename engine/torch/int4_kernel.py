@@ -99,7 +99,7 @@ KERNEL_ACTS = ("silu", "relu", "gelu", "gelu_pytorch_tanh")
 
 
 class Int4Experts:
-    """Decode's K chosen int4 experts in two kernel calls (gate/up for all K, then down):
+    """Decode's K chosen int4 experts in one operator (gate/up for all K, then down):
     `__call__(x, views, idx) -> [K, H]` float32 over stacked expert views
     (experts.stacked_views), as compiled.FusedExperts does for int8; `None` from
     `for_scheme` where the kernel does not apply. An expert's output depends on its own
