@@ -55,15 +55,24 @@ void quantize_row(const float* x, int64_t C, QuantizedRow& out) {
 // a core against 25 (the 151,936 x 1024 head, one thread); the activation codes are read from
 // L1 instead. A row's sum runs through the same instructions whichever tile or thread it falls
 // in: an output's bits depend on its own row and x only.
+//
+// The weights are prefetched in software, kPrefetch bytes ahead, and loaded unmasked where a
+// block is whole: on Zen 5 (EPYC family 26) the masked byte load every block once took kept
+// the hardware prefetcher idle, and the head read at 16 GB/s against 48 with either change
+// (bench_int8_kernel.py, 2 threads; Zen 4 streamed the masked loads at full speed).
+constexpr int kPrefetch = 2048;  // bytes: two rows of the 1024-wide bench layers
+
 float row_dot(const QuantizedRow& xr, const int8_t* q, int64_t C) {
   const int64_t n_blocks = static_cast<int64_t>(xr.scale.size());
   const __m512i zero = _mm512_setzero_si512();
   __m512 acc = _mm512_setzero_ps();
   for (int64_t b = 0; b < n_blocks; ++b) {
     const int64_t rest = C - b * kBlock;
-    const __mmask64 m = rest >= kBlock ? ~0ULL : ((1ULL << rest) - 1);
     const __m512i xq = _mm512_loadu_si512(xr.codes.data() + b * kBlock);
-    const __m512i w = _mm512_maskz_loadu_epi8(m, q + b * kBlock);
+    // past the matrix's end this touches the next rows or nothing: a prefetch never faults
+    _mm_prefetch(reinterpret_cast<const char*>(q + b * kBlock) + kPrefetch, _MM_HINT_T0);
+    const __m512i w = rest >= kBlock ? _mm512_loadu_si512(q + b * kBlock)
+                                     : _mm512_maskz_loadu_epi8((1ULL << rest) - 1, q + b * kBlock);
     const __mmask64 negative = _mm512_movepi8_mask(w);
     const __m512i xs = _mm512_mask_sub_epi8(xq, negative, zero, xq);  // sign(q) * xq
     const __m512i dot = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(w), xs);
