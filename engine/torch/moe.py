@@ -142,6 +142,14 @@ class ExpertUsage:
         if self.trace is not None:
             self.trace.append((layer, experts))
 
+    def record_token(self, layers: list[int], experts: np.ndarray) -> None:
+        """One token through `layers`, row i of `experts` [len(layers), K] (distinct within a
+        row) the ones layers[i] chose: as `record` per layer, in one update (the compiled
+        decode step, whose 12 calls a token took about 50 us on the bench model)."""
+        self.array[np.asarray(layers)[:, None], experts] += 1
+        if self.trace is not None:
+            self.trace.extend((layer, sorted(row)) for layer, row in zip(layers, experts.tolist()))
+
 
 @dataclass
 class MoEBlock:

@@ -287,15 +287,18 @@ class ExpertCache:
         n = self.slow.n_experts(layer)
         return torch.tensor([self.slot_of[(layer, e)] for e in range(n)], device=self.device)
 
-    def count_resident_uses(self, layer: int, experts: list[int]) -> None:
+    def count_resident_uses(self, layers: list[int], experts: list[list[int]]) -> None:
         """What `locate` counts for experts that are all resident (hits, uses, LRU order),
-        for decode steps that gathered them by `slot_table` inside a compiled graph."""
-        self.counters.hits += len(experts)
-        for e in experts:
-            key = (layer, e)
-            self.uses[key] = self.uses.get(key, 0) + 1
-            if self.policy == "lru":
-                self.slot_of.move_to_end(key)
+        experts[i] those of layers[i], for decode steps that gathered them by `slot_table`
+        inside a compiled graph."""
+        lru, uses = self.policy == "lru", self.uses
+        for layer, row in zip(layers, experts, strict=True):
+            self.counters.hits += len(row)
+            for e in row:
+                key = (layer, e)
+                uses[key] = uses.get(key, 0) + 1
+                if lru:
+                    self.slot_of.move_to_end(key)
 
     def would_evict(self, layer: int, expert: int) -> int | None:
         """The slot a miss on (layer, expert) could take from another expert now, if any."""
