@@ -222,3 +222,53 @@ def test_compiled_step_with_the_int4_kernel_within_rounding(int4_model):
     compiled_err = (logits["bf16 compiled"] - ref).abs().amax(-1).median()
     assert compiled_err <= 1.5 * plain_err, (compiled_err, plain_err)
     assert model.step._head[0] == "int4_vnni"  # the head ran through the VNNI op
+
+
+def test_int4_recipe_stores_attention_int4_with_its_biases(int4_model, hf_checkpoint):
+    """As Q4_0 does: q/k/v/o int4 (Qwen2's q/k/v biases kept), the shared expert int8; the
+    biased int4 projection is the dequantized weight's product plus the bias."""
+    tensors = json.loads((int4_model / MANIFEST).read_text())["tensors"]
+    for proj in ("q", "k", "v", "o"):
+        assert tensors[f"model.layers.0.self_attn.{proj}_proj.weight"]["scheme"] == "int4_group"
+    assert tensors["model.layers.0.mlp.shared_expert.up_proj.weight"]["scheme"] == "int8_row"
+    weights = open_weights(int4_model, torch.float32, torch.device("cpu"))
+    q = weights.linear("model.layers.0.self_attn.q_proj")
+    assert isinstance(q, Int4Linear) and q.bias is not None
+    exact = open_weights(hf_checkpoint("qwen2_moe"), torch.float32, torch.device("cpu"))
+    bias = exact.get("model.layers.0.self_attn.q_proj.bias")
+    assert bias.abs().max() > 0.1  # the fixture's biases are not zero
+    assert torch.allclose(q.bias, bias, rtol=1e-2, atol=1e-3)  # stored bf16
+    x = torch.randn(3, q.packed.shape[1] * 2)
+    ref = x @ q.dequantize(torch.float32).t() + q.bias
+    assert rel_err(q(x), ref) < 1e-5
+    if VNNI:  # the decode kernel's row, and the repacked prefill kernel's rows
+        assert rel_err(q(x[:1].bfloat16()).float(), ref[:1]) < 2e-2
+        assert rel_err(q(x.bfloat16()).float(), ref) < 2e-2
+
+
+@needs_vnni
+def test_compiled_int4_step_is_as_close_to_float32_as_op_by_op(int4_model):
+    """The compiled step runs int4 q/k/v as one fused int4 product (compiled_step._fused_qkv)
+    and the int4 head and experts: in bf16 it stays about as close to the float32 forward
+    pass of the same int4 weights as the op-by-op bf16 path, and picks the same tokens
+    wherever the float32 pass's best token leads clearly."""
+    ids = prompt_ids(int4_model, 8)
+    fed = [5, 7, 11, 13, 17, 19, 23, 29]
+    logits = {}
+    for label, dtype, compile in (("float32", torch.float32, False),
+                                  ("bf16", torch.bfloat16, False),
+                                  ("bf16 compiled", torch.bfloat16, True)):  # fmt: skip
+        model = load_model(int4_model, dtype, compile=compile)
+        if compile:
+            assert model.step is not None and model.step.failed is None
+            assert all(isinstance(f, Int4Linear) for f in model.step.qkv.values())
+            assert len(model.step.qkv) == len(model.layers)
+        logits[label] = torch.stack(run_ours(model, ids, fed)[1]).float()
+    ref = logits["float32"]
+    plain_err = (logits["bf16"] - ref).abs().amax(-1).median()
+    compiled_err = (logits["bf16 compiled"] - ref).abs().amax(-1).median()
+    assert compiled_err <= 1.5 * plain_err, (compiled_err, plain_err)
+    top2 = ref.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * plain_err
+    assert clear.any()
+    assert torch.equal(logits["bf16 compiled"].argmax(-1)[clear], ref.argmax(-1)[clear])

@@ -118,8 +118,8 @@ TORCH_RECIPES = (
     _torch("bf16", "bf16", "bf16", 16, "every weight bf16"),
     _torch("int8", "int8", "int8", 8.1, "experts and other linear layers int8, one scale per row"),
     _torch("int4", "int4", "int8", 4.6,
-           "routed experts and the output layer int4 in groups (scale and zero per group); "
-           "other linear layers int8"),
+           "routed experts, attention and the output layer int4 in groups (scale and zero "
+           "per group), as Q4_0 stores them; shared experts and dense layers int8"),
 )  # fmt: skip
 RECIPES: dict[str, dict[str, Recipe]] = {
     "gguf": {r.name.lower(): r for r in GGUF_RECIPES},

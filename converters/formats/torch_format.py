@@ -13,8 +13,10 @@ Quantization schemes: int8_row (int8, one scale per output row) and int4_group (
 codes with a float16 scale and zero per group of inputs); the maths and the reasons
 for it are in converters/formats/torch_quant.py.
 Recipes: "bf16" (everything bf16), "int8" (experts int8, other linears int8), "int4"
-(experts and the output layer int4 in groups of 64, other linears int8; the head is stored
-as `lm_head.weight.q/.scale/.zero` with the experts' maths). Embeddings, norms, routers and MLA's kv_b_proj (it is
+(experts, the output layer and attention's q/k/v/o int4 in groups of 64, other linears
+int8; those layers are stored as `NAME.weight.q/.scale/.zero` with the experts' maths; each
+tensor's scheme is in the manifest, so files written before attention was int4 read as
+they are). Embeddings, norms, routers and MLA's kv_b_proj (it is
 folded into attention at run time) stay float.
 
 This module is the layout and the read side; converters/formats/torch_writer.py writes it.

@@ -40,24 +40,27 @@ from converters.formats.torch_format import (
 )
 from converters.formats.torch_quant import INT4_GROUP, quantize_int4_groups, quantize_int8_rows
 
-# The output layer with int4 experts: at 151,936 x 1024 (Qwen's vocabulary) it is most of
-# what a decode step reads (148 MiB of 241 in int8 on the bench model), and llama.cpp's
-# Q4_0 file, the peer of this recipe, holds it at 4.5 bits too. Attention and shared
-# experts stay int8 (31 MiB a token there): every token's hidden state goes through them.
-# Half the bytes is not yet half the time: on a 2-core machine FBGEMM's int8 matvec beat
-# both int4 kernels on this layer (README, "int4 at Q4_0's bytes"); int4_head=False keeps
-# it int8.
+# The int4 recipe's linear layers outside the experts, stored int4 as llama.cpp's Q4_0 file
+# (its peer) stores them. The output layer: at 151,936 x 1024 (Qwen's vocabulary) it is most
+# of what a decode step reads (148 MiB of 241 in int8 on the bench model); int4_head=False
+# keeps it int8 (benchmarks compare the two). Attention's q/k/v/o: every token's hidden
+# state goes through them (31 MiB a token in int8 on the bench model, 8% of the int4 step's
+# bytes, against Q4_0's 4.5 bits a weight). Shared experts and dense MLPs stay int8, and
+# any attention of another shape (MLA's projections, linear attention).
 INT4_HEADS = ("lm_head.weight",)
+INT4_ATTENTION = re.compile(r"^model\.layers\.\d+\.self_attn\.[qkvo]_proj\.weight$")
 
 
-def _scheme_for(name: str, shape: list[int], rest: str, int4_head: bool = False) -> str:
+def _scheme_for(name: str, shape: list[int], rest: str, int4_head: bool = False,
+                int4_attention: bool = False) -> str:  # fmt: skip
     if rest == "bf16" or len(shape) != 2:
         return "float"
     float_kept = ("embed_tokens", ".mlp.gate.weight", "shared_expert_gate", "kv_b_proj",
                   ".mlp.router.")  # fmt: skip
     if any(k in name for k in float_kept) or not name.endswith(".weight"):
         return "float"
-    if int4_head and name in INT4_HEADS and shape[1] % INT4_GROUP == 0:
+    int4 = (int4_head and name in INT4_HEADS) or (int4_attention and INT4_ATTENTION.match(name))
+    if int4 and shape[1] % INT4_GROUP == 0:
         return "int4_group"
     return "int8_row"
 
@@ -198,9 +201,9 @@ def convert_to_torch(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        head = int4_head and quant == "int4"
+        int4 = (int4_head and quant == "int4", quant == "int4")  # the head, attention
         manifest = _write_all(
-            ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel, head
+            ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel, int4
         )
         for f in TOKENIZER_FILES:
             if (src / f).is_file():
@@ -226,7 +229,7 @@ def _beyond_layers(name: str, n_layers: int) -> bool:
 
 
 def _write_all(
-    ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel, int4_head
+    ckpt, tmp, quant, rest_scheme, experts, others, total, progress, cancel, int4
 ) -> dict:
     done = 0
 
@@ -240,7 +243,7 @@ def _write_all(
 
     tensors_manifest, out = {}, {}
     for name in others:
-        scheme = _scheme_for(name, ckpt.shape(name), rest_scheme, int4_head)
+        scheme = _scheme_for(name, ckpt.shape(name), rest_scheme, *int4)
         w = ckpt.get(name)
         if scheme == "int8_row":
             q, s = quantize_int8_rows(w)

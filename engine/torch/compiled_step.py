@@ -259,15 +259,20 @@ def _add_linear(C: dict, T: dict, name: str, lin: Linear) -> None:
         T[name + ".b"] = lin.bias
 
 
-def _fused_qkv(a: GQAttention) -> Int8Linear | None:
-    """q, k and v stacked into one int8 linear (per-row scales: the same products)."""
+def _fused_qkv(a: GQAttention) -> Int8Linear | Int4Linear | None:
+    """q, k and v stacked into one int8 or int4 linear (per-row scales, per-row groups: the
+    same products)."""
     parts = (a.q, a.k, a.v)
-    if not all(isinstance(p, Int8Linear) for p in parts):
-        return None
     bias = None
     if any(p.bias is not None for p in parts):
         bias = torch.cat([p.bias.float() if p.bias is not None else
                           torch.zeros(p.out_features) for p in parts])  # fmt: skip
+    if all(isinstance(p, Int4Linear) for p in parts) and len({p.group for p in parts}) == 1:
+        fused = Int4Linear(*(torch.cat([getattr(p, t) for p in parts])
+                             for t in ("packed", "scale", "zero")), parts[0].group, bias)  # fmt: skip
+        return fused if fused.decode_kernel_applies() else None
+    if not all(isinstance(p, Int8Linear) for p in parts):
+        return None
     fused = Int8Linear(torch.cat([p.weight for p in parts]), torch.cat([p.scale for p in parts]),
                        bias)  # fmt: skip
     if not (parts[0].prepared and fused.prepare_kernel()):

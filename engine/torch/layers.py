@@ -207,9 +207,10 @@ class Int4Linear(Linear):
     activations the weight is repacked once into torch's int4pack layout.
     """
 
-    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int):
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+                 bias: torch.Tensor | None = None):  # fmt: skip
         self.packed, self.scale, self.zero, self.group = packed, scale, zero, group
-        self.bias = None
+        self.bias = bias  # Qwen2's q/k/v biases (the int4 recipe stores attention int4)
         self._kernel: tuple[torch.Tensor, torch.Tensor] | None = None
         self._vnni: bool | None = None  # decode through int4_kernel.py (decided on first use)
 
@@ -253,19 +254,22 @@ class Int4Linear(Linear):
             y = int4_kernel.matvec(
                 x.reshape(1, -1), self.packed[None], self.scale[None], self.zero[None], _ZERO
             )  # one row: decode, read from the stored nibbles
-            return y.to(x.dtype).view(*x.shape[:-1], -1)
+            return self._biased(y.to(x.dtype).view(*x.shape[:-1], -1))
         if cpu_bf16 and self.prepare_kernel():
             packed, sz = self._kernel
             shape = x.shape
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.reshape(-1, shape[-1]), packed, self.group, sz
             )
-            return y.view(*shape[:-1], -1)
+            return self._biased(y.view(*shape[:-1], -1))
         # dequantized per call (CUDA, float32): memory stays at 4.5 bits per weight
-        return F.linear(x, self.dequantize(x.dtype))
+        return F.linear(x, self.dequantize(x.dtype), self.bias)
+
+    def _biased(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.bias is None else y + self.bias
 
     def tensors(self) -> list[torch.Tensor]:
-        return [self.packed, self.scale, self.zero]
+        return [t for t in (self.packed, self.scale, self.zero, self.bias) if t is not None]
 
 
 @dataclass

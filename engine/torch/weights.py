@@ -143,11 +143,11 @@ class TorchFormatWeights(Weights):
             if self.dtype != torch.bfloat16 or not linear.prepare_kernel():
                 linear.weight = q.clone()
             return linear
-        if self.fmt.scheme(name) == "int4_group":  # the int4 recipe's output layer
+        if self.fmt.scheme(name) == "int4_group":  # the int4 recipe's head and attention
             q, s, z = (
                 self.fmt.get(f"{name}.{part}").to(self.device) for part in ("q", "scale", "zero")
             )
-            linear = Int4Linear(q, s, z, int4_group_size(q.shape[1] * 2))
+            linear = Int4Linear(q, s, z, int4_group_size(q.shape[1] * 2), self.maybe(f"{prefix}.bias"))
             if self.dtype == torch.bfloat16:
                 linear.decode_kernel_applies()  # the kernel built at load, not on a token
             return linear

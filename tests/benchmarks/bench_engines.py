@@ -99,7 +99,8 @@ def _schemes_current(dest: Path, int4_head: bool) -> bool:
     from converters.formats.torch_writer import _scheme_for
 
     m = json.loads((dest / MANIFEST).read_text())
-    return all(t["scheme"] == _scheme_for(name, t["shape"], m["rest"], int4_head)
+    attention = m["recipe"] == "int4"
+    return all(t["scheme"] == _scheme_for(name, t["shape"], m["rest"], int4_head, attention)
                for name, t in m["tensors"].items())  # fmt: skip
 
 
