@@ -283,8 +283,8 @@ def test_a_non_streaming_client_that_gives_up_frees_the_model(server):
     """Without a stream there is nothing to write to notice the client is gone; the
     server must look for itself while it generates."""
     body = chat_body(server, PROMPTS[2], max_tokens=2000)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + "/chat/completions", json=body, timeout=3)
+    with pytest.raises(httpx.ReadTimeout):  # the compiled step decodes the demo at ~1000 tok/s
+        httpx.post(server.url + "/chat/completions", json=body, timeout=0.5)
     wait_for(lambda: not httpx.get(server.root + "/health").json()["busy"], timeout=30)
 
 

@@ -224,11 +224,13 @@ def test_japanese_ui_attachment_import_search_dark_mode_and_keys(tmp_path, model
         )
         page.fill("#message textarea", "長い話をしてください。")
         page.press("#message textarea", "Enter")
+        # Stop shows while the reply streams, and Escape goes as soon as text arrives: the
+        # torch engine's compiled step decodes the demo's 4000 tokens in a few seconds
+        page.wait_for_selector("#stop", state="visible")
         page.wait_for_function(
-            "() => document.querySelector('#chatbot .bot-row')?.innerText.trim().length > 20",
+            "() => document.querySelector('#chatbot .bot-row')?.innerText.trim().length > 0",
             timeout=REPLY_TIMEOUT_MS,
         )
-        page.wait_for_selector("#stop", state="visible")
         page.keyboard.press("Escape")
         page.wait_for_function(
             "() => document.querySelector('#chatbot .reply-stats')?.innerText.includes('停止済み')",
