@@ -58,6 +58,24 @@ def test_products_match_float64(length, groups, d):
 
 
 @needs_avx512
+@pytest.mark.parametrize("valid", [0, 1, 200, 256, 300, 511])
+def test_valid_positions_read_alone_give_the_same_bits(valid):
+    """The compiled step passes the cache's whole capacity and how many positions hold
+    keys: scores reads those (0 beyond them, for the caller's mask), mix skips the rest,
+    whose probabilities are 0 after the mask; the same bits as reading everything."""
+    gen = torch.Generator().manual_seed(valid)
+    k, v = _cache(4, 512, 64, gen), _cache(4, 512, 64, gen)
+    q = torch.randn(4, 4, 64, generator=gen)
+    n = torch.tensor(valid)
+    got = kv_attention.scores(q, k, n)
+    assert torch.equal(got[..., :valid], kv_attention.scores(q, k)[..., :valid])
+    assert torch.equal(got[..., valid:], torch.zeros_like(got[..., valid:]))
+    p = torch.rand(4, 4, 512, generator=gen)
+    p[..., valid:] = 0
+    assert torch.equal(kv_attention.mix(p, v, n), kv_attention.mix(p, v))
+
+
+@needs_avx512
 def test_decode_attention_reads_the_bf16_cache_in_place(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     q = (torch.randn(1, 16, 1, 64, generator=gen) * 3).bfloat16()

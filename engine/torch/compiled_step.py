@@ -113,14 +113,14 @@ def _attention(C, T, x, past_k, past_v, length, cos, sin):
     kf, vf = k.float(), v.float()
     in_place = C["kv_kernel"] and kv_attention.fits(past_k)  # bf16: read as stored
     if in_place:  # kv_attention.py: no float32 copy of the cache's capacity per step
-        past_scores = kv_attention.scores(grouped, past_k[0])  # [Hkv, G, capacity]
+        past_scores = kv_attention.scores(grouped, past_k[0], length)  # [Hkv, G, capacity]
     else:
         past_scores = grouped @ past_k[0].float().transpose(-1, -2)
     unused = torch.arange(past_k.shape[2]) >= length
     past_scores = past_scores.masked_fill(unused, float("-inf"))
     scores = torch.cat([past_scores, (grouped * kf[:, None]).sum(-1, True)], dim=-1) * d**-0.5
     probs = scores.softmax(dim=-1)
-    past = kv_attention.mix(probs[..., :-1], past_v[0]) if in_place else (
+    past = kv_attention.mix(probs[..., :-1], past_v[0], length) if in_place else (
         probs[..., :-1] @ past_v[0].float())  # fmt: skip
     out = past + probs[..., -1:] * vf[:, None]  # [Hkv, G, D]
     out = _linear(C, T, "o", out.reshape(1, hq * d))

@@ -45,22 +45,34 @@ inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 
 constexpr int64_t kMaxD = 512;  // head dims up to this: four widened rows on the stack
 
-at::Tensor scores(const at::Tensor& q_in, const at::Tensor& k) {
+// The positions to read: all S, or the first `valid` (a 0-d int64 tensor: the compiled
+// step passes the cache's whole buffers, whose capacity grows 256 positions at a time, with
+// the count of positions that hold keys; the caller masks the rest).
+int64_t positions(const c10::optional<at::Tensor>& valid, int64_t S) {
+  if (!valid.has_value()) return S;
+  TORCH_CHECK(valid->numel() == 1 && valid->scalar_type() == at::kLong, "valid: one int64");
+  return std::max<int64_t>(0, std::min<int64_t>(S, valid->item<int64_t>()));
+}
+
+at::Tensor scores(const at::Tensor& q_in, const at::Tensor& k,
+                  const c10::optional<at::Tensor>& valid) {
   check_cache(k, "k");
   TORCH_CHECK(q_in.dim() == 3 && q_in.scalar_type() == at::kFloat, "q: [H, G, D] float32");
   const int64_t H = k.size(0), S = k.size(1), D = k.size(2), G = q_in.size(1);
   TORCH_CHECK(q_in.size(0) == H && q_in.size(2) == D, "q and k: heads and head dim differ");
   TORCH_CHECK(D <= kMaxD, "head dim over ", kMaxD);
   const auto q = q_in.contiguous();
+  const int64_t n = positions(valid, S);
   auto out = at::empty({H, G, S}, q.options());
+  if (n < S) out.narrow(2, n, S - n).zero_();  // not read: the caller masks them
   const float* q0 = q.data_ptr<float>();
   const at::BFloat16* k0 = k.data_ptr<at::BFloat16>();
   float* o0 = out.data_ptr<float>();
-  const int64_t chunks = (S + kChunk - 1) / kChunk, blocks = D / 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk, blocks = D / 16;
   at::parallel_for(0, H * chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float rows[4 * kMaxD];  // four positions' keys, widened once for the G queries
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
+      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(n, s0 + kChunk);
       const float* qh = q0 + h * G * D;
       for (int64_t s = s0; s < s1; s += 4) {
         const int64_t n = std::min<int64_t>(4, s1 - s);
@@ -107,13 +119,17 @@ void mix_columns(const float* p, const at::BFloat16* v, int64_t row_stride, int6
   for (int b = 0; b < NB; ++b) _mm512_storeu_ps(out + 16 * b, acc[b]);
 }
 
-at::Tensor mix(const at::Tensor& p_in, const at::Tensor& v) {
+// Positions from `valid` on are skipped: their probabilities are 0 (masked), so the sums
+// are those over all S.
+at::Tensor mix(const at::Tensor& p_in, const at::Tensor& v, const c10::optional<at::Tensor>& valid) {
   check_cache(v, "v");
   TORCH_CHECK(p_in.dim() == 3 && p_in.scalar_type() == at::kFloat, "p: [H, G, S] float32");
   const int64_t H = v.size(0), S = v.size(1), D = v.size(2), G = p_in.size(1);
   TORCH_CHECK(p_in.size(0) == H && p_in.size(2) == S, "p and v: heads or positions differ");
   const auto p = p_in.stride(2) == 1 ? p_in : p_in.contiguous();
-  const int64_t chunks = (S + kChunk - 1) / kChunk;
+  const int64_t n = positions(valid, S);
+  if (n == 0) return at::zeros({H, G, D}, p.options());
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
   // each task sums its chunk of positions into a partial [G, D] of its own; the partials
   // are added in chunk order afterwards, so the result does not depend on the threads
   auto partial = at::empty({H, chunks, G, D}, p.options());
@@ -122,7 +138,7 @@ at::Tensor mix(const at::Tensor& p_in, const at::Tensor& v) {
   float* part0 = partial.data_ptr<float>();
   at::parallel_for(0, H * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(S, s0 + kChunk);
+      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(n, s0 + kChunk);
       const at::BFloat16* vh = v0 + h * v.stride(0);
       for (int64_t g = 0; g < G; ++g) {
         const float* pg = p0 + h * p.stride(0) + g * p.stride(1);
@@ -139,8 +155,8 @@ at::Tensor mix(const at::Tensor& p_in, const at::Tensor& v) {
 }  // namespace
 
 TORCH_LIBRARY(itamae_attn, m) {
-  m.def("scores(Tensor q, Tensor k) -> Tensor");
-  m.def("mix(Tensor p, Tensor v) -> Tensor");
+  m.def("scores(Tensor q, Tensor k, Tensor? valid=None) -> Tensor");
+  m.def("mix(Tensor p, Tensor v, Tensor? valid=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(itamae_attn, CPU, m) {

@@ -53,14 +53,17 @@ def fits(cache: torch.Tensor) -> bool:
             and cache.stride(-1) == 1 and cache.shape[-1] % 16 == 0)  # fmt: skip
 
 
-def scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q [H, G, D] float32, k [H, S, D] bf16 -> q k^T [H, G, S] float32 (unscaled)."""
-    return torch.ops.itamae_attn.scores(q, k)
+def scores(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """q [H, G, D] float32, k [H, S, D] bf16 -> q k^T [H, G, S] float32 (unscaled). With
+    `valid` (0-d int64) only the first `valid` positions are read, the rest are 0: for the
+    caller to mask (the compiled step, over the cache's whole capacity)."""
+    return torch.ops.itamae_attn.scores(q, k, valid)
 
 
-def mix(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """p [H, G, S] float32, v [H, S, D] bf16 -> p v [H, G, D] float32."""
-    return torch.ops.itamae_attn.mix(p, v)
+def mix(p: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """p [H, G, S] float32, v [H, S, D] bf16 -> p v [H, G, D] float32; with `valid`, the
+    positions from it on are skipped (their p must be 0)."""
+    return torch.ops.itamae_attn.mix(p, v, valid)
 
 
 def _register_fake() -> None:
@@ -68,9 +71,9 @@ def _register_fake() -> None:
     (the cache's capacity S stays a symbol, so a grown cache is the same graph)."""
 
     @torch.library.register_fake("itamae_attn::scores")
-    def _(q, k):
+    def _(q, k, valid=None):
         return q.new_empty(k.shape[0], q.shape[1], k.shape[1])
 
     @torch.library.register_fake("itamae_attn::mix")
-    def _(p, v):
+    def _(p, v, valid=None):
         return p.new_empty(v.shape[0], p.shape[1], v.shape[2])
