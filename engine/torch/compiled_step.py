@@ -208,7 +208,6 @@ class Graphs:
         self.compiles += 1
         return graph.fn
 
-
     def _compile(self, args: tuple):
         compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
         return compiled.aot_compile((args, {}))  # the FX graph cache on disk still serves it

@@ -147,7 +147,9 @@ class TorchFormatWeights(Weights):
             q, s, z = (
                 self.fmt.get(f"{name}.{part}").to(self.device) for part in ("q", "scale", "zero")
             )
-            linear = Int4Linear(q, s, z, int4_group_size(q.shape[1] * 2), self.maybe(f"{prefix}.bias"))
+            linear = Int4Linear(
+                q, s, z, int4_group_size(q.shape[1] * 2), self.maybe(f"{prefix}.bias")
+            )
             if self.dtype == torch.bfloat16:
                 linear.decode_kernel_applies()  # the kernel built at load, not on a token
             return linear
