@@ -266,10 +266,12 @@ def _fused_qkv(a: GQAttention) -> Int8Linear | Int4Linear | None:
     if any(p.bias is not None for p in parts):
         bias = torch.cat([p.bias.float() if p.bias is not None else
                           torch.zeros(p.out_features) for p in parts])  # fmt: skip
-    if all(isinstance(p, Int4Linear) for p in parts) and len({p.group for p in parts}) == 1:
-        fused = Int4Linear(*(torch.cat([getattr(p, t) for p in parts])
-                             for t in ("packed", "scale", "zero")), parts[0].group, bias)  # fmt: skip
-        return fused if fused.decode_kernel_applies() else None
+    if all(isinstance(p, Int4Linear) for p in parts):
+        # the kernel's shapes are the parts' (one input size); no stacked copy where it does not run
+        if len({p.group for p in parts}) > 1 or not all(p.decode_kernel_applies() for p in parts):
+            return None
+        return Int4Linear(*(torch.cat([getattr(p, t) for p in parts])
+                            for t in ("packed", "scale", "zero")), parts[0].group, bias)  # fmt: skip
     if not all(isinstance(p, Int8Linear) for p in parts):
         return None
     fused = Int8Linear(torch.cat([p.weight for p in parts]), torch.cat([p.scale for p in parts]),

@@ -62,17 +62,17 @@ at::Tensor scores(const at::Tensor& q_in, const at::Tensor& k,
   TORCH_CHECK(q_in.size(0) == H && q_in.size(2) == D, "q and k: heads and head dim differ");
   TORCH_CHECK(D <= kMaxD, "head dim over ", kMaxD);
   const auto q = q_in.contiguous();
-  const int64_t n = positions(valid, S);
+  const int64_t n_valid = positions(valid, S);
   auto out = at::empty({H, G, S}, q.options());
-  if (n < S) out.narrow(2, n, S - n).zero_();  // not read: the caller masks them
+  if (n_valid < S) out.narrow(2, n_valid, S - n_valid).zero_();  // not read: the caller masks them
   const float* q0 = q.data_ptr<float>();
   const at::BFloat16* k0 = k.data_ptr<at::BFloat16>();
   float* o0 = out.data_ptr<float>();
-  const int64_t chunks = (n + kChunk - 1) / kChunk, blocks = D / 16;
+  const int64_t chunks = (n_valid + kChunk - 1) / kChunk, blocks = D / 16;
   at::parallel_for(0, H * chunks, 1, [&](int64_t begin, int64_t end) {
     alignas(64) float rows[4 * kMaxD];  // four positions' keys, widened once for the G queries
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(n, s0 + kChunk);
+      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(n_valid, s0 + kChunk);
       const float* qh = q0 + h * G * D;
       for (int64_t s = s0; s < s1; s += 4) {
         const int64_t n = std::min<int64_t>(4, s1 - s);
@@ -127,9 +127,9 @@ at::Tensor mix(const at::Tensor& p_in, const at::Tensor& v, const c10::optional<
   const int64_t H = v.size(0), S = v.size(1), D = v.size(2), G = p_in.size(1);
   TORCH_CHECK(p_in.size(0) == H && p_in.size(2) == S, "p and v: heads or positions differ");
   const auto p = p_in.stride(2) == 1 ? p_in : p_in.contiguous();
-  const int64_t n = positions(valid, S);
-  if (n == 0) return at::zeros({H, G, D}, p.options());
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t n_valid = positions(valid, S);
+  if (n_valid == 0) return at::zeros({H, G, D}, p.options());
+  const int64_t chunks = (n_valid + kChunk - 1) / kChunk;
   // each task sums its chunk of positions into a partial [G, D] of its own; the partials
   // are added in chunk order afterwards, so the result does not depend on the threads
   auto partial = at::empty({H, chunks, G, D}, p.options());
@@ -138,7 +138,7 @@ at::Tensor mix(const at::Tensor& p_in, const at::Tensor& v, const c10::optional<
   float* part0 = partial.data_ptr<float>();
   at::parallel_for(0, H * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(n, s0 + kChunk);
+      const int64_t h = t / chunks, s0 = (t % chunks) * kChunk, s1 = std::min(n_valid, s0 + kChunk);
       const at::BFloat16* vh = v0 + h * v.stride(0);
       for (int64_t g = 0; g < G; ++g) {
         const float* pg = p0 + h * p.stride(0) + g * p.stride(1);
